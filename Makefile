@@ -1,0 +1,39 @@
+# Two commands on a fresh clone:  `make demo` (the main job) and `make test` (the test suite).
+# Each sets up what it needs: a virtual environment, the CPU torch wheel where no torch is
+# installed, and Fashion-MNIST from the Debian package where it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where no torch is importable, this is installed. GPU users: make TORCH_SPEC='torch' (or have torch already).
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= configs/demo.toml
+RUN_DIR ?= runs/demo
+
+.PHONY: setup data demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	bash scripts/setup_env.sh "$(PYTHON)" "$(VENV)" "$(TORCH_SPEC)"
+	@touch $@
+
+data:
+	@bash scripts/get_fashion_mnist.sh
+
+demo: setup data
+	$(VENV)/bin/simclrv2 pipeline --config $(CONFIG) --run-dir $(RUN_DIR) --resume
+
+lint: setup
+	$(PY) -m ruff check src tests benchmarks
+
+# pytest exits 5 when it collects no tests; that is reported, not hidden.
+test: setup lint
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): check tests/ and PYTEST_ARGS"; fi; \
+	exit $$rc
+
+bench: setup data
+	$(PY) benchmarks/pretrain_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""The one exception type users see: the CLI prints its message as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class SimCLRv2Error(Exception):
+    """Bad input or configuration: the message says what was wrong and what to do."""
