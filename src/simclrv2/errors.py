@@ -5,3 +5,9 @@ from __future__ import annotations
 
 class SimCLRv2Error(Exception):
     """Bad input or configuration: the message says what was wrong and what to do."""
+
+
+class Interrupted(SimCLRv2Error):
+    """The user stopped a run (Ctrl-C); its state was saved so ``--resume`` continues it."""
+
+    exit_code = 130

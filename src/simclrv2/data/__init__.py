@@ -1,0 +1,119 @@
+"""Datasets as in-memory uint8 tensors: readers for each file format, where to find the files, downloads.
+
+``load_dataset("fashion-mnist", "train")`` is the entry point; every reader returns an ``ImageDataset``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+from simclrv2.data import cifar, download, idx, locate, stl10
+from simclrv2.data.dataset import DatasetSpec, ImageDataset, convert_channels, resize_images
+from simclrv2.data.folder import FOLDER_IMAGE_SIZE, read_folder
+from simclrv2.errors import SimCLRv2Error
+
+__all__ = ["DATASETS", "ImageDataset", "download_dataset", "find_data_dir", "load_dataset"]
+
+_TRAIN_TEST = ("train", "test")
+
+DATASETS: dict[str, DatasetSpec] = {
+    "fashion-mnist": DatasetSpec(
+        "Fashion-MNIST", _TRAIN_TEST, idx.FILES,
+        partial(idx.read_idx_split, name="fashion-mnist", classes=idx.FASHION_MNIST_CLASSES),
+        apt_package="dataset-fashion-mnist", debian_dir="fashion-mnist"),
+    "mnist": DatasetSpec(
+        "MNIST", _TRAIN_TEST, idx.FILES, partial(idx.read_idx_split, name="mnist", classes=idx.MNIST_CLASSES),
+        debian_dir="mnist"),
+    "cifar10": DatasetSpec("CIFAR-10", _TRAIN_TEST, cifar.CIFAR10_FILES, cifar.read_cifar10,
+                           subdirs=("cifar-10-batches-py",)),
+    "cifar100": DatasetSpec("CIFAR-100", _TRAIN_TEST, cifar.CIFAR100_FILES, cifar.read_cifar100,
+                            subdirs=("cifar-100-python",)),
+    "stl10": DatasetSpec("STL-10", stl10.SPLITS, stl10.FILES, stl10.read_stl10, subdirs=("stl10_binary",)),
+    # Image folders are read from data_dir only, and also take image_size and channels.
+    "folder": DatasetSpec("image folder", _TRAIN_TEST, {}, read_folder),
+}
+
+
+def _spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise SimCLRv2Error(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def find_data_dir(name: str, data_dir: str | Path | None = None) -> Path:
+    """The folder holding dataset ``name``: ``data_dir`` if given (checked, never second-guessed), else
+    the first of ``$SIMCLRV2_DATA/<name>``, ``$SIMCLRV2_DATA``, the cache and Debian's folder that holds
+    its files."""
+    spec = _spec(name)
+    if name != "folder":
+        return locate.locate(name, spec, data_dir)
+    if data_dir is None:
+        raise SimCLRv2Error("the folder dataset reads the images under data.data_dir; set it to a folder "
+                            "with one sub-folder of images per class (or only images, for unlabeled data)")
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise SimCLRv2Error(f"image folder {path} not found; set data.data_dir to a folder of images")
+    return path
+
+
+def download_dataset(name: str, dest: Path | None = None) -> Path:
+    """Downloads and verifies dataset ``name`` into ``dest`` (default: the cache), unless already there;
+    returns the folder holding its files."""
+    spec = _spec(name)
+    if name not in download.RESOURCES:
+        raise SimCLRv2Error(f"{name} cannot be downloaded; downloadable: {', '.join(download.RESOURCES)}")
+    dest = Path(dest).expanduser() if dest is not None else locate.cache_dir(name)
+    found = locate.holding_dir(dest, spec, spec.all_files)
+    if found is not None:
+        return found
+    for resource in download.RESOURCES[name]:
+        if resource.extract or not (dest / resource.filename).is_file():  # final names are verified files
+            download.fetch(resource, dest)
+    found = locate.holding_dir(dest, spec, spec.all_files)
+    if found is None:
+        raise SimCLRv2Error(f"downloaded {name} into {dest}, but {locate.missing_file(dest, spec.all_files)} "
+                            "is still missing there; remove the folder and download again")
+    return found
+
+
+def _data_folder(name: str, spec: DatasetSpec, data_dir: str | Path | None, download: bool) -> Path:
+    if data_dir is None:
+        found = locate.search(name, spec)
+        if found is None and not download:
+            raise locate.not_found_error(name, spec)
+        return found if found is not None else download_dataset(name)
+    path = Path(data_dir).expanduser()
+    if download and locate.holding_dir(path, spec) is None:
+        return download_dataset(name, path)
+    return locate.check_data_dir(path, spec)
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
+                 image_size: int | None = None, download: bool = False,
+                 channels: int | None = None) -> ImageDataset:
+    """One split of a dataset, in memory as a uint8 (N, C, S, S) tensor.
+
+    image_size: the side of the returned images; None keeps the dataset's own (image folders: 96, after
+        resizing the shorter side and centre-cropping).
+    download: fetch the dataset into the cache (or into ``data_dir``) when it is not found.
+    channels: 1 (grey) or 3 (RGB); None keeps the dataset's own (image folders: 3).
+    """
+    spec = _spec(name)
+    if split not in spec.splits:
+        raise SimCLRv2Error(f"{name} has no split {split!r}; choose one of: {', '.join(spec.splits)}")
+    if image_size is not None and image_size < 1:
+        raise SimCLRv2Error(f"image_size must be >= 1 (or None for the dataset's own size), got {image_size}")
+    if channels not in (None, 1, 3):
+        raise SimCLRv2Error(f"channels must be 1 or 3 (or None for the dataset's own), got {channels}")
+    if name == "folder":
+        root = find_data_dir(name, data_dir)
+        return read_folder(root, split, image_size or FOLDER_IMAGE_SIZE, channels or 3)
+    dataset = spec.read(_data_folder(name, spec, data_dir, download), split)
+    images = dataset.images
+    if image_size is not None:
+        images = resize_images(images, image_size)
+    if channels is not None:
+        images = convert_channels(images, channels)
+    return dataset if images is dataset.images else replace(dataset, images=images)

@@ -1,0 +1,48 @@
+"""Batched, on-device SimCLR augmentation (SPEC stage 1): every parameter drawn per image from a passed-in
+``torch.Generator``, applied to the whole batch tensor on its own device, no per-image Python loops.
+
+Inputs are (B, C, H, W) uint8 or float in [0, 1] with C = 1 (grey) or 3; outputs are float32 in [0, 1]
+(no normalisation). ``simclr_views`` is pretraining, ``crop_flip`` fine-tuning and distillation,
+``center_crop`` evaluation; the rest are the tested building blocks they are made of.
+"""
+
+from __future__ import annotations
+
+from simclrv2.augment.blur import blur_kernel_size, gaussian_blur, gaussian_kernels
+from simclrv2.augment.color import (
+    JITTER_OPS,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    apply_jitter,
+    color_jitter,
+    jitter_ranges,
+    sample_jitter,
+    to_grayscale,
+)
+from simclrv2.augment.geometry import center_crop, crop_flip, resized_crop, sample_crop_boxes
+from simclrv2.augment.pipeline import AugmentConfig, simclr_augment, simclr_views
+
+__all__ = [
+    "JITTER_OPS",
+    "AugmentConfig",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "apply_jitter",
+    "blur_kernel_size",
+    "center_crop",
+    "color_jitter",
+    "crop_flip",
+    "gaussian_blur",
+    "gaussian_kernels",
+    "jitter_ranges",
+    "resized_crop",
+    "sample_crop_boxes",
+    "sample_jitter",
+    "simclr_augment",
+    "simclr_views",
+    "to_grayscale",
+]

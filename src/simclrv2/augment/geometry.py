@@ -1,0 +1,124 @@
+"""Random resized crops, flips and centre crops for whole batches: one ``grid_sample`` per batch.
+
+Boxes are (top, left, h, w) in pixels, where pixel (i, j) covers [i, i + 1) x [j, j + 1). Resizing is bilinear
+(the reference resizes bicubically; SPEC allows bilinear on device) with border replication, so a crop never
+darkens at the image edge.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from simclrv2.augment._inputs import as_float_images, check_generator, check_probability, check_range, pair
+from simclrv2.errors import SimCLRv2Error
+
+CROP_ATTEMPTS = 100  # the reference's max_attempts (torchvision uses 10)
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
+    """(n, 4) float boxes (top, left, h, w): random resized crop parameters, one box per image.
+
+    Per attempt: area fraction a ~ U[scale], aspect r = exp(U[log ratio]); w = round(sqrt(a·H·W·r)),
+    h = round(sqrt(a·H·W / r)); valid when 0 < h <= H and 0 < w <= W. Each image takes its first valid attempt
+    of 100 (drawn at once as an (n, 100) matrix), or the whole image when none fits; then
+    top ~ U{0 … H − h}, left ~ U{0 … W − w}.
+    """
+    check_range("crop scale", scale, 0.0, 1.0)
+    check_range("crop ratio", ratio, 0.0)
+    device = torch.device(device) if device is not None else generator.device
+    check_generator(generator, device)
+    draw = dict(generator=generator, device=device, dtype=torch.float32)
+    area = torch.rand(n, CROP_ATTEMPTS, **draw) * (scale[1] - scale[0]) + scale[0]
+    area = area * (height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.rand(n, CROP_ATTEMPTS, **draw) * (log_hi - log_lo) + log_lo)
+    w = torch.sqrt(area * aspect).round()  # (n, attempts)
+    h = torch.sqrt(area / aspect).round()
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first valid attempt (0 if none)
+    found = valid.any(dim=1)
+    h = torch.where(found, h.gather(1, first).squeeze(1), float(height))  # (n,)
+    w = torch.where(found, w.gather(1, first).squeeze(1), float(width))
+    offset = torch.rand(n, 2, **draw)
+    top = torch.minimum((offset[:, 0] * (height - h + 1)).floor(), height - h)
+    left = torch.minimum((offset[:, 1] * (width - w + 1)).floor(), width - w)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def resized_crop(images: Tensor, boxes: Tensor, out_size: int | tuple[int, int],
+                 flip: Tensor | None = None) -> Tensor:
+    """Crops box b of image b and resizes it to ``out_size`` (bilinear): one ``grid_sample`` for the batch.
+
+    Output pixel (y, x) samples the source point (top + (y + ½)·h / H_out − ½, left + (x + ½)·w / W_out − ½)
+    in pixel-centre coordinates (``F.interpolate``'s align_corners=False convention), which in grid_sample's
+    normalised coordinates is the affine map u ↦ (w / W)·u + (2·left + w) / W − 1. ``flip`` (B,) bool mirrors
+    chosen outputs horizontally for free by negating that scale.
+    """
+    x = as_float_images(images)
+    n, c, height, width = x.shape
+    out_h, out_w = pair(out_size, "out_size")
+    boxes = boxes.to(device=x.device, dtype=torch.float32)
+    top, left, h, w = boxes.unbind(1)  # each (B,)
+    scale_x = w / width
+    if flip is not None:
+        scale_x = torch.where(flip.to(x.device), -scale_x, scale_x)
+    # The map is separable, so the grid is an outer sum (F.affine_grid's batched matmul is ~3x slower on CPU).
+    grid_x = scale_x[:, None] * _pixel_centres(out_w, x.device) + ((2 * left + w) / width - 1)[:, None]
+    grid_y = (h / height)[:, None] * _pixel_centres(out_h, x.device) + ((2 * top + h) / height - 1)[:, None]
+    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _pixel_centres(size: int, device: torch.device) -> Tensor:
+    """(size,) normalised coordinates (2i + 1) / size − 1 of the pixel centres (align_corners=False)."""
+    return (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
+
+
+def random_crop_flip(x: Tensor, generator: torch.Generator, crop_scale: tuple[float, float],
+                     crop_ratio: tuple[float, float], flip_prob: float,
+                     out_size: int | tuple[int, int] | None) -> Tensor:
+    """Random resized crop then horizontal flip (p = flip_prob), both per image, on float images."""
+    check_probability("flip probability", flip_prob)
+    n, _, height, width = x.shape
+    boxes = sample_crop_boxes(n, height, width, crop_scale, crop_ratio, generator, x.device)
+    flip = torch.rand(n, generator=generator, device=x.device) < flip_prob
+    return resized_crop(x, boxes, out_size or (height, width), flip=flip)
+
+
+def crop_flip(images: Tensor, generator: torch.Generator, crop_scale: tuple[float, float] = (0.08, 1.0),
+              flip_prob: float = 0.5, channels_last: bool = False, *,
+              crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+              out_size: int | tuple[int, int] | None = None) -> Tensor:
+    """Fine-tuning and distillation augmentation (SPEC): random resized crop + flip, nothing else."""
+    x = as_float_images(images)
+    check_generator(generator, x.device)
+    out = random_crop_flip(x, generator, crop_scale, crop_ratio, flip_prob, out_size)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def center_crop(images: Tensor, fraction: float = 0.875, out_size: int | None = None) -> Tensor:
+    """Evaluation view (SPEC): the central ``fraction`` of the image, resized back; no crop at <= 32 px.
+
+    Without ``out_size`` the crop is fraction·H × fraction·W, resized to H × W; with it, the crop is the
+    central square of side fraction·min(H, W), resized to out_size². Either way the aspect ratio is kept.
+    Resizing is bilinear with antialiasing (one box for the batch, so plain ``F.interpolate`` does it).
+    Small float32 images that need neither crop nor resize come back as the input tensor itself.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise SimCLRv2Error(f"center_crop fraction = {fraction!r} must be in (0, 1]")
+    x = as_float_images(images)
+    height, width = x.shape[-2:]
+    size = (height, width) if out_size is None else pair(out_size, "out_size")
+    if min(height, width) > 32:
+        crop_h, crop_w = ((round(fraction * height), round(fraction * width)) if out_size is None
+                          else (round(fraction * min(height, width)),) * 2)
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        x = x[..., top:top + crop_h, left:left + crop_w]
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)

@@ -1,0 +1,136 @@
+"""Run directories and checkpoints.
+
+A run directory holds ``config.toml`` (the resolved config), ``metrics.jsonl`` (one JSON object per line) and
+``checkpoints/`` (``last.pt`` while training, ``final.pt`` once done). Writes are atomic (temporary file, then
+rename) so an interrupted run never leaves a half-written checkpoint, and an existing run is never replaced
+unless the user asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simclrv2.errors import SimCLRv2Error
+
+FORMAT = "simclrv2-checkpoint"
+FORMAT_VERSION = 1
+RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoints", "result.json", "labelled_subset.txt",
+             "pipeline.json", "summary.json", "embeddings.pt", "report")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; run files are meant to be shared and read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Creates the run directory; refuses to touch an existing run unless ``resume`` or ``overwrite``.
+
+    ``overwrite`` removes only the files a run writes (RUN_FILES), never anything else the user keeps there.
+    """
+    run_dir = Path(run_dir)
+    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if existing and not (resume or overwrite):
+        raise SimCLRv2Error(
+            f"run directory {run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --run-dir"
+        )
+    if existing and overwrite and not resume:
+        for name in existing:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SimCLRv2Error(f"run directory {run_dir} is a file; choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def save_checkpoint(path: Path, **content: Any) -> None:
+    """Saves tensors and plain data atomically; loadable with ``weights_only=True`` (no pickled code)."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "saved_at": time.time(), **content}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = find_checkpoint(path)
+    if not path.is_file():
+        raise SimCLRv2Error(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated or foreign file
+        raise SimCLRv2Error(
+            f"cannot read checkpoint {path} ({type(exc).__name__}): is it a simclrv2 checkpoint?"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SimCLRv2Error(f"{path} is not a simclrv2 checkpoint")
+    return payload
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint of a run directory: ``final.pt`` when the run finished, else ``last.pt``."""
+    for name in ("final.pt", "last.pt"):
+        candidate = run_dir / "checkpoints" / name
+        if candidate.is_file():
+            return candidate
+    raise SimCLRv2Error(f"no checkpoint in {run_dir / 'checkpoints'}; is {run_dir} a finished or started run?")
+
+
+class MetricsLog:
+    """Appends one JSON object per line; each line is flushed so a crash loses at most the current line."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record.setdefault("time", round(time.time(), 3))
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+    return records

@@ -1,0 +1,147 @@
+"""Loading a :class:`Config`: TOML file, then ``section.key`` overrides; unknown keys list the valid ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from simclrv2.config.sections import Config, _check
+from simclrv2.errors import SimCLRv2Error
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def _sections(cls: type = Config) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _field_types(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def option_defaults(cls: type = Config) -> dict[str, Any]:
+    """Every option as ``{"section.key": default}``: the list ``--help`` shows."""
+    defaults = cls()
+    return {
+        f"{section}.{key}": getattr(getattr(defaults, section), key)
+        for section, section_cls in _sections(cls).items()
+        for key in _field_types(section_cls)
+    }
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """Turns a TOML value or a command-line string into the field's type, or says what was expected."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            args = typing.get_args(kind)
+            if len(items) != len(args):
+                raise ValueError
+            return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise SimCLRv2Error(f"{name}: unsupported option type {kind}")
+    expected = getattr(kind, "__name__", str(kind))
+    raise SimCLRv2Error(f"{name} = {value!r} is not a valid {expected}")
+
+
+def _known(keys: typing.Iterable[str]) -> str:
+    return ", ".join(sorted(keys))
+
+
+def build_config(values: dict[str, dict[str, Any]], cls: type = Config) -> Any:
+    """Builds a config from ``{section: {key: value}}``; unknown sections or keys list the valid ones."""
+    sections = _sections(cls)
+    for section in values:
+        _check(section in sections, f"unknown config section [{section}]; valid sections: {_known(sections)}")
+    built = {}
+    for section, section_cls in sections.items():
+        given = values.get(section, {})
+        _check(isinstance(given, dict), f"[{section}] must be a table of key = value pairs")
+        types = _field_types(section_cls)
+        for key in given:
+            _check(key in types, f"unknown option {section}.{key}; valid options in [{section}]: {_known(types)}")
+        kwargs = {key: _coerce(f"{section}.{key}", v, types[key]) for key, v in given.items()}
+        try:
+            built[section] = section_cls(**kwargs)
+        except SimCLRv2Error:
+            raise
+        except (TypeError, ValueError) as exc:  # validation inside a section
+            raise SimCLRv2Error(f"[{section}]: {exc}") from exc
+    return cls(**built)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    _check(path.is_file(), f"config file {path} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SimCLRv2Error(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                cls: type = Config) -> Any:
+    """Defaults, then the TOML file, then ``{"section.key": value}`` overrides (command line)."""
+    values: dict[str, dict[str, Any]] = read_toml(path) if path else {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        _check(bool(key), f"override {dotted!r} must look like section.key")
+        values.setdefault(section, {})[key] = value
+    return build_config(values, cls)
+
+
+def config_to_dict(config: Any) -> dict[str, dict[str, Any]]:
+    return {name: dataclasses.asdict(getattr(config, name)) for name in _sections(type(config))}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise SimCLRv2Error(f"cannot write {value!r} to TOML")
+
+
+def to_toml(config: Any, sections: typing.Iterable[str] | None = None) -> str:
+    """The resolved config as TOML (written to every run directory, reloadable with load_config)."""
+    as_dict = config_to_dict(config)
+    lines: list[str] = []
+    for section in sections or as_dict:
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in as_dict[section].items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,277 @@
+"""The config sections: one frozen dataclass each, defaults from the SPEC, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simclrv2.augment import AugmentConfig
+from simclrv2.errors import SimCLRv2Error
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise SimCLRv2Error(message)
+
+
+def _check_choice(section: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{section}.{name} = {value!r} is not one of: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to read. An empty ``data_dir`` searches $SIMCLRV2_DATA, the cache and Debian's folder."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    image_size: int = 0  # 0: the dataset's own size (image folders: 96)
+    train_split: str = "train"
+    test_split: str = "test"
+    train_limit: int = 0  # use only the first N training images (0: all); for quick experiments
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 0, "data.image_size must be >= 0 (0 keeps the dataset's size)")
+        _check(self.train_limit >= 0, "data.train_limit must be >= 0 (0 uses every training image)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ResNet encoder and projection head (SPEC stage 1). ``stem = "auto"`` picks the CIFAR stem <= 32 px."""
+
+    depth: int = 18
+    width_multiplier: float = 1.0
+    sk_ratio: float = 0.0
+    stem: str = "auto"
+    head_layers: int = 3
+    proj_dim: int = 128
+
+    def __post_init__(self) -> None:
+        _check(self.width_multiplier > 0, "model.width_multiplier must be > 0")
+        _check(0.0 <= self.sk_ratio < 1.0, "model.sk_ratio must be in [0, 1) (0 disables Selective Kernels)")
+        _check_choice("model", "stem", self.stem, ("auto", "cifar", "imagenet"))
+        _check(self.head_layers >= 1, "model.head_layers must be >= 1")
+        _check(self.proj_dim >= 1, "model.proj_dim must be >= 1")
+
+    def cifar_stem(self, image_size: int) -> bool:
+        return self.stem == "cifar" or (self.stem == "auto" and image_size <= 32)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Contrastive pretraining (SPEC stage 1): NT-Xent, LARS, warmup + cosine, square-root LR scaling."""
+
+    epochs: int = 100
+    batch_size: int = 512  # global: split over processes
+    base_lr: float = 0.075  # lr = base_lr * sqrt(batch) ("sqrt") or base_lr * batch / 256 ("linear")
+    lr_scaling: str = "sqrt"
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    temperature: float = 0.5
+    memory_size: int = 0  # 0: no memory; SimCLRv2 used 65536 extra negatives from an EMA network
+    memory_momentum: float = 0.999
+    global_bn: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "pretrain.epochs must be >= 1")
+        _check(self.batch_size >= 2, "pretrain.batch_size must be >= 2 (NT-Xent needs negatives)")
+        _check(self.base_lr > 0, "pretrain.base_lr must be > 0")
+        _check_choice("pretrain", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
+        _check(0 <= self.warmup_fraction < 1, "pretrain.warmup_fraction must be in [0, 1)")
+        _check(self.weight_decay >= 0, "pretrain.weight_decay must be >= 0")
+        _check(0 <= self.momentum < 1, "pretrain.momentum must be in [0, 1)")
+        _check(self.temperature > 0, "pretrain.temperature must be > 0")
+        _check(self.memory_size >= 0, "pretrain.memory_size must be >= 0 (0 disables the memory)")
+        _check(0 < self.memory_momentum < 1, "pretrain.memory_momentum must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How a run executes: device, precision, seeds, logging and the kNN monitor."""
+
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "bf16"  # bf16 autocast (CPU and GPU) or fp32
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    progress: bool = True
+    log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
+    knn_every: int = 5  # epochs between kNN evaluations (0: only before and after training)
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_bank_size: int = 10000  # labelled training images used as the kNN memory bank (0: all)
+    eval_batch_size: int = 1024
+    checkpoint_every: int = 1  # epochs
+
+    def __post_init__(self) -> None:
+        _check(
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            f"run.device = {self.device!r} is not one of: auto, cpu, cuda, cuda:N, mps",
+        )
+        _check_choice("run", "precision", self.precision, ("bf16", "fp32"))
+        _check(self.threads >= 0, "run.threads must be >= 0 (0 keeps torch's default)")
+        _check(self.log_every >= 1, "run.log_every must be >= 1")
+        _check(self.knn_every >= 0, "run.knn_every must be >= 0")
+        _check(self.knn_k >= 1, "run.knn_k must be >= 1")
+        _check(self.knn_temperature > 0, "run.knn_temperature must be > 0")
+        _check(self.knn_bank_size >= 0, "run.knn_bank_size must be >= 0")
+        _check(self.eval_batch_size >= 1, "run.eval_batch_size must be >= 1")
+        _check(self.checkpoint_every >= 1, "run.checkpoint_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning on a labelled subset from projection-head layer ``head_layer`` (SPEC stage 2).
+
+    The supervised-only baseline uses the same subset, epochs, batch and augmentation: the same budget.
+    ``epochs = 0`` follows the SPEC: 60 epochs for <= 1 % of the labels, 30 above.
+    """
+
+    labels: str = "1%"  # "1%", "10%", a count ("600"), "N/class", or a list file of image ids
+    head_layer: int = 1
+    epochs: int = 0
+    batch_size: int = 64  # capped at the subset size; the SPEC's 1024 suits ImageNet's 12,811-image 1 %
+    base_lr: float = 0.005  # lr = base_lr * sqrt(batch), LARS, no warmup (SPEC)
+    lr_scaling: str = "sqrt"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5
+    eval_every: int = 5  # epochs between test evaluations (0: only at the end)
+    pretrained: str = ""  # pretraining run directory or checkpoint (the pipeline fills it in)
+
+    def __post_init__(self) -> None:
+        _check(self.head_layer >= 0, "finetune.head_layer must be >= 0 (0 is the encoder output)")
+        _check(self.epochs >= 0, "finetune.epochs must be >= 0 (0: the SPEC's 60 for 1 %, 30 above)")
+        _check(self.batch_size >= 1, "finetune.batch_size must be >= 1")
+        _check(self.base_lr > 0, "finetune.base_lr must be > 0")
+        _check_choice("finetune", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
+        _check(self.weight_decay >= 0, "finetune.weight_decay must be >= 0")
+        _check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "finetune.crop_scale must satisfy 0 < lo <= hi <= 1")
+        _check(0 <= self.flip_prob <= 1, "finetune.flip_prob must be in [0, 1]")
+        _check(self.eval_every >= 0, "finetune.eval_every must be >= 0")
+
+    def epochs_for(self, num_labelled: int, num_train: int) -> int:
+        if self.epochs:
+            return self.epochs
+        return 60 if num_labelled <= 0.011 * num_train else 30
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    """The supervised-only baseline's optimiser (from scratch it needs a larger rate and weight decay than
+    fine-tuning); its subset, epochs, batch and augmentation come from ``[finetune]``."""
+
+    base_lr: float = 0.075
+    lr_scaling: str = "sqrt"
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(self.base_lr > 0, "supervised.base_lr must be > 0")
+        _check_choice("supervised", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
+        _check(self.weight_decay >= 0, "supervised.weight_decay must be >= 0")
+        _check(0 <= self.warmup_fraction < 1, "supervised.warmup_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluation: ``linear`` (frozen encoder + linear classifier on cached features), ``knn``, or
+    ``classifier`` (test accuracy of a fine-tuned, supervised or distilled model)."""
+
+    mode: str = "classifier"
+    checkpoint: str = ""  # run directory or checkpoint to evaluate
+    labels: str = "100%"  # labelled training images the linear classifier / kNN bank uses
+    linear_epochs: int = 100
+    linear_weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_choice("evaluate", "mode", self.mode, ("linear", "knn", "classifier"))
+        _check(self.linear_epochs >= 1, "evaluate.linear_epochs must be >= 1")
+        _check(self.linear_weight_decay >= 0, "evaluate.linear_weight_decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation on unlabeled images (SPEC stage 3): a frozen teacher's softened predictions train a student.
+
+    ``student = "teacher"`` distils into the teacher's architecture (self-distillation); ``"model"`` builds the
+    student from ``[model]`` (big-to-small). ``temperature = 0`` picks the SPEC's 0.1 for self-distillation
+    and 1.0 for big-to-small. The labelled term weighs ``1 - alpha``.
+    """
+
+    teacher: str = ""  # fine-tuned run directory or checkpoint (the pipeline fills it in)
+    student: str = "teacher"
+    student_init: str = "scratch"  # scratch, or pretrained (from ``student_pretrained``)
+    student_pretrained: str = ""
+    temperature: float = 0.0
+    alpha: float = 1.0
+    epochs: int = 10
+    batch_size: int = 256
+    base_lr: float = 0.075
+    lr_scaling: str = "sqrt"
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        _check_choice("distill", "student", self.student, ("teacher", "model"))
+        _check_choice("distill", "student_init", self.student_init, ("scratch", "pretrained"))
+        _check(self.temperature >= 0, "distill.temperature must be >= 0 (0: 0.1 self-distillation, 1.0 big-to-small)")
+        _check(0 <= self.alpha <= 1, "distill.alpha must be in [0, 1]")
+        _check(self.epochs >= 1, "distill.epochs must be >= 1")
+        _check(self.batch_size >= 1, "distill.batch_size must be >= 1")
+        _check(self.base_lr > 0, "distill.base_lr must be > 0")
+        _check_choice("distill", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
+        _check(0 <= self.warmup_fraction < 1, "distill.warmup_fraction must be in [0, 1)")
+        _check(self.weight_decay >= 0, "distill.weight_decay must be >= 0")
+        _check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "distill.crop_scale must satisfy 0 < lo <= hi <= 1")
+        _check(self.eval_every >= 0, "distill.eval_every must be >= 0")
+
+    def temperature_for(self, self_distillation: bool) -> float:
+        return self.temperature or (0.1 if self_distillation else 1.0)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What ``simclrv2 pipeline`` runs after pretraining, for every label fraction (comma-separated lists)."""
+
+    label_fractions: str = "1%,10%"
+    head_layers: str = "0,1"  # fine-tune from each of these projection-head layers
+    supervised: bool = True
+    linear_eval: bool = True
+    distill: bool = True  # distil the fine-tuned model at finetune.head_layer, for each fraction
+    embedding_samples: int = 2000  # test images whose embeddings the report projects to 2-D
+
+    def __post_init__(self) -> None:
+        _check(bool(self.fractions()), "pipeline.label_fractions must list at least one subset, e.g. '1%,10%'")
+        try:
+            layers = self.layers()
+        except ValueError:
+            raise SimCLRv2Error(f"pipeline.head_layers = {self.head_layers!r} must be integers, e.g. '0,1'") from None
+        _check(all(j >= 0 for j in layers), "pipeline.head_layers must be >= 0")
+        _check(self.embedding_samples >= 0, "pipeline.embedding_samples must be >= 0")
+
+    def fractions(self) -> list[str]:
+        return [part.strip() for part in self.label_fractions.split(",") if part.strip()]
+
+    def layers(self) -> list[int]:
+        return [int(part) for part in self.head_layers.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    run: RunConfig = field(default_factory=RunConfig)
