@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from simclrv2.augment import AugmentConfig
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.models.resnet import ARCHITECTURES
 
 
 def _check(condition: bool, message: str) -> None:
@@ -46,6 +47,8 @@ class ModelConfig:
     proj_dim: int = 128
 
     def __post_init__(self) -> None:
+        depths = ", ".join(str(d) for d in ARCHITECTURES)
+        _check(self.depth in ARCHITECTURES, f"model.depth = {self.depth} is not a ResNet depth we build: {depths}")
         _check(self.width_multiplier > 0, "model.width_multiplier must be > 0")
         _check(0.0 <= self.sk_ratio < 1.0, "model.sk_ratio must be in [0, 1) (0 disables Selective Kernels)")
         _check_choice("model", "stem", self.stem, ("auto", "cifar", "imagenet"))

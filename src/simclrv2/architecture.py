@@ -1,0 +1,104 @@
+"""The architecture of a run as plain data, stored in every checkpoint so a model can be rebuilt exactly.
+
+A checkpoint from another architecture is caught here with a message that names the difference, instead of
+surfacing as a wall of ``state_dict`` key errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from simclrv2.errors import SimCLRv2Error
+from simclrv2.models import Classifier, SimCLRModel, build_simclr_model
+
+
+@dataclass(frozen=True)
+class Architecture:
+    depth: int
+    width_multiplier: float
+    sk_ratio: float
+    cifar_stem: bool
+    in_channels: int
+    head_layers: int
+    proj_dim: int
+
+    @classmethod
+    def from_config(cls, model: Any, image_size: int, in_channels: int) -> Architecture:
+        """From a ``ModelConfig`` and the data it will see (the stem depends on the image size)."""
+        return cls(
+            depth=model.depth,
+            width_multiplier=model.width_multiplier,
+            sk_ratio=model.sk_ratio,
+            cifar_stem=model.cifar_stem(image_size),
+            in_channels=in_channels,
+            head_layers=model.head_layers,
+            proj_dim=model.proj_dim,
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Architecture:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = names - set(values)
+        if missing:
+            raise SimCLRv2Error(f"checkpoint architecture lacks {', '.join(sorted(missing))}: not a simclrv2 model")
+        return cls(**{k: values[k] for k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        sk = f"-SK{self.sk_ratio:g}" if self.sk_ratio > 0 else ""
+        stem = ", CIFAR stem" if self.cifar_stem else ""
+        return f"ResNet-{self.depth} {self.width_multiplier:g}x{sk}{stem}, {self.head_layers}-layer head"
+
+    def build_simclr(self, seed: int | None = None) -> SimCLRModel:
+        """The model, its random initialisation drawn from ``seed`` (without touching the global generator)."""
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self.build_simclr()
+        return build_simclr_model(
+            self.depth,
+            width_multiplier=self.width_multiplier,
+            sk_ratio=self.sk_ratio,
+            cifar_stem=self.cifar_stem,
+            in_channels=self.in_channels,
+            head_layers=self.head_layers,
+            proj_dim=self.proj_dim,
+        )
+
+    def check_data(self, channels: int, source: str) -> None:
+        if channels != self.in_channels:
+            raise SimCLRv2Error(
+                f"{source} was trained on {self.in_channels}-channel images but the data has {channels} channels; "
+                "use data of the same kind or retrain"
+            )
+
+
+def load_state(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Loads weights strictly; a mismatch becomes one line naming the first differing keys."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:2]
+        raise SimCLRv2Error(f"{source} does not fit this architecture: {' '.join(first)[:300]}") from exc
+
+
+def classifier_architecture(payload: dict[str, Any]) -> tuple[Architecture, int, int]:
+    """(architecture, head_layer, num_classes) of a fine-tuned checkpoint."""
+    if payload.get("kind") != "classifier":
+        raise SimCLRv2Error(
+            f"checkpoint from stage {payload.get('stage')!r} holds no classifier; pass a fine-tuned, supervised "
+            "or distilled run"
+        )
+    return Architecture.from_dict(payload["architecture"]), int(payload["head_layer"]), int(payload["num_classes"])
+
+
+def build_classifier(architecture: Architecture, head_layer: int, num_classes: int,
+                     seed: int | None = None) -> Classifier:
+    return Classifier.from_simclr(architecture.build_simclr(seed), head_layer, num_classes)

@@ -1,0 +1,115 @@
+"""Command line: parses argv into a config and calls one stage. No training logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from simclrv2.config import load_config, option_defaults
+from simclrv2.errors import SimCLRv2Error
+
+
+def _stage(module: str, function: str) -> Callable[[argparse.Namespace, Any], None]:
+    """Imports a stage only when it runs, so ``--help`` stays fast."""
+
+    def run_stage(args: argparse.Namespace, config: Any) -> None:
+        stage = getattr(importlib.import_module(f"simclrv2.stages.{module}"), function)
+        stage(config, args.run_dir, resume=args.resume, overwrite=args.overwrite)
+
+    return run_stage
+
+
+# name -> (help, runner, default run directory)
+STAGES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], None], str]] = {
+    "pretrain": ("contrastive pretraining (stage 1)", _stage("pretrain", "pretrain"), "runs/pretrain"),
+    "finetune": ("fine-tune a pretrained network on a labelled subset from a head layer (stage 2)",
+                 _stage("finetune", "finetune"), "runs/finetune"),
+    "supervised": ("the supervised-only baseline on the same labelled subset", _stage("supervised", "supervised"),
+                   "runs/supervised"),
+    "evaluate": ("linear, kNN or classifier evaluation on the test split", _stage("evaluate", "evaluate"),
+                 "runs/evaluate"),
+    "distill": ("distil a fine-tuned teacher into a student on unlabeled data (stage 3)",
+                _stage("distill", "distill"), "runs/distill"),
+    "pipeline": ("pretrain, fine-tune, baseline, linear eval, distil and report, from one config",
+                 _stage("pipeline", "pipeline"), "runs/pipeline"),
+}
+
+
+def _format_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _add_stage_parser(sub: Any, name: str, help_text: str, default_run_dir: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=f"simclrv2 {name}: {help_text}. Every option below "
+                       "can also be set in the TOML config file as [section] key = value.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="TOML config file (command-line options override it)")
+    p.add_argument("--run-dir", type=Path, default=Path(default_run_dir),
+                   help=f"where the run writes its files (default: {default_run_dir})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (or reuse it if finished)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
+    group = p.add_argument_group("config options (section.key)")
+    for dotted, default in option_defaults().items():
+        group.add_argument(f"--{dotted}", dest=f"opt:{dotted}", metavar=type(default).__name__.upper(),
+                           default=None, help=f"(default: {_format_default(default)})".replace("%", "%%"))
+
+
+def _download(args: argparse.Namespace) -> None:
+    from simclrv2.data import download_dataset
+
+    path = download_dataset(args.dataset, Path(args.dest) if args.dest else None)
+    print(f"{args.dataset} is in {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simclrv2", description="SimCLRv2: self-supervised pretraining, "
+                                     "fine-tuning from the projection head, and distillation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _, default_dir) in STAGES.items():
+        _add_stage_parser(sub, name, help_text, default_dir)
+    r = sub.add_parser("report", help="(re)build the HTML report of a run or pipeline directory")
+    r.add_argument("run_dir", type=Path)
+    d = sub.add_parser("download", help="download a dataset (needs internet) and verify its checksums")
+    d.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100 or stl10")
+    d.add_argument("--dest", help="target folder (default: the cache, ~/.cache/simclrv2/DATASET)")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "download":
+        _download(args)
+        return 0
+    if args.command == "report":
+        from simclrv2.report import build_report
+
+        print(f"report: {build_report(args.run_dir)}")
+        return 0
+    if args.resume and args.overwrite:
+        raise SimCLRv2Error("--resume and --overwrite exclude each other: choose one")
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt:") and v is not None}
+    config = load_config(args.config, overrides)
+    STAGES[args.command][1](args, config)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except SimCLRv2Error as exc:
+        print(f"simclrv2: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("simclrv2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

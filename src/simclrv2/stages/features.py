@@ -1,0 +1,64 @@
+"""Frozen-network outputs on a whole dataset: encoder features, kNN accuracy (the SPEC's monitor), logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from simclrv2.augment import center_crop
+from simclrv2.data import ImageDataset
+from simclrv2.knn import extract_features, knn_accuracy
+from simclrv2.metrics import accuracy
+
+
+def eval_transform(image_size: int):
+    """Evaluation view (SPEC): centre crop of 87.5 % and resize back; none for images <= 32 px."""
+    if image_size <= 32:
+        return None
+    return lambda x: center_crop(x, fraction=0.875, out_size=image_size)
+
+
+def outputs(forward_module: nn.Module, forward, dataset: ImageDataset, device: torch.device, batch_size: int,
+            precision: str, progress: bool = False) -> torch.Tensor:
+    """(N, D) float32 outputs of ``forward`` with its module in eval mode (BN running statistics)."""
+    was_training = forward_module.training
+    forward_module.eval()
+    try:
+        return extract_features(
+            forward,
+            dataset.images,
+            batch_size=batch_size,
+            device=device,
+            transform=eval_transform(dataset.image_size),
+            autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+            progress=progress,
+        )
+    finally:
+        forward_module.train(was_training)
+
+
+def encoder_features(encoder: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int,
+                     precision: str, progress: bool = False) -> torch.Tensor:
+    return outputs(encoder, encoder.forward_features, dataset, device, batch_size, precision, progress)
+
+
+def classifier_logits(model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int,
+                      precision: str, progress: bool = False) -> torch.Tensor:
+    return outputs(model, model, dataset, device, batch_size, precision, progress)
+
+
+def classifier_top1(model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int,
+                    precision: str) -> float:
+    labels = dataset.require_labels("test accuracy")
+    logits = classifier_logits(model, dataset, device, batch_size, precision)
+    return accuracy(logits, labels)
+
+
+def knn_top1(encoder: nn.Module, bank: ImageDataset, queries: ImageDataset, device: torch.device, *,
+             k: int, temperature: float, batch_size: int, precision: str) -> float:
+    bank_labels = bank.require_labels("the kNN memory bank")
+    query_labels = queries.require_labels("kNN evaluation")
+    bank_features = encoder_features(encoder, bank, device, batch_size, precision)
+    query_features = encoder_features(encoder, queries, device, batch_size, precision)
+    return knn_accuracy(bank_features, bank_labels, query_features, query_labels, bank.num_classes,
+                        k=k, temperature=temperature)

@@ -1,0 +1,209 @@
+"""``simclrv2 pipeline``: pretrain → fine-tune → supervised baseline → linear eval → distil → report.
+
+Each stage runs in its own sub-directory. ``pipeline.json`` records a fingerprint of every stage's config
+(and of the stages it builds on): a finished stage whose fingerprint is unchanged is reused, an interrupted
+one is resumed, and a stage whose config changed is re-run from scratch, so outputs of two configs never mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simclrv2.architecture import Architecture
+from simclrv2.checkpoint import atomic_write_text, load_checkpoint, prepare_run_dir, save_checkpoint
+from simclrv2.config import Config, config_to_dict, to_toml
+from simclrv2.errors import SimCLRv2Error
+from simclrv2.runtime import resolve_device
+from simclrv2.stages import distill as distill_module
+from simclrv2.stages import finetune as finetune_module
+from simclrv2.stages import pretrain as pretrain_module
+from simclrv2.stages import supervised as supervised_module
+from simclrv2.stages.distill import distill
+from simclrv2.stages.evaluate import evaluate
+from simclrv2.stages.features import encoder_features
+from simclrv2.stages.finetune import finetune, load_pretrained
+from simclrv2.stages.inputs import load_test
+from simclrv2.stages.pretrain import pretrain
+from simclrv2.stages.supervised import supervised
+
+STATE_FILE = "pipeline.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # sub-directory
+    method: str  # row of the final table
+    labels: str  # column of the final table ("" for pretraining)
+    config: Config
+    runner: Callable[..., Any]
+    sections: tuple[str, ...]  # the config sections the stage's output depends on
+    upstream: tuple[str, ...] = field(default=())
+
+
+def slug(labels: str) -> str:
+    return labels.replace("%", "pct").replace("/", "-per-").replace(" ", "")
+
+
+def plan(config: Config, run_dir: Path) -> list[Step]:
+    """Every stage of the pipeline with its own config, in the order they run."""
+    p, ft = config.pipeline, config.finetune
+    pretrain_dir = str(run_dir / "pretrain")
+    steps = [Step("pretrain", "pretraining", "", config, pretrain, pretrain_module.IDENTITY_SECTIONS)]
+    for labels in p.fractions():
+        layers = sorted(set(p.layers()) | ({ft.head_layer} if p.distill else set()))
+        for j in layers:
+            c = dataclasses.replace(config, finetune=dataclasses.replace(ft, labels=labels, head_layer=j,
+                                                                          pretrained=pretrain_dir))
+            steps.append(Step(f"finetune-{slug(labels)}-layer{j}", f"fine-tuned (head layer {j})", labels, c,
+                              finetune, finetune_module.IDENTITY_SECTIONS, ("pretrain",)))
+        if p.supervised:
+            c = dataclasses.replace(config, finetune=dataclasses.replace(ft, labels=labels))
+            steps.append(Step(f"supervised-{slug(labels)}", "supervised only", labels, c, supervised,
+                              supervised_module.IDENTITY_SECTIONS))
+        if p.linear_eval:
+            c = dataclasses.replace(config, evaluate=dataclasses.replace(
+                config.evaluate, mode="linear", checkpoint=pretrain_dir, labels=labels))
+            steps.append(Step(f"linear-{slug(labels)}", "linear eval", labels, c, evaluate, ("data", "evaluate"),
+                              ("pretrain",)))
+        if p.distill:
+            teacher = f"finetune-{slug(labels)}-layer{ft.head_layer}"
+            c = dataclasses.replace(
+                config, finetune=dataclasses.replace(ft, labels=labels),
+                distill=dataclasses.replace(config.distill, teacher=str(run_dir / teacher)))
+            steps.append(Step(f"distill-{slug(labels)}", "distilled student", labels, c, distill,
+                              (*distill_module.IDENTITY_SECTIONS, "finetune"), (teacher,)))
+    return steps
+
+
+# Paths the pipeline wires between its own stages: what they point to is captured by the upstream fingerprints,
+# so a moved or copied pipeline directory is still recognised.
+WIRING = (("finetune", "pretrained"), ("evaluate", "checkpoint"), ("distill", "teacher"))
+
+
+def fingerprint(step: Step, upstream: dict[str, str]) -> str:
+    """Hash of what makes a stage's output: the config sections it reads, the seed and kNN settings, and the
+    fingerprints of the stages it builds on."""
+    full = config_to_dict(step.config)
+    as_dict = {section: dict(full[section]) for section in step.sections}
+    for section, key in WIRING:
+        if section in as_dict:
+            as_dict[section][key] = "<pipeline>"
+    run = full["run"]
+    as_dict["run"] = {key: run[key] for key in ("seed", "knn_k", "knn_temperature")}
+    as_dict["upstream"] = {name: upstream[name] for name in step.upstream}
+    return hashlib.sha256(json.dumps(as_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _top1(result: Any) -> float | None:
+    for name in ("test_top1", "top1", "knn_top1"):
+        if hasattr(result, name):
+            return getattr(result, name)
+    return None
+
+
+def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Runs every stage (reusing finished ones with --resume); returns the summary written to summary.json."""
+    run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    state_path = run_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() and not overwrite else {"steps": {}}
+    atomic_write_text(run_dir / "config.toml", to_toml(config))
+    fingerprints: dict[str, str] = {}
+    rows = []
+    for step in plan(config, run_dir):
+        fp = fingerprint(step, fingerprints)
+        fingerprints[step.name] = fp
+        record = state["steps"].get(step.name, {})
+        same = record.get("fingerprint") == fp
+        if same and record.get("status") == "done":
+            print(f"[pipeline] {step.name}: unchanged, reusing", flush=True)
+            top1 = record.get("top1")
+        else:
+            stale = (run_dir / step.name).exists() and not same
+            if stale:
+                print(f"[pipeline] {step.name}: config changed, re-running from scratch", flush=True)
+            print(f"[pipeline] {step.name}: {'resuming' if same else 'running'}", flush=True)
+            state["steps"][step.name] = {"fingerprint": fp, "status": "started"}
+            atomic_write_text(state_path, json.dumps(state, indent=1))
+            start = time.perf_counter()
+            result = step.runner(step.config, run_dir / step.name, resume=same, overwrite=not same)
+            top1 = _top1(result)
+            state["steps"][step.name] = {"fingerprint": fp, "status": "done", "top1": top1,
+                                         "seconds": round(time.perf_counter() - start + record.get("seconds", 0), 1)}
+            atomic_write_text(state_path, json.dumps(state, indent=1))
+            if step.name == "pretrain" and config.pipeline.embedding_samples:
+                save_embeddings(config, run_dir)
+        if step.labels:
+            rows.append({"method": step.method, "labels": step.labels, "top1": top1, "run": step.name})
+    summary = _summary(config, run_dir, state, rows)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    print(format_table(summary), flush=True)
+    _report(run_dir)
+    return summary
+
+
+def save_embeddings(config: Config, run_dir: Path) -> None:
+    """Encoder features of some test images, for the report's 2-D projection."""
+    try:
+        test = load_test(config.data)
+        test.require_labels("the embedding plot")
+    except SimCLRv2Error as exc:
+        print(f"[pipeline] no embedding plot: {exc}", flush=True)
+        return
+    test = test.subset(torch.arange(min(config.pipeline.embedding_samples, len(test))))
+    _, model = load_pretrained(str(run_dir / "pretrain"))
+    device = resolve_device(config.run.device)
+    features = encoder_features(model.encoder.to(device), test, device, config.run.eval_batch_size,
+                                config.run.precision)
+    save_checkpoint(run_dir / "embeddings.pt", features=features, labels=test.labels, classes=list(test.classes),
+                    source="pretrained encoder, test images")
+
+
+def _summary(config: Config, run_dir: Path, state: dict, rows: list[dict]) -> dict:
+    scored = [r for r in rows if r["top1"] is not None]
+    best = max(scored, key=lambda r: r["top1"]) if scored else None
+    pretrain_payload = load_checkpoint(run_dir / "pretrain")
+    return {
+        "dataset": config.data.dataset,
+        "architecture": Architecture.from_dict(pretrain_payload["architecture"]).describe(),
+        "wall_time_s": round(sum(s.get("seconds", 0) for s in state["steps"].values()), 1),
+        "rows": rows,
+        "best": best,
+        "knn": {"init": pretrain_payload.get("knn_top1_at_init"), "final": pretrain_payload.get("knn_top1")},
+    }
+
+
+def format_table(summary: dict) -> str:
+    """The final table: methods down, label fractions across, test top-1 in %."""
+    fractions = list(dict.fromkeys(r["labels"] for r in summary["rows"]))
+    methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
+    cell = {(r["method"], r["labels"]): r["top1"] for r in summary["rows"]}
+    width = max([len(m) for m in methods] + [6])
+    lines = [f"{summary['dataset']}, {summary['architecture']}: test top-1 (%)",
+             f"{'method':<{width}}  " + "  ".join(f"{f:>7}" for f in fractions)]
+    for m in methods:
+        values = [cell.get((m, f)) for f in fractions]
+        lines.append(f"{m:<{width}}  " + "  ".join(f"{100 * v:7.2f}" if v is not None else f"{'-':>7}"
+                                                    for v in values))
+    knn = summary.get("knn") or {}
+    if knn.get("final") is not None:
+        lines.append(f"kNN (all labels): {100 * knn['final']:.2f} pretrained vs {100 * knn['init']:.2f} at random init")
+    return "\n".join(lines)
+
+
+def _report(run_dir: Path) -> None:
+    try:
+        from simclrv2.report import build_report
+
+        path = build_report(run_dir)
+        print(f"[pipeline] report: {path}", flush=True)
+    except SimCLRv2Error as exc:
+        print(f"[pipeline] no report: {exc}", flush=True)

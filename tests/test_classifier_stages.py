@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+
+from simclrv2.checkpoint import load_checkpoint, read_metrics
+from simclrv2.config import load_config
+from simclrv2.errors import SimCLRv2Error
+from simclrv2.stages.distill import distill
+from simclrv2.stages.evaluate import evaluate
+from simclrv2.stages.finetune import finetune
+from simclrv2.stages.pretrain import pretrain
+from simclrv2.stages.supervised import supervised
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, tiny_fashion):
+    from conftest import quick_config_values
+
+    run_dir = tmp_path_factory.mktemp("stages") / "pretrain"
+    pretrain(quick_config_values(tiny_fashion, **{"run.knn_every": 0}), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_fashion, pretrained):
+    from conftest import quick_config_values
+
+    run_dir = tmp_path_factory.mktemp("stages") / "finetune"
+    config = quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained, "finetune.labels": "10%",
+                                                  "finetune.epochs": 3, "finetune.eval_every": 1})
+    return run_dir, finetune(config, run_dir)
+
+
+def test_finetuning_writes_subset_metrics_result_and_a_classifier_checkpoint(finetuned):
+    run_dir, result = finetuned
+    ids = [line for line in (run_dir / "labelled_subset.txt").read_text().splitlines() if not line.startswith("#")]
+    assert len(ids) == 40  # 10 % of 400, 4 per class
+    payload = load_checkpoint(run_dir)
+    assert payload["kind"] == "classifier" and payload["head_layer"] == 1 and payload["num_classes"] == 10
+    stored = json.loads((run_dir / "result.json").read_text())
+    assert stored["top1"] == pytest.approx(result.test_top1)
+    assert len(stored["confusion_matrix"]) == 10 and sum(map(sum, stored["confusion_matrix"])) == 200
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+
+
+def test_finetuned_classifier_keeps_the_first_head_layer_of_the_pretrained_model(finetuned, pretrained):
+    run_dir, _ = finetuned
+    model = load_checkpoint(run_dir)["model"]
+    assert any(k.startswith("head.0.") for k in model) and not any(k.startswith("head.1.") for k in model)
+    assert model["classifier.weight"].shape[0] == 10
+
+
+def test_head_layer_deeper_than_the_pretrained_head_is_refused(tmp_path, quick_config, pretrained):
+    config = quick_config(**{"finetune.pretrained": pretrained, "finetune.head_layer": 4})
+    with pytest.raises(SimCLRv2Error, match="head has 3 layers"):
+        finetune(config, tmp_path / "ft")
+
+
+def test_finetuning_from_a_classifier_checkpoint_is_refused(tmp_path, quick_config, finetuned):
+    config = quick_config(**{"finetune.pretrained": finetuned[0]})
+    with pytest.raises(SimCLRv2Error, match="not a pretraining run"):
+        finetune(config, tmp_path / "ft")
+
+
+def test_supervised_baseline_uses_the_same_subset(tmp_path, quick_config, finetuned):
+    result = supervised(quick_config(**{"finetune.labels": "10%"}), tmp_path / "sup")
+    assert (tmp_path / "sup" / "labelled_subset.txt").read_text() == (finetuned[0] / "labelled_subset.txt").read_text()
+    assert 0.0 <= result.test_top1 <= 1.0
+    assert load_checkpoint(tmp_path / "sup")["stage"] == "supervised"
+
+
+@pytest.mark.parametrize("mode", ["linear", "knn"])
+def test_linear_and_knn_evaluation_of_a_pretrained_encoder(tmp_path, quick_config, pretrained, mode):
+    config = quick_config(**{"evaluate.mode": mode, "evaluate.checkpoint": pretrained, "evaluate.labels": "50%"})
+    result = evaluate(config, tmp_path / mode)
+    stored = json.loads((tmp_path / mode / "result.json").read_text())
+    assert stored["mode"] == mode and stored["num_labelled"] == 200
+    assert stored["top1"] == result.top1 > 0.3  # the tiny classes are easy; chance is 0.1
+
+
+def test_classifier_evaluation_reproduces_the_finetuning_result(tmp_path, quick_config, finetuned):
+    run_dir, result = finetuned
+    config = quick_config(**{"evaluate.mode": "classifier", "evaluate.checkpoint": run_dir})
+    assert evaluate(config, tmp_path / "eval").top1 == pytest.approx(result.test_top1)
+
+
+def test_classifier_evaluation_of_a_pretraining_checkpoint_is_refused(tmp_path, quick_config, pretrained):
+    config = quick_config(**{"evaluate.mode": "classifier", "evaluate.checkpoint": pretrained})
+    with pytest.raises(SimCLRv2Error, match="holds no classifier"):
+        evaluate(config, tmp_path / "eval")
+
+
+def test_self_distillation_trains_a_student_of_the_teachers_architecture(tmp_path, quick_config, finetuned):
+    run_dir, _ = finetuned
+    result = distill(quick_config(**{"distill.teacher": run_dir}), tmp_path / "student")
+    payload = load_checkpoint(tmp_path / "student")
+    assert payload["architecture"] == load_checkpoint(run_dir)["architecture"]
+    assert result.result["temperature"] == 0.1  # SPEC: self-distillation
+    assert 0.0 <= result.test_top1 <= 1.0
+
+
+def test_big_to_small_distillation_builds_the_student_from_the_model_section(tmp_path, quick_config, finetuned):
+    run_dir, _ = finetuned
+    config = quick_config(**{"distill.teacher": run_dir, "distill.student": "model", "model.head_layers": 2,
+                             "distill.alpha": 0.5, "finetune.labels": "10%"})
+    result = distill(config, tmp_path / "student")
+    assert load_checkpoint(tmp_path / "student")["architecture"]["head_layers"] == 2
+    assert result.result["temperature"] == 1.0
+
+
+def test_teacher_whose_classes_do_not_match_the_data_is_refused(tmp_path, quick_config, finetuned):
+    run_dir, _ = finetuned
+    payload = load_checkpoint(run_dir)
+    payload["num_classes"] = 7
+    payload["model"]["classifier.weight"] = torch.zeros(7, payload["model"]["classifier.weight"].shape[1])
+    payload["model"]["classifier.bias"] = torch.zeros(7)
+    torch.save(payload, tmp_path / "teacher.pt")
+    with pytest.raises(SimCLRv2Error, match="teacher predicts 7 classes"):
+        distill(quick_config(**{"distill.teacher": tmp_path / "teacher.pt"}), tmp_path / "student")
+
+
+def test_nonexistent_student_architecture_is_refused(quick_config, finetuned):
+    with pytest.raises(SimCLRv2Error, match="model.depth = 42 .* 18, 34, 50, 101, 152"):
+        quick_config(**{"distill.teacher": finetuned[0], "distill.student": "model", "model.depth": 42})
+
+
+def test_config_for_a_dataset_without_labels_is_refused_for_finetuning(tmp_path, pretrained):
+    folder = tmp_path / "unlabeled"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("L", (28, 28), color=i * 40).save(folder / f"{i}.png")
+    config = load_config(None, {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": "28",
+                                "finetune.pretrained": str(pretrained), "run.progress": "false"})
+    with pytest.raises(SimCLRv2Error, match="label"):
+        finetune(config, tmp_path / "ft")

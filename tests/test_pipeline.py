@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+import simclrv2.stages.pipeline as pipeline_module
+from simclrv2.stages.pipeline import format_table, pipeline, plan, slug
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_fashion):
+    from conftest import quick_config_values
+
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    config = quick_config_values(tiny_fashion, **{"pipeline.label_fractions": "10%", "pipeline.head_layers": "0,1",
+                                                  "run.knn_every": 0})
+    return run_dir, config, pipeline(config, run_dir)
+
+
+def test_plan_names_one_sub_directory_per_stage(quick_config, tmp_path):
+    names = [s.name for s in plan(quick_config(), tmp_path)]
+    assert names == ["pretrain", "finetune-1pct-layer0", "finetune-1pct-layer1", "supervised-1pct", "linear-1pct",
+                     "distill-1pct", "finetune-10pct-layer0", "finetune-10pct-layer1", "supervised-10pct",
+                     "linear-10pct", "distill-10pct"]
+    assert slug("60/class") == "60-per-class"
+
+
+def test_pipeline_runs_every_stage_and_writes_the_table(pipeline_run):
+    run_dir, _, summary = pipeline_run
+    methods = {r["method"] for r in summary["rows"]}
+    assert methods == {"fine-tuned (head layer 0)", "fine-tuned (head layer 1)", "supervised only", "linear eval",
+                       "distilled student"}
+    assert all(0 <= r["top1"] <= 1 for r in summary["rows"])
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert (run_dir / "embeddings.pt").is_file()
+    assert (run_dir / "report" / "index.html").is_file()
+    table = format_table(summary)
+    assert "distilled student" in table and "10%" in table
+
+
+def test_rerun_reuses_every_finished_stage(pipeline_run, monkeypatch):
+    run_dir, config, summary = pipeline_run
+    ran = []
+    for name in ("pretrain", "finetune", "supervised", "evaluate", "distill"):
+        monkeypatch.setattr(pipeline_module, name, lambda *a, _n=name, **k: ran.append(_n))
+    again = pipeline(config, run_dir, resume=True)
+    assert ran == []
+    assert again["rows"] == summary["rows"]
+
+
+def test_a_changed_stage_config_reruns_that_stage_and_what_depends_on_it(pipeline_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    run_dir, config, _ = pipeline_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, alpha=0.5))
+    before = json.loads((copy / "pipeline.json").read_text())["steps"]
+    pipeline(changed, copy, resume=True)
+    after = json.loads((copy / "pipeline.json").read_text())["steps"]
+    differs = {name for name in after if after[name]["fingerprint"] != before[name]["fingerprint"]}
+    assert differs == {"distill-10pct"}
