@@ -20,12 +20,12 @@ import resource
 import time
 
 import torch
-from simclrv2.losses import nt_xent_loss
-from simclrv2.optim import LARS, param_groups
 
 from simclrv2.augment import AugmentConfig, simclr_views
 from simclrv2.data import load_dataset
+from simclrv2.losses import nt_xent_loss
 from simclrv2.models import build_simclr_model, count_parameters
+from simclrv2.optim import LARS, param_groups
 from simclrv2.runtime import autocast, prepare_model
 
 

@@ -146,13 +146,6 @@ def _head(rank: int, inputs: dict[str, Tensor]) -> dict:
     }
 
 
-def has_nt_xent() -> bool:
-    try:
-        return hasattr(importlib.import_module("simclrv2.losses"), "nt_xent_loss")
-    except ImportError:
-        return False
-
-
 SCENARIOS = {
     "basics": _basics, "gather": _gather, "nt_xent": _nt_xent, "global_bn": _global_bn, "head": _head,
 }

@@ -42,7 +42,8 @@ def nt_xent_loss(
     if n < 2 and gather is None and extra_negatives is None:
         raise SimCLRv2Error("nt_xent_loss needs at least 2 images per batch (the others are the negatives)")
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        local = F.normalize(torch.cat([z1, z2]).float(), dim=1)  # (2N, D): view 1 rows, then view 2 rows
+        dtype = torch.promote_types(z1.dtype, torch.float32)  # at least fp32; float64 stays float64
+        local = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)  # (2N, D): view 1 rows, then view 2 rows
         if gather is None:
             candidates, offset, n_global = local, 0, n
         else:
@@ -55,7 +56,7 @@ def nt_xent_loss(
         positive = torch.cat([rows[:n] + offset + n_global, rows[:n] + offset])  # its other view's column
         logits[rows, own] = float("-inf")  # an anchor is never its own negative
         if extra_negatives is not None and extra_negatives.numel():
-            memory = extra_negatives.detach().float()
+            memory = extra_negatives.detach().to(dtype)
             logits = torch.cat([logits, local @ memory.T / temperature], dim=1)  # (2N, 2*N_global + M)
         return F.cross_entropy(logits, positive)
 
@@ -71,8 +72,9 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     if temperature <= 0:
         raise SimCLRv2Error(f"distillation temperature must be > 0, got {temperature}")
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
-        teacher = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
-        log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+        dtype = torch.promote_types(student_logits.dtype, torch.float32)
+        teacher = F.softmax(teacher_logits.detach().to(dtype) / temperature, dim=1)
+        log_student = F.log_softmax(student_logits.to(dtype) / temperature, dim=1)
         return -(teacher * log_student).sum(dim=1).mean()
 
 
