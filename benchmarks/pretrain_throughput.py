@@ -26,7 +26,7 @@ from simclrv2.data import load_dataset
 from simclrv2.losses import nt_xent_loss
 from simclrv2.models import build_simclr_model, count_parameters
 from simclrv2.optim import LARS, param_groups
-from simclrv2.runtime import autocast, prepare_model
+from simclrv2.runtime import autocast, prepare_model, resolve_precision
 
 
 def timed(fn, warmup: int, steps: int) -> float:
@@ -77,7 +77,7 @@ def measure(images: torch.Tensor, width: float, precision: str, head_layers: int
         "arch": f"resnet18w{width:g}",
         "params": count_parameters(model),
         "head_layers": head_layers,
-        "precision": precision,
+        "precision": resolve_precision(precision, device),
         "channels_last": channels_last,
         "batch": batch,
         "e2e": {"pairs_per_s": round(batch / e2e_s, 1), "mean_s_per_step": round(e2e_s, 4)},
@@ -90,7 +90,8 @@ def measure(images: torch.Tensor, width: float, precision: str, head_layers: int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=float, nargs="+", default=[0.25, 1.0])
-    p.add_argument("--precision", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the CPU has native bf16 kernels (AVX-512 BF16/AMX), else fp32")
     p.add_argument("--head-layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 for width < 1, else 10)")

@@ -8,12 +8,14 @@ be one permutation per epoch split into disjoint shards (``shard_indices``).
 
 from __future__ import annotations
 
+import inspect
 import os
 from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from simclrv2.errors import SimCLRv2Error
 
@@ -102,6 +104,17 @@ def cleanup() -> None:
     """Leaves the process group (no-op without one)."""
     if _active():
         torch_dist.destroy_process_group()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel that leaves BN buffers alone in the forward pass: with global BN every process
+    already computes the same statistics, so re-broadcasting rank 0's would only cost time."""
+    # torch >= 2.13 renames broadcast_buffers to forward_sync_buffers; both mean "no sync before each forward"
+    no_forward_sync = ({"forward_sync_buffers": False}
+                       if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, **no_forward_sync)
 
 
 def barrier() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -23,10 +25,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@functools.cache
+def _bf16_is_fast(device_type: str) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bf16 convolutions run on native kernels here. On a CPU without AVX-512 BF16/AMX, oneDNN has no
+    bf16 path and PyTorch falls back to a reference convolution that is 10-20x slower than fp32."""
+    return _bf16_is_fast(device.type)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` becomes bf16 where it is fast and fp32 elsewhere; an explicit choice is kept (with a warning
+    when bf16 will be slow, since that is a legitimate experiment but rarely what a user wants)."""
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    if precision == "bf16" and not bf16_is_fast(device):
+        warnings.warn(f"bf16 has no fast kernels on this {device.type}; run.precision = 'fp32' or 'auto' is faster",
+                      stacklevel=2)
+    return precision
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str) -> Iterator[None]:
     """bf16 autocast on CPU and GPU (no loss scaling needed, unlike fp16); fp32 runs untouched."""
-    if precision == "bf16":
+    if resolve_precision(precision, device) == "bf16":
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
     else:

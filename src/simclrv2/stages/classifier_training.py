@@ -92,14 +92,13 @@ def train_classifier(
     if world > 1:
         model = convert_to_global_bn(model)
     model = prepare_model(model, device, run.channels_last)
-    optimizer = LARS(param_groups(model, recipe.weight_decay), lr=peak_lr, momentum=recipe.momentum,
-                     weight_decay=recipe.weight_decay)
+    # the linear classifier is excluded from weight decay and trust-ratio adaptation, as in the reference
+    groups = param_groups(model, recipe.weight_decay, plain=[model.classifier])
+    optimizer = LARS(groups, lr=peak_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     trained = (
-        nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
-                                            device_ids=[device.index] if device.type == "cuda" else None)
-        if world > 1 else model
+        dist.wrap_ddp(model, device) if world > 1 else model
     )
     forward = torch.compile(trained) if run.compile else trained
     images = images.to(device)

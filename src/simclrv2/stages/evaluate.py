@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from simclrv2 import dist
 from simclrv2.architecture import Architecture, build_classifier, classifier_architecture, load_state
 from simclrv2.checkpoint import atomic_write_text, load_checkpoint, prepare_run_dir
 from simclrv2.config import Config, to_toml
@@ -57,6 +58,23 @@ def evaluate(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     device = resolve_device(run.device)
     if not cfg.checkpoint:
         raise SimCLRv2Error("nothing to evaluate: set evaluate.checkpoint to a run directory or checkpoint file")
+    run_dir = Path(run_dir)
+    done = run_dir / "result.json"
+    if dist.init_distributed(device.type) and not dist.is_main():
+        dist.barrier()  # evaluation is cheap next to training: rank 0 does it, the others wait and read it
+        if not done.is_file():
+            raise SimCLRv2Error("evaluation failed on rank 0; its message says why")
+        result = json.loads(done.read_text())
+        return EvaluationResult(run_dir, result["top1"], result)
+    try:
+        result = _evaluate(config, run_dir, resume, overwrite, device)
+    finally:
+        dist.barrier()
+    return result
+
+
+def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, device: torch.device):
+    cfg, run = config.evaluate, config.run
     run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume and (run_dir / "result.json").is_file():
         result = json.loads((run_dir / "result.json").read_text())

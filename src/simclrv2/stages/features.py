@@ -9,6 +9,7 @@ from simclrv2.augment import center_crop
 from simclrv2.data import ImageDataset
 from simclrv2.knn import extract_features, knn_accuracy
 from simclrv2.metrics import accuracy
+from simclrv2.runtime import resolve_precision
 
 
 def eval_transform(image_size: int):
@@ -30,7 +31,7 @@ def outputs(forward_module: nn.Module, forward, dataset: ImageDataset, device: t
             batch_size=batch_size,
             device=device,
             transform=eval_transform(dataset.image_size),
-            autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+            autocast_dtype=torch.bfloat16 if resolve_precision(precision, device) == "bf16" else None,
             progress=progress,
         )
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from simclrv2 import dist
 from simclrv2.architecture import Architecture
 from simclrv2.checkpoint import atomic_write_text, load_checkpoint, prepare_run_dir, save_checkpoint
 from simclrv2.config import Config, config_to_dict, to_toml
@@ -111,11 +112,25 @@ def _top1(result: Any) -> float | None:
 
 
 def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
-    """Runs every stage (reusing finished ones with --resume); returns the summary written to summary.json."""
-    run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    """Runs every stage (reusing finished ones with --resume); returns the summary written to summary.json.
+
+    Under torchrun every process runs every stage together; only rank 0 writes the pipeline's own files.
+    """
+    dist.init_distributed(resolve_device(config.run.device).type)
+    main = dist.is_main()
+    run_dir = Path(run_dir)
+    if main:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    dist.barrier()
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() and not overwrite else {"steps": {}}
-    atomic_write_text(run_dir / "config.toml", to_toml(config))
+
+    def write_state() -> None:
+        if main:
+            atomic_write_text(state_path, json.dumps(state, indent=1))
+
+    if main:
+        atomic_write_text(run_dir / "config.toml", to_toml(config))
     fingerprints: dict[str, str] = {}
     rows = []
     for step in plan(config, run_dir):
@@ -124,30 +139,37 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         record = state["steps"].get(step.name, {})
         same = record.get("fingerprint") == fp
         if same and record.get("status") == "done":
-            print(f"[pipeline] {step.name}: unchanged, reusing", flush=True)
+            _say(f"{step.name}: unchanged, reusing")
             top1 = record.get("top1")
         else:
-            stale = (run_dir / step.name).exists() and not same
-            if stale:
-                print(f"[pipeline] {step.name}: config changed, re-running from scratch", flush=True)
-            print(f"[pipeline] {step.name}: {'resuming' if same else 'running'}", flush=True)
+            if (run_dir / step.name).exists() and not same:
+                _say(f"{step.name}: config changed, re-running from scratch")
+            _say(f"{step.name}: {'resuming' if same else 'running'}")
             state["steps"][step.name] = {"fingerprint": fp, "status": "started"}
-            atomic_write_text(state_path, json.dumps(state, indent=1))
+            write_state()
             start = time.perf_counter()
             result = step.runner(step.config, run_dir / step.name, resume=same, overwrite=not same)
             top1 = _top1(result)
             state["steps"][step.name] = {"fingerprint": fp, "status": "done", "top1": top1,
                                          "seconds": round(time.perf_counter() - start + record.get("seconds", 0), 1)}
-            atomic_write_text(state_path, json.dumps(state, indent=1))
-            if step.name == "pretrain" and config.pipeline.embedding_samples:
+            write_state()
+            if step.name == "pretrain" and config.pipeline.embedding_samples and main:
                 save_embeddings(config, run_dir)
         if step.labels:
             rows.append({"method": step.method, "labels": step.labels, "top1": top1, "run": step.name})
+        dist.barrier()
     summary = _summary(config, run_dir, state, rows)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-    print(format_table(summary), flush=True)
-    _report(run_dir)
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+        print(format_table(summary), flush=True)
+        _report(run_dir)
+    dist.barrier()
     return summary
+
+
+def _say(message: str) -> None:
+    if dist.is_main():
+        print(f"[pipeline] {message}", flush=True)
 
 
 def save_embeddings(config: Config, run_dir: Path) -> None:
@@ -156,7 +178,7 @@ def save_embeddings(config: Config, run_dir: Path) -> None:
         test = load_test(config.data)
         test.require_labels("the embedding plot")
     except SimCLRv2Error as exc:
-        print(f"[pipeline] no embedding plot: {exc}", flush=True)
+        _say(f"no embedding plot: {exc}")
         return
     test = test.subset(torch.arange(min(config.pipeline.embedding_samples, len(test))))
     _, model = load_pretrained(str(run_dir / "pretrain"))
@@ -204,6 +226,6 @@ def _report(run_dir: Path) -> None:
         from simclrv2.report import build_report
 
         path = build_report(run_dir)
-        print(f"[pipeline] report: {path}", flush=True)
+        _say(f"report: {path}")
     except SimCLRv2Error as exc:
-        print(f"[pipeline] no report: {exc}", flush=True)
+        _say(f"no report: {exc}")

@@ -33,7 +33,14 @@ from simclrv2.losses import nt_xent_loss
 from simclrv2.memory import NegativeQueue, ema_update
 from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.optim import LARS, lr_at, param_groups, scaled_learning_rate, set_lr, warmup_steps_for
-from simclrv2.runtime import autocast, generator_for, prepare_model, resolve_device, set_threads
+from simclrv2.runtime import (
+    autocast,
+    generator_for,
+    prepare_model,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+)
 from simclrv2.stages.features import knn_top1
 from simclrv2.stages.inputs import labelled_train, load_test, load_train
 from simclrv2.stages.resume import check_resumable, step_seed
@@ -127,16 +134,14 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         optimizer.load_state_dict(state["optimizer"])
     ema_model, queue = _memory(model, cfg, architecture, device, state)
     trained = (
-        nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
-                                            device_ids=[device.index] if device.type == "cuda" else None)
-        if distributed else model
+        dist.wrap_ddp(model, device) if distributed else model
     )
     forward = torch.compile(trained) if run.compile else trained
 
     if main:
         print(f"pretraining {architecture.describe()} on {train.name} ({len(train)} images, {train.image_size}px) "
               f"for {cfg.epochs} epochs of {schedule.steps_per_epoch} steps, batch {cfg.batch_size}, "
-              f"peak lr {schedule.peak_lr:.3g}, {device}, {run.precision}", flush=True)
+              f"peak lr {schedule.peak_lr:.3g}, {device}, {resolve_precision(run.precision, device)}", flush=True)
     knn = _KnnMonitor(config, bank, test, device, log)
     knn_init = knn.evaluate(model.encoder, epoch=0, step=0) if state is None else state.get("knn_top1_at_init")
 

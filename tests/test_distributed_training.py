@@ -1,0 +1,115 @@
+"""Distributed training is correct by construction: 2 gloo processes on CPU against one process."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddp_step_helpers as helpers
+from simclrv2.checkpoint import load_checkpoint
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_one_pretraining_step_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
+    """Same loss, parameter gradients and BN statistics as one process with plain BN on the whole batch:
+    negatives gathered with gradients, global BN, DDP's gradient averaging, each process with its own images."""
+    context = multiprocessing.get_context("spawn")
+    port = _free_port()
+    processes = [context.Process(target=helpers.worker, args=(r, port, str(tmp_path))) for r in range(helpers.WORLD)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+
+    model = helpers.tiny_model()
+    view1, view2 = helpers.global_views()
+    loss = helpers.step_loss(model, view1, view2)
+    loss.backward()
+    for rank in range(helpers.WORLD):
+        saved = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(saved["loss"], loss.detach(), rtol=1e-9, atol=1e-12)
+        for name, parameter in model.named_parameters():
+            torch.testing.assert_close(saved["grads"][name], parameter.grad, rtol=1e-7, atol=1e-10, msg=name)
+        for name, buffer in model.named_buffers():
+            torch.testing.assert_close(saved["buffers"][name], buffer, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def _torchrun(args: list[str], **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(_free_port()), "-m", "simclrv2.cli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True, **kwargs)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: torchrun starts its workers in sessions of their own, so killing the
+    launcher's process group would leave them running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    for victim in [pid, *_descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's workers through /proc")
+def test_two_process_run_is_resumed_and_evaluated_by_a_single_process(tmp_path, tiny_fashion):
+    """torchrun with 2 CPU processes, stopped hard after its first checkpoint; one process resumes it to the end
+    (same global batch) and evaluates it."""
+    run_dir = tmp_path / "pretrain"
+    options = ["--data.data_dir", str(tiny_fashion), "--model.width_multiplier", "0.125", "--pretrain.epochs", "20",
+               "--pretrain.batch_size", "64", "--run.knn_every", "0", "--run.knn_k", "10", "--run.progress", "false",
+               "--run.precision", "fp32"]
+    job = _torchrun(["pretrain", "--run-dir", str(run_dir), *options])
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    while not last.is_file() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    _kill_tree(job.pid)  # a crash: no chance to save anything more
+    output = job.communicate()[0]
+    assert last.is_file(), output
+    saved_step = load_checkpoint(last)["step"]
+    assert 0 < saved_step < 120  # 20 epochs of 6 steps; the run was stopped part-way
+
+    resumed = subprocess.run([sys.executable, "-m", "simclrv2.cli", "pretrain", "--run-dir", str(run_dir),
+                              "--resume", *options], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(run_dir)
+    assert final["step"] == 120 and final["knn_top1"] is not None
+
+    evaluated = subprocess.run([sys.executable, "-m", "simclrv2.cli", "evaluate", "--run-dir", str(tmp_path / "knn"),
+                                "--evaluate.mode", "knn", "--evaluate.checkpoint", str(run_dir), *options],
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert (tmp_path / "knn" / "result.json").is_file()
