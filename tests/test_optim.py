@@ -195,6 +195,9 @@ def test_set_lr_sets_every_group():
     optimizer = LARS(param_groups(nn.Linear(2, 2), 0.0), lr=0.1)
     set_lr(optimizer, 0.5)
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.5]
+    optimizer.param_groups[1]["lr_scale"] = 0.1
+    set_lr(optimizer, 0.5)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.05]
 
 
 def test_plain_modules_are_excluded_from_decay_and_adaptation():

@@ -60,3 +60,24 @@ def test_a_changed_stage_config_reruns_that_stage_and_what_depends_on_it(pipelin
     after = json.loads((copy / "pipeline.json").read_text())["steps"]
     differs = {name for name in after if after[name]["fingerprint"] != before[name]["fingerprint"]}
     assert differs == {"distill-10pct"}
+
+
+def test_a_student_from_pretrained_weights_starts_from_the_pipelines_own_pretraining(quick_config, tmp_path):
+    import dataclasses
+
+    config = quick_config()
+    config = dataclasses.replace(config, distill=dataclasses.replace(config.distill, student_init="pretrained"))
+    steps = {s.name: s for s in plan(config, tmp_path / "run")}
+    distill_step = steps["distill-1pct"]
+    assert distill_step.config.distill.student_pretrained == str(tmp_path / "run" / "pretrain")
+    assert "pretrain" in distill_step.upstream  # re-pretraining re-runs the distillation
+    moved = {s.name: s for s in plan(config, tmp_path / "elsewhere")}["distill-1pct"]
+    upstream = {"pretrain": "p", "finetune-1pct-layer1": "f"}
+    assert pipeline_module.fingerprint(moved, upstream) == pipeline_module.fingerprint(distill_step, upstream)
+    assert pipeline_module.fingerprint(distill_step, {**upstream, "pretrain": "q"}) != pipeline_module.fingerprint(
+        distill_step, upstream)
+
+    own = dataclasses.replace(config, distill=dataclasses.replace(config.distill, student_init="pretrained",
+                                                                  student_pretrained=str(tmp_path / "mine")))
+    kept = {s.name: s for s in plan(own, tmp_path / "run")}["distill-1pct"]
+    assert kept.config.distill.student_pretrained == str(tmp_path / "mine") and "pretrain" not in kept.upstream

@@ -151,6 +151,6 @@ def lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int) -> flo
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Sets every group's learning rate (the schedule is global; groups differ only in decay and adaptation)."""
+    """Sets every group's learning rate: the schedule is global, times a group's optional ``lr_scale``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -135,7 +135,9 @@ class FinetuneConfig:
     head_layer: int = 1
     epochs: int = 0
     batch_size: int = 64  # capped at the subset size; the SPEC's 1024 suits ImageNet's 12,811-image 1 %
-    base_lr: float = 0.005  # lr = base_lr * sqrt(batch), LARS, no warmup (SPEC)
+    # lr = base_lr * sqrt(batch), LARS, no warmup. The SPEC's 0.005 is for batch 1024 (lr 0.16); 0.02 keeps that
+    # rate at batch 64 and beat 0.005 and 0.05 on held-out training images (Fashion-MNIST, 1 % labels)
+    base_lr: float = 0.02
     lr_scaling: str = "sqrt"
     weight_decay: float = 0.0
     momentum: float = 0.9

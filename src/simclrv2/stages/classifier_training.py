@@ -43,6 +43,9 @@ class Recipe:
     crop_scale: tuple[float, float]
     flip_prob: float
     eval_every: int
+    # learning-rate factor of the parameters LARS does not adapt (classifier, BN, biases): distillation's
+    # tempered softmax scales their gradients by 1/τ, and only trust-ratio-adapted weights are immune to that
+    plain_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def train_classifier(
     model = prepare_model(model, device, run.channels_last)
     # the linear classifier is excluded from weight decay and trust-ratio adaptation, as in the reference
     groups = param_groups(model, recipe.weight_decay, plain=[model.classifier])
+    groups[1]["lr_scale"] = recipe.plain_lr_scale
     optimizer = LARS(groups, lr=peak_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)

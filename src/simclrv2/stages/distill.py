@@ -102,7 +102,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
         recipe = Recipe(epochs=cfg.epochs, batch_size=cfg.batch_size, base_lr=cfg.base_lr,
                         lr_scaling=cfg.lr_scaling, warmup_fraction=cfg.warmup_fraction,
                         weight_decay=cfg.weight_decay, momentum=cfg.momentum, crop_scale=cfg.crop_scale,
-                        flip_prob=cfg.flip_prob, eval_every=cfg.eval_every)
+                        flip_prob=cfg.flip_prob, eval_every=cfg.eval_every, plain_lr_scale=min(1.0, temperature))
         return StageSetup(
             model=student, images=train.images, batch_loss=batch_loss, recipe=recipe, test=load_test(config.data),
             architecture=architecture, head_layer=head_layer, classes=labelled.classes,

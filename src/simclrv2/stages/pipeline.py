@@ -48,6 +48,9 @@ class Step:
     runner: Callable[..., Any]
     sections: tuple[str, ...]  # the config sections the stage's output depends on
     upstream: tuple[str, ...] = field(default=())
+    # (section, key) paths the pipeline wired to its own stages: what they point to is captured by the upstream
+    # fingerprints, so the paths themselves are left out and a moved or copied pipeline directory still matches
+    wired: tuple[tuple[str, str], ...] = field(default=())
 
 
 def slug(labels: str) -> str:
@@ -65,7 +68,8 @@ def plan(config: Config, run_dir: Path) -> list[Step]:
             c = dataclasses.replace(config, finetune=dataclasses.replace(ft, labels=labels, head_layer=j,
                                                                           pretrained=pretrain_dir))
             steps.append(Step(f"finetune-{slug(labels)}-layer{j}", f"fine-tuned (head layer {j})", labels, c,
-                              finetune, finetune_module.IDENTITY_SECTIONS, ("pretrain",)))
+                              finetune, finetune_module.IDENTITY_SECTIONS, ("pretrain",),
+                              (("finetune", "pretrained"),)))
         if p.supervised:
             c = dataclasses.replace(config, finetune=dataclasses.replace(ft, labels=labels))
             steps.append(Step(f"supervised-{slug(labels)}", "supervised only", labels, c, supervised,
@@ -74,20 +78,23 @@ def plan(config: Config, run_dir: Path) -> list[Step]:
             c = dataclasses.replace(config, evaluate=dataclasses.replace(
                 config.evaluate, mode="linear", checkpoint=pretrain_dir, labels=labels))
             steps.append(Step(f"linear-{slug(labels)}", "linear eval", labels, c, evaluate, ("data", "evaluate"),
-                              ("pretrain",)))
+                              ("pretrain",), (("evaluate", "checkpoint"),)))
         if p.distill:
             teacher = f"finetune-{slug(labels)}-layer{ft.head_layer}"
+            student_pretrained = config.distill.student_pretrained
+            # a self-distilled student that starts from pretrained weights starts from this pipeline's own
+            from_pipeline = (config.distill.student_init == "pretrained" and not student_pretrained
+                             and config.distill.student == "teacher")
             c = dataclasses.replace(
                 config, finetune=dataclasses.replace(ft, labels=labels),
-                distill=dataclasses.replace(config.distill, teacher=str(run_dir / teacher)))
+                distill=dataclasses.replace(config.distill, teacher=str(run_dir / teacher),
+                                            student_pretrained=pretrain_dir if from_pipeline else student_pretrained))
             steps.append(Step(f"distill-{slug(labels)}", "distilled student", labels, c, distill,
-                              (*distill_module.IDENTITY_SECTIONS, "finetune"), (teacher,)))
+                              (*distill_module.IDENTITY_SECTIONS, "finetune"),
+                              (teacher, "pretrain") if from_pipeline else (teacher,),
+                              (("distill", "teacher"), ("distill", "student_pretrained")) if from_pipeline
+                              else (("distill", "teacher"),)))
     return steps
-
-
-# Paths the pipeline wires between its own stages: what they point to is captured by the upstream fingerprints,
-# so a moved or copied pipeline directory is still recognised.
-WIRING = (("finetune", "pretrained"), ("evaluate", "checkpoint"), ("distill", "teacher"))
 
 
 def fingerprint(step: Step, upstream: dict[str, str]) -> str:
@@ -95,7 +102,7 @@ def fingerprint(step: Step, upstream: dict[str, str]) -> str:
     fingerprints of the stages it builds on."""
     full = config_to_dict(step.config)
     as_dict = {section: dict(full[section]) for section in step.sections}
-    for section, key in WIRING:
+    for section, key in step.wired:
         if section in as_dict:
             as_dict[section][key] = "<pipeline>"
     run = full["run"]
