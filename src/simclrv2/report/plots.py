@@ -197,7 +197,7 @@ def plot_embedding(path: Path, coords: torch.Tensor, labels: torch.Tensor, class
                        label=name, linewidths=0)
     ax.set(xlabel=f"PC 1 ({100 * explained[0].item():.1f}% of variance)",
            ylabel=f"PC 2 ({100 * explained[1].item():.1f}% of variance)",
-           title=f"PCA of {source or 'the'} embeddings")
+           title=f"PCA of embeddings: {source}" if source else "PCA of embeddings")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8, title="class", markerscale=2.0 if size < 10 else 1.0,
                ncols=1 if len(classes) <= 25 else 2)
