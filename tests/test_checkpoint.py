@@ -3,6 +3,7 @@ import torch
 
 from simclrv2.checkpoint import (
     MetricsLog,
+    check_run_dir,
     load_checkpoint,
     prepare_run_dir,
     read_metrics,
@@ -18,6 +19,20 @@ def test_existing_run_is_not_touched_without_resume_or_overwrite(tmp_path):
     with pytest.raises(SimCLRv2Error, match="--resume .* --overwrite"):
         prepare_run_dir(run, resume=False, overwrite=False)
     assert (run / "metrics.jsonl").read_text() == '{"a": 1}\n'
+
+
+def test_checking_a_run_directory_creates_and_removes_nothing(tmp_path):
+    check_run_dir(tmp_path / "new", resume=False, overwrite=False)
+    assert not (tmp_path / "new").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text("{}")
+    with pytest.raises(SimCLRv2Error, match="already holds a run \\(result.json\\)"):
+        check_run_dir(run, resume=False, overwrite=False)
+    check_run_dir(run, resume=False, overwrite=True)
+    assert (run / "result.json").read_text() == "{}"
+    with pytest.raises(SimCLRv2Error, match="is a file"):
+        check_run_dir(run / "result.json", resume=False, overwrite=False)
 
 
 def test_overwrite_removes_only_run_files(tmp_path):

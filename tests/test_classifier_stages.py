@@ -56,6 +56,17 @@ def test_head_layer_deeper_than_the_pretrained_head_is_refused(tmp_path, quick_c
     config = quick_config(**{"finetune.pretrained": pretrained, "finetune.head_layer": 4})
     with pytest.raises(SimCLRv2Error, match="head has 3 layers"):
         finetune(config, tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()
+
+
+def test_finetuning_records_the_pretrained_architecture_and_refuses_other_model_options(
+        tmp_path, quick_config, finetuned, pretrained):
+    recorded = load_config(finetuned[0] / "config.toml")
+    assert (recorded.model.depth, recorded.model.width_multiplier, recorded.model.stem) == (18, 0.125, "cifar")
+    config = quick_config(**{"finetune.pretrained": pretrained, "finetune.labels": "10%", "model.depth": 34})
+    with pytest.raises(SimCLRv2Error, match="describe a ResNet-34 .* is a ResNet-18"):
+        finetune(config, tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()
 
 
 def test_finetuning_from_a_classifier_checkpoint_is_refused(tmp_path, quick_config, finetuned):

@@ -3,6 +3,7 @@ import json
 import pytest
 
 import simclrv2.stages.pipeline as pipeline_module
+from simclrv2.errors import SimCLRv2Error
 from simclrv2.stages.pipeline import format_table, pipeline, plan, slug
 
 
@@ -22,6 +23,12 @@ def test_plan_names_one_sub_directory_per_stage(quick_config, tmp_path):
                      "distill-1pct", "finetune-10pct-layer0", "finetune-10pct-layer1", "supervised-10pct",
                      "linear-10pct", "distill-10pct"]
     assert slug("60/class") == "60-per-class"
+
+
+def test_missing_data_is_reported_before_the_run_directory_is_made(quick_config, tmp_path):
+    with pytest.raises(SimCLRv2Error, match="does not exist"):
+        pipeline(quick_config(**{"data.data_dir": tmp_path / "missing"}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_pipeline_runs_every_stage_and_writes_the_table(pipeline_run):

@@ -68,6 +68,17 @@ def test_resuming_with_a_different_config_is_refused(finished_run, quick_config)
 def test_batch_larger_than_the_data_is_a_clear_error(tmp_path, quick_config):
     with pytest.raises(SimCLRv2Error, match="larger than the 400 training images"):
         pretrain(quick_config(**{"pretrain.batch_size": 512}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # a failed start leaves nothing that the next try must --overwrite
+
+
+def test_overwrite_with_bad_input_keeps_the_existing_run(finished_run, quick_config, tmp_path):
+    run_dir, _ = finished_run
+    files = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    with pytest.raises(SimCLRv2Error, match="does not exist"):
+        pretrain(quick_config(**{"data.data_dir": tmp_path / "missing"}), run_dir, overwrite=True)
+    with pytest.raises(SimCLRv2Error, match="larger than"):
+        pretrain(quick_config(**{"pretrain.batch_size": 512}), run_dir, overwrite=True)
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == files
 
 
 def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, quick_config, monkeypatch):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simclrv2.config.sections import ModelConfig
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier, SimCLRModel, build_simclr_model
 
@@ -71,6 +72,25 @@ class Architecture:
             head_layers=self.head_layers,
             proj_dim=self.proj_dim,
         )
+
+    def model_config(self) -> ModelConfig:
+        """The ``[model]`` section that builds this architecture: what a stage that takes its network from a
+        checkpoint records in its ``config.toml``."""
+        return ModelConfig(depth=self.depth, width_multiplier=self.width_multiplier, sk_ratio=self.sk_ratio,
+                           stem="cifar" if self.cifar_stem else "imagenet", head_layers=self.head_layers,
+                           proj_dim=self.proj_dim)
+
+    def check_model_options(self, model: ModelConfig, image_size: int, source: str) -> None:
+        """Refuses ``[model]`` options that describe another network than the checkpoint's, rather than
+        silently ignoring them. An untouched (default) section is not the user's choice and passes."""
+        if model == ModelConfig():
+            return
+        wanted = Architecture.from_config(model, image_size, self.in_channels)
+        if wanted != self:
+            raise SimCLRv2Error(
+                f"the [model] options describe a {wanted.describe()} but {source} is a {self.describe()}; the "
+                "network comes from the checkpoint: drop the [model] options or make them match"
+            )
 
     def check_data(self, channels: int, source: str) -> None:
         if channels != self.in_channels:

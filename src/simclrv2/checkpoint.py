@@ -43,24 +43,37 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Path:
-    """Creates the run directory; refuses to touch an existing run unless ``resume`` or ``overwrite``.
+def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuses an existing run unless ``resume`` or ``overwrite``; touches nothing.
 
-    ``overwrite`` removes only the files a run writes (RUN_FILES), never anything else the user keeps there.
+    Stages call this first and :func:`prepare_run_dir` only once their inputs have loaded, so a typo or
+    missing data never leaves a half-made run behind or removes the run that ``--overwrite`` would replace.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SimCLRv2Error(f"run directory {run_dir} is a file; choose another --run-dir")
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not (resume or overwrite):
         raise SimCLRv2Error(
             f"run directory {run_dir} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --run-dir"
         )
-    if existing and overwrite and not resume:
-        for name in existing:
+
+
+def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Creates the run directory; refuses to touch an existing run unless ``resume`` or ``overwrite``.
+
+    ``overwrite`` removes only the files a run writes (RUN_FILES), never anything else the user keeps there.
+    """
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume, overwrite)
+    if overwrite and not resume:
+        for name in RUN_FILES:
             target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SimCLRv2Error(f"run directory {run_dir} is a file; choose another --run-dir")
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -17,17 +17,21 @@ from simclrv2.architecture import Architecture, load_state
 from simclrv2.checkpoint import (
     MetricsLog,
     atomic_write_text,
+    check_run_dir,
     load_checkpoint,
     prepare_run_dir,
     save_checkpoint,
 )
-from simclrv2.config import config_to_dict, to_toml
+from simclrv2.config import Config, config_to_dict, to_toml
 from simclrv2.data import ImageDataset
+from simclrv2.data.subsets import write_subset_file
 from simclrv2.metrics import classification_report
 from simclrv2.runtime import resolve_device, set_threads
 from simclrv2.stages.classifier_training import BatchLoss, Progress, Recipe, train_classifier
 from simclrv2.stages.features import classifier_logits
 from simclrv2.stages.resume import check_resumable
+
+SUBSET_FILE = "labelled_subset.txt"
 
 
 @dataclass
@@ -43,6 +47,8 @@ class StageSetup:
     head_layer: int
     classes: tuple[str, ...]
     summary: dict[str, Any] = field(default_factory=dict)  # stage facts for result.json (subset size, teacher...)
+    labelled: tuple[ImageDataset, torch.Tensor] | None = None  # (dataset, indices) written to SUBSET_FILE
+    recorded_config: Config | None = None  # the config written to config.toml when it differs from the one given
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,10 @@ def run_classifier_stage(
     resume: bool,
     overwrite: bool,
     identity_sections: tuple[str, ...],
-    prepare: Callable[[Path, torch.device], StageSetup],
+    prepare: Callable[[torch.device], StageSetup],
 ) -> StageResult:
-    """Prepares the run directory, trains (or resumes, or reuses a finished run) and evaluates."""
+    """Loads the stage's inputs, then prepares the run directory, trains (or resumes, or reuses a finished
+    run) and evaluates. Inputs load first so that bad input leaves an existing run untouched."""
     run = config.run
     set_threads(run.threads)
     distributed = dist.init_distributed(resolve_device(run.device).type)
@@ -71,9 +78,7 @@ def run_classifier_stage(
         device = torch.device("cuda", dist.local_rank())
     run_dir = Path(run_dir)
     checkpoints = run_dir / "checkpoints"
-    if dist.is_main():
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    dist.barrier()
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     state = None
     if resume and (checkpoints / "final.pt").is_file():
         payload = load_checkpoint(checkpoints / "final.pt")
@@ -86,11 +91,17 @@ def run_classifier_stage(
         state = load_checkpoint(checkpoints / "last.pt")
         check_resumable(state, config, identity_sections, stage)
 
-    setup = prepare(run_dir, device)
+    setup = prepare(device)
     if state is not None:
         load_state(setup.model, state["model"], str(checkpoints / "last.pt"))
+    if setup.recorded_config is not None:
+        config = setup.recorded_config
     if dist.is_main():
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if setup.labelled is not None:
+            write_subset_file(run_dir / SUBSET_FILE, *setup.labelled)
         atomic_write_text(run_dir / "config.toml", to_toml(config))
+    dist.barrier()
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=dist.is_main())
 
     def save(progress: Progress, model: nn.Module, optimizer: torch.optim.Optimizer | None, name: str = "last.pt"):

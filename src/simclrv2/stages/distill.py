@@ -65,7 +65,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
     """Distils ``distill.teacher`` into a student on all training images (labels unused unless alpha < 1)."""
     cfg = config.distill
 
-    def prepare(run_dir: Path, device: torch.device) -> StageSetup:
+    def prepare(device: torch.device) -> StageSetup:
         teacher_architecture, head_layer, teacher = load_teacher(cfg.teacher, device, config.run.channels_last)
         train = load_train(config.data)
         num_classes = teacher.classifier.out_features

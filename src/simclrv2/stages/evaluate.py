@@ -9,6 +9,7 @@ Each gives top-1, per-class accuracy and the confusion matrix.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from simclrv2 import dist
 from simclrv2.architecture import Architecture, build_classifier, classifier_architecture, load_state
-from simclrv2.checkpoint import atomic_write_text, load_checkpoint, prepare_run_dir
+from simclrv2.checkpoint import atomic_write_text, check_run_dir, load_checkpoint, prepare_run_dir
 from simclrv2.config import Config, to_toml
 from simclrv2.data.subsets import subset_indices
 from simclrv2.errors import SimCLRv2Error
@@ -75,7 +76,7 @@ def evaluate(config: Config, run_dir: str | Path, resume: bool = False, overwrit
 
 def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, device: torch.device):
     cfg, run = config.evaluate, config.run
-    run_dir = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume and (run_dir / "result.json").is_file():
         result = json.loads((run_dir / "result.json").read_text())
         return EvaluationResult(run_dir, result["top1"], result)
@@ -89,6 +90,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
         if num_classes != test.num_classes:
             raise SimCLRv2Error(f"the model predicts {num_classes} classes but {test.name} has {test.num_classes}")
         architecture.check_data(test.channels, str(cfg.checkpoint))
+        architecture.check_model_options(config.model, test.image_size, str(cfg.checkpoint))
         model = build_classifier(architecture, head_layer, num_classes)
         load_state(model, payload["model"], str(cfg.checkpoint))
         predictions = classifier_logits(model.to(device), test, device, batch, precision).argmax(1)
@@ -96,6 +98,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     else:
         architecture, encoder = _encoder_of(payload, str(cfg.checkpoint))
         architecture.check_data(test.channels, str(cfg.checkpoint))
+        architecture.check_model_options(config.model, test.image_size, str(cfg.checkpoint))
         encoder = encoder.to(device)
         train = labelled_train(config.data, load_train(config.data))
         indices = subset_indices(train, cfg.labels, run.seed)
@@ -114,7 +117,8 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     result = {"stage": STAGE, "mode": cfg.mode, "checkpoint": str(cfg.checkpoint),
               "architecture": architecture.describe(), **extra,
               **classification_report(predictions.cpu(), test_labels, test.classes)}
-    atomic_write_text(run_dir / "config.toml", to_toml(config))
+    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    atomic_write_text(run_dir / "config.toml", to_toml(dataclasses.replace(config, model=architecture.model_config())))
     atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
     print(f"{cfg.mode} evaluation of {cfg.checkpoint}: test top-1 {result['top1']:.4f} -> {run_dir / 'result.json'}",
           flush=True)

@@ -7,6 +7,7 @@ trained with crop + flip, LARS and no weight decay or warmup (SPEC).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from simclrv2.architecture import Architecture, load_state
 from simclrv2.checkpoint import load_checkpoint
 from simclrv2.config import Config
-from simclrv2.data.subsets import subset_indices, write_subset_file
+from simclrv2.data import ImageDataset
+from simclrv2.data.subsets import subset_indices
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
 from simclrv2.stages.classifier_stage import StageResult, StageSetup, run_classifier_stage
@@ -24,16 +26,13 @@ from simclrv2.stages.inputs import labelled_train, load_test, load_train
 
 STAGE = "finetune"
 IDENTITY_SECTIONS = ("data", "finetune")
-SUBSET_FILE = "labelled_subset.txt"
 
 
-def labelled_subset(config: Config, run_dir: Path):
-    """The labelled training images of a run, written to the run directory as a list of image ids."""
+def labelled_subset(config: Config) -> tuple[ImageDataset, torch.Tensor]:
+    """The training images and the indices of the labelled ones (the stage writes them to its run directory)."""
     train = labelled_train(config.data, load_train(config.data))
     train.require_labels(f"{STAGE} (dataset {train.name})")
-    indices = subset_indices(train, config.finetune.labels, config.run.seed)
-    write_subset_file(run_dir / SUBSET_FILE, train, indices)
-    return train, indices
+    return train, subset_indices(train, config.finetune.labels, config.run.seed)
 
 
 def load_pretrained(path: str) -> tuple[Architecture, torch.nn.Module]:
@@ -68,15 +67,16 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     """Fine-tunes ``finetune.pretrained`` on ``finetune.labels`` from head layer ``finetune.head_layer``."""
     cfg = config.finetune
 
-    def prepare(run_dir: Path, device: torch.device) -> StageSetup:
+    def prepare(device: torch.device) -> StageSetup:
         architecture, pretrained = load_pretrained(cfg.pretrained)
         if cfg.head_layer > architecture.head_layers:
             raise SimCLRv2Error(
                 f"finetune.head_layer = {cfg.head_layer} but the pretrained head has {architecture.head_layers} "
                 f"layers; choose 0..{architecture.head_layers}"
             )
-        train, indices = labelled_subset(config, run_dir)
+        train, indices = labelled_subset(config)
         architecture.check_data(train.channels, f"the pretrained model {cfg.pretrained}")
+        architecture.check_model_options(config.model, train.image_size, f"the pretrained model {cfg.pretrained}")
         model = Classifier.from_simclr(pretrained, cfg.head_layer, train.num_classes)
         labels = train.labels[indices].to(device)
         return StageSetup(
@@ -84,7 +84,8 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
             recipe=recipe_for(config, len(indices), len(train), base_lr=cfg.base_lr, lr_scaling=cfg.lr_scaling,
                               weight_decay=cfg.weight_decay, warmup_fraction=0.0),
             test=load_test(config.data), architecture=architecture, head_layer=cfg.head_layer,
-            classes=train.classes,
+            classes=train.classes, labelled=(train, indices),
+            recorded_config=dataclasses.replace(config, model=architecture.model_config()),
             summary={"labels": cfg.labels, "num_labelled": len(indices), "head_layer": cfg.head_layer,
                      "pretrained": str(cfg.pretrained), "architecture": architecture.describe()},
         )

@@ -20,8 +20,15 @@ import torch
 
 from simclrv2 import dist
 from simclrv2.architecture import Architecture
-from simclrv2.checkpoint import atomic_write_text, load_checkpoint, prepare_run_dir, save_checkpoint
+from simclrv2.checkpoint import (
+    atomic_write_text,
+    check_run_dir,
+    load_checkpoint,
+    prepare_run_dir,
+    save_checkpoint,
+)
 from simclrv2.config import Config, config_to_dict, to_toml
+from simclrv2.data import find_data_dir
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.runtime import resolve_device
 from simclrv2.stages import distill as distill_module
@@ -126,6 +133,9 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     dist.init_distributed(resolve_device(config.run.device).type)
     main = dist.is_main()
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if not config.data.download:  # missing data is the commonest first error: say so before writing anything
+        find_data_dir(config.data.dataset, config.data.data_dir or None)
     if main:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()

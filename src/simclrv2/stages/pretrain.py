@@ -23,6 +23,7 @@ from simclrv2.augment import simclr_views
 from simclrv2.checkpoint import (
     MetricsLog,
     atomic_write_text,
+    check_run_dir,
     load_checkpoint,
     prepare_run_dir,
     save_checkpoint,
@@ -102,9 +103,7 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     run_dir = Path(run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     start_step, state = 0, None
-    if main:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    dist.barrier()
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume and (checkpoint_dir / "final.pt").is_file():
         payload = load_checkpoint(checkpoint_dir / "final.pt")
         check_resumable(payload, config, IDENTITY_SECTIONS, STAGE)
@@ -113,14 +112,17 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         state = load_checkpoint(checkpoint_dir / "last.pt")
         check_resumable(state, config, IDENTITY_SECTIONS, STAGE)
         start_step = int(state["step"])
-    if main:
-        atomic_write_text(run_dir / "config.toml", to_toml(config))
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
 
+    # Everything that can fail on bad input happens before the run directory is touched.
     train = load_train(config.data)
     bank, test = _knn_sets(config, train)
     architecture = Architecture.from_config(config.model, train.image_size, train.channels)
     schedule = Schedule.plan(cfg, len(train), dist.world_size())
+    if main:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        atomic_write_text(run_dir / "config.toml", to_toml(config))
+    dist.barrier()
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=main)
 
     model = architecture.build_simclr(seed=run.seed)
     if state is not None:

@@ -23,8 +23,8 @@ def supervised(config: Config, run_dir: str | Path, resume: bool = False, overwr
     kept, so the network is the fine-tuned one's, only not pretrained)."""
     cfg = config.supervised
 
-    def prepare(run_dir: Path, device: torch.device) -> StageSetup:
-        train, indices = labelled_subset(config, run_dir)
+    def prepare(device: torch.device) -> StageSetup:
+        train, indices = labelled_subset(config)
         architecture = Architecture.from_config(config.model, train.image_size, train.channels)
         head_layer = min(config.finetune.head_layer, architecture.head_layers)
         model = Classifier.from_simclr(architecture.build_simclr(seed=config.run.seed), head_layer,
@@ -35,6 +35,7 @@ def supervised(config: Config, run_dir: str | Path, resume: bool = False, overwr
             recipe=recipe_for(config, len(indices), len(train), base_lr=cfg.base_lr, lr_scaling=cfg.lr_scaling,
                               weight_decay=cfg.weight_decay, warmup_fraction=cfg.warmup_fraction),
             test=load_test(config.data), architecture=architecture, head_layer=head_layer, classes=train.classes,
+            labelled=(train, indices),
             summary={"labels": config.finetune.labels, "num_labelled": len(indices), "head_layer": head_layer,
                      "architecture": architecture.describe()},
         )
