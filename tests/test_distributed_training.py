@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -17,6 +18,8 @@ import torch
 
 import ddp_step_helpers as helpers
 from simclrv2.checkpoint import load_checkpoint
+from simclrv2.stages.finetune import finetune
+from simclrv2.stages.pretrain import pretrain
 
 
 def _free_port() -> int:
@@ -113,3 +116,38 @@ def test_two_process_run_is_resumed_and_evaluated_by_a_single_process(tmp_path, 
                                capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
     assert (tmp_path / "knn" / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_reads(tmp_path, tiny_fashion):
+    """Fine-tuning and distillation under torchrun: the same label subset as one process, one run directory
+    written by rank 0, and a checkpoint whose single-process evaluation reproduces the reported accuracy."""
+    from conftest import quick_config_values
+
+    pretrained = tmp_path / "pretrain"
+    pretrain(quick_config_values(tiny_fashion, **{"run.knn_every": 0}), pretrained)
+    single = finetune(quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained,
+                                                           "finetune.labels": "10%"}), tmp_path / "ft1")
+    options = ["--data.data_dir", str(tiny_fashion), "--model.width_multiplier", "0.125", "--run.progress", "false",
+               "--run.precision", "fp32", "--finetune.labels", "10%", "--finetune.batch_size", "16"]
+    runs = {
+        "ft2": ["finetune", "--finetune.pretrained", str(pretrained), "--finetune.epochs", "2"],
+        "ds2": ["distill", "--distill.teacher", str(tmp_path / "ft2"), "--distill.epochs", "1",
+                "--distill.batch_size", "64"],
+    }
+    for name, args in runs.items():
+        job = _torchrun([*args, "--run-dir", str(tmp_path / name), *options])
+        output = job.communicate(timeout=300)[0]
+        assert job.returncode == 0, output
+        reported = json.loads((tmp_path / name / "result.json").read_text())["top1"]
+        evaluated = subprocess.run(
+            [sys.executable, "-m", "simclrv2.cli", "evaluate", "--run-dir", str(tmp_path / f"eval-{name}"),
+             "--evaluate.mode", "classifier", "--evaluate.checkpoint", str(tmp_path / name), *options],
+            capture_output=True, text=True, timeout=300)
+        assert evaluated.returncode == 0, evaluated.stderr
+        assert json.loads((tmp_path / f"eval-{name}" / "result.json").read_text())["top1"] == reported
+    subset = (tmp_path / "ft2" / "labelled_subset.txt").read_text()
+    assert subset == (single.run_dir / "labelled_subset.txt").read_text()
+    assert sorted(p.name for p in (tmp_path / "ft2").iterdir()) == ["checkpoints", "config.toml",
+                                                                    "labelled_subset.txt", "metrics.jsonl",
+                                                                    "result.json"]
