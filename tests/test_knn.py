@@ -9,7 +9,7 @@ import torch
 
 from simclrv2 import knn as knn_module
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.knn import extract_features, knn_accuracy, knn_predict
+from simclrv2.eval.knn import extract_features, knn_accuracy, knn_predict
 
 
 def naive_knn(train: torch.Tensor, train_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,

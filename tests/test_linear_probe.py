@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.linear_probe import evaluate_linear_probe, feature_stats, fit_linear_probe, fold_standardisation
+from simclrv2.eval.linear_probe import evaluate_linear_probe, feature_stats, fit_linear_probe, fold_standardisation
 
 
 def gaussian_classes(n: int, dim: int, num_classes: int, separation: float, seed: int):

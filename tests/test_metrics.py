@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.metrics import accuracy, classification_report, confusion_matrix, per_class_accuracy
+from simclrv2.eval.metrics import accuracy, classification_report, confusion_matrix, per_class_accuracy
 
 # 8 samples, 3 classes. True 0: predicted 0, 0, 1. True 1: predicted 1, 2. True 2: predicted 2, 2, 0.
 LABELS = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])

@@ -1,4 +1,4 @@
-"""Run directories and checkpoints.
+"""Run directories and checkpoints: the only module that reads a checkpoint's payload.
 
 A run directory holds ``config.toml`` (the resolved config), ``metrics.jsonl`` (one JSON object per line) and
 ``checkpoints/`` (``last.pt`` while training, ``final.pt`` once done). Writes are atomic (temporary file, then
@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.models.networks import Classifier, SimCLRModel
+from simclrv2.models.spec import ModelSpec
 
 FORMAT = "simclrv2-checkpoint"
 FORMAT_VERSION = 1
@@ -108,6 +111,53 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SimCLRv2Error(f"{path} is not a simclrv2 checkpoint")
     return payload
+
+
+def load_state(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Loads weights strictly; a mismatch becomes one line naming the first differing keys."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:2]
+        raise SimCLRv2Error(f"{source} does not fit this architecture: {' '.join(first)[:300]}") from exc
+
+
+def read_pretrained(path: str | Path) -> tuple[ModelSpec, SimCLRModel]:
+    """The SimCLR model (encoder + projection head) of a pretraining run directory or checkpoint."""
+    if not str(path):
+        raise SimCLRv2Error("no pretrained model given: set finetune.pretrained to a pretraining run directory")
+    payload = load_checkpoint(path)
+    if payload.get("kind") != "simclr":
+        raise SimCLRv2Error(f"{path} is a {payload.get('stage')!r} checkpoint, not a pretraining run")
+    spec = ModelSpec.from_dict(payload["architecture"])
+    model = spec.build_simclr()
+    load_state(model, payload["model"], str(path))
+    return spec, model
+
+
+def read_classifier(path: str | Path) -> tuple[ModelSpec, Classifier, dict[str, Any]]:
+    """(spec, model, payload) of a fine-tuned, supervised or distilled checkpoint; ``model.head_layer`` and
+    ``payload["classes"]`` say what it predicts."""
+    payload = load_checkpoint(path)
+    if payload.get("kind") != "classifier":
+        raise SimCLRv2Error(
+            f"checkpoint from stage {payload.get('stage')!r} holds no classifier; pass a fine-tuned, supervised "
+            "or distilled run"
+        )
+    spec = ModelSpec.from_dict(payload["architecture"])
+    model = spec.build_classifier(int(payload["head_layer"]), int(payload["num_classes"]))
+    load_state(model, payload["model"], str(path))
+    return spec, model, payload
+
+
+def read_encoder(path: str | Path) -> tuple[ModelSpec, nn.Module]:
+    """The encoder of a pretraining checkpoint, or the fine-tuned encoder of a classifier checkpoint."""
+    payload = load_checkpoint(path)
+    if payload.get("kind") == "classifier":
+        spec, model, _ = read_classifier(path)
+    else:
+        spec, model = read_pretrained(path)
+    return spec, model.encoder
 
 
 def find_checkpoint(run_dir: Path) -> Path:

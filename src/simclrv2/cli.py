@@ -11,6 +11,7 @@ from typing import Any
 
 from simclrv2.config import load_config, option_defaults
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.logs import setup_logging
 
 
 def _stage(module: str, function: str) -> Callable[[argparse.Namespace, Any], None]:
@@ -101,6 +102,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
     try:
         return run(argv)
     except SimCLRv2Error as exc:

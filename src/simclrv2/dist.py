@@ -221,6 +221,15 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return (y / world_size()).to(x.device)
 
 
+def all_reduce_max(x: Tensor) -> Tensor:
+    """Element-wise maximum over processes (flags every process must agree on); identity without a group."""
+    if not _active():
+        return x
+    y = x.detach().to(_collective_device(x), copy=True)
+    torch_dist.all_reduce(y, op=torch_dist.ReduceOp.MAX)
+    return y.to(x.device)
+
+
 def all_gather_tensor(x: Tensor) -> Tensor:
     """(world·N, ...) concatenation without gradients, for evaluation features and labels, on x's device.
 

@@ -8,6 +8,9 @@ class SimCLRv2Error(Exception):
 
 
 class Interrupted(SimCLRv2Error):
-    """The user stopped a run (Ctrl-C); its state was saved so ``--resume`` continues it."""
+    """A run stopped by a signal (Ctrl-C, SIGTERM, SLURM's SIGUSR1); its state was saved so ``--resume``
+    continues it. The exit code follows the shell's convention, 128 + the signal number."""
 
-    exit_code = 130
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

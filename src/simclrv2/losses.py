@@ -118,7 +118,8 @@ def distillation_objective(
 ) -> torch.Tensor:
     """(1 − α)·CE(student, labels) + α·distillation_loss (SPEC stage 3); α = 1 needs no labels.
 
-    The labelled term uses the plain logits (τ = 1), as a supervised loss would.
+    The labelled term uses the plain logits (τ = 1), as a supervised loss would, and averages over the rows whose
+    label is >= 0: a batch of unlabeled images (label −1) mixed with labelled ones; with none labelled it is 0.
     """
     if not 0 <= alpha <= 1:
         raise SimCLRv2Error(f"alpha must be in [0, 1], got {alpha}")
@@ -129,7 +130,10 @@ def distillation_objective(
         raise SimCLRv2Error("alpha < 1 weighs a labelled term: pass labels, or use alpha = 1")
     if labels.shape != student_logits.shape[:1]:
         raise SimCLRv2Error(f"labels must be ({student_logits.shape[0]},) class indices, got {tuple(labels.shape)}")
+    known = labels >= 0
+    if not bool(known.any()):
+        return alpha * distill
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         dtype = torch.promote_types(student_logits.dtype, torch.float32)
-        supervised = F.cross_entropy(student_logits.to(dtype), labels)
+        supervised = F.cross_entropy(student_logits[known].to(dtype), labels[known])
     return (1 - alpha) * supervised + alpha * distill

@@ -112,7 +112,8 @@ def param_groups(model: nn.Module, weight_decay: float, plain: Sequence[nn.Modul
 
 
 def scaled_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
-    """``linear``: base·BS/256 (SimCLR v1); ``sqrt``: base·√BS (better for small batches and long runs, v2)."""
+    """``linear``: base·BS/256 (SimCLR v1); ``sqrt``: base·√BS (better for small batches and long runs, v2);
+    ``none``: base (Adam-style rates that do not grow with the batch)."""
     if batch_size < 1 or base_lr < 0:
         raise SimCLRv2Error(f"learning-rate scaling needs batch_size >= 1 and base_lr >= 0, got {batch_size}, "
                             f"{base_lr}")
@@ -120,7 +121,9 @@ def scaled_learning_rate(base_lr: float, batch_size: int, rule: str) -> float:
         return base_lr * batch_size / 256
     if rule == "sqrt":
         return base_lr * math.sqrt(batch_size)
-    raise SimCLRv2Error(f"learning-rate scaling {rule!r} is not one of: linear, sqrt")
+    if rule == "none":
+        return base_lr
+    raise SimCLRv2Error(f"learning-rate scaling {rule!r} is not one of: linear, sqrt, none")
 
 
 def warmup_steps_for(total_steps: int, warmup_fraction: float) -> int:
@@ -154,3 +157,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Sets every group's learning rate: the schedule is global, times a group's optional ``lr_scale``."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def build_optimizer(groups: list[dict], name: str, lr: float, weight_decay: float,
+                    momentum: float) -> torch.optim.Optimizer:
+    """``lars`` (the paper's), ``sgd`` with momentum or ``adamw`` over :func:`param_groups`' two groups, so
+    BN parameters and biases are excluded from weight decay whichever optimiser runs. The rate is set per step
+    by :func:`set_lr`; ``lr`` is only the starting value."""
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    plain = [{k: v for k, v in group.items() if k != "lars_exclude"} for group in groups]
+    if name == "sgd":
+        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(plain, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    raise SimCLRv2Error(f"optimizer {name!r} is not one of: lars, sgd, adamw")

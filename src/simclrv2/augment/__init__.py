@@ -22,6 +22,7 @@ from simclrv2.augment.color import (
     to_grayscale,
 )
 from simclrv2.augment.geometry import center_crop, crop_flip, resized_crop, sample_crop_boxes
+from simclrv2.augment.pad_crop import pad_crop_flip
 from simclrv2.augment.pipeline import AugmentConfig, simclr_augment, simclr_views
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "gaussian_blur",
     "gaussian_kernels",
     "jitter_ranges",
+    "pad_crop_flip",
     "resized_crop",
     "sample_crop_boxes",
     "sample_jitter",

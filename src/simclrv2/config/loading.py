@@ -28,14 +28,28 @@ def _field_types(section_cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
+def _is_table(kind: Any) -> bool:
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _flatten(prefix: str, section: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, kind in _field_types(type(section)).items():
+        value = getattr(section, key)
+        if _is_table(kind):
+            values.update(_flatten(f"{prefix}.{key}", value))
+        else:
+            values[f"{prefix}.{key}"] = value
+    return values
+
+
 def option_defaults(cls: type = Config) -> dict[str, Any]:
-    """Every option as ``{"section.key": default}``: the list ``--help`` shows."""
+    """Every option as ``{"section.key": default}`` (nested tables as ``section.table.key``): what --help lists."""
     defaults = cls()
-    return {
-        f"{section}.{key}": getattr(getattr(defaults, section), key)
-        for section, section_cls in _sections(cls).items()
-        for key in _field_types(section_cls)
-    }
+    values: dict[str, Any] = {}
+    for section in _sections(cls):
+        values.update(_flatten(section, getattr(defaults, section)))
+    return values
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
@@ -61,8 +75,11 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
                 raise ValueError
             return value
         if origin is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            # a TOML array, or on the command line a comma-separated list
+            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
             args = typing.get_args(kind)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(name, v, args[0]) for v in items)
             if len(items) != len(args):
                 raise ValueError
             return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
@@ -78,26 +95,38 @@ def _known(keys: typing.Iterable[str]) -> str:
     return ", ".join(sorted(keys))
 
 
+def _build_table(name: str, table_cls: type, given: Any, defaults: Any = None) -> Any:
+    """One table: unknown keys list the valid ones; validation errors name the table. A nested table starts from
+    its parent's default (``[finetune.optimizer]`` keeps fine-tuning's own defaults for the keys not given)."""
+    _check(isinstance(given, dict), f"[{name}] must be a table of key = value pairs")
+    types = _field_types(table_cls)
+    for key in given:
+        _check(key in types, f"unknown option {name}.{key}; valid options in [{name}]: {_known(types)}")
+    kwargs = {}
+    for key, value in given.items():
+        kind = types[key]
+        if _is_table(kind):
+            parent = defaults if defaults is not None else table_cls()
+            kwargs[key] = _build_table(f"{name}.{key}", kind, value, getattr(parent, key))
+        else:
+            kwargs[key] = _coerce(f"{name}.{key}", value, kind)
+    try:
+        return dataclasses.replace(defaults, **kwargs) if defaults is not None else table_cls(**kwargs)
+    except SimCLRv2Error as exc:
+        if name.count(".") and not str(exc).startswith(name):  # a nested table's message names only its own key
+            raise SimCLRv2Error(f"[{name}]: {exc}") from None
+        raise
+    except (TypeError, ValueError) as exc:  # validation inside a section
+        raise SimCLRv2Error(f"[{name}]: {exc}") from exc
+
+
 def build_config(values: dict[str, dict[str, Any]], cls: type = Config) -> Any:
     """Builds a config from ``{section: {key: value}}``; unknown sections or keys list the valid ones."""
     sections = _sections(cls)
     for section in values:
         _check(section in sections, f"unknown config section [{section}]; valid sections: {_known(sections)}")
-    built = {}
-    for section, section_cls in sections.items():
-        given = values.get(section, {})
-        _check(isinstance(given, dict), f"[{section}] must be a table of key = value pairs")
-        types = _field_types(section_cls)
-        for key in given:
-            _check(key in types, f"unknown option {section}.{key}; valid options in [{section}]: {_known(types)}")
-        kwargs = {key: _coerce(f"{section}.{key}", v, types[key]) for key, v in given.items()}
-        try:
-            built[section] = section_cls(**kwargs)
-        except SimCLRv2Error:
-            raise
-        except (TypeError, ValueError) as exc:  # validation inside a section
-            raise SimCLRv2Error(f"[{section}]: {exc}") from exc
-    return cls(**built)
+    return cls(**{section: _build_table(section, section_cls, values.get(section, {}))
+                  for section, section_cls in sections.items()})
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -114,9 +143,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Defaults, then the TOML file, then ``{"section.key": value}`` overrides (command line)."""
     values: dict[str, dict[str, Any]] = read_toml(path) if path else {}
     for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        _check(bool(key), f"override {dotted!r} must look like section.key")
-        values.setdefault(section, {})[key] = value
+        *tables, key = dotted.split(".")
+        _check(bool(tables) and bool(key), f"override {dotted!r} must look like section.key")
+        target = values
+        for table in tables:
+            target = target.setdefault(table, {})
+            _check(isinstance(target, dict), f"override {dotted!r}: {table} is not a table")
+        target[key] = value
     return build_config(values, cls)
 
 
@@ -136,12 +169,19 @@ def _toml_value(value: Any) -> str:
     raise SimCLRv2Error(f"cannot write {value!r} to TOML")
 
 
+def _toml_table(name: str, values: dict[str, Any], lines: list[str]) -> None:
+    lines.append(f"[{name}]")
+    tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if key not in tables]
+    lines.append("")
+    for key, table in tables.items():
+        _toml_table(f"{name}.{key}", table, lines)
+
+
 def to_toml(config: Any, sections: typing.Iterable[str] | None = None) -> str:
     """The resolved config as TOML (written to every run directory, reloadable with load_config)."""
     as_dict = config_to_dict(config)
     lines: list[str] = []
     for section in sections or as_dict:
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in as_dict[section].items()]
-        lines.append("")
+        _toml_table(section, as_dict[section], lines)
     return "\n".join(lines)

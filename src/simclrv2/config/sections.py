@@ -28,11 +28,20 @@ class DataConfig:
     train_split: str = "train"
     test_split: str = "test"
     train_limit: int = 0  # use only the first N training images (0: all); for quick experiments
+    # class-balanced labelled TRAINING images held out to choose settings and report during training (-1: auto,
+    # 10 % of the labelled training images up to 5,000; 0: none). They stay in the unlabeled pool.
+    val_size: int = -1
     download: bool = False
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 0, "data.image_size must be >= 0 (0 keeps the dataset's size)")
         _check(self.train_limit >= 0, "data.train_limit must be >= 0 (0 uses every training image)")
+        _check(self.val_size >= -1, "data.val_size must be >= -1 (-1: automatic, 0: no validation split)")
+
+    def resolved_val_size(self, num_labelled: int) -> int:
+        if self.val_size >= 0:
+            return self.val_size
+        return min(5000, num_labelled // 10)
 
 
 @dataclass(frozen=True)
@@ -60,29 +69,45 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class OptimizerConfig:
+    """One optimiser and its schedule: every training stage has its own ``[stage.optimizer]`` table.
+
+    ``lars`` is the paper's (trust ratio, BN and biases excluded); ``sgd`` (momentum) and ``adamw`` use the same
+    exclusions from weight decay. The peak rate is ``base_lr`` scaled by the global batch (``sqrt``: base·√BS,
+    ``linear``: base·BS/256, ``none``: base), reached after a linear warmup, then cosine decay to 0 per step.
+    """
+
+    name: str = "lars"
+    base_lr: float = 0.075
+    lr_scaling: str = "sqrt"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD/LARS momentum, AdamW beta1
+    warmup_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", "name", self.name, ("lars", "sgd", "adamw"))
+        _check(self.base_lr > 0, "optimizer.base_lr must be > 0")
+        _check_choice("optimizer", "lr_scaling", self.lr_scaling, ("sqrt", "linear", "none"))
+        _check(self.weight_decay >= 0, "optimizer.weight_decay must be >= 0")
+        _check(0 <= self.momentum < 1, "optimizer.momentum must be in [0, 1)")
+        _check(0 <= self.warmup_fraction < 1, "optimizer.warmup_fraction must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     """Contrastive pretraining (SPEC stage 1): NT-Xent, LARS, warmup + cosine, square-root LR scaling."""
 
     epochs: int = 100
     batch_size: int = 512  # global: split over processes
-    base_lr: float = 0.075  # lr = base_lr * sqrt(batch) ("sqrt") or base_lr * batch / 256 ("linear")
-    lr_scaling: str = "sqrt"
-    warmup_fraction: float = 0.05
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
     temperature: float = 0.5
     memory_size: int = 0  # 0: no memory; SimCLRv2 used 65536 extra negatives from an EMA network
     memory_momentum: float = 0.999
     global_bn: bool = True
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "pretrain.epochs must be >= 1")
         _check(self.batch_size >= 2, "pretrain.batch_size must be >= 2 (NT-Xent needs negatives)")
-        _check(self.base_lr > 0, "pretrain.base_lr must be > 0")
-        _check_choice("pretrain", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
-        _check(0 <= self.warmup_fraction < 1, "pretrain.warmup_fraction must be in [0, 1)")
-        _check(self.weight_decay >= 0, "pretrain.weight_decay must be >= 0")
-        _check(0 <= self.momentum < 1, "pretrain.momentum must be in [0, 1)")
         _check(self.temperature > 0, "pretrain.temperature must be > 0")
         _check(self.memory_size >= 0, "pretrain.memory_size must be >= 0 (0 disables the memory)")
         _check(0 < self.memory_momentum < 1, "pretrain.memory_momentum must be in (0, 1)")
@@ -90,7 +115,7 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How a run executes: device, precision, seeds, logging and the kNN monitor."""
+    """How a run executes: device, precision, seeds, logging, checkpoints and the kNN monitor."""
 
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -98,14 +123,18 @@ class RunConfig:
     channels_last: bool = True
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    progress: bool = True
+    progress: bool = True  # a progress bar when the output is a terminal
     log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
-    knn_every: int = 5  # epochs between kNN evaluations (0: only before and after training)
+    knn_every: int = 5  # pretraining epochs between kNN evaluations on the validation split (0: start and end)
     knn_k: int = 200
     knn_temperature: float = 0.1
-    knn_bank_size: int = 10000  # labelled training images used as the kNN memory bank (0: all)
+    knn_bank_size: int = 10000  # labelled training images (validation excluded) in the kNN memory bank (0: all)
     eval_batch_size: int = 1024
     checkpoint_every: int = 1  # epochs
+    checkpoint_every_steps: int = 0  # also save every N optimiser steps (0: off)
+    checkpoint_every_minutes: float = 0.0  # also save every M minutes of training (0: off)
+    keep_checkpoints: int = 1  # step-numbered checkpoints kept beside last.pt (1: last.pt only)
+    nonfinite: str = "stop"  # a NaN/inf loss: "stop" (with the last good checkpoint) or "skip" the step and count it
 
     def __post_init__(self) -> None:
         _check(
@@ -121,69 +150,84 @@ class RunConfig:
         _check(self.knn_bank_size >= 0, "run.knn_bank_size must be >= 0")
         _check(self.eval_batch_size >= 1, "run.eval_batch_size must be >= 1")
         _check(self.checkpoint_every >= 1, "run.checkpoint_every must be >= 1")
+        _check(self.checkpoint_every_steps >= 0, "run.checkpoint_every_steps must be >= 0 (0: off)")
+        _check(self.checkpoint_every_minutes >= 0, "run.checkpoint_every_minutes must be >= 0 (0: off)")
+        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1")
+        _check_choice("run", "nonfinite", self.nonfinite, ("stop", "skip"))
+
+
+def _check_views(section: str, crop: str, crop_scale: tuple[float, float], flip_prob: float) -> None:
+    _check_choice(section, "crop", crop, ("resized", "pad"))
+    _check(0 < crop_scale[0] <= crop_scale[1] <= 1, f"{section}.crop_scale must satisfy 0 < lo <= hi <= 1")
+    _check(0 <= flip_prob <= 1, f"{section}.flip_prob must be in [0, 1]")
+
+
+def _check_budget(section: str, epochs: int, min_steps: int, batch_size: int, eval_every: int) -> None:
+    _check(epochs >= 0, f"{section}.epochs must be >= 0 (0: as many as min_steps needs)")
+    _check(min_steps >= 0, f"{section}.min_steps must be >= 0")
+    _check(epochs > 0 or min_steps > 0, f"{section}: set epochs or min_steps (both are 0)")
+    _check(batch_size >= 1, f"{section}.batch_size must be >= 1")
+    _check(eval_every >= 0, f"{section}.eval_every must be >= 0")
+
+
+def _finetune_optimizer() -> OptimizerConfig:
+    return OptimizerConfig(name="adamw", base_lr=1e-3, lr_scaling="none", weight_decay=0.0, warmup_fraction=0.0)
+
+
+def _supervised_optimizer() -> OptimizerConfig:
+    return OptimizerConfig(name="adamw", base_lr=1e-3, lr_scaling="none", weight_decay=5e-4, warmup_fraction=0.0)
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning on a labelled subset from projection-head layer ``head_layer`` (SPEC stage 2).
 
-    The supervised-only baseline uses the same subset, epochs, batch and augmentation: the same budget.
-    ``epochs = 0`` follows the SPEC: 60 epochs for <= 1 % of the labels, 30 above.
+    The budget is ``epochs`` over the subset, raised to at least ``min_steps`` optimiser steps so that 100 labels
+    still get a real training run (``epochs = 0``: exactly ``min_steps``). The whole network is trained.
     """
 
-    labels: str = "1%"  # "1%", "10%", a count ("600"), "N/class", or a list file of image ids
+    labels: str = "1%"  # "1%", "10%", a count ("600"), "N/class" ("10/class"), or a list file of image ids
     head_layer: int = 1
-    epochs: int = 0
+    epochs: int = 60  # the SPEC's 60 epochs at 1 %
+    min_steps: int = 600
     batch_size: int = 64  # capped at the subset size; the SPEC's 1024 suits ImageNet's 12,811-image 1 %
-    # lr = base_lr * sqrt(batch), LARS, no warmup. The SPEC's 0.005 is for batch 1024 (lr 0.16); 0.02 keeps that
-    # rate at batch 64 and beat 0.005 and 0.05 on held-out training images (Fashion-MNIST, 1 % labels)
-    base_lr: float = 0.02
-    lr_scaling: str = "sqrt"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    crop: str = "resized"  # "resized": random resized crop at crop_scale; "pad": pad-4 random crop (small images)
     crop_scale: tuple[float, float] = (0.08, 1.0)
     flip_prob: float = 0.5
-    eval_every: int = 5  # epochs between test evaluations (0: only at the end)
+    eval_every: int = 0  # epochs between validation evaluations (0: only at the end)
     pretrained: str = ""  # pretraining run directory or checkpoint (the pipeline fills it in)
+    optimizer: OptimizerConfig = field(default_factory=_finetune_optimizer)
 
     def __post_init__(self) -> None:
         _check(self.head_layer >= 0, "finetune.head_layer must be >= 0 (0 is the encoder output)")
-        _check(self.epochs >= 0, "finetune.epochs must be >= 0 (0: the SPEC's 60 for 1 %, 30 above)")
-        _check(self.batch_size >= 1, "finetune.batch_size must be >= 1")
-        _check(self.base_lr > 0, "finetune.base_lr must be > 0")
-        _check_choice("finetune", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
-        _check(self.weight_decay >= 0, "finetune.weight_decay must be >= 0")
-        _check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "finetune.crop_scale must satisfy 0 < lo <= hi <= 1")
-        _check(0 <= self.flip_prob <= 1, "finetune.flip_prob must be in [0, 1]")
-        _check(self.eval_every >= 0, "finetune.eval_every must be >= 0")
-
-    def epochs_for(self, num_labelled: int, num_train: int) -> int:
-        if self.epochs:
-            return self.epochs
-        return 60 if num_labelled <= 0.011 * num_train else 30
+        _check_budget("finetune", self.epochs, self.min_steps, self.batch_size, self.eval_every)
+        _check_views("finetune", self.crop, self.crop_scale, self.flip_prob)
 
 
 @dataclass(frozen=True)
 class SupervisedConfig:
-    """The supervised-only baseline's optimiser (from scratch it needs a larger rate and weight decay than
-    fine-tuning); its subset, epochs, batch and augmentation come from ``[finetune]``."""
+    """The supervised-only baseline: the fine-tuned network (same head layer) from scratch on the same labelled
+    subset (``finetune.labels``), with its own recipe for training from scratch, chosen with the same search
+    effort as fine-tuning's (benchmarks/recipe_search.py)."""
 
-    base_lr: float = 0.075
-    lr_scaling: str = "sqrt"
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
+    epochs: int = 100
+    min_steps: int = 1000
+    batch_size: int = 64
+    crop: str = "pad"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_prob: float = 0.5
+    eval_every: int = 0
+    optimizer: OptimizerConfig = field(default_factory=_supervised_optimizer)
 
     def __post_init__(self) -> None:
-        _check(self.base_lr > 0, "supervised.base_lr must be > 0")
-        _check_choice("supervised", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
-        _check(self.weight_decay >= 0, "supervised.weight_decay must be >= 0")
-        _check(0 <= self.warmup_fraction < 1, "supervised.warmup_fraction must be in [0, 1)")
+        _check_budget("supervised", self.epochs, self.min_steps, self.batch_size, self.eval_every)
+        _check_views("supervised", self.crop, self.crop_scale, self.flip_prob)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Evaluation: ``linear`` (frozen encoder + linear classifier on cached features), ``knn``, or
-    ``classifier`` (test accuracy of a fine-tuned, supervised or distilled model)."""
+    ``classifier`` (accuracy of a fine-tuned, supervised or distilled model)."""
 
     mode: str = "classifier"
     checkpoint: str = ""  # run directory or checkpoint to evaluate
@@ -208,34 +252,26 @@ class DistillConfig:
 
     teacher: str = ""  # fine-tuned run directory or checkpoint (the pipeline fills it in)
     student: str = "teacher"
-    student_init: str = "scratch"  # scratch, or pretrained (from ``student_pretrained``)
+    student_init: str = "pretrained"  # pretrained (from ``student_pretrained``), or scratch
     student_pretrained: str = ""
     temperature: float = 0.0
     alpha: float = 1.0
     epochs: int = 10
+    min_steps: int = 0
     batch_size: int = 256
-    base_lr: float = 0.075
-    lr_scaling: str = "sqrt"
-    warmup_fraction: float = 0.05
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
+    crop: str = "resized"
     crop_scale: tuple[float, float] = (0.08, 1.0)
     flip_prob: float = 0.5
     eval_every: int = 1
+    optimizer: OptimizerConfig = field(default_factory=_finetune_optimizer)
 
     def __post_init__(self) -> None:
         _check_choice("distill", "student", self.student, ("teacher", "model"))
         _check_choice("distill", "student_init", self.student_init, ("scratch", "pretrained"))
         _check(self.temperature >= 0, "distill.temperature must be >= 0 (0: 0.1 self-distillation, 1.0 big-to-small)")
         _check(0 <= self.alpha <= 1, "distill.alpha must be in [0, 1]")
-        _check(self.epochs >= 1, "distill.epochs must be >= 1")
-        _check(self.batch_size >= 1, "distill.batch_size must be >= 1")
-        _check(self.base_lr > 0, "distill.base_lr must be > 0")
-        _check_choice("distill", "lr_scaling", self.lr_scaling, ("sqrt", "linear"))
-        _check(0 <= self.warmup_fraction < 1, "distill.warmup_fraction must be in [0, 1)")
-        _check(self.weight_decay >= 0, "distill.weight_decay must be >= 0")
-        _check(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "distill.crop_scale must satisfy 0 < lo <= hi <= 1")
-        _check(self.eval_every >= 0, "distill.eval_every must be >= 0")
+        _check_budget("distill", self.epochs, self.min_steps, self.batch_size, self.eval_every)
+        _check_views("distill", self.crop, self.crop_scale, self.flip_prob)
 
     def temperature_for(self, self_distillation: bool) -> float:
         return self.temperature or (0.1 if self_distillation else 1.0)
@@ -243,29 +279,19 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What ``simclrv2 pipeline`` runs after pretraining, for every label fraction (comma-separated lists)."""
+    """What ``simclrv2 pipeline`` runs after pretraining, for every label subset."""
 
-    label_fractions: str = "1%,10%"
-    head_layers: str = "0,1"  # fine-tune from each of these projection-head layers
+    label_fractions: tuple[str, ...] = ("1%", "10%")
+    head_layers: tuple[int, ...] = (0, 1)  # fine-tune from each of these projection-head layers
     supervised: bool = True
     linear_eval: bool = True
-    distill: bool = True  # distil the fine-tuned model at finetune.head_layer, for each fraction
-    embedding_samples: int = 2000  # test images whose embeddings the report projects to 2-D
+    distill: bool = True  # distil the fine-tuned model at finetune.head_layer, for each subset
+    embedding_samples: int = 2000  # validation images whose embeddings the report projects to 2-D
 
     def __post_init__(self) -> None:
-        _check(bool(self.fractions()), "pipeline.label_fractions must list at least one subset, e.g. '1%,10%'")
-        try:
-            layers = self.layers()
-        except ValueError:
-            raise SimCLRv2Error(f"pipeline.head_layers = {self.head_layers!r} must be integers, e.g. '0,1'") from None
-        _check(all(j >= 0 for j in layers), "pipeline.head_layers must be >= 0")
+        _check(bool(self.label_fractions), "pipeline.label_fractions must list at least one subset, e.g. [\"1%\"]")
+        _check(all(j >= 0 for j in self.head_layers), "pipeline.head_layers must be >= 0")
         _check(self.embedding_samples >= 0, "pipeline.embedding_samples must be >= 0")
-
-    def fractions(self) -> list[str]:
-        return [part.strip() for part in self.label_fractions.split(",") if part.strip()]
-
-    def layers(self) -> list[int]:
-        return [int(part) for part in self.head_layers.split(",") if part.strip()]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,21 @@
-"""Datasets for a stage, read once from the ``[data]`` section and kept in memory as uint8 tensors."""
+"""The data a stage reads: the training images, the validation split held out of them, label subsets drawn from
+the rest, and the test split, which only the final evaluation opens (nothing is chosen on it)."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
 from simclrv2.data import ImageDataset, load_dataset
+from simclrv2.data.subsets import parse_subset_spec, select_subset, subset_indices
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.logs import get_logger
+
+# the validation split does not change with run.seed, so seeds vary the labelled subset and the initialisation
+# while every run is judged on the same images
+VALIDATION_SEED = 20_06_10029
 
 
 def load_split(data, split: str, limit: int = 0) -> ImageDataset:
@@ -28,15 +38,69 @@ def load_train(data) -> ImageDataset:
     return load_split(data, data.train_split, data.train_limit)
 
 
-def load_test(data) -> ImageDataset:
-    return load_split(data, data.test_split)
+def load_test(data) -> ImageDataset | None:
+    """The test split for the final evaluation, or None when the dataset has no labelled one."""
+    try:
+        test = load_split(data, data.test_split)
+    except SimCLRv2Error as exc:
+        get_logger().info(f"no test evaluation: {exc}")
+        return None
+    return test if test.labels is not None else None
 
 
-def labelled_train(data, train: ImageDataset) -> ImageDataset:
-    """The labelled training images: the training split itself, or the dataset's ``train`` split when the
-    training split is unlabeled (STL-10's unlabeled images, say)."""
-    if train.labels is not None:
-        return train
-    labelled = load_split(data, "train")
-    labelled.require_labels("a labelled training split")
-    return labelled
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """All training images (the unlabeled pool) and their labelled part split into validation and the rest."""
+
+    train: ImageDataset
+    labelled: ImageDataset  # the training split itself, or the labelled "train" split beside unlabeled data
+    val_indices: torch.Tensor  # into ``labelled``: held out to choose settings, never fine-tuned on
+    pool_indices: torch.Tensor  # into ``labelled``: where label subsets and kNN banks come from
+
+    @property
+    def val(self) -> ImageDataset | None:
+        return self.labelled.subset(self.val_indices) if self.val_indices.numel() else None
+
+    def labelled_subset(self, spec: str, seed: int) -> torch.Tensor:
+        """Sorted indices into ``labelled`` of a class-balanced subset of the non-validation images. A
+        percentage is of all labelled training images (1 % of Fashion-MNIST is 600 images), so it means the
+        same with or without a validation split."""
+        parsed = parse_subset_spec(spec)
+        if parsed.kind == "file":
+            chosen = subset_indices(self.labelled, spec, seed)
+            overlap = int(torch.isin(chosen, self.val_indices).sum())
+            if overlap:
+                get_logger().warning(f"warning: {overlap} images of {spec} are in the validation split, so "
+                                     "validation scores are optimistic; set data.val_size = 0 or use another list")
+            return chosen
+        if parsed.kind == "fraction":
+            count = min(len(self.pool_indices), math.floor(round(len(self.labelled) * float(parsed.value), 6)))
+            spec = str(count)
+        pool = self.pool_indices
+        within = select_subset(self.labelled.labels[pool], parse_subset_spec(spec), seed)
+        return pool[within].sort().values
+
+
+def training_data(data) -> TrainingData:
+    """The training images, their labelled part, and a class-balanced validation split of ``data.val_size``."""
+    train = load_train(data)
+    labelled = train
+    if train.labels is None:
+        try:
+            labelled = load_split(data, "train")
+        except SimCLRv2Error:
+            labelled = train
+    if labelled.labels is None:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return TrainingData(train, labelled, empty, torch.arange(len(labelled)))
+    size = data.resolved_val_size(len(labelled))
+    if size >= len(labelled):
+        raise SimCLRv2Error(f"data.val_size = {size} leaves no labelled training images out of {len(labelled)}; "
+                            "lower it")
+    if size and size < labelled.num_classes:
+        size = 0
+    val = select_subset(labelled.labels, parse_subset_spec(str(size)), VALIDATION_SEED) if size else (
+        torch.zeros(0, dtype=torch.int64))
+    keep = torch.ones(len(labelled), dtype=torch.bool)
+    keep[val] = False
+    return TrainingData(train, labelled, val, keep.nonzero().flatten())

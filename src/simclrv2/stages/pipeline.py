@@ -19,17 +19,13 @@ from typing import Any
 import torch
 
 from simclrv2 import dist
-from simclrv2.architecture import Architecture
-from simclrv2.checkpoint import (
-    atomic_write_text,
-    check_run_dir,
-    load_checkpoint,
-    prepare_run_dir,
-    save_checkpoint,
-)
+from simclrv2.checkpoint import atomic_write_text, check_run_dir, prepare_run_dir, read_pretrained, save_checkpoint
 from simclrv2.config import Config, config_to_dict, to_toml
 from simclrv2.data import find_data_dir
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.eval.features import encoder_features
+from simclrv2.logs import get_logger
+from simclrv2.results import PipelineSummary, StageResult, SummaryRow, choose_best
 from simclrv2.runtime import resolve_device
 from simclrv2.stages import distill as distill_module
 from simclrv2.stages import finetune as finetune_module
@@ -37,9 +33,8 @@ from simclrv2.stages import pretrain as pretrain_module
 from simclrv2.stages import supervised as supervised_module
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import evaluate
-from simclrv2.stages.features import encoder_features
-from simclrv2.stages.finetune import finetune, load_pretrained
-from simclrv2.stages.inputs import load_test
+from simclrv2.stages.finetune import finetune
+from simclrv2.stages.inputs import training_data
 from simclrv2.stages.pretrain import pretrain
 from simclrv2.stages.supervised import supervised
 
@@ -69,8 +64,8 @@ def plan(config: Config, run_dir: Path) -> list[Step]:
     p, ft = config.pipeline, config.finetune
     pretrain_dir = str(run_dir / "pretrain")
     steps = [Step("pretrain", "pretraining", "", config, pretrain, pretrain_module.IDENTITY_SECTIONS)]
-    for labels in p.fractions():
-        layers = sorted(set(p.layers()) | ({ft.head_layer} if p.distill else set()))
+    for labels in p.label_fractions:
+        layers = sorted(set(p.head_layers) | ({ft.head_layer} if p.distill else set()))
         for j in layers:
             c = dataclasses.replace(config, finetune=dataclasses.replace(ft, labels=labels, head_layer=j,
                                                                           pretrained=pretrain_dir))
@@ -118,14 +113,8 @@ def fingerprint(step: Step, upstream: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(as_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _top1(result: Any) -> float | None:
-    for name in ("test_top1", "top1", "knn_top1"):
-        if hasattr(result, name):
-            return getattr(result, name)
-    return None
-
-
-def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
+def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False
+             ) -> PipelineSummary:
     """Runs every stage (reusing finished ones with --resume); returns the summary written to summary.json.
 
     Under torchrun every process runs every stage together; only rank 0 writes the pipeline's own files.
@@ -157,7 +146,7 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         same = record.get("fingerprint") == fp
         if same and record.get("status") == "done":
             _say(f"{step.name}: unchanged, reusing")
-            top1 = record.get("top1")
+            result = StageResult.read(run_dir / step.name)
         else:
             if (run_dir / step.name).exists() and not same:
                 _say(f"{step.name}: config changed, re-running from scratch")
@@ -166,76 +155,51 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
             write_state()
             start = time.perf_counter()
             result = step.runner(step.config, run_dir / step.name, resume=same, overwrite=not same)
-            top1 = _top1(result)
-            state["steps"][step.name] = {"fingerprint": fp, "status": "done", "top1": top1,
+            state["steps"][step.name] = {"fingerprint": fp, "status": "done",
                                          "seconds": round(time.perf_counter() - start + record.get("seconds", 0), 1)}
             write_state()
             if step.name == "pretrain" and config.pipeline.embedding_samples and main:
                 save_embeddings(config, run_dir)
         if step.labels:
-            rows.append({"method": step.method, "labels": step.labels, "top1": top1, "run": step.name})
+            rows.append(SummaryRow(step.method, step.labels, step.name, result.val_top1, result.test_top1))
         dist.barrier()
     summary = _summary(config, run_dir, state, rows)
     if main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
-        print(format_table(summary), flush=True)
+        summary.write(run_dir)
+        get_logger().info(summary.format_table())
         _report(run_dir)
     dist.barrier()
     return summary
 
 
 def _say(message: str) -> None:
-    if dist.is_main():
-        print(f"[pipeline] {message}", flush=True)
+    get_logger().info(f"[pipeline] {message}")
 
 
 def save_embeddings(config: Config, run_dir: Path) -> None:
-    """Encoder features of some test images, for the report's 2-D projection."""
-    try:
-        test = load_test(config.data)
-        test.require_labels("the embedding plot")
-    except SimCLRv2Error as exc:
-        _say(f"no embedding plot: {exc}")
+    """Encoder features of some validation images, for the report's 2-D projection."""
+    val = training_data(config.data).val
+    if val is None:
+        _say("no embedding plot: no labelled validation split")
         return
-    test = test.subset(torch.arange(min(config.pipeline.embedding_samples, len(test))))
-    _, model = load_pretrained(str(run_dir / "pretrain"))
+    val = val.subset(torch.arange(min(config.pipeline.embedding_samples, len(val))))
+    _, model = read_pretrained(run_dir / "pretrain")
     device = resolve_device(config.run.device)
-    features = encoder_features(model.encoder.to(device), test, device, config.run.eval_batch_size,
+    features = encoder_features(model.encoder.to(device), val, device, config.run.eval_batch_size,
                                 config.run.precision)
-    save_checkpoint(run_dir / "embeddings.pt", features=features, labels=test.labels, classes=list(test.classes),
-                    source="pretrained encoder, test images")
+    save_checkpoint(run_dir / "embeddings.pt", features=features, labels=val.labels, classes=list(val.classes),
+                    source="pretrained encoder, validation images")
 
 
-def _summary(config: Config, run_dir: Path, state: dict, rows: list[dict]) -> dict:
-    scored = [r for r in rows if r["top1"] is not None]
-    best = max(scored, key=lambda r: r["top1"]) if scored else None
-    pretrain_payload = load_checkpoint(run_dir / "pretrain")
-    return {
-        "dataset": config.data.dataset,
-        "architecture": Architecture.from_dict(pretrain_payload["architecture"]).describe(),
-        "wall_time_s": round(sum(s.get("seconds", 0) for s in state["steps"].values()), 1),
-        "rows": rows,
-        "best": best,
-        "knn": {"init": pretrain_payload.get("knn_top1_at_init"), "final": pretrain_payload.get("knn_top1")},
-    }
-
-
-def format_table(summary: dict) -> str:
-    """The final table: methods down, label fractions across, test top-1 in %."""
-    fractions = list(dict.fromkeys(r["labels"] for r in summary["rows"]))
-    methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
-    cell = {(r["method"], r["labels"]): r["top1"] for r in summary["rows"]}
-    width = max([len(m) for m in methods] + [6])
-    lines = [f"{summary['dataset']}, {summary['architecture']}: test top-1 (%)",
-             f"{'method':<{width}}  " + "  ".join(f"{f:>7}" for f in fractions)]
-    for m in methods:
-        values = [cell.get((m, f)) for f in fractions]
-        lines.append(f"{m:<{width}}  " + "  ".join(f"{100 * v:7.2f}" if v is not None else f"{'-':>7}"
-                                                    for v in values))
-    knn = summary.get("knn") or {}
-    if knn.get("final") is not None:
-        lines.append(f"kNN (all labels): {100 * knn['final']:.2f} pretrained vs {100 * knn['init']:.2f} at random init")
-    return "\n".join(lines)
+def _summary(config: Config, run_dir: Path, state: dict, rows: list[SummaryRow]) -> PipelineSummary:
+    pretrained = StageResult.read(run_dir / "pretrain")
+    seconds = {name: float(s.get("seconds", 0)) for name, s in state["steps"].items()}
+    return PipelineSummary(
+        dataset=config.data.dataset, architecture=pretrained.details.get("architecture", ""), rows=rows,
+        best=choose_best(rows), knn_init=pretrained.details.get("knn_top1_at_init"),
+        knn_final=pretrained.details.get("knn_top1"), wall_time_s=round(sum(seconds.values()), 1),
+        stage_seconds=seconds,
+    )
 
 
 def _report(run_dir: Path) -> None:

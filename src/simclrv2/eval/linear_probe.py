@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.optim import lr_at, set_lr
 
 DEFAULT_LR = 0.01  # Adam on standardised features; see fit_linear_probe
 _MIN_STD = 1e-6  # features with a smaller spread are constant: leave them unscaled rather than divide by ~0
@@ -103,8 +104,7 @@ def fit_linear_probe(
         order = torch.randperm(n, generator=generator).to(device)  # drawn on the CPU: the same on any device
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
+            set_lr(optimizer, lr_at(step, total_steps, lr, warmup_steps=0))
             logits = F.linear(z.index_select(0, batch), weight, bias)  # (B, C)
             loss = F.cross_entropy(logits, y.index_select(0, batch))
             if weight_decay:

@@ -1,7 +1,8 @@
-"""The architecture of a run as plain data, stored in every checkpoint so a model can be rebuilt exactly.
+"""The one description of a network: a frozen, resolved spec that models are built from and checkpoints store.
 
-A checkpoint from another architecture is caught here with a message that names the difference, instead of
-surfacing as a wall of ``state_dict`` key errors.
+``[model]`` (config) says what the user asked for; the spec is what was built for the data (the stem depends on
+the image size, the input channels on the data), so a checkpoint can be rebuilt exactly and a checkpoint of
+another network is caught with a message that names the difference.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from simclrv2.config.sections import ModelConfig
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.models import Classifier, SimCLRModel, build_simclr_model
+from simclrv2.models.networks import Classifier, SimCLRModel, build_simclr_model
 
 
 @dataclass(frozen=True)
-class Architecture:
+class ModelSpec:
     depth: int
     width_multiplier: float
     sk_ratio: float
@@ -29,7 +29,7 @@ class Architecture:
     proj_dim: int
 
     @classmethod
-    def from_config(cls, model: Any, image_size: int, in_channels: int) -> Architecture:
+    def from_config(cls, model: Any, image_size: int, in_channels: int) -> ModelSpec:
         """From a ``ModelConfig`` and the data it will see (the stem depends on the image size)."""
         return cls(
             depth=model.depth,
@@ -42,7 +42,7 @@ class Architecture:
         )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Architecture:
+    def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         missing = names - set(values)
         if missing:
@@ -73,6 +73,10 @@ class Architecture:
             proj_dim=self.proj_dim,
         )
 
+    def build_classifier(self, head_layer: int, num_classes: int, seed: int | None = None) -> Classifier:
+        """The classifier on head layer ``head_layer`` (0: the encoder output) of this network."""
+        return Classifier.from_simclr(self.build_simclr(seed), head_layer, num_classes)
+
     def model_config(self) -> ModelConfig:
         """The ``[model]`` section that builds this architecture: what a stage that takes its network from a
         checkpoint records in its ``config.toml``."""
@@ -85,7 +89,7 @@ class Architecture:
         silently ignoring them. An untouched (default) section is not the user's choice and passes."""
         if model == ModelConfig():
             return
-        wanted = Architecture.from_config(model, image_size, self.in_channels)
+        wanted = ModelSpec.from_config(model, image_size, self.in_channels)
         if wanted != self:
             raise SimCLRv2Error(
                 f"the [model] options describe a {wanted.describe()} but {source} is a {self.describe()}; the "
@@ -98,27 +102,3 @@ class Architecture:
                 f"{source} was trained on {self.in_channels}-channel images but the data has {channels} channels; "
                 "use data of the same kind or retrain"
             )
-
-
-def load_state(model: nn.Module, state: dict[str, Any], source: str) -> None:
-    """Loads weights strictly; a mismatch becomes one line naming the first differing keys."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:2]
-        raise SimCLRv2Error(f"{source} does not fit this architecture: {' '.join(first)[:300]}") from exc
-
-
-def classifier_architecture(payload: dict[str, Any]) -> tuple[Architecture, int, int]:
-    """(architecture, head_layer, num_classes) of a fine-tuned checkpoint."""
-    if payload.get("kind") != "classifier":
-        raise SimCLRv2Error(
-            f"checkpoint from stage {payload.get('stage')!r} holds no classifier; pass a fine-tuned, supervised "
-            "or distilled run"
-        )
-    return Architecture.from_dict(payload["architecture"]), int(payload["head_layer"]), int(payload["num_classes"])
-
-
-def build_classifier(architecture: Architecture, head_layer: int, num_classes: int,
-                     seed: int | None = None) -> Classifier:
-    return Classifier.from_simclr(architecture.build_simclr(seed), head_layer, num_classes)

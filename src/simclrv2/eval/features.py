@@ -7,8 +7,8 @@ from torch import nn
 
 from simclrv2.augment import center_crop
 from simclrv2.data import ImageDataset
-from simclrv2.knn import extract_features, knn_accuracy
-from simclrv2.metrics import accuracy
+from simclrv2.eval.knn import extract_features, knn_accuracy
+from simclrv2.eval.metrics import accuracy
 from simclrv2.runtime import resolve_precision
 
 

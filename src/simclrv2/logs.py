@@ -1,0 +1,45 @@
+"""Messages for people: one ``simclrv2`` logger, written by rank 0 only, and progress bars only on a terminal.
+
+Metrics go to ``metrics.jsonl`` (see :class:`simclrv2.checkpoint.MetricsLog`); this module is for the lines a
+person reads while a run goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from simclrv2 import dist
+
+LOGGER_NAME = "simclrv2"
+
+
+class _MainProcessOnly(logging.Filter):
+    """Under torchrun every process would print the same line; only rank 0 speaks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return dist.is_main()
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(LOGGER_NAME)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Plain lines on stdout (what a user of the command line sees); library users keep their own handlers."""
+    logger = get_logger()
+    if any(getattr(h, "_simclrv2", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_MainProcessOnly())
+    handler._simclrv2 = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def show_progress(enabled: bool) -> bool:
+    """A progress bar only where it helps: asked for, rank 0, and a terminal (in a log file tqdm would write
+    thousands of carriage-return lines)."""
+    return enabled and dist.is_main() and sys.stderr.isatty()
