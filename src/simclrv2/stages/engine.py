@@ -278,15 +278,16 @@ def fit(task: Task, session: Session) -> FitResult:
                        disable=not show_progress(run.progress), leave=False, dynamic_ncols=True)
             tick, tick_step = time.perf_counter(), step
             for i in bar:
+                stop = _agreed_signal(signals, session.distributed)  # at the step boundary, before any forward
+                if stop:
+                    path = checkpointer.save(step)
+                    raise Interrupted(f"{stage} stopped by signal {stop} after step {step}: checkpoint {path}; "
+                                      "continue with the same command and --resume", exit_code=_exit_code(stop))
                 generator.manual_seed(step_seed(run.seed, dist.rank(), step))
                 lr = lr_at(step, budget.total_steps, task.peak_lr, budget.warmup_steps)
                 set_lr(task.optimizer, lr)
                 loss = task.train_step(order[i * budget.local_batch:(i + 1) * budget.local_batch], generator)
-                value, nonfinite, stop = _check_step(loss, signals, session.distributed)
-                if stop:
-                    path = checkpointer.save(step)
-                    raise Interrupted(f"{stage} stopped by signal {stop} at step {step}: checkpoint {path}; "
-                                      "continue with the same command and --resume", exit_code=_exit_code(stop))
+                value, nonfinite = _check_loss(loss, session.distributed)
                 task.optimizer.zero_grad(set_to_none=True)
                 if nonfinite:
                     if run.nonfinite == "stop":
@@ -329,11 +330,20 @@ def fit(task: Task, session: Session) -> FitResult:
     return FitResult(step, first_loss, last_loss, skipped, items_per_s)
 
 
-def _check_step(loss: torch.Tensor, signals: StopSignals, distributed: bool) -> tuple[float, bool, int]:
-    """(loss value, whether any process saw a non-finite loss, the signal any process received or 0): every
-    process takes the same decision, so one rank's NaN or SIGTERM stops them all together, without a hang."""
-    value = loss.detach().float().item()
-    flags = torch.tensor([0.0 if math.isfinite(value) else 1.0, float(signals.received or 0)])
+def _agreed_signal(signals: StopSignals, distributed: bool) -> int:
+    """The stop signal any process received (0: none): every process stops at the same step, so a SIGTERM
+    sent to one rank leaves one consistent checkpoint and no process waiting in a collective."""
+    received = torch.tensor([float(signals.received or 0)])
     if distributed:
-        flags = dist.all_reduce_max(flags)
-    return value, bool(flags[0].item()), int(flags[1].item())
+        received = dist.all_reduce_max(received)
+    return int(received.item())
+
+
+def _check_loss(loss: torch.Tensor, distributed: bool) -> tuple[float, bool]:
+    """(this process's loss, whether any process saw a non-finite loss): all processes take the same decision,
+    so a NaN on one rank stops (or skips on) every rank together, without a hang."""
+    value = loss.detach().float().item()
+    bad = torch.tensor([0.0 if math.isfinite(value) else 1.0])
+    if distributed:
+        bad = dist.all_reduce_max(bad)
+    return value, bool(bad.item())
