@@ -1,20 +1,42 @@
+import dataclasses
 import json
 
 import pytest
 
 import simclrv2.stages.pipeline as pipeline_module
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.stages.pipeline import format_table, pipeline, plan, slug
+from simclrv2.results import PipelineSummary, choose_best
+from simclrv2.stages import classify, engine, evaluate, pretrain
+from simclrv2.stages.pipeline import pipeline, plan, slug
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, tiny_fashion):
+    """The whole pipeline on the tiny data, recording when the test split is opened."""
     from conftest import quick_config_values
 
+    patch = pytest.MonkeyPatch()
+    events: list[str] = []
+    real_fit = engine.fit
+
+    def fit(task, session):
+        events.append(f"fit {task.stage}")
+        try:
+            return real_fit(task, session)
+        finally:
+            events.append(f"done {task.stage}")
+
+    for module in (classify, pretrain):
+        patch.setattr(module, "fit", fit)
+    for module in (classify, evaluate, pretrain):
+        real = module.load_test
+        patch.setattr(module, "load_test", lambda data, _real=real: events.append("test") or _real(data))
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"
     config = quick_config_values(tiny_fashion, **{"pipeline.label_fractions": "10%", "pipeline.head_layers": "0,1",
                                                   "run.knn_every": 0})
-    return run_dir, config, pipeline(config, run_dir)
+    summary = pipeline(config, run_dir)
+    patch.undo()
+    return run_dir, config, summary, events
 
 
 def test_plan_names_one_sub_directory_per_stage(quick_config, tmp_path):
@@ -32,33 +54,49 @@ def test_missing_data_is_reported_before_the_run_directory_is_made(quick_config,
 
 
 def test_pipeline_runs_every_stage_and_writes_the_table(pipeline_run):
-    run_dir, _, summary = pipeline_run
-    methods = {r["method"] for r in summary["rows"]}
+    run_dir, _, summary, _ = pipeline_run
+    methods = {r.method for r in summary.rows}
     assert methods == {"fine-tuned (head layer 0)", "fine-tuned (head layer 1)", "supervised only", "linear eval",
                        "distilled student"}
-    assert all(0 <= r["top1"] <= 1 for r in summary["rows"])
-    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert all(r.val_top1 is not None and r.test_top1 is not None for r in summary.rows)
+    assert PipelineSummary.read(run_dir) == summary
     assert (run_dir / "embeddings.pt").is_file()
-    assert (run_dir / "report" / "index.html").is_file()
-    table = format_table(summary)
+    table = summary.format_table()
     assert "distilled student" in table and "10%" in table
 
 
+def test_the_best_row_is_chosen_on_validation_never_on_test(pipeline_run):
+    _, _, summary, _ = pipeline_run
+    assert summary.best == choose_best(summary.rows)
+    assert summary.best.val_top1 == max(r.val_top1 for r in summary.rows)
+    rows = [dataclasses.replace(r, test_top1=1.0 - (r.val_top1 or 0)) for r in summary.rows]  # test disagrees
+    assert choose_best(rows).run == summary.best.run
+
+
+def test_no_stage_opens_the_test_split_before_its_training_has_finished(pipeline_run):
+    _, _, _, events = pipeline_run
+    training = 0
+    for event in events:
+        training += 1 if event.startswith("fit") else -1 if event.startswith("done") else 0
+        assert not (event == "test" and training), events  # the test split is read only after training
+    assert events.count("test") >= 5 and events[-1] == "test"
+
+
 def test_rerun_reuses_every_finished_stage(pipeline_run, monkeypatch):
-    run_dir, config, summary = pipeline_run
+    run_dir, config, summary, _ = pipeline_run
     ran = []
     for name in ("pretrain", "finetune", "supervised", "evaluate", "distill"):
         monkeypatch.setattr(pipeline_module, name, lambda *a, _n=name, **k: ran.append(_n))
     again = pipeline(config, run_dir, resume=True)
     assert ran == []
-    assert again["rows"] == summary["rows"]
+    assert again.rows == summary.rows
 
 
 def test_a_changed_stage_config_reruns_that_stage_and_what_depends_on_it(pipeline_run, tmp_path):
     import dataclasses
     import shutil
 
-    run_dir, config, _ = pipeline_run
+    run_dir, config, _, _ = pipeline_run
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, alpha=0.5))
