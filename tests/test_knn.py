@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from simclrv2.eval import knn as knn_module
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.eval import knn as knn_module
 from simclrv2.eval.knn import extract_features, knn_accuracy, knn_predict
 
 

@@ -169,7 +169,8 @@ def test_a_nonfinite_loss_stops_with_the_stage_step_and_last_checkpoint(tmp_path
 
     monkeypatch.setattr(pretrain_module, "nt_xent_loss", loss_with_inf)
     config = quick_config(**{"run.knn_every": 0, "run.checkpoint_every_steps": 2})
-    with pytest.raises(SimCLRv2Error, match=r"pretrain: the loss became inf at step 4; last good checkpoint: .*last\.pt"):
+    message = r"pretrain: the loss became inf at step 4; last good checkpoint: .*last\.pt"
+    with pytest.raises(SimCLRv2Error, match=message):
         pretrain(config, tmp_path / "run")
     calls["n"] = 0
     skipped = pretrain(quick_config(**{"run.knn_every": 0, "run.nonfinite": "skip", "run.log_every": 1}),
@@ -179,8 +180,9 @@ def test_a_nonfinite_loss_stops_with_the_stage_step_and_last_checkpoint(tmp_path
 
 
 def test_golden_loss_curve_that_learns(tmp_path, quick_config):
-    """The losses of a tiny seeded fp32 run (gentle views and AdamW, so it learns within 96 steps); a silent change in the recipe moves them, and the
-    curve itself falls (a golden curve that pins losses near chance would protect nothing)."""
+    """The losses of a tiny seeded fp32 run (gentle views and AdamW, so it learns within 96 steps): a silent
+    change in the recipe moves them, and the curve itself falls (one that pins losses near chance protects
+    nothing)."""
     from pathlib import Path
 
     golden = Path(__file__).parent / "golden" / "pretrain_losses.json"

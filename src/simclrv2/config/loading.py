@@ -52,43 +52,55 @@ def option_defaults(cls: type = Config) -> dict[str, Any]:
     return values
 
 
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise ValueError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return int(value)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    return float(value)
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    return value
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _to_tuple(name: str, value: Any, kind: Any) -> tuple:
+    """A TOML array, or on the command line a comma-separated list; ``tuple[T, ...]`` takes any length."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    args = typing.get_args(kind)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(name, v, args[0]) for v in items)
+    if len(items) != len(args):
+        raise ValueError
+    return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
+
+
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """Turns a TOML value or a command-line string into the field's type, or says what was expected."""
-    origin = typing.get_origin(kind)
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return value.lower() in ("true", "1", "yes", "on")
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if origin is tuple:
-            # a TOML array, or on the command line a comma-separated list
-            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
-            args = typing.get_args(kind)
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(name, v, args[0]) for v in items)
-            if len(items) != len(args):
-                raise ValueError
-            return tuple(_coerce(name, v, a) for v, a in zip(items, args, strict=True))
-    except (TypeError, ValueError):
-        pass
-    else:
+    if kind not in _SCALARS and typing.get_origin(kind) is not tuple:
         raise SimCLRv2Error(f"{name}: unsupported option type {kind}")
-    expected = getattr(kind, "__name__", str(kind))
-    raise SimCLRv2Error(f"{name} = {value!r} is not a valid {expected}")
+    try:
+        return _SCALARS[kind](value) if kind in _SCALARS else _to_tuple(name, value, kind)
+    except (TypeError, ValueError):
+        expected = getattr(kind, "__name__", str(kind))
+        raise SimCLRv2Error(f"{name} = {value!r} is not a valid {expected}") from None
 
 
 def _known(keys: typing.Iterable[str]) -> str:

@@ -257,77 +257,109 @@ class _Checkpointer:
         return path
 
 
+class _LossWindow:
+    """Mean loss over each logging window (every process's mean), the first and the last of them."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def close(self) -> float | None:
+        if not self.values:
+            return None
+        mean = dist.all_reduce_mean(torch.tensor(sum(self.values) / len(self.values))).item()
+        self.first = mean if self.first is None else self.first
+        self.last, self.values = mean, []
+        return mean
+
+
 def fit(task: Task, session: Session) -> FitResult:
     """Trains ``task`` from the session's start step to the end of its budget."""
-    run, device, budget, stage = session.run, session.device, task.budget, task.stage
-    log, logger = session.log, get_logger()
+    run, budget, stage = session.run, task.budget, task.stage
     if session.state is not None:
         task.optimizer.load_state_dict(session.state["optimizer"])
-    generator = generator_for(device, run.seed)
+    generator = generator_for(session.device, run.seed)
     checkpointer = _Checkpointer(session, task)
-    step = session.start_step
-    window: list[float] = []
-    first_loss = last_loss = None
-    skipped, items_per_s = 0, 0.0
+    losses, step, skipped, items_per_s = _LossWindow(), session.start_step, 0, 0.0
     task.model.train()
     with StopSignals() as signals:
         for epoch in range(step // budget.steps_per_epoch, budget.epochs):
-            order = dist.shard_indices(task.num_examples, epoch, run.seed, batch_size=budget.local_batch).to(device)
-            first = step - epoch * budget.steps_per_epoch
-            bar = tqdm(range(first, budget.steps_per_epoch), desc=f"{stage} {epoch + 1}/{budget.epochs}",
-                       disable=not show_progress(run.progress), leave=False, dynamic_ncols=True)
+            order = dist.shard_indices(task.num_examples, epoch, run.seed, batch_size=budget.local_batch)
+            order = order.to(session.device)
+            bar = tqdm(range(step - epoch * budget.steps_per_epoch, budget.steps_per_epoch),
+                       desc=f"{stage} {epoch + 1}/{budget.epochs}", disable=not show_progress(run.progress),
+                       leave=False, dynamic_ncols=True)
             tick, tick_step = time.perf_counter(), step
             for i in bar:
-                stop = _agreed_signal(signals, session.distributed)  # at the step boundary, before any forward
-                if stop:
-                    path = checkpointer.save(step)
-                    raise Interrupted(f"{stage} stopped by signal {stop} after step {step}: checkpoint {path}; "
-                                      "continue with the same command and --resume", exit_code=_exit_code(stop))
+                _stop_if_signalled(signals, session, checkpointer, stage, step)
                 generator.manual_seed(step_seed(run.seed, dist.rank(), step))
                 lr = lr_at(step, budget.total_steps, task.peak_lr, budget.warmup_steps)
                 set_lr(task.optimizer, lr)
-                loss = task.train_step(order[i * budget.local_batch:(i + 1) * budget.local_batch], generator)
-                value, nonfinite = _check_loss(loss, session.distributed)
-                task.optimizer.zero_grad(set_to_none=True)
-                if nonfinite:
-                    if run.nonfinite == "stop":
-                        good = checkpointer.last_path or "none yet"
-                        raise SimCLRv2Error(f"{stage}: the loss became {value} at step {step}; last good checkpoint: "
-                                            f"{good}. Lower the learning rate, use run.precision = 'fp32', or set "
-                                            "run.nonfinite = 'skip'")
-                    skipped += 1
-                    logger.warning(f"warning: {stage}: non-finite loss at step {step} skipped ({skipped} so far)")
-                else:
-                    loss.backward()
-                    task.optimizer.step()
-                    if task.after_step is not None:
-                        task.after_step()
-                    window.append(value)
+                value = _train_step(task, session, order[i * budget.local_batch:(i + 1) * budget.local_batch],
+                                    generator, step, checkpointer)
+                skipped += value is None
+                if value is not None:
+                    losses.values.append(value)
                 step += 1
                 if step % run.log_every == 0 or i == budget.steps_per_epoch - 1:
                     items_per_s = (step - tick_step) * budget.batch_size / max(time.perf_counter() - tick, 1e-9)
                     tick, tick_step = time.perf_counter(), step
-                    if window:
-                        mean = dist.all_reduce_mean(torch.tensor(sum(window) / len(window))).item()
-                        first_loss = mean if first_loss is None else first_loss
-                        last_loss, window = mean, []
+                    mean = losses.close()
+                    if mean is not None:
                         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.3g}")
-                        log.write(event="train", stage=stage, epoch=epoch + (i + 1) / budget.steps_per_epoch,
-                                  step=step, loss=mean, lr=lr, items_per_s=items_per_s, skipped=skipped)
+                        session.log.write(event="train", stage=stage, epoch=epoch + (i + 1) / budget.steps_per_epoch,
+                                          step=step, loss=mean, lr=lr, items_per_s=items_per_s, skipped=skipped)
                 if checkpointer.due(step) and step < budget.total_steps:
                     checkpointer.save(step)
             bar.close()
-            done = epoch + 1
-            shown = f"{last_loss:.4f}" if last_loss is not None else "-"
-            logger.info(f"{stage}: epoch {done}/{budget.epochs}, loss {shown}, {items_per_s:.0f} {task.unit}/s")
-            if task.evaluate is not None and task.eval_every and done % task.eval_every == 0 and done < budget.epochs:
-                task.evaluate(done, step)
-            if done % run.checkpoint_every == 0 and done < budget.epochs:
-                checkpointer.save(step)
-    if first_loss is not None and last_loss is not None and last_loss > first_loss:
-        logger.warning(f"warning: {stage}: the training loss ended above its start ({first_loss:.4f} -> "
-                       f"{last_loss:.4f}); the rate may be too high or the budget too short")
-    return FitResult(step, first_loss, last_loss, skipped, items_per_s)
+            _end_of_epoch(task, session, checkpointer, epoch + 1, step, losses.last, items_per_s)
+    if losses.first is not None and losses.last is not None and losses.last > losses.first:
+        get_logger().warning(f"warning: {stage}: the training loss ended above its start ({losses.first:.4f} -> "
+                             f"{losses.last:.4f}); the rate may be too high or the budget too short")
+    return FitResult(step, losses.first, losses.last, skipped, items_per_s)
+
+
+def _stop_if_signalled(signals: StopSignals, session: Session, checkpointer: _Checkpointer, stage: str,
+                       step: int) -> None:
+    """At the step boundary, before any forward pass: save the finished steps and exit if any process was
+    signalled."""
+    stop = _agreed_signal(signals, session.distributed)
+    if stop:
+        path = checkpointer.save(step)
+        raise Interrupted(f"{stage} stopped by signal {stop} after step {step}: checkpoint {path}; continue with "
+                          "the same command and --resume", exit_code=_exit_code(stop))
+
+
+def _train_step(task: Task, session: Session, indices: torch.Tensor, generator: torch.Generator, step: int,
+                checkpointer: _Checkpointer) -> float | None:
+    """Forward, NaN/inf guard, backward and optimiser step; the loss, or None for a skipped step."""
+    loss = task.train_step(indices, generator)
+    value, nonfinite = _check_loss(loss, session.distributed)
+    task.optimizer.zero_grad(set_to_none=True)
+    if nonfinite:
+        if session.run.nonfinite == "stop":
+            raise SimCLRv2Error(f"{task.stage}: the loss became {value} at step {step}; last good checkpoint: "
+                                f"{checkpointer.last_path or 'none yet'}. Lower the learning rate, use "
+                                "run.precision = 'fp32', or set run.nonfinite = 'skip'")
+        get_logger().warning(f"warning: {task.stage}: non-finite loss at step {step} skipped")
+        return None
+    loss.backward()
+    task.optimizer.step()
+    if task.after_step is not None:
+        task.after_step()
+    return value
+
+
+def _end_of_epoch(task: Task, session: Session, checkpointer: _Checkpointer, done: int, step: int,
+                  loss: float | None, items_per_s: float) -> None:
+    epochs = task.budget.epochs
+    shown = f"{loss:.4f}" if loss is not None else "-"
+    get_logger().info(f"{task.stage}: epoch {done}/{epochs}, loss {shown}, {items_per_s:.0f} {task.unit}/s")
+    if task.evaluate is not None and task.eval_every and done % task.eval_every == 0 and done < epochs:
+        task.evaluate(done, step)
+    if done % session.run.checkpoint_every == 0 and done < epochs:
+        checkpointer.save(step)
 
 
 def _agreed_signal(signals: StopSignals, distributed: bool) -> int:
