@@ -129,7 +129,8 @@ def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_re
     single = finetune(quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained,
                                                            "finetune.labels": "10%"}), tmp_path / "ft1")
     options = ["--data.data_dir", str(tiny_fashion), "--model.width_multiplier", "0.125", "--run.progress", "false",
-               "--run.precision", "fp32", "--finetune.labels", "10%", "--finetune.batch_size", "16"]
+               "--run.precision", "fp32", "--finetune.labels", "10%", "--finetune.batch_size", "16",
+               "--finetune.min_steps", "0", "--finetune.crop", "pad", "--distill.student_init", "scratch"]
     runs = {
         "ft2": ["finetune", "--finetune.pretrained", str(pretrained), "--finetune.epochs", "2"],
         "ds2": ["distill", "--distill.teacher", str(tmp_path / "ft2"), "--distill.epochs", "1",
@@ -139,15 +140,15 @@ def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_re
         job = _torchrun([*args, "--run-dir", str(tmp_path / name), *options])
         output = job.communicate(timeout=300)[0]
         assert job.returncode == 0, output
-        reported = json.loads((tmp_path / name / "result.json").read_text())["top1"]
+        reported = json.loads((tmp_path / name / "result.json").read_text())["test"]["top1"]
         evaluated = subprocess.run(
             [sys.executable, "-m", "simclrv2.cli", "evaluate", "--run-dir", str(tmp_path / f"eval-{name}"),
              "--evaluate.mode", "classifier", "--evaluate.checkpoint", str(tmp_path / name), *options],
             capture_output=True, text=True, timeout=300)
         assert evaluated.returncode == 0, evaluated.stderr
-        assert json.loads((tmp_path / f"eval-{name}" / "result.json").read_text())["top1"] == reported
+        assert json.loads((tmp_path / f"eval-{name}" / "result.json").read_text())["test"]["top1"] == reported
     subset = (tmp_path / "ft2" / "labelled_subset.txt").read_text()
-    assert subset == (single.run_dir / "labelled_subset.txt").read_text()
+    assert subset == (Path(single.run_dir) / "labelled_subset.txt").read_text()
     assert sorted(p.name for p in (tmp_path / "ft2").iterdir()) == ["checkpoints", "config.toml",
                                                                     "labelled_subset.txt", "metrics.jsonl",
                                                                     "result.json"]
