@@ -86,7 +86,6 @@ def _basics(rank: int, inputs: dict[str, Tensor]) -> dict:
     return {
         "rank": dist.rank(), "world": dist.world_size(), "local_rank": dist.local_rank(),
         "main": dist.is_main(),
-        "process_seed": dist.process_seed(5),
         "mean": dist.all_reduce_mean(torch.tensor([float(rank + 1)])),
         "mean_int": dist.all_reduce_mean(torch.tensor(rank + 1)),
         "gathered_labels": dist.all_gather_tensor(torch.tensor([10 * rank, 10 * rank + 1])),

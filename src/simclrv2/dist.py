@@ -282,7 +282,3 @@ def shard_indices(
     """
     return _shard(n, epoch, seed, rank(), world_size(), shuffle, drop_last, batch_size)
 
-
-def process_seed(seed: int) -> int:
-    """A seed distinct per process (seed + 1000·rank), so augmentations differ across processes."""
-    return seed + 1000 * rank()

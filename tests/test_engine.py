@@ -1,0 +1,117 @@
+"""The training engine on its own: step budgets, warnings for stages that cannot train, signals, log clean-up."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from simclrv2.checkpoint import read_metrics
+from simclrv2.config import load_config
+from simclrv2.errors import SimCLRv2Error
+from simclrv2.stages import engine
+from simclrv2.stages.engine import MIN_SENSIBLE_STEPS, Budget, StopSignals, Task, fit, open_session
+
+
+def test_a_budget_of_100_labels_does_not_collapse_to_one_step_per_epoch():
+    budget = Budget.plan("finetune", 100, 64, epochs=60, min_steps=600)
+    assert budget.batch_size == 64 and budget.steps_per_epoch == 1
+    assert budget.total_steps == 600 and budget.epochs == 600  # epochs follow from the minimum step count
+
+
+def test_epochs_win_when_they_give_more_steps_than_the_minimum():
+    budget = Budget.plan("finetune", 6000, 64, epochs=30, min_steps=600)
+    assert budget.steps_per_epoch == 93 and budget.epochs == 30 and budget.total_steps == 2790
+
+
+def test_the_batch_is_capped_at_the_data_for_classifiers_but_refused_for_pretraining():
+    assert Budget.plan("finetune", 40, 64, epochs=1, min_steps=200).batch_size == 40
+    with pytest.raises(SimCLRv2Error, match="larger than the 40 training images"):
+        Budget.plan("pretrain", 40, 64, epochs=1, exact_batch=True)
+
+
+def test_warmup_is_a_fraction_of_the_whole_budget():
+    assert Budget.plan("pretrain", 1000, 100, epochs=20, warmup_fraction=0.05, exact_batch=True).warmup_steps == 10
+
+
+def test_a_stage_with_too_few_steps_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        Budget.plan("supervised", 100, 64, epochs=20, min_steps=0)
+    assert "supervised takes only 20 optimiser steps" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        Budget.plan("supervised", 100, 64, epochs=20, min_steps=MIN_SENSIBLE_STEPS)
+    assert "optimiser steps" not in caplog.text
+
+
+def _session(tmp_path, **overrides):
+    values = {"run.progress": "false", "run.log_every": "1", **overrides}
+    config = load_config(None, values)
+    session = open_session("toy", config, tmp_path / "run", resume=False, overwrite=False, identity_sections=())
+    session.start()
+    return session
+
+
+def _toy_task(losses: list[float], budget: Budget) -> Task:
+    """A one-parameter model whose loss is scripted: the engine's bookkeeping, not learning, is under test."""
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    calls = iter(losses)
+
+    def train_step(indices, generator):
+        return model.weight.sum() * 0 + next(calls)
+
+    return Task(stage="toy", model=model, optimizer=optimizer, budget=budget, peak_lr=0.1, num_examples=8,
+                train_step=train_step, checkpoint_content={"kind": "toy"})
+
+
+def test_a_loss_that_ends_above_its_start_is_reported(tmp_path, caplog):
+    budget = Budget.plan("toy", 8, 2, epochs=2)
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        result = fit(_toy_task([1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0], budget), _session(tmp_path))
+    assert result.first_loss == 1.0 and result.last_loss == 2.0
+    assert "ended above its start (1.0000 -> 2.0000)" in caplog.text
+
+
+def test_a_falling_loss_raises_no_warning(tmp_path, caplog):
+    budget = Budget.plan("toy", 8, 2, epochs=2)
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        fit(_toy_task([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3], budget), _session(tmp_path))
+    assert "ended above" not in caplog.text
+
+
+def test_skipped_nonfinite_steps_are_counted_in_the_log(tmp_path):
+    budget = Budget.plan("toy", 8, 2, epochs=1)
+    session = _session(tmp_path, **{"run.nonfinite": "skip"})
+    result = fit(_toy_task([1.0, float("nan"), 1.0, float("inf")], budget), session)
+    assert result.skipped_steps == 2 and result.step == 4
+    # a window of only skipped steps has no loss to log; the next record carries the count
+    assert [r["skipped"] for r in read_metrics(session.run_dir / "metrics.jsonl")] == [0, 1]
+
+
+def test_stop_signals_chain_the_handler_installed_before(monkeypatch):
+    seen = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    try:
+        with StopSignals() as signals:
+            signal.raise_signal(signal.SIGUSR1)
+            assert signals.received == signal.SIGUSR1
+        assert seen == [signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGUSR1) is not signals._handle  # restored on exit
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_exit_codes_follow_the_shell_convention():
+    assert engine._exit_code(signal.SIGTERM) == 143 and engine._exit_code(signal.SIGINT) == 130
+
+
+def test_resume_drops_log_records_past_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"stage": "toy", "step": 1}\n{"stage": "toy", "step": 2}\n{"stage": "toy", "step": 3}\n'
+                    '{"stage": "other", "step": 9}\n{"stage": "toy", "event": "knn"}\n')
+    engine._truncate_metrics(path, "toy", 2)
+    assert [r.get("step") for r in read_metrics(path)] == [1, 2, 9, None]
