@@ -339,7 +339,8 @@ def _train_step(task: Task, session: Session, indices: torch.Tensor, generator: 
     task.optimizer.zero_grad(set_to_none=True)
     if nonfinite:
         if session.run.nonfinite == "stop":
-            raise SimCLRv2Error(f"{task.stage}: the loss became {value} at step {step}; last good checkpoint: "
+            shown = value if not math.isfinite(value) else "non-finite on another process"
+            raise SimCLRv2Error(f"{task.stage}: the loss became {shown} at step {step}; last good checkpoint: "
                                 f"{checkpointer.last_path or 'none yet'}. Lower the learning rate, use "
                                 "run.precision = 'fp32', or set run.nonfinite = 'skip'")
         get_logger().warning(f"warning: {task.stage}: non-finite loss at step {step} skipped")
