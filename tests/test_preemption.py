@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_distributed_training import _descendants, _free_port, _kill_tree
 
 from simclrv2.checkpoint import load_checkpoint, read_metrics
+from test_distributed_training import _descendants, _free_port, _kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds workers via /proc")]
 
