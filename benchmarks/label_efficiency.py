@@ -1,0 +1,117 @@
+"""Label efficiency on Fashion-MNIST: supervised vs linear vs fine-tuned vs distilled at 10 labels per class,
+1 % and 10 % of the labels, over several seeds (mean ± sd), plus the classic plot (accuracy vs labels).
+
+    python benchmarks/label_efficiency.py --config configs/demo.toml --seeds 0 1 2 --out runs/label-efficiency
+
+Each seed runs the whole pipeline (its own pretraining, label subsets and initialisations) through the public
+API; finished seeds are reused on a rerun. Settings are those of the config (chosen on validation by
+benchmarks/recipe_search.py); the test split only reports. Writes results.md and label_efficiency.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from simclrv2 import load_config, pipeline
+from simclrv2.logs import setup_logging
+from simclrv2.results import PipelineSummary
+
+SUBSETS = ("10/class", "1%", "10%")
+NUM_LABELS = {"10/class": 100, "1%": 600, "10%": 6000}  # Fashion-MNIST: 60,000 training images, 10 classes
+
+
+def run_seed(config_path: Path, seed: int, out: Path, subsets: tuple[str, ...]) -> PipelineSummary:
+    config = load_config(config_path)
+    config = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, seed=seed, progress=False),
+        pipeline=dataclasses.replace(config.pipeline, label_fractions=subsets),
+    )
+    return pipeline(config, out / f"seed{seed}", resume=(out / f"seed{seed}").exists())
+
+
+def aggregate(summaries: list[PipelineSummary]) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """(method, subset) -> {"val": (mean, sd), "test": (mean, sd)} in %, over the seeds."""
+    cells: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for summary in summaries:
+        for row in summary.rows:
+            cell = cells.setdefault((row.method, row.labels), {"val": [], "test": []})
+            for split, value in (("val", row.val_top1), ("test", row.test_top1)):
+                if value is not None:
+                    cell[split].append(100 * value)
+    return {key: {split: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
+                  for split, v in splits.items() if v}
+            for key, splits in cells.items()}
+
+
+def table(results: dict, subsets: tuple[str, ...], seeds: list[int]) -> str:
+    methods = list(dict.fromkeys(method for method, _ in results))
+    lines = [f"test top-1 (%), mean ± sd over seeds {', '.join(map(str, seeds))} (validation in brackets)", "",
+             "| method | " + " | ".join(f"{s} ({NUM_LABELS.get(s, '?')} labels)" for s in subsets) + " |",
+             "|---|" + "---|" * len(subsets)]
+    for method in methods:
+        cells = []
+        for subset in subsets:
+            cell = results.get((method, subset))
+            if not cell or "test" not in cell:
+                cells.append("-")
+                continue
+            (tm, ts), (vm, _) = cell["test"], cell.get("val", (float("nan"), 0.0))
+            cells.append(f"{tm:.1f} ± {ts:.1f} ({vm:.1f})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, subsets: tuple[str, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(method for method, _ in results):
+        points = [(NUM_LABELS[s], *results[(method, s)]["test"]) for s in subsets
+                  if (method, s) in results and "test" in results[(method, s)]]
+        if points:
+            x, mean, sd = zip(*points, strict=True)
+            ax.errorbar(x, mean, yerr=sd, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Fashion-MNIST: pretrained vs supervised only")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--config", type=Path, default=Path("configs/demo.toml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--subsets", nargs="+", default=list(SUBSETS))
+    parser.add_argument("--out", type=Path, default=Path("runs/label-efficiency"))
+    args = parser.parse_args(argv)
+    setup_logging()
+    subsets = tuple(args.subsets)
+    start = time.perf_counter()
+    summaries = [run_seed(args.config, seed, args.out, subsets) for seed in args.seeds]
+    results = aggregate(summaries)
+    text = table(results, subsets, args.seeds)
+    minutes = (time.perf_counter() - start) / 60
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text(f"{text}\n\nconfig: {args.config}; {minutes:.0f} min this invocation\n")
+    plot(results, subsets, args.out / "label_efficiency.png")
+    print(text)
+    print(f"plot: {args.out / 'label_efficiency.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
