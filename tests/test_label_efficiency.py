@@ -1,0 +1,33 @@
+"""The label-efficiency benchmark's aggregation: mean ± sd over seeds, per method and label subset."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from simclrv2.results import PipelineSummary, SummaryRow
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import label_efficiency  # noqa: E402
+
+
+def _summary(finetuned: float, supervised: float) -> PipelineSummary:
+    rows = [SummaryRow("fine-tuned (head layer 1)", "1%", "ft", finetuned + 0.01, finetuned),
+            SummaryRow("supervised only", "1%", "sup", supervised + 0.01, supervised)]
+    return PipelineSummary("fashion-mnist", "r18", rows, rows[0], None, None, 0.0)
+
+
+def test_seeds_aggregate_to_mean_and_sample_sd_in_percent():
+    results = label_efficiency.aggregate([_summary(0.80, 0.70), _summary(0.84, 0.74), _summary(0.82, 0.72)])
+    mean, sd = results[("fine-tuned (head layer 1)", "1%")]["test"]
+    assert mean == pytest.approx(82.0) and sd == pytest.approx(2.0)
+    assert results[("supervised only", "1%")]["val"][0] == pytest.approx(73.0)
+
+
+def test_table_has_one_row_per_method_and_a_dash_for_missing_cells():
+    results = label_efficiency.aggregate([_summary(0.80, 0.70), _summary(0.84, 0.74)])
+    text = label_efficiency.table(results, ("10/class", "1%"), [0, 1])
+    assert "| fine-tuned (head layer 1) | - | 82.0 ± 2.8 (83.0) |" in text
+    assert "supervised only" in text
