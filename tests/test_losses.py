@@ -289,3 +289,15 @@ def test_distillation_objective_weighs_the_labelled_term_by_one_minus_alpha():
         distillation_objective(student, teacher, 1.0, labels, alpha=1.5)
     with pytest.raises(SimCLRv2Error, match="labels"):
         distillation_objective(student, teacher, 1.0, labels[:2], alpha=0.5)
+
+
+def test_distillation_objective_averages_the_labelled_term_over_labelled_rows_only():
+    torch.manual_seed(3)
+    student, teacher = torch.randn(6, 4), torch.randn(6, 4)
+    labels = torch.tensor([2, -1, 0, -1, -1, 3])  # -1: an unlabeled image in the same batch
+    known = labels >= 0
+    expected = 0.5 * F.cross_entropy(student[known], labels[known]) + 0.5 * distillation_loss(student, teacher, 0.1)
+    torch.testing.assert_close(distillation_objective(student, teacher, 0.1, labels, alpha=0.5), expected)
+    unlabeled = torch.full((6,), -1)
+    torch.testing.assert_close(distillation_objective(student, teacher, 0.1, unlabeled, alpha=0.5),
+                               0.5 * distillation_loss(student, teacher, 0.1))
