@@ -127,3 +127,19 @@ def test_image_size_of_an_old_run_is_the_datasets_own(tmp_path):
 def test_load_of_a_missing_path_says_what_to_pass(tmp_path):
     with pytest.raises(SimCLRv2Error, match="run directory, a checkpoint file or an export"):
         simclrv2.load(tmp_path / "nothing")
+
+
+def test_the_readmes_five_lines_classify_a_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("Classify a folder of images", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    write_classifier_run(Path("runs/demo/finetune-1pct-layer1"))
+    Path("my_images").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 80 * i, dtype=np.uint8)).save(f"my_images/{i}.png")
+    namespace: dict = {}
+    exec(block, namespace)
+    assert len(namespace["labels"]) == 3 and set(namespace["labels"]) <= set(CLASSES)
+    assert len([line for line in block.splitlines() if line.strip()]) == 5

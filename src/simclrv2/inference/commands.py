@@ -51,7 +51,7 @@ def add_parsers(sub: Any) -> None:
 
     x = sub.add_parser("export", allow_abbrev=False, help="write a run's network as safetensors, ONNX, torch.export",
                        description="Writes model.json (architecture, head layers, classes, and the input the "
-                       "network expects: size, channels, values in [0, 1], mean/std none, the 87.5 %% centre crop "
+                       "network expects: size, channels, values in [0, 1], mean/std none, the 87.5 % centre crop "
                        f"above 32 px) and each format: model.safetensors, model.onnx (opset {ONNX_OPSET}, dynamic "
                        "batch; needs pip install 'simclrv2[onnx]'), model.pt2 (torch.export; load with "
                        "torch.export.load(path).module()). `simclrv2.load(DIR)` reads the folder back.")

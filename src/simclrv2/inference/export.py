@@ -6,8 +6,12 @@ Every format takes the prepared input described in ``model.json`` ("preprocessin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ PT2_FILE = "model.pt2"
 ONNX_OPSET = 18
 INPUT_NAME = "images"
 _EXAMPLE_BATCH = 2  # tracing with 1 would fix the batch size at 1
+_ONNX_SINGLE_FILE_BYTES = 1 << 30  # ONNX (protobuf) files stop at 2 GB: larger weights go to model.onnx.data
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -68,6 +73,7 @@ def _safetensors(model: LoadedModel, example: torch.Tensor, output: Path) -> Pat
 
     path = output / WEIGHTS_FILE
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    os.chmod(path, 0o644)  # like every run file: meant to be shared and read
     return path
 
 
@@ -78,13 +84,27 @@ def _onnx(model: LoadedModel, example: torch.Tensor, output: Path) -> Path:
         raise SimCLRv2Error("ONNX export needs the onnx extra: pip install 'simclrv2[onnx]' "
                             "(onnx, onnxscript, onnxruntime)") from exc
     path = output / ONNX_FILE
-    batch = torch.export.Dim("batch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's concern
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with _quiet_exporter():
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
-                          output_names=[model_output_name(model)], dynamic_shapes=({0: batch},),
-                          opset_version=ONNX_OPSET, dynamo=True, verbose=False)
+                          output_names=[model_output_name(model)], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                          opset_version=ONNX_OPSET, dynamo=True, verbose=False,
+                          external_data=weight_bytes > _ONNX_SINGLE_FILE_BYTES)
     return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter's deprecation notes and "torchvision is not installed" log lines are not the user's concern."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _pt2(model: LoadedModel, example: torch.Tensor, output: Path) -> Path:
