@@ -7,6 +7,7 @@ Every format takes the prepared input described in ``model.json`` ("preprocessin
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -45,7 +46,9 @@ def export_model(model: LoadedModel, output: str | Path, formats: tuple[str, ...
     if output.exists() and not output.is_dir():
         raise SimCLRv2Error(f"{output} is a file; choose a folder for --output")
     output.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
+    if model.device.type != "cpu":  # export a CPU copy; the caller's model stays where it is
+        model = copy.deepcopy(model).cpu()
+    model.eval()
     example = torch.rand(_EXAMPLE_BATCH, model.preprocess.channels, model.preprocess.image_size,
                          model.preprocess.image_size, generator=torch.Generator().manual_seed(0))
     written: dict[str, Path] = {}
