@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Where no torch is importable, this is installed. GPU users: make TORCH_SPEC='torch' (or have torch already).
 TORCH_SPEC ?= torch==2.13.0
-CONFIG ?= configs/demo.toml
+CONFIG ?= src/simclrv2/configs/demo.toml
 RUN_DIR ?= runs/demo
 
 .PHONY: setup data demo test lint bench clean

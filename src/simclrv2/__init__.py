@@ -9,6 +9,7 @@ from __future__ import annotations
 from simclrv2.augment import AugmentConfig, simclr_views
 from simclrv2.config import Config, load_config
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.inference import LoadedModel, export_model, load
 from simclrv2.losses import distillation_loss, nt_xent_loss
 from simclrv2.models import Classifier, ProjectionHead, SimCLRModel, build_simclr_model, resnet
 from simclrv2.optim import LARS, lr_at, param_groups, scaled_learning_rate
@@ -24,6 +25,7 @@ __all__ = [
     "AugmentConfig",
     "Classifier",
     "Config",
+    "LoadedModel",
     "ProjectionHead",
     "SimCLRModel",
     "SimCLRv2Error",
@@ -31,7 +33,9 @@ __all__ = [
     "distill",
     "distillation_loss",
     "evaluate",
+    "export_model",
     "finetune",
+    "load",
     "load_config",
     "lr_at",
     "nt_xent_loss",

@@ -9,8 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from simclrv2.config import load_config, option_defaults
+from simclrv2.config import load_config, option_defaults, to_toml
+from simclrv2.config.shipped import resolve_config
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.inference import commands as inference_commands
 from simclrv2.logs import setup_logging
 
 
@@ -46,19 +48,39 @@ def _format_default(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+# What a default alone does not say; shown beside the option in --help.
+OPTION_NOTES = {
+    "data.image_size": "0: the dataset's own size (image folders: 96)",
+    "finetune.labels": 'the labelled subset: a percentage "1%", a count "600", N/class ("60/class": 60 images of '
+                       "each class), or a file listing image ids, one a line",
+    "finetune.epochs": "0: automatic, 60 epochs for <= 1% of the labels and 30 above (SPEC)",
+}
+CONFIG_EPILOG = ("Label subsets (finetune.labels): 1%, 10%, a count (600), N/class (60/class: N images of every "
+                 "class) or a file of image ids. finetune.epochs = 0 means automatic (60 epochs up to 1 % of the "
+                 "labels, 30 above). --config also takes the name of a shipped config: demo, fashion_mnist_cpu, "
+                 "fashion_mnist_gpu, cifar10_gpu.")
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file, or a shipped config's name such as demo (command-line "
+                   "options override it)")
+    group = p.add_argument_group("config options (section.key)")
+    for dotted, default in option_defaults().items():
+        note = f"{OPTION_NOTES[dotted]} " if dotted in OPTION_NOTES else ""
+        group.add_argument(f"--{dotted}", dest=f"opt:{dotted}", metavar=type(default).__name__.upper(),
+                           default=None, help=f"{note}(default: {_format_default(default)})".replace("%", "%%"))
+
+
 def _add_stage_parser(sub: Any, name: str, help_text: str, default_run_dir: str) -> None:
     p = sub.add_parser(name, help=help_text, description=f"simclrv2 {name}: {help_text}. Every option below "
                        "can also be set in the TOML config file as [section] key = value.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, help="TOML config file (command-line options override it)")
+                       epilog=CONFIG_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
     p.add_argument("--run-dir", type=Path, default=Path(default_run_dir),
                    help=f"where the run writes its files (default: {default_run_dir})")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (or reuse it if finished)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --run-dir")
-    group = p.add_argument_group("config options (section.key)")
-    for dotted, default in option_defaults().items():
-        group.add_argument(f"--{dotted}", dest=f"opt:{dotted}", metavar=type(default).__name__.upper(),
-                           default=None, help=f"(default: {_format_default(default)})".replace("%", "%%"))
+    _add_config_options(p)
 
 
 def _download(args: argparse.Namespace) -> None:
@@ -70,13 +92,20 @@ def _download(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclrv2", description="SimCLRv2: self-supervised pretraining, "
-                                     "fine-tuning from the projection head, and distillation.")
+                                     "fine-tuning from the projection head, and distillation.", allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _, default_dir) in STAGES.items():
         _add_stage_parser(sub, name, help_text, default_dir)
-    r = sub.add_parser("report", help="(re)build the HTML report of a run or pipeline directory")
+    inference_commands.add_parsers(sub)
+    c = sub.add_parser("config", help="show the fully resolved config", allow_abbrev=False)
+    show = c.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
+        "show", help="print the resolved TOML: defaults, then --config, then --section.key options",
+        epilog=CONFIG_EPILOG, allow_abbrev=False)
+    _add_config_options(show)
+    r = sub.add_parser("report", help="(re)build the HTML report of a run or pipeline directory", allow_abbrev=False)
     r.add_argument("run_dir", type=Path)
-    d = sub.add_parser("download", help="download a dataset (needs internet) and verify its checksums")
+    d = sub.add_parser("download", help="download a dataset (needs internet) and verify its checksums",
+                       allow_abbrev=False)
     d.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100 or stl10")
     d.add_argument("--dest", help="target folder (default: the cache, ~/.cache/simclrv2/DATASET)")
     return parser
@@ -93,10 +122,16 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         print(f"report: {build_report(args.run_dir)}")
         return 0
+    if args.command in inference_commands.COMMANDS:
+        inference_commands.run_command(args)
+        return 0
+    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt:") and v is not None}
+    if args.command == "config":
+        print(to_toml(load_config(resolve_config(args.config) if args.config else None, overrides)), end="")
+        return 0
     if args.resume and args.overwrite:
         raise SimCLRv2Error("--resume and --overwrite exclude each other: choose one")
-    overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt:") and v is not None}
-    config = load_config(args.config, overrides)
+    config = load_config(resolve_config(args.config) if args.config else None, overrides)
     STAGES[args.command][1](args, config)
     return 0
 

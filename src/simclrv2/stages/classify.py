@@ -124,6 +124,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
     task = Task(stage=stage, model=model, optimizer=optimizer, budget=budget, peak_lr=peak_lr,
                 num_examples=images.shape[0], train_step=train_step, evaluate=evaluate, eval_every=cfg.eval_every,
                 checkpoint_content={"kind": "classifier", "architecture": setup.spec.to_dict(),
+                                    "image_size": setup.images.shape[-1],
                                     "head_layer": setup.head_layer, "num_classes": len(setup.classes),
                                     "classes": list(setup.classes)})
     fitted = fit(task, session)

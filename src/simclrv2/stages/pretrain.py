@@ -94,7 +94,8 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         train_step=train_step, after_step=memory.update if memory else None,
         evaluate=lambda epoch, step: _knn(config, model, knn, session, epoch, step), eval_every=run.knn_every,
         extra_state=lambda: {**(memory.state() if memory else {}), "knn_top1_at_init": knn_init},
-        checkpoint_content={"kind": "simclr", "architecture": spec.to_dict()}, unit="pairs",
+        checkpoint_content={"kind": "simclr", "architecture": spec.to_dict(), "image_size": data.train.image_size},
+        unit="pairs",
     )
     result = fit(task, session)
     knn_final = _knn(config, model, knn, session, budget.epochs, result.step)

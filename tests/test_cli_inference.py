@@ -1,0 +1,146 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import simclrv2
+from inference_helpers import CLASSES, write_classifier_run, write_pretrain_run
+from simclrv2.cli import main
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    return write_classifier_run(tmp_path_factory.mktemp("finetune"))
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory):
+    return write_pretrain_run(tmp_path_factory.mktemp("pretrain"))
+
+
+def _write_images(folder, names, size=(20, 24), seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+    return folder
+
+
+@pytest.fixture()
+def unlabeled(tmp_path):
+    """A flat folder of images, no labels, plus a nested one and a grey image: predict must take them all."""
+    return _write_images(tmp_path / "photos", ["b.png", "a.jpg", "trip/c.png", ".hidden/d.png"])
+
+
+def test_predict_writes_one_row_per_image_of_an_unlabeled_folder(classifier_run, unlabeled, tmp_path, capsys):
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(out),
+                 "--batch-size", "2"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"] for r in rows] == ["a.jpg", "b.png", "trip/c.png"]  # sorted, hidden skipped
+    assert list(rows[0]) == ["image", "prediction", "probability", *(f"p_{c}" for c in CLASSES)]
+    model = simclrv2.load(classifier_run)
+    expected = model.predict([Image.open(unlabeled / r["image"]) for r in rows])
+    for row, p in zip(rows, expected, strict=True):
+        assert row["prediction"] == CLASSES[int(p.argmax())]
+        np.testing.assert_allclose([float(row[f"p_{c}"]) for c in CLASSES], p.numpy(), atol=1e-5)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_predict_top_k_as_json_lines(classifier_run, unlabeled, tmp_path):
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(out),
+                 "--top-k", "2"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        top = record["top_k"]
+        assert len(top) == 2 and top[0]["class"] == record["prediction"]
+        assert top[0]["probability"] >= top[1]["probability"]
+
+
+def test_predict_prints_csv_without_output_and_no_progress_bar_off_a_terminal(classifier_run, unlabeled, capsys):
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled / "trip")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[1].startswith("c.png,")
+    assert "\r" not in captured.err and "img/s" not in captured.err
+
+
+def test_predict_reads_a_dataset_split_with_its_ids(tiny_fashion, tmp_path):
+    run = write_classifier_run(tmp_path / "grey", image_size=28, channels=1, classes=tuple("0123456789"))
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--checkpoint", str(run), "fashion-mnist:test", "--data-dir", str(tiny_fashion),
+                 "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 200 and rows[0]["image"] == "00000" and rows[-1]["image"] == "00199"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["nowhere"], "neither a folder nor an image file nor DATASET:SPLIT"),
+        (["{images}", "--output", "x.txt"], "must end in .csv or .jsonl"),
+        (["{images}", "--top-k", "-1"], "--top-k must be >= 0"),
+    ],
+)
+def test_predict_bad_input_gives_one_line(classifier_run, unlabeled, capsys, argv, message):
+    argv = [a.replace("{images}", str(unlabeled)) for a in argv]
+    assert main(["predict", "--checkpoint", str(classifier_run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_predict_with_a_pretrained_encoder_points_to_embed(pretrain_run, unlabeled, capsys):
+    assert main(["predict", "--checkpoint", str(pretrain_run), str(unlabeled)]) == 2
+    assert "simclrv2 embed" in capsys.readouterr().err
+
+
+def test_embed_writes_features_and_an_index_in_the_same_order(pretrain_run, unlabeled, tmp_path):
+    out = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(pretrain_run), str(unlabeled), "--output", str(out),
+                 "--layer", "1", "--normalize"]) == 0
+    features = np.load(out / "features.npy")
+    index = (out / "index.txt").read_text().splitlines()
+    assert index == ["a.jpg", "b.png", "trip/c.png"]
+    model = simclrv2.load(pretrain_run)
+    expected = model.embed([Image.open(unlabeled / name) for name in index], layer=1, normalize=True)
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-5)
+    assert json.loads((out / "embedding.json").read_text())["shape"] == [3, 64]  # hidden width 512 x 0.125
+
+
+def test_embed_knn_labels_each_image_by_its_labelled_neighbours(pretrain_run, tmp_path):
+    labelled = tmp_path / "labelled"
+    _write_images(labelled, [f"red/{i}.png" for i in range(3)], seed=1)
+    _write_images(labelled, [f"blue/{i}.png" for i in range(3)], seed=2)
+    # Queries: copies of two labelled images, whose nearest neighbour (similarity 1) is themselves.
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    (queries / "x.png").write_bytes((labelled / "red/0.png").read_bytes())
+    (queries / "y.png").write_bytes((labelled / "blue/2.png").read_bytes())
+    out = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(pretrain_run), str(queries), "--output", str(out),
+                 "--knn", str(labelled), "--knn-k", "1"]) == 0
+    rows = list(csv.DictReader((out / "knn.csv").open()))
+    assert [(r["image"], r["prediction"]) for r in rows] == [("x.png", "red"), ("y.png", "blue")]
+
+
+@pytest.mark.slow  # the first ONNX export of a process takes several seconds
+def test_export_cli_writes_every_format_and_loads_back(classifier_run, tmp_path, capfd):
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "export"
+    assert main(["export", "--checkpoint", str(classifier_run), "--output", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"model.json", "model.safetensors", "model.onnx", "model.pt2"}
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(simclrv2.load(out)(x), simclrv2.load(classifier_run)(x))
+    assert "[torch.onnx]" not in capfd.readouterr().out  # no exporter progress lines
+
+
+def test_export_of_a_pretrained_run_as_a_classifier_says_use_encoder(pretrain_run, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(pretrain_run), "--output", str(tmp_path / "x"),
+                 "--what", "classifier"]) == 2
+    assert "--what encoder" in capsys.readouterr().err
