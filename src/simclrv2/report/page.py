@@ -6,14 +6,15 @@ only read. The page is self-contained apart from the PNGs beside it: inline CSS,
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.report import plots
-from simclrv2.report.collect import REPORT_DIR, ReportData, collect
+from simclrv2.report.collect import ReportData, collect
 from simclrv2.report.sections import BUILDERS, FIGURES, Section, esc, header_facts
+
+REPORT_DIR = "report"
 
 CSS = """
 body{font-family:system-ui,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
@@ -43,7 +44,7 @@ def _render(data: ReportData, sections: list[Section]) -> str:
     notes = ""
     if data.notes:
         items = "".join(f"<li>{esc(n)}</li>" for n in data.notes)
-        notes = f"<h2>Problems reading the run</h2><ul class=\"notes\">{items}</ul>"
+        notes = f"<h2>Left out</h2><ul class=\"notes\">{items}</ul>"
     parts = []
     for s in sections:
         parts.append(f"<h2>{esc(s.title)}</h2>")
@@ -65,7 +66,7 @@ def _render(data: ReportData, sections: list[Section]) -> str:
 
 def build_report(run_dir: str | Path) -> Path:
     """Writes ``RUN_DIR/report/index.html`` and the PNGs it shows, for a pipeline directory (``summary.json``)
-    or a single stage's run directory (``metrics.jsonl``); returns the path of the page.
+    or a single stage's run directory (``metrics.jsonl`` / ``result.json``); returns the path of the page.
 
     Sections whose data is absent say so instead of failing; nothing outside ``RUN_DIR/report/`` is written.
     """
@@ -81,11 +82,5 @@ def build_report(run_dir: str | Path) -> Path:
         if name not in shown:
             (out / name).unlink(missing_ok=True)
     page = out / "index.html"
-    tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
-    try:  # atomic, like the PNGs
-        tmp.write_text(_render(data, sections), encoding="utf-8")
-        os.replace(tmp, page)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    plots.save_atomic(page, lambda tmp: tmp.write_text(_render(data, sections), encoding="utf-8"))
     return page
