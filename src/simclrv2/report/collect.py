@@ -26,9 +26,7 @@ class Run:
 
     @property
     def stage(self) -> str | None:
-        if self.result is not None:
-            return self.result.stage
-        return next((r["stage"] for r in self.records if "stage" in r), None)
+        return self.result.stage if self.result else next((r["stage"] for r in self.records if "stage" in r), None)
 
     def series(self, event: str, key: str) -> tuple[list[float], list[float]]:
         """(epochs, values) of one event, sorted by epoch. A resumed run logs again the steps after its last
@@ -58,7 +56,7 @@ def _is_run(path: Path) -> bool:
 
 
 def load_run(path: Path) -> Run:
-    result = StageResult.read(path) if (path / RESULT_FILE).is_file() else None
+    result = StageResult.read(path) if (path / RESULT_FILE).is_file() else None  # absent while running
     return Run(path.resolve().name, read_metrics(path / METRICS_FILE), result)
 
 

@@ -4,13 +4,14 @@ and are drawn in percent; matplotlib is imported inside the functions so the pac
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from simclrv2.checkpoint import atomic_write_bytes
 from simclrv2.errors import SimCLRv2Error
 
 DPI = 110
@@ -33,19 +34,11 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def save_atomic(path: Path, write: Any) -> None:
-    """``write(tmp)``, then rename: a reader never sees half a file, and a failed build keeps the old one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save(fig: Any, path: Path) -> None:
-    save_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    """Atomic: a reader never sees half a PNG, and a failed build keeps the old one."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _colours(n: int) -> list[Any]:
@@ -105,11 +98,10 @@ def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], classes: Sequ
     ax.set_xticks(range(c), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(c), classes, fontsize=8)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    for (i, j), value in zip(torch.cartesian_prod(torch.arange(c), torch.arange(c)).tolist(),
-                             share.flatten().tolist(), strict=True):
-        if c <= 20 and value >= 0.005:  # beyond 20 classes the numbers no longer fit in their cells
-            ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if value > 0.5 else "black")
+    for i, j in torch.cartesian_prod(torch.arange(c), torch.arange(c)).tolist() if c <= 20 else []:
+        if share[i, j] >= 0.005:  # beyond 20 classes the numbers no longer fit in their cells
+            ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
     _save(fig, path)
 
 

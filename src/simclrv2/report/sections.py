@@ -4,11 +4,11 @@ A builder takes :class:`ReportData` and the report folder, writes at most one PN
 from __future__ import annotations
 
 import html
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simclrv2.checkpoint import atomic_write_bytes
 from simclrv2.report import plots
 from simclrv2.report.collect import AUGMENTATIONS_FILE, ReportData, Run
 from simclrv2.results import EvalRecord, KnnRecord, SummaryRow, TrainRecord, label_order
@@ -50,14 +50,12 @@ def header_facts(data: ReportData) -> list[tuple[str, str]]:
                 f"{pct(s.best.test_top1)} (run {s.best.run}/)" if s.best else "no row has a validation score")
         return [("run", "pipeline"), ("dataset", s.dataset), ("architecture", s.architecture),
                 ("wall time", duration(s.wall_time_s)), ("best, chosen on validation", best)]
+    if data.is_pipeline:
+        return [("run", "pipeline, unfinished")]
     run = next(iter(data.runs.values()))
-    facts = [("run", "pipeline, unfinished" if data.is_pipeline else f"single {run.stage or 'stage'} run")]
-    if run.result is not None and not data.is_pipeline:
-        facts.append(("top-1", f"validation {pct(run.result.val_top1)}, test {pct(run.result.test_top1)}"))
-    times = [r["time"] for r in run.records if "time" in r]
-    if len(times) >= 2 and not data.is_pipeline:
-        facts.append(("wall time", f"about {duration(max(times) - min(times))} (first to last metrics record)"))
-    return facts
+    result = run.result
+    scores = f"validation {pct(result.val_top1)}, test {pct(result.test_top1)}" if result else "not finished"
+    return [("run", f"single {run.stage or 'stage'} run"), ("top-1", scores)]
 
 
 def training_section(data: ReportData, out: Path) -> Section:
@@ -188,7 +186,7 @@ def augmentation_section(data: ReportData, out: Path) -> Section:
         section.missing = f"the pretraining run left no {AUGMENTATIONS_FILE}"
         return section
     section.figure = AUGMENTATIONS_FILE
-    plots.save_atomic(out / section.figure, lambda tmp: shutil.copyfile(data.augmentations, tmp))
+    atomic_write_bytes(out / section.figure, data.augmentations.read_bytes())
     section.caption = "Pairs of augmented views as pretraining saw them."
     return section
 
