@@ -103,19 +103,16 @@ def accuracy_section(data: ReportData, out: Path) -> Section:
                            "there is no summary.json; the table of methods by label fraction needs a pipeline")
         return section
     fractions = sorted({r.labels for r in rows}, key=label_order)
-    split = "test" if any(r.test_top1 is not None for r in rows) else "val"
-    curves = []
-    for method in dict.fromkeys(r.method for r in rows):
-        points = sorted((fractions.index(r.labels), getattr(r, f"{split}_top1")) for r in rows
-                        if r.method == method and getattr(r, f"{split}_top1") is not None)
-        if points:
-            curves.append((method, [p[0] for p in points], [p[1] for p in points]))
+    split = "test" if any(r.test_top1 is not None for r in rows) else "validation"  # test: the final number
+    score = {r: r.test_top1 if split == "test" else r.val_top1 for r in rows}
+    curves = [(m, *zip(*sorted((fractions.index(r.labels), score[r]) for r in rows
+                                if r.method == m and score[r] is not None), strict=True))
+              for m in dict.fromkeys(r.method for r in rows if score[r] is not None)]
     section.figure = "label_efficiency.png"
-    plots.plot_lines(out / section.figure, curves, "labels", f"{'test' if split == 'test' else 'validation'} "
-                     "top-1 (%)", "label efficiency", categories=fractions,
-                     dashed=[m for m, _, _ in curves if m.startswith("supervised")])
+    plots.plot_lines(out / section.figure, curves, "labels", f"{split} top-1 (%)", "label efficiency",
+                     categories=fractions, dashed=[c[0] for c in curves if c[0].startswith("supervised")])
     section.body = _table_html(rows, fractions, data.summary.best)
-    section.caption = (f"{'Test' if split == 'test' else 'Validation'} top-1 of each method by the labels it "
+    section.caption = (f"{split.capitalize()} top-1 of each method by the labels it "
                        "used; the supervised baseline is dashed. In the table the best row, chosen on "
                        "validation, is in bold; test is read once and decides nothing.")
     return section
