@@ -32,8 +32,13 @@ test: setup lint
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): check tests/ and PYTEST_ARGS"; fi; \
 	exit $$rc
 
+# Ours, then the peer harness (lightly 1.6.0, shared scripts, their own venv) at each width, then the ratios;
+# without the peer venv, one line says how to set it up. fp32: the precision the peer runs in.
+PEER_BENCH ?= ../shared/bench
+PEER_PYTHON ?= $(HOME)/.cache/simclrv2-peers-venv/bin/python
+BENCH_ARGS ?= --precision fp32
 bench: setup data
-	$(PY) benchmarks/pretrain_throughput.py
+	$(PY) benchmarks/pretrain_throughput.py $(BENCH_ARGS) --peer-bench $(PEER_BENCH) --peer-python $(PEER_PYTHON)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -8,6 +8,10 @@ We time our own recipe: batched on-device augmentation, both views in one forwar
 (the peer uses SGD; the optimiser is a negligible share of a step). ``--head-layers 2`` matches the peer's
 2-layer head; 3 is the SimCLRv2 default. Prints one JSON line per configuration.
 
+Where the peer harness's virtual environment exists (``--peer-python``, made by ``setup_peers.sh`` in
+``--peer-bench``), lightly runs right after ours at each width and the ratios are printed at the end (see
+``peer_compare.py``); otherwise one line says how to set it up.
+
     python benchmarks/pretrain_throughput.py --width 0.25 1 --precision bf16 fp32
 """
 
@@ -17,7 +21,9 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,6 +33,9 @@ from simclrv2.losses import nt_xent_loss
 from simclrv2.models import build_simclr_model, count_parameters
 from simclrv2.optim import LARS, param_groups
 from simclrv2.runtime import autocast, prepare_model, resolve_precision
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
 
 def timed(fn, warmup: int, steps: int) -> float:
@@ -75,6 +84,7 @@ def measure(images: torch.Tensor, width: float, precision: str, head_layers: int
     return {
         "bench": "simclrv2_pretrain_throughput",
         "arch": f"resnet18w{width:g}",
+        "width": width,
         "params": count_parameters(model),
         "head_layers": head_layers,
         "precision": resolve_precision(precision, device),
@@ -98,8 +108,14 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
+    p.add_argument("--peer-bench", type=Path, default=None,
+                   help="the shared peer harness folder (lightly 1.6.0); omit to measure only ours")
+    p.add_argument("--peer-python", type=Path, default=DEFAULT_PEER_PYTHON,
+                   help="python of the peer virtual environment (default: %(default)s)")
     args = p.parse_args()
+    not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     images = load_dataset("fashion-mnist", "train", data_dir=args.data_dir).images
+    ours, peers = [], []
     for width in args.width:
         for precision in args.precision:
             steps = args.steps or (20 if width < 1 else 10)
@@ -107,7 +123,12 @@ def main() -> None:
                              not args.no_channels_last)
             result.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                           python=platform.python_version())
+            ours.append(result)
             print(json.dumps(result), flush=True)
+        if not_ready is None:  # right after ours at the same width: the machine drifts between runs
+            peers.append(run_peer(args.peer_bench, args.peer_python, width, args.data_dir))
+            print(json.dumps(peers[-1]), flush=True)
+    print(not_ready if not_ready else ratio_table(ours, peers), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from simclrv2.models.spec import ModelSpec
 from simclrv2.checkpoint import save_checkpoint
 from simclrv2.config import Config, config_to_dict
+from simclrv2.models.spec import ModelSpec
 
 CLASSES = ("cat", "dog", "emu")
 

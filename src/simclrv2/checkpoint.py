@@ -26,7 +26,7 @@ from simclrv2.models.spec import ModelSpec
 FORMAT = "simclrv2-checkpoint"
 FORMAT_VERSION = 1
 RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoints", "result.json", "labelled_subset.txt",
-             "pipeline.json", "summary.json", "embeddings.pt", "report")
+             "pipeline.json", "summary.json", "embeddings.pt", "report", "augmentations.png")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -14,10 +14,10 @@ import torch
 from simclrv2.checkpoint import atomic_write_text
 from simclrv2.data import ImageDataset
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.eval.knn import knn_predict
 from simclrv2.inference.model import LoadedModel
 from simclrv2.inference.predict import run_model
 from simclrv2.inference.sources import ImageSource
-from simclrv2.eval.knn import knn_predict
 
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.txt"

@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simclrv2.checkpoint import load_state
-from simclrv2.checkpoint import find_checkpoint, load_checkpoint
+from simclrv2.checkpoint import find_checkpoint, load_checkpoint, load_state
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.model import LoadedModel
 from simclrv2.inference.spec import InferenceSpec

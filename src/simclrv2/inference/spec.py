@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from simclrv2.models.spec import ModelSpec
 from simclrv2.data.folder import FOLDER_IMAGE_SIZE
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.preprocess import Preprocessing
+from simclrv2.models.spec import ModelSpec
 
 EXPORT_FORMAT = "simclrv2-export"
 EXPORT_VERSION = 1

@@ -6,35 +6,27 @@ only read. The page is self-contained apart from the PNGs beside it: inline CSS,
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
+from simclrv2.checkpoint import atomic_write_text
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.report import plots
-from simclrv2.report.collect import REPORT_DIR, ReportData, collect
+from simclrv2.report.collect import ReportData, collect
 from simclrv2.report.sections import BUILDERS, FIGURES, Section, esc, header_facts
 
+REPORT_DIR = "report"
+
 CSS = """
-body{font-family:system-ui,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
-h1{margin-bottom:.2em}
-h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-dl.facts{display:grid;grid-template-columns:max-content auto;gap:.2em 1.2em}
-dl.facts dt{font-weight:600}
-dl.facts dd{margin:0}
-figure{margin:1em 0}
-figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#555;font-size:.92em;margin-top:.4em}
-p.missing{background:#fff6e0;border-left:4px solid #e0a800;padding:.5em .8em}
-table.acc{border-collapse:collapse;margin:1em 0}
+body{font-family:system-ui,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em} dl.facts dt{font-weight:600}
+dl.facts{display:grid;grid-template-columns:max-content auto;gap:.2em 1.2em} dl.facts dd{margin:0}
+figure img{max-width:100%;height:auto;border:1px solid #eee} figcaption{color:#555;font-size:.92em}
+p.missing{background:#fff6e0;border-left:4px solid #e0a800;padding:.5em .8em} ul.notes{color:#8a5a00}
+table.acc{border-collapse:collapse;margin:1em 0} table.acc thead th{background:#f3f3f3}
 table.acc th,table.acc td{border:1px solid #ccc;padding:.3em .8em;text-align:right}
-table.acc th[scope=row]{text-align:left}
-table.acc thead th{background:#f3f3f3}
-td.none{color:#999;text-align:center}
-ul.notes{color:#8a5a00}
-footer{margin-top:3em;color:#666;font-size:.9em}
-code{background:#f3f3f3;padding:.1em .3em}
+table.acc th[scope=row]{text-align:left} td.none{color:#999;text-align:center}
+footer{margin-top:3em;color:#666;font-size:.9em} code{background:#f3f3f3;padding:.1em .3em}
 """
 
 
@@ -43,7 +35,7 @@ def _render(data: ReportData, sections: list[Section]) -> str:
     notes = ""
     if data.notes:
         items = "".join(f"<li>{esc(n)}</li>" for n in data.notes)
-        notes = f"<h2>Problems reading the run</h2><ul class=\"notes\">{items}</ul>"
+        notes = f"<h2>Left out</h2><ul class=\"notes\">{items}</ul>"
     parts = []
     for s in sections:
         parts.append(f"<h2>{esc(s.title)}</h2>")
@@ -65,7 +57,7 @@ def _render(data: ReportData, sections: list[Section]) -> str:
 
 def build_report(run_dir: str | Path) -> Path:
     """Writes ``RUN_DIR/report/index.html`` and the PNGs it shows, for a pipeline directory (``summary.json``)
-    or a single stage's run directory (``metrics.jsonl``); returns the path of the page.
+    or a single stage's run directory (``metrics.jsonl`` / ``result.json``); returns the path of the page.
 
     Sections whose data is absent say so instead of failing; nothing outside ``RUN_DIR/report/`` is written.
     """
@@ -80,12 +72,5 @@ def build_report(run_dir: str | Path) -> Path:
     for name in FIGURES:  # a figure from an earlier build whose data is gone would mislead
         if name not in shown:
             (out / name).unlink(missing_ok=True)
-    page = out / "index.html"
-    tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
-    try:  # atomic, like the PNGs
-        tmp.write_text(_render(data, sections), encoding="utf-8")
-        os.replace(tmp, page)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return page
+    atomic_write_text(out / "index.html", _render(data, sections))
+    return out / "index.html"

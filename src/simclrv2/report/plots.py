@@ -1,22 +1,21 @@
-"""The report's figures, drawn with matplotlib's Agg canvas on plain ``Figure`` objects.
-
-No pyplot: it keeps global state (the current figure, the backend) that would leak into a notebook that
-imports this module. matplotlib is imported inside the functions, so the package works without it.
-Accuracies arrive as fractions in [0, 1] and are drawn in percent.
-"""
+"""The report's figures, drawn on plain matplotlib ``Figure`` objects (no pyplot: its global state would leak
+into a notebook that imports this), and the PCA behind the embedding picture. Accuracies arrive as fractions
+and are drawn in percent; matplotlib is imported inside the functions so the package works without it."""
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from simclrv2.checkpoint import atomic_write_bytes
 from simclrv2.errors import SimCLRv2Error
 
 DPI = 110
+Curve = tuple[str, Sequence[float], Sequence[float]]  # (label, xs, ys)
 
 
 def require_matplotlib() -> None:
@@ -36,169 +35,105 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    """Atomic: a reader never sees half a PNG, and an interrupted build leaves the old one. (Not mkstemp: its
-    0600 mode would hide the page's images from anyone the user shares the folder with.)"""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic: a reader never sees half a PNG, and a failed build keeps the old one."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _colours(n: int) -> list[Any]:
     from matplotlib import colormaps
 
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["turbo"](i / max(n - 1, 1)) for i in range(n)]
+    name = "tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"
+    return [colormaps[name](i if n <= 20 else i / max(n - 1, 1)) for i in range(n)]
 
 
-def _running_mean(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over ``window`` points (shorter at the start), so the trend shows through step noise."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
-def _integer_ticks(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def plot_training(path: Path, epochs: Sequence[float], losses: Sequence[float], lr_epochs: Sequence[float],
-                  lrs: Sequence[float], stage: str) -> None:
-    """Loss (raw and smoothed) and learning rate against epoch, side by side."""
-    fig = _figure(10, 3.6)
-    ax_loss, ax_lr = fig.subplots(1, 2)
-    if len(losses) >= 20:  # per-step noise hides the trend: draw the records faintly under a running mean
-        window = max(len(losses) // 25, 2)
-        ax_loss.plot(epochs, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="logged")
-        ax_loss.plot(epochs, _running_mean(losses, window), color="tab:blue", linewidth=1.8,
-                     label=f"mean of {window} records")
-        ax_loss.legend(loc="upper right", fontsize=8)
-    elif epochs:
-        ax_loss.plot(epochs, losses, color="tab:blue", marker="o", markersize=3, linewidth=1.5)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{stage} loss")
-    if lr_epochs:
-        ax_lr.plot(lr_epochs, lrs, color="tab:orange", linewidth=1.5)
-    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    for ax in (ax_loss, ax_lr):
+def plot_training(path: Path, runs: Sequence[tuple[str, Curve, Curve]]) -> None:
+    """One row per run: (name, loss curve, lr curve) against epoch, loss on the left, lr on the right."""
+    fig = _figure(10, 2.4 * len(runs) + 0.4)
+    axes = fig.subplots(len(runs), 2, squeeze=False)
+    for (name, loss, lr), (ax_loss, ax_lr) in zip(runs, axes, strict=True):
+        ax_loss.plot(loss[1], loss[2], color="tab:blue", linewidth=1.2)
+        ax_lr.plot(lr[1], lr[2], color="tab:orange", linewidth=1.2)
+        ax_loss.set(ylabel="loss", title=f"{name}: loss")
+        ax_lr.set(ylabel="learning rate", title=f"{name}: learning rate")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
     _save(fig, path)
 
 
-def plot_knn(path: Path, epochs: Sequence[float], accuracies: Sequence[float]) -> None:
-    """kNN top-1 against epoch; the epoch-0 point (the random encoder) is labelled as such."""
-    fig = _figure(6.5, 3.8)
-    ax = fig.subplots()
-    percent = [100 * a for a in accuracies]
-    ax.plot(epochs, percent, marker="o", markersize=4, color="tab:green")
-    if epochs and epochs[0] == 0:
-        below = percent[0] > 12  # the curve usually climbs from here, so the space under the point is free
-        ax.annotate(f"random init\n{percent[0]:.1f}%", (epochs[0], percent[0]), xytext=(12, -28 if below else 12),
-                    textcoords="offset points", fontsize=8, arrowprops={"arrowstyle": "-", "color": "0.4"})
-    if len(epochs) > 1:
-        ax.annotate(f"{percent[-1]:.1f}%", (epochs[-1], percent[-1]), xytext=(-10, -16),
-                    textcoords="offset points", fontsize=8, ha="right")
-    ax.set(xlabel="epoch (0 = random initialisation)", ylabel="kNN top-1 (%)",
-           title="kNN accuracy during pretraining")
-    ax.set_ylim(0, min(100, max(percent) + 10) if percent else 100)
-    _integer_ticks(ax)
-    ax.grid(alpha=0.3)
-    _save(fig, path)
-
-
-def plot_accuracy_bars(path: Path, methods: Sequence[str], fractions: Sequence[str],
-                       table: dict[tuple[str, str], float]) -> None:
-    """Grouped bars: one group per label fraction, one bar per method; absent cells leave a gap."""
-    fig = _figure(max(6.5, 1.0 + 0.45 * len(methods) * len(fractions)), 4.2)
-    ax = fig.subplots()
-    width = 0.8 / len(methods)
-    for i, (method, colour) in enumerate(zip(methods, _colours(len(methods)), strict=True)):
-        offset = (i - (len(methods) - 1) / 2) * width
-        xs = [j + offset for j, f in enumerate(fractions) if (method, f) in table]
-        ys = [100 * table[method, f] for f in fractions if (method, f) in table]
-        bars = ax.bar(xs, ys, width=width * 0.92, color=colour, label=method)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90, padding=2)
-    ax.set_xticks(range(len(fractions)), [f"{f} labels" for f in fractions])
-    ax.set(ylabel="test top-1 (%)", title="accuracy by label fraction")
-    top = max(table.values(), default=1.0) * 100
-    ax.set_ylim(0, top + 15)
-    ax.grid(axis="y", alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8)
-    _save(fig, path)
-
-
-def plot_eval_curves(path: Path, curves: Sequence[tuple[str, str, Sequence[float], Sequence[float]]]) -> None:
-    """Test top-1 against epoch, one line per run: (method, label fraction, epochs, accuracies). A method
-    keeps its colour and a label fraction its line style, so the eye can compare either way."""
-    methods = list(dict.fromkeys(c[0] for c in curves))
-    fractions = list(dict.fromkeys(c[1] for c in curves))
-    colours = dict(zip(methods, _colours(len(methods)), strict=True))
-    styles = ["-", "--", ":", "-."]
+def plot_lines(path: Path, curves: Sequence[Curve], xlabel: str, ylabel: str, title: str,
+               categories: Sequence[str] | None = None, dashed: Sequence[str] = ()) -> None:
+    """Accuracy curves in percent, one line per label; ``categories`` names the x positions 0, 1, ... and a
+    label in ``dashed`` is drawn dashed (the supervised baseline against the pretrained methods)."""
     fig = _figure(7.5, 4.0)
     ax = fig.subplots()
-    for method, fraction, epochs, accuracies in curves:
-        label = f"{method} ({fraction})" if fraction else method
-        ax.plot(epochs, [100 * a for a in accuracies], marker="o" if len(epochs) <= 40 else None, markersize=3,
-                color=colours[method],
-                linestyle=styles[fractions.index(fraction) % len(styles)], label=label)
-    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="test accuracy during training")
-    _integer_ticks(ax)
+    for (label, xs, ys), colour in zip(curves, _colours(len(curves)), strict=True):
+        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=4, color=colour, label=label,
+                linestyle="--" if label in dashed else "-")
+        if len(xs) == 1 or categories:
+            ax.annotate(f"{100 * ys[-1]:.1f}", (xs[-1], 100 * ys[-1]), xytext=(4, 4), textcoords="offset points",
+                        fontsize=7)
+    if categories:
+        ax.set_xticks(range(len(categories)), categories)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8)
     _save(fig, path)
 
 
-def plot_confusion(path: Path, matrix: torch.Tensor, classes: Sequence[str], title: str) -> None:
+def plot_confusion(path: Path, confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> None:
     """Row-normalised confusion matrix (rows = true class): each row shows where one class's images went."""
-    counts = matrix.double()
-    totals = counts.sum(dim=1, keepdim=True)
-    normalised = torch.where(totals > 0, counts / totals.clamp_min(1), torch.zeros_like(counts))  # (C, C)
+    counts = torch.tensor(confusion, dtype=torch.float64)  # (C, C)
+    share = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
     c = len(classes)
     side = min(max(4.5, 0.55 * c + 2.5), 16)
     fig = _figure(side + 1.0, side)
     ax = fig.subplots()
-    image = ax.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(share.numpy(), cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
     ax.set_xticks(range(c), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(c), classes, fontsize=8)
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    if c <= 20:  # beyond that the numbers no longer fit in their cells
-        for i in range(c):
-            for j in range(c):
-                value = normalised[i, j].item()
-                if value >= 0.005:
-                    ax.text(j, i, f"{100 * value:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if value > 0.5 else "black")
+    for i, j in torch.cartesian_prod(torch.arange(c), torch.arange(c)).tolist() if c <= 20 else []:
+        if share[i, j] >= 0.005:  # beyond 20 classes the numbers no longer fit in their cells
+            ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.5 else "black")
     _save(fig, path)
+
+
+def pca_2d(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, D) features -> (M, 2) coordinates on the two leading principal directions and the (2,) share of
+    the variance each explains. ``torch.pca_lowrank`` is randomised, so it runs on a fixed seed; the sign of a
+    direction is arbitrary and fixed so that its largest loading is positive: the same data, the same picture."""
+    x = features.detach().to("cpu", torch.float64)
+    x = x - x.mean(dim=0)
+    q = min(10, *x.shape)  # a few extra directions make the leading two accurate
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        _, _, v = torch.pca_lowrank(x, q=q, center=False, niter=6)
+    v = v[:, :2]  # (D, 2)
+    v = v * torch.sign(v.gather(0, v.abs().argmax(dim=0, keepdim=True)))
+    coords = x @ v  # (M, 2)
+    total = x.square().sum()
+    return coords.float(), (coords.square().sum(dim=0) / total.clamp_min(1e-300)).float()
 
 
 def plot_embedding(path: Path, coords: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
                    explained: torch.Tensor, source: str) -> None:
-    """2-D scatter of (M, 2) PCA coordinates, one colour and legend entry per class."""
+    """2-D scatter of PCA coordinates, one colour and legend entry per class."""
     fig = _figure(8.0, 6.0)
     ax = fig.subplots()
     size = 12 if coords.shape[0] <= 2000 else 4
     for k, (name, colour) in enumerate(zip(classes, _colours(len(classes)), strict=True)):
         points = coords[labels == k]
-        if points.shape[0]:
-            ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=size, color=colour, alpha=0.7,
-                       label=name, linewidths=0)
+        ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=size, color=colour, alpha=0.7, label=name,
+                   linewidths=0)
     ax.set(xlabel=f"PC 1 ({100 * explained[0].item():.1f}% of variance)",
-           ylabel=f"PC 2 ({100 * explained[1].item():.1f}% of variance)",
-           title=f"PCA of embeddings: {source}" if source else "PCA of embeddings")
+           ylabel=f"PC 2 ({100 * explained[1].item():.1f}% of variance)", title=f"PCA of embeddings: {source}")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=8, title="class", markerscale=2.0 if size < 10 else 1.0,
-               ncols=1 if len(classes) <= 25 else 2)
+    fig.legend(loc="outside right upper", fontsize=8, title="class", markerscale=2.0 if size < 10 else 1.0)
     _save(fig, path)

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 
 from simclrv2 import dist
-from simclrv2.checkpoint import atomic_write_text, check_run_dir, prepare_run_dir, read_pretrained, save_checkpoint
+from simclrv2.checkpoint import atomic_write_text, check_run_dir, prepare_run_dir, read_pretrained
 from simclrv2.config import Config, config_to_dict, to_toml
 from simclrv2.data import find_data_dir
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import encoder_features
 from simclrv2.logs import get_logger
-from simclrv2.results import PipelineSummary, StageResult, SummaryRow, choose_best
+from simclrv2.results import Embeddings, PipelineSummary, StageResult, SummaryRow, choose_best
 from simclrv2.runtime import resolve_device
 from simclrv2.stages import distill as distill_module
 from simclrv2.stages import finetune as finetune_module
@@ -187,8 +187,7 @@ def save_embeddings(config: Config, run_dir: Path) -> None:
     device = resolve_device(config.run.device)
     features = encoder_features(model.encoder.to(device), val, device, config.run.eval_batch_size,
                                 config.run.precision)
-    save_checkpoint(run_dir / "embeddings.pt", features=features, labels=val.labels, classes=list(val.classes),
-                    source="pretrained encoder, validation images")
+    Embeddings(features, val.labels, list(val.classes), "pretrained encoder, validation images").save(run_dir)
 
 
 def _summary(config: Config, run_dir: Path, state: dict, rows: list[SummaryRow]) -> PipelineSummary:

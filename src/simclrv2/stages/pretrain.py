@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from simclrv2 import dist
 from simclrv2.augment import simclr_views
+from simclrv2.augment.preview import save_augmentation_preview
 from simclrv2.checkpoint import load_state
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
@@ -33,6 +34,7 @@ from simclrv2.stages.engine import Budget, Session, Task, fit, open_session
 from simclrv2.stages.inputs import TrainingData, load_test, training_data
 
 STAGE = "pretrain"
+AUGMENTATIONS_FILE = "augmentations.png"  # the report shows it
 # Sections whose change makes a run a different run (resuming it would mix two experiments).
 IDENTITY_SECTIONS = ("data", "model", "augment", "pretrain")
 
@@ -58,6 +60,9 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
                          warmup_fraction=cfg.optimizer.warmup_fraction, exact_batch=True)
     session.start()
     device = session.device
+    if dist.is_main() and session.state is None:
+        preview = data.train.images[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:8]]
+        save_augmentation_preview(preview, config.augment, session.run_dir / AUGMENTATIONS_FILE, seed=run.seed)
 
     model = spec.build_simclr(seed=run.seed)
     if session.state is not None:
