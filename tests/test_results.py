@@ -88,8 +88,8 @@ def test_a_wrongly_typed_field_names_the_field(tmp_path):
 
 
 def test_unknown_stage_is_refused():
-    with pytest.raises(SimCLRv2Error, match="unknown stage 'evaluate'"):
-        StageResult("evaluate", "r", None, None, None)
+    with pytest.raises(SimCLRv2Error, match="unknown stage 'evaluation'"):
+        StageResult("evaluation", "r", None, None, None)
 
 
 def test_best_row_is_chosen_on_validation_even_when_another_wins_on_test():

@@ -25,18 +25,28 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
+class _StdoutHandler(logging.Handler):
+    """Writes to whatever ``sys.stdout`` is when a line is emitted (not the stream of the first call), so a
+    redirected or captured stdout keeps working."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:  # a logging failure must not stop training
+            self.handleError(record)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Plain lines on stdout (what a user of the command line sees); library users keep their own handlers."""
     logger = get_logger()
-    if any(getattr(h, "_simclrv2", False) for h in logger.handlers):
+    if any(isinstance(h, _StdoutHandler) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_MainProcessOnly())
-    handler._simclrv2 = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)
-    logger.propagate = False
 
 
 def show_progress(enabled: bool) -> bool:

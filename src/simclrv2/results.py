@@ -23,7 +23,7 @@ import torch
 
 from simclrv2.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.metrics import classification_report
+from simclrv2.eval.metrics import classification_report
 
 STAGES = ("pretrain", "finetune", "supervised", "linear", "knn", "evaluate", "distill")  # evaluate: a classifier
 RESULT_FILE = "result.json"
