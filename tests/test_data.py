@@ -86,6 +86,15 @@ def test_convert_channels_matches_a_per_pixel_luma():
     assert back.shape == (3, 3, 5, 5) and back.is_contiguous() and torch.equal(back[:, 2], grey[:, 0])
 
 
+
+def test_a_classifier_needs_two_classes():
+    assert tiny().require_classes("finetune").tolist() == [0, 1, 2, 0, 1, 2]
+    one_class = tiny().subset([0, 3])  # both images are of class "a"
+    with pytest.raises(SimCLRv2Error, match="finetune trains a classifier.*tiny/train has only class 'a'"):
+        one_class.require_classes("finetune")
+    with pytest.raises(SimCLRv2Error, match="supervised needs labelled images"):
+        tiny(labelled=False).require_classes("supervised")
+
 # --------------------------------------------------------------------------------------- load_dataset
 
 

@@ -241,3 +241,19 @@ def test_ids_that_cannot_be_written_as_lines_are_an_error(tmp_path):
     with pytest.raises(SimCLRv2Error, match="cannot be written on a line"):
         write_subset_file(tmp_path / "odd.txt", data, torch.tensor([0, 1]))
     assert not (tmp_path / "odd.txt").exists()
+
+
+def test_list_file_missing_a_class_logs_a_warning_naming_it(tmp_path, caplog):
+    ds = dataset(torch.tensor([0, 1, 2, 0, 1, 2]))
+    list_file = tmp_path / "labels.txt"
+    list_file.write_text(f"{ds.ids[0]}\n{ds.ids[1]}\n")
+    with caplog.at_level("WARNING", logger="simclrv2"):
+        assert subset_indices(ds, str(list_file), seed=0).tolist() == [0, 1]
+    assert len(caplog.records) == 1
+    assert "has no image of 1 of its 3 classes ('c2')" in caplog.text
+
+
+def test_balanced_subset_logs_nothing(caplog):
+    with caplog.at_level("WARNING", logger="simclrv2"):
+        subset_indices(dataset(balanced_labels(30, 3)), "3/class", seed=0)
+    assert caplog.records == []

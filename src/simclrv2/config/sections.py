@@ -24,7 +24,8 @@ class DataConfig:
 
     dataset: str = "fashion-mnist"
     data_dir: str = ""
-    image_size: int = 0  # 0: the dataset's own size (image folders: 96)
+    image_size: int = 0  # 0: the dataset's own size (image folders: their most common shorter side, at most 96)
+    channels: int = 0  # 1 (grey) or 3 (RGB); 0: the dataset's own (image folders: grey when every image is grey)
     train_split: str = "train"
     test_split: str = "test"
     train_limit: int = 0  # use only the first N training images (0: all); for quick experiments
@@ -35,6 +36,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 0, "data.image_size must be >= 0 (0 keeps the dataset's size)")
+        _check(self.channels in (0, 1, 3), "data.channels must be 1 (grey), 3 (RGB) or 0 (the dataset's own)")
         _check(self.train_limit >= 0, "data.train_limit must be >= 0 (0 uses every training image)")
         _check(self.val_size >= -1, "data.val_size must be >= -1 (-1: automatic, 0: no validation split)")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from simclrv2.data import cifar, download, idx, locate, stl10
 from simclrv2.data.dataset import DatasetSpec, ImageDataset, convert_channels, resize_images
-from simclrv2.data.folder import FOLDER_IMAGE_SIZE, read_folder
+from simclrv2.data.folder import read_folder
 from simclrv2.errors import SimCLRv2Error
 
 __all__ = ["DATASETS", "ImageDataset", "download_dataset", "find_data_dir", "load_dataset"]
@@ -95,10 +95,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
                  channels: int | None = None) -> ImageDataset:
     """One split of a dataset, in memory as a uint8 (N, C, S, S) tensor.
 
-    image_size: the side of the returned images; None keeps the dataset's own (image folders: 96, after
-        resizing the shorter side and centre-cropping).
+    image_size: the side of the returned images; None keeps the dataset's own (image folders: the most
+        common shorter side of the training images, at most 96 px, after resizing the shorter side
+        and centre-cropping).
     download: fetch the dataset into the cache (or into ``data_dir``) when it is not found.
-    channels: 1 (grey) or 3 (RGB); None keeps the dataset's own (image folders: 3).
+    channels: 1 (grey) or 3 (RGB); None keeps the dataset's own (image folders: 1 when every training image
+        is grey, else 3).
     """
     spec = _spec(name)
     if split not in spec.splits:
@@ -109,7 +111,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
         raise SimCLRv2Error(f"channels must be 1 or 3 (or None for the dataset's own), got {channels}")
     if name == "folder":
         root = find_data_dir(name, data_dir)
-        return read_folder(root, split, image_size or FOLDER_IMAGE_SIZE, channels or 3)
+        return read_folder(root, split, image_size, channels)
     dataset = spec.read(_data_folder(name, spec, data_dir, download), split)
     images = dataset.images
     if image_size is not None:

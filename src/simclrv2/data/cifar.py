@@ -48,11 +48,16 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _unpickle(path: Path) -> dict:
-    with path.open("rb") as f:
-        try:
+    try:
+        with path.open("rb") as f:
             batch = _ArrayUnpickler(f, path).load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-            raise SimCLRv2Error(f"{path} is not a readable CIFAR pickle ({err}); download it again") from err
+    except OSError as err:
+        raise SimCLRv2Error(f"cannot read {path} ({err.strerror or err}); check that the file is readable") from err
+    # MemoryError, OverflowError: a damaged length field asks for a huge allocation.
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__  # pickle's messages span lines
+        raise SimCLRv2Error(f"{path} is not a readable CIFAR pickle ({reason}); download it again") from err
     if not isinstance(batch, dict):
         raise SimCLRv2Error(f"{path} should hold a dict, found {type(batch).__name__}")
     return batch
@@ -67,7 +72,11 @@ def _field(batch: dict, key: bytes, path: Path):
 def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     batch = _unpickle(path)
     data = np.asarray(_field(batch, b"data", path))
-    labels = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+    try:
+        labels = np.asarray(_field(batch, label_key, path), dtype=np.int64)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise SimCLRv2Error(f"{path}: {label_key.decode()!r} should be a list of class numbers ({err}); "
+                            "download the file again") from err
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _PIXELS:
         raise SimCLRv2Error(f"{path}: 'data' should be uint8 (N, {_PIXELS}), got {data.dtype} {data.shape}")
     if labels.shape != (data.shape[0],):
@@ -78,7 +87,11 @@ def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndar
 
 
 def _class_names(path: Path, key: bytes, count: int) -> tuple[str, ...]:
-    names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _field(_unpickle(path), key, path))
+    listed = _field(_unpickle(path), key, path)
+    if not isinstance(listed, (list, tuple)):
+        raise SimCLRv2Error(f"{path}: {key.decode()!r} should be a list of names, found {type(listed).__name__}; "
+                            "download the file again")
+    names = tuple(n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in listed)
     if len(names) != count:
         raise SimCLRv2Error(f"{path} lists {len(names)} class names, expected {count}")
     return names

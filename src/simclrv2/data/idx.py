@@ -28,7 +28,10 @@ _UBYTE = 0x08  # the IDX type code of unsigned bytes, the only one these dataset
 
 def read_idx(path: Path) -> np.ndarray:
     """The array stored in an IDX file, shaped as its header says (read-only view of the bytes)."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise SimCLRv2Error(f"cannot read {path} ({err.strerror or err}); check that the file is readable") from err
     if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the name
         try:
             raw = gzip.decompress(raw)

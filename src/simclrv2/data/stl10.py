@@ -36,11 +36,21 @@ def _open_images(path: Path) -> np.ndarray:
     if size == 0 or size % _IMAGE_BYTES:
         raise SimCLRv2Error(f"{path} has {size} bytes, not a whole number of 3x96x96 images; "
                             "download it again")
-    return np.memmap(path, dtype=np.uint8, mode="r", shape=(size // _IMAGE_BYTES, 3, _SIDE, _SIDE))
+    try:
+        return np.memmap(path, dtype=np.uint8, mode="r", shape=(size // _IMAGE_BYTES, 3, _SIDE, _SIDE))
+    except OSError as err:
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: OSError) -> SimCLRv2Error:
+    return SimCLRv2Error(f"cannot read {path} ({err.strerror or err}); check that the file is readable")
 
 
 def _read_labels(path: Path, count: int) -> torch.Tensor:
-    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
+    try:
+        labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
+    except OSError as err:
+        raise _unreadable(path, err) from err
     if labels.shape != (count,):
         raise SimCLRv2Error(f"{path} has {labels.shape[0]} labels for {count} images")
     if labels.size and (labels.min() < 0 or labels.max() >= len(STL10_CLASSES)):
@@ -52,7 +62,14 @@ def _class_names(directory: Path) -> tuple[str, ...]:
     path = directory / "class_names.txt"
     if not path.is_file():
         return STL10_CLASSES
-    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SimCLRv2Error(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); write one class "
+                            "name per line, or delete it to use the standard names") from err
+    except OSError as err:
+        raise _unreadable(path, err) from err
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(names) != len(STL10_CLASSES):
         raise SimCLRv2Error(f"{path} lists {len(names)} class names, expected {len(STL10_CLASSES)}")
     return names

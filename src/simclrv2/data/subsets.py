@@ -13,6 +13,7 @@ contains every smaller one (1 % ⊂ 10 %), which keeps label-efficiency curves c
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -25,9 +26,12 @@ import torch
 from simclrv2.data.dataset import ImageDataset
 from simclrv2.errors import SimCLRv2Error
 
+log = logging.getLogger(__name__)
+
 _PERCENT = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*%$")
 _COUNT = re.compile(r"^\d+$")
 _PER_CLASS = re.compile(r"^(\d+)\s*(?:/|per)\s*class$", re.IGNORECASE)
+_CLASSES_SHOWN = 5  # class names quoted in a warning
 _SPEC_HELP = ('use a percentage ("1%"), a count ("600"), a per-class count ("60/class") '
               "or a list file of image ids")
 
@@ -141,18 +145,43 @@ def select_subset(labels: torch.Tensor, spec: SubsetSpec, seed: int) -> torch.Te
 
 def subset_indices(dataset: ImageDataset, spec: str | int, seed: int) -> torch.Tensor:
     """Sorted int64 indices into ``dataset`` for a subset spec (see the module docstring): a list file is
-    matched against ``dataset.ids``; any other spec draws a class-balanced subset of the labels."""
+    matched against ``dataset.ids``; any other spec draws a class-balanced subset of the labels.
+
+    A subset without an image of some class of the dataset is allowed (a list file may mean it), but logged
+    as a warning naming those classes: the classifier will never predict them."""
     parsed = parse_subset_spec(spec)
     if parsed.kind != "file":
-        return select_subset(dataset.require_labels(f"label subset {parsed}"), parsed, seed)
-    wanted = read_subset_file(parsed.path)
+        indices = select_subset(dataset.require_labels(f"label subset {parsed}"), parsed, seed)
+    else:
+        indices = _file_indices(dataset, parsed.path)
+    warn_missing_classes(dataset, indices, str(parsed))
+    return indices
+
+
+def warn_missing_classes(dataset: ImageDataset, indices: torch.Tensor, what: str) -> list[str]:
+    """Logs one warning naming the classes of ``dataset`` with no image in ``dataset[indices]``; returns them."""
+    if dataset.labels is None:
+        return []
+    present = set(dataset.labels[indices].tolist())
+    missing = [name for k, name in enumerate(dataset.classes) if k not in present]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:_CLASSES_SHOWN])
+        more = f" and {len(missing) - _CLASSES_SHOWN} more" if len(missing) > _CLASSES_SHOWN else ""
+        log.warning("label subset %s of %s has no image of %d of its %d classes (%s%s): the classifier will "
+                    "never predict them; ask for more labels or add them to the list", what, dataset.name,
+                    len(missing), dataset.num_classes, shown, more)
+    return missing
+
+
+def _file_indices(dataset: ImageDataset, path: Path) -> torch.Tensor:
+    wanted = read_subset_file(path)
     position = {image_id: i for i, image_id in enumerate(dataset.ids)}
     if len(position) != len(dataset.ids):
         raise SimCLRv2Error(f"{dataset.name} has repeated image ids, so a list file cannot name its images")
     unknown = [image_id for image_id in wanted if image_id not in position]
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:3])
-        raise SimCLRv2Error(f"{parsed.path}: {len(unknown)} of {len(wanted)} image ids are not in "
+        raise SimCLRv2Error(f"{path}: {len(unknown)} of {len(wanted)} image ids are not in "
                             f"{dataset.name} (e.g. {shown}); was the list written for another dataset or "
                             "split?")
     return torch.tensor(sorted(position[image_id] for image_id in wanted), dtype=torch.int64)
