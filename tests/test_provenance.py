@@ -72,3 +72,11 @@ def test_without_git_the_commit_is_none(repo, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("PATH", str(tmp_path_factory.mktemp("empty_path")))
     record = provenance("cpu", "fp32")
     assert record["git_commit"] is None and record["git_dirty"] is None
+
+
+def test_provenance_survives_a_weights_only_checkpoint_round_trip(tmp_path):
+    from simclrv2.checkpoint import load_checkpoint, save_checkpoint
+
+    record = provenance("cpu", "fp32")
+    save_checkpoint(tmp_path / "c.pt", provenance=record)
+    assert load_checkpoint(tmp_path / "c.pt")["provenance"] == record

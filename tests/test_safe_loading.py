@@ -11,8 +11,6 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import simclrv2
 
 PACKAGE_DIR = Path(simclrv2.__file__).resolve().parent
@@ -107,10 +105,6 @@ def test_every_torch_load_passes_weights_only_true():
                         + ", ".join(f"{c.file}:{c.line} in {c.function}" for c in unsafe))
 
 
-# report/collect.py reads embeddings.pt with its own torch.load (weights_only=True, so safe, but a second
-# loader); load_checkpoint refuses it since it is not a checkpoint. strict: once it goes through a loader in
-# checkpoint.py this passes, the run fails, and the marker must go.
-@pytest.mark.xfail(strict=True, reason="report/collect.py:_load_embeddings calls torch.load itself")
 def test_every_torch_load_is_the_one_safe_loader():
     calls = package_load_calls()
     elsewhere = [c for c in calls if (c.file, c.function) != SAFE_LOADER]

@@ -91,8 +91,8 @@ def provenance(device: torch.device | str, precision: str) -> dict[str, Any]:
         "version": package_version(),
         **git_state(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which weights_only loading refuses
+        "numpy": str(np.__version__),
         "cuda": torch.version.cuda,  # None on CPU builds
         "device": str(device),
         "device_name": device_name(device),

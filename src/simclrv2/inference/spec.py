@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from simclrv2.data.folder import FOLDER_IMAGE_SIZE
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.preprocess import Preprocessing
 from simclrv2.models.spec import ModelSpec
@@ -17,8 +16,8 @@ from simclrv2.models.spec import ModelSpec
 EXPORT_FORMAT = "simclrv2-export"
 EXPORT_VERSION = 1
 # The side each reader returns when data.image_size = 0 (the dataset's own size).
-NATIVE_IMAGE_SIZES = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96,
-                      "folder": FOLDER_IMAGE_SIZE}
+# Image folders record their chosen size in the checkpoint; 96 is what runs before that recorded read.
+NATIVE_IMAGE_SIZES = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96, "folder": 96}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class ClassifierSetup:
     details: dict[str, Any] = field(default_factory=dict)  # stage facts for result.json
     plain_lr_scale: float = 1.0  # rate factor of the classifier, BN and biases (distillation: 1/τ gradients)
     labelled: tuple[ImageDataset, torch.Tensor] | None = None  # written to SUBSET_FILE
+    data_config: Any = None  # the [data] section the test split is read with (default: the session's)
 
 
 def make_views(cfg: Any, channels_last: bool) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
@@ -130,11 +131,12 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
     fitted = fit(task, session)
     details = {**setup.details, "steps": fitted.step, "epochs": budget.epochs, "first_loss": fitted.first_loss,
                "last_loss": fitted.last_loss, "skipped_steps": fitted.skipped_steps,
-               "weight_movement": None if session.state is not None else weight_movement(model, start_weights)}
+               "weight_movement": None if session.state is not None else weight_movement(model, start_weights),
+               "provenance": session.provenance}
     val_scores = test_scores = None
     if dist.is_main():
         val_scores = _scores(model, val, setup.classes, session) if val is not None else None
-        test = load_test(session.config.data)  # the test split, read once, after everything is decided
+        test = load_test(setup.data_config or session.config.data)  # read once, after everything is decided
         test_scores = _scores(model, test, setup.classes, session) if test is not None else None
     session.save("final.pt", task, fitted.step, final=True)
     checkpoint = session.finish()

@@ -23,7 +23,7 @@ from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
 from simclrv2.stages.engine import open_session
-from simclrv2.stages.inputs import training_data
+from simclrv2.stages.inputs import data_for_network, training_data
 
 STAGE = "distill"
 IDENTITY_SECTIONS = ("data", "model", "distill")
@@ -57,7 +57,8 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
         raise SimCLRv2Error("no teacher given: set distill.teacher to a fine-tuned run directory")
     teacher_spec, teacher, payload = read_classifier(cfg.teacher)
     head_layer, num_classes = int(payload["head_layer"]), int(payload["num_classes"])
-    data = training_data(config.data)
+    data_config = data_for_network(config.data, teacher_spec.in_channels, payload.get("image_size"))
+    data = training_data(data_config)
     train, labelled = data.train, data.labelled
     if labelled.labels is not None and num_classes != labelled.num_classes:
         raise SimCLRv2Error(f"the teacher predicts {num_classes} classes but {labelled.name} has "
@@ -90,6 +91,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
         details={"teacher": str(cfg.teacher), "teacher_architecture": teacher_spec.describe(),
                  "architecture": spec.describe(), "temperature": temperature, "alpha": cfg.alpha,
                  "student_init": cfg.student_init},
+        data_config=data_config,
     )
     outcome = train_classifier(session, setup, cfg, data)
     _compare_with_teacher(outcome, cfg.teacher)

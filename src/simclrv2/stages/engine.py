@@ -37,6 +37,7 @@ from simclrv2.config import RunConfig, config_to_dict, to_toml
 from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.logs import get_logger, show_progress
 from simclrv2.optim import lr_at, set_lr
+from simclrv2.provenance import provenance
 from simclrv2.runtime import generator_for, resolve_device, set_threads
 from simclrv2.stages.resume import check_resumable, step_seed
 
@@ -127,6 +128,7 @@ class Session:
     state: dict[str, Any] | None = None  # last.pt of an interrupted run
     finished: dict[str, Any] | None = None  # final.pt of a finished run (resume reuses it)
     log: MetricsLog = field(init=False)
+    provenance: dict[str, Any] = field(init=False)  # code, libraries, device, precision, command line
 
     @property
     def checkpoints(self) -> Path:
@@ -148,12 +150,13 @@ class Session:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.stage, self.start_step)
         dist.barrier()
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=dist.is_main())
+        self.provenance = provenance(self.device, self.run.precision)
 
     def save(self, name: str, task: Task, step: int, final: bool = False, **extra: Any) -> Path:
         path = self.checkpoints / name
         if dist.is_main():
             save_checkpoint(path, stage=self.stage, config=config_to_dict(self.config), step=step,
-                            model=task.model.state_dict(),
+                            model=task.model.state_dict(), provenance=self.provenance,
                             optimizer=None if final else task.optimizer.state_dict(),
                             **({} if final else task.extra_state()), **task.checkpoint_content, **extra)
         return path

@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 
 from simclrv2 import dist
-from simclrv2.checkpoint import atomic_write_text, check_run_dir, prepare_run_dir, read_classifier, read_encoder
+from simclrv2.checkpoint import (
+    atomic_write_text,
+    check_run_dir,
+    load_checkpoint,
+    prepare_run_dir,
+    read_classifier,
+    read_encoder,
+)
 from simclrv2.config import Config, to_toml
 from simclrv2.data import ImageDataset
 from simclrv2.errors import SimCLRv2Error
@@ -24,9 +31,10 @@ from simclrv2.eval.features import classifier_logits, encoder_features
 from simclrv2.eval.knn import knn_predict
 from simclrv2.eval.linear_probe import evaluate_linear_probe, fit_linear_probe
 from simclrv2.logs import get_logger
+from simclrv2.models.spec import ModelSpec
 from simclrv2.results import ClassificationScores, StageResult
 from simclrv2.runtime import resolve_device, set_threads
-from simclrv2.stages.inputs import load_test, training_data
+from simclrv2.stages.inputs import data_for_network, load_test, training_data
 
 STAGE = "evaluate"
 Predict = Callable[[ImageDataset], torch.Tensor]  # dataset -> (N,) predicted classes
@@ -56,7 +64,10 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume and (run_dir / "result.json").is_file():
         return StageResult.read(run_dir)
-    data = training_data(config.data)
+    payload = load_checkpoint(cfg.checkpoint)
+    spec = ModelSpec.from_dict(payload.get("architecture", {}))
+    data_config = data_for_network(config.data, spec.in_channels, payload.get("image_size"))
+    data = training_data(data_config)
     labelled = data.labelled
     labelled.require_labels("evaluation")
     if cfg.mode == "classifier":
@@ -77,7 +88,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     spec.check_model_options(config.model, labelled.image_size, str(cfg.checkpoint))
     val = data.val
     val_scores = _scores(predict, val) if val is not None else None
-    test = load_test(config.data)  # read once, at the end: nothing above depends on it
+    test = load_test(data_config)  # read once, at the end: nothing above depends on it
     test_scores = _scores(predict, test) if test is not None else None
     result = StageResult(stage=cfg.mode if cfg.mode != "classifier" else STAGE, run_dir=str(run_dir),
                          checkpoint=str(cfg.checkpoint), val=val_scores, test=test_scores,

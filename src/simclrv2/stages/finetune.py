@@ -13,27 +13,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from simclrv2.checkpoint import read_pretrained
+from simclrv2.checkpoint import load_checkpoint, read_pretrained
 from simclrv2.config import Config
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
 from simclrv2.stages.engine import open_session
-from simclrv2.stages.inputs import TrainingData, training_data
+from simclrv2.stages.inputs import TrainingData, data_for_network, training_data
 
 STAGE = "finetune"
 IDENTITY_SECTIONS = ("data", "finetune")
 
 
-def labelled_data(config: Config, stage: str) -> tuple[TrainingData, torch.Tensor]:
+def labelled_data(data_config, labels: str, seed: int, stage: str) -> tuple[TrainingData, torch.Tensor]:
     """The training data and the indices (into ``data.labelled``) of the stage's labelled subset."""
-    data = training_data(config.data)
-    data.labelled.require_labels(f"{stage} (dataset {data.labelled.name})")
-    if data.labelled.num_classes < 2:
-        raise SimCLRv2Error(f"{data.labelled.name} has {data.labelled.num_classes} class: a classifier needs at "
-                            "least two; check the folder's class sub-folders")
-    return data, data.labelled_subset(config.finetune.labels, config.run.seed)
+    data = training_data(data_config)
+    data.labelled.require_classes(stage)
+    return data, data.labelled_subset(labels, seed)
 
 
 def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -47,7 +44,9 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     if cfg.head_layer > spec.head_layers:
         raise SimCLRv2Error(f"finetune.head_layer = {cfg.head_layer} but the pretrained head has {spec.head_layers} "
                             f"layers; choose 0..{spec.head_layers}")
-    data, indices = labelled_data(config, STAGE)
+    payload_size = load_checkpoint(cfg.pretrained).get("image_size")
+    data_config = data_for_network(config.data, spec.in_channels, payload_size)
+    data, indices = labelled_data(data_config, cfg.labels, config.run.seed, STAGE)
     labelled = data.labelled
     spec.check_data(labelled.channels, f"the pretrained model {cfg.pretrained}")
     spec.check_model_options(config.model, labelled.image_size, f"the pretrained model {cfg.pretrained}")
@@ -58,5 +57,6 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         loss=lambda logits, index, views: F.cross_entropy(logits, labels[index]), labelled=(labelled, indices),
         details={"labels": cfg.labels, "num_labelled": len(indices), "head_layer": cfg.head_layer,
                  "pretrained": str(cfg.pretrained), "architecture": spec.describe()},
+        data_config=data_config,
     )
     return train_classifier(session, setup, cfg, data, dataclasses.replace(config, model=spec.model_config()))

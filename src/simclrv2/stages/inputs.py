@@ -3,6 +3,7 @@ the rest, and the test split, which only the final evaluation opens (nothing is 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,12 +27,20 @@ def load_split(data, split: str, limit: int = 0) -> ImageDataset:
         data_dir=data.data_dir or None,
         image_size=data.image_size or None,
         download=data.download,
+        channels=data.channels or None,
     )
     if limit:
         dataset = dataset.subset(torch.arange(min(limit, len(dataset))))
     if len(dataset) == 0:
         raise SimCLRv2Error(f"{dataset.name} holds no images")
     return dataset
+
+
+def data_for_network(data, in_channels: int, image_size: int | None):
+    """The ``[data]`` section a trained network reads its data with: its own channels and image size unless the
+    user set them (an image folder's format is otherwise chosen from the images, which may differ)."""
+    return dataclasses.replace(data, channels=data.channels or in_channels,
+                               image_size=data.image_size or (image_size or 0))
 
 
 def load_train(data) -> ImageDataset:

@@ -105,7 +105,8 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     result = fit(task, session)
     knn_final = _knn(config, model, knn, session, budget.epochs, result.step)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,
-               "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe()}
+               "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe(),
+               "provenance": session.provenance}
     if dist.is_main():
         details["test_knn_top1"] = _test_knn(config, model, knn, device)  # the test split, read once at the end
     session.save("final.pt", task, result.step, final=True, knn_top1=knn_final, knn_top1_at_init=knn_init)

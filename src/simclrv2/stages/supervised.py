@@ -25,7 +25,7 @@ def supervised(config: Config, run_dir: str | Path, resume: bool = False, overwr
                            identity_sections=IDENTITY_SECTIONS)
     if session.finished is not None:
         return StageResult.read(session.run_dir)
-    data, indices = labelled_data(config, STAGE)
+    data, indices = labelled_data(config.data, config.finetune.labels, config.run.seed, STAGE)
     labelled = data.labelled
     spec = ModelSpec.from_config(config.model, labelled.image_size, labelled.channels)
     head_layer = min(config.finetune.head_layer, spec.head_layers)
