@@ -158,3 +158,15 @@ def test_auto_streams_above_the_threshold_and_says_why(folder, caplog):
     assert "in memory" in lines[0] and "24 images > data.stream_above = 10" in lines[1]
     with pytest.raises(SimCLRv2Error, match="data.stream = 'stream' reads image folders"):
         choose_stream(load_config(None, {"data.stream": "stream"}).data)
+
+
+def test_prepare_command_writes_shards_a_run_can_stream(folder, tmp_path, capsys):
+    pytest.importorskip("webdataset")
+    from simclrv2.cli import main
+
+    assert main(["prepare", str(folder.parent), str(tmp_path / "shards"), "--shard-size", "16"]) == 0
+    assert "data.dataset = 'webdataset'" in capsys.readouterr().out
+    values = {"data.dataset": "webdataset", "data.data_dir": str(tmp_path / "shards")}
+    assert len(choose_stream(load_config(None, values).data)) == 24
+    assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+    assert "not found" in capsys.readouterr().err
