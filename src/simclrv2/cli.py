@@ -90,6 +90,13 @@ def _download(args: argparse.Namespace) -> None:
     print(f"{args.dataset} is in {path}")
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    from simclrv2.data.streaming.shards import prepare_shards
+
+    out = prepare_shards(args.folder, args.out, shard_size=args.shard_size, split=args.split)
+    print(f"shards: {out} (train on them with data.dataset = 'webdataset', data.data_dir = '{out}')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclrv2", description="SimCLRv2: self-supervised pretraining, "
                                      "fine-tuning from the projection head, and distillation.", allow_abbrev=False)
@@ -108,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                        allow_abbrev=False)
     d.add_argument("dataset", help="fashion-mnist, mnist, cifar10, cifar100 or stl10")
     d.add_argument("--dest", help="target folder (default: the cache, ~/.cache/simclrv2/DATASET)")
+    p = sub.add_parser("prepare", help="write an image folder into WebDataset shards for streaming")
+    p.add_argument("folder", type=Path, help="image folder (class sub-folders, or only images)")
+    p.add_argument("out", type=Path, help="an empty or new folder for the .tar shards")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per shard (default: 10000)")
+    p.add_argument("--split", default="train", help="which split of FOLDER, when it has train/ and test/")
     return parser
 
 
@@ -116,6 +128,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "download":
         _download(args)
+        return 0
+    if args.command == "prepare":
+        _prepare(args)
         return 0
     if args.command == "report":
         from simclrv2.report import build_report

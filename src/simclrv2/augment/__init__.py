@@ -21,9 +21,16 @@ from simclrv2.augment.color import (
     sample_jitter,
     to_grayscale,
 )
-from simclrv2.augment.geometry import center_crop, crop_flip, resized_crop, sample_crop_boxes
+from simclrv2.augment.geometry import (
+    center_crop,
+    crop_boxes_from_randoms,
+    crop_flip,
+    draw_crop_randoms,
+    resized_crop,
+    sample_crop_boxes,
+)
 from simclrv2.augment.pad_crop import pad_crop_flip
-from simclrv2.augment.pipeline import AugmentConfig, simclr_augment, simclr_views
+from simclrv2.augment.pipeline import AugmentConfig, simclr_augment, simclr_views, simclr_views_from_crops
 
 __all__ = [
     "JITTER_OPS",
@@ -36,7 +43,9 @@ __all__ = [
     "blur_kernel_size",
     "center_crop",
     "color_jitter",
+    "crop_boxes_from_randoms",
     "crop_flip",
+    "draw_crop_randoms",
     "gaussian_blur",
     "gaussian_kernels",
     "jitter_ranges",
@@ -46,5 +55,6 @@ __all__ = [
     "sample_jitter",
     "simclr_augment",
     "simclr_views",
+    "simclr_views_from_crops",
     "to_grayscale",
 ]

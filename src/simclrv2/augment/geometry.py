@@ -19,24 +19,36 @@ from simclrv2.errors import SimCLRv2Error
 CROP_ATTEMPTS = 100  # the reference's max_attempts (torchvision uses 10)
 
 
-def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-                      generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
-    """(n, 4) float boxes (top, left, h, w): random resized crop parameters, one box per image.
+def draw_crop_randoms(n: int, generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
+    """(n, 2·100 + 2) uniforms: everything :func:`sample_crop_boxes` draws, in its order (area, aspect, offset).
 
-    Per attempt: area fraction a ~ U[scale], aspect r = exp(U[log ratio]); w = round(sqrt(a·H·W·r)),
-    h = round(sqrt(a·H·W / r)); valid when 0 < h <= H and 0 < w <= W. Each image takes its first valid attempt
-    of 100 (drawn at once as an (n, 100) matrix), or the whole image when none fits; then
-    top ~ U{0 … H − h}, left ~ U{0 … W − w}.
+    Drawing them apart from the image sizes lets a data loader draw a step's crops in the main process with the
+    step's generator and size each box in a worker once the image header is read: the same boxes, the same
+    generator state after the draw.
     """
-    check_range("crop scale", scale, 0.0, 1.0)
-    check_range("crop ratio", ratio, 0.0)
     device = torch.device(device) if device is not None else generator.device
     check_generator(generator, device)
     draw = dict(generator=generator, device=device, dtype=torch.float32)
-    area = torch.rand(n, CROP_ATTEMPTS, **draw) * (scale[1] - scale[0]) + scale[0]
+    area = torch.rand(n, CROP_ATTEMPTS, **draw)
+    aspect = torch.rand(n, CROP_ATTEMPTS, **draw)
+    offset = torch.rand(n, 2, **draw)
+    return torch.cat([area, aspect, offset], dim=1)
+
+
+def crop_boxes_from_randoms(randoms: Tensor, height: int, width: int, scale: tuple[float, float],
+                            ratio: tuple[float, float]) -> Tensor:
+    """(n, 4) float boxes (top, left, h, w) from :func:`draw_crop_randoms`' uniforms for an H × W image.
+
+    Per attempt: area fraction a ~ U[scale], aspect r = exp(U[log ratio]); w = round(sqrt(a·H·W·r)),
+    h = round(sqrt(a·H·W / r)); valid when 0 < h <= H and 0 < w <= W. Each image takes its first valid attempt
+    of 100, or the whole image when none fits; then top ~ U{0 … H − h}, left ~ U{0 … W − w}.
+    """
+    check_range("crop scale", scale, 0.0, 1.0)
+    check_range("crop ratio", ratio, 0.0)
+    area = randoms[:, :CROP_ATTEMPTS] * (scale[1] - scale[0]) + scale[0]
     area = area * (height * width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(torch.rand(n, CROP_ATTEMPTS, **draw) * (log_hi - log_lo) + log_lo)
+    aspect = torch.exp(randoms[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS] * (log_hi - log_lo) + log_lo)
     w = torch.sqrt(area * aspect).round()  # (n, attempts)
     h = torch.sqrt(area / aspect).round()
     valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -44,10 +56,19 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float
     found = valid.any(dim=1)
     h = torch.where(found, h.gather(1, first).squeeze(1), float(height))  # (n,)
     w = torch.where(found, w.gather(1, first).squeeze(1), float(width))
-    offset = torch.rand(n, 2, **draw)
+    offset = randoms[:, 2 * CROP_ATTEMPTS:]
     top = torch.minimum((offset[:, 0] * (height - h + 1)).floor(), height - h)
     left = torch.minimum((offset[:, 1] * (width - w + 1)).floor(), width - w)
     return torch.stack([top, left, h, w], dim=1)
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
+    """(n, 4) float boxes (top, left, h, w): random resized crop parameters, one box per image (see
+    :func:`crop_boxes_from_randoms`; the 100 attempts per image are drawn at once as (n, 100) matrices)."""
+    check_range("crop scale", scale, 0.0, 1.0)
+    check_range("crop ratio", ratio, 0.0)
+    return crop_boxes_from_randoms(draw_crop_randoms(n, generator, device), height, width, scale, ratio)
 
 
 def resized_crop(images: Tensor, boxes: Tensor, out_size: int | tuple[int, int],

@@ -21,7 +21,7 @@ from simclrv2.augment._inputs import (
 )
 from simclrv2.augment.blur import random_blur_
 from simclrv2.augment.color import apply_jitter_, random_grayscale_, sample_jitter
-from simclrv2.augment.geometry import random_crop_flip
+from simclrv2.augment.geometry import draw_crop_randoms, random_crop_flip
 from simclrv2.errors import SimCLRv2Error
 
 
@@ -56,6 +56,10 @@ class AugmentConfig:
 def _augment_float(x: Tensor, config: AugmentConfig, generator: torch.Generator,
                    out_size: int | tuple[int, int] | None) -> Tensor:
     x = random_crop_flip(x, generator, config.crop_scale, config.crop_ratio, config.flip_prob, out_size)
+    return _colour_blur(x, config, generator)
+
+
+def _colour_blur(x: Tensor, config: AugmentConfig, generator: torch.Generator) -> Tensor:
     x = apply_jitter_(x, *sample_jitter(x.shape[0], config.jitter_strength, config.jitter_prob, generator))
     x = random_grayscale_(x, config.grayscale_prob, generator)
     return random_blur_(x, config.blur_prob, config.blur_sigma, config.blur_min_side, generator)
@@ -88,3 +92,24 @@ def simclr_views(images: Tensor, config: AugmentConfig, generator: torch.Generat
     if channels_last:
         out = out.contiguous(memory_format=torch.channels_last)
     return out[: images.shape[0]], out[images.shape[0]:]
+
+
+def simclr_views_from_crops(crops: Tensor, config: AugmentConfig, generator: torch.Generator,
+                            channels_last: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`simclr_views` for views already cropped at decode time: ``crops`` is (2B, C, S, S), the first
+    views then the second, each cut with the boxes of ``draw_crop_randoms(2B, generator)`` drawn from this
+    step's generator state. Those draws are made again here (and dropped) so flip, jitter, grey and blur draw
+    exactly what :func:`simclr_views` would draw after its crops."""
+    check_images(crops)
+    x = as_float_images(crops)
+    check_generator(generator, x.device)
+    n = x.shape[0]
+    if n % 2:
+        raise SimCLRv2Error(f"crops must hold two views per image (an even batch), got {n}")
+    draw_crop_randoms(n, generator, x.device)  # the crop draws, already used by the loader
+    flip = torch.rand(n, generator=generator, device=x.device) < config.flip_prob
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    out = _colour_blur(x, config, generator)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out[: n // 2], out[n // 2:]

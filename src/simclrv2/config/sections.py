@@ -33,10 +33,19 @@ class DataConfig:
     # 10 % of the labelled training images up to 5,000; 0: none). They stay in the unlabeled pool.
     val_size: int = -1
     download: bool = False
+    # Pretraining on image folders and WebDataset shards: "memory" decodes everything up front (fastest for small
+    # data), "stream" decodes and crops each step's images in DataLoader workers, "auto" streams above
+    # stream_above images or when the decoded images would fill a quarter of the RAM.
+    stream: str = "auto"
+    stream_above: int = 100_000
+    workers: int = -1  # DataLoader workers of the streaming path (-1: one per CPU core but one, at most 8)
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 0, "data.image_size must be >= 0 (0 keeps the dataset's size)")
         _check(self.channels in (0, 1, 3), "data.channels must be 1 (grey), 3 (RGB) or 0 (the dataset's own)")
+        _check_choice("data", "stream", self.stream, ("auto", "memory", "stream"))
+        _check(self.stream_above >= 0, "data.stream_above must be >= 0 (the image count above which auto streams)")
+        _check(self.workers >= -1, "data.workers must be >= -1 (-1: automatic, 0: decode in the training process)")
         _check(self.train_limit >= 0, "data.train_limit must be >= 0 (0 uses every training image)")
         _check(self.val_size >= -1, "data.val_size must be >= -1 (-1: automatic, 0: no validation split)")
 

@@ -1,10 +1,11 @@
 """The one training engine every stage runs on.
 
 A stage builds a :class:`Task` (model, optimiser, step budget and a ``train_step`` that maps a batch of example
-indices to a loss) and hands it to :func:`fit`; the engine owns the rest, once: per-step seeds and sharding,
-the learning rate as a function of the step, backward and optimiser step, the NaN/inf guard, logging,
-checkpoints (per epoch, every N steps or M minutes, and on SIGTERM/SIGINT/SIGUSR1) and the periodic
-evaluation. :class:`Session` owns the run directory: resume or reuse, and nothing written before the inputs load.
+indices, or the batch its ``batches`` source yields for that step, to a loss) and hands it to :func:`fit`; the
+engine owns the rest, once: per-step seeds and sharding, the learning rate as a function of the step, backward
+and optimiser step, the NaN/inf guard, logging, checkpoints (per epoch, every N steps or M minutes, and on
+SIGTERM/SIGINT/SIGUSR1) and the periodic evaluation. :class:`Session` owns the run directory: resume or reuse,
+and nothing written before the inputs load.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,11 @@ class Budget:
 @dataclass
 class Task:
     """What a stage trains. ``train_step(indices, generator) -> loss`` draws its own views from the generator
-    (seeded per step by the engine) and computes the forward pass and loss of one local batch."""
+    (seeded per step by the engine) and computes the forward pass and loss of one local batch.
+
+    With ``batches`` (streamed data), ``batches(epoch, order, first)`` iterates what ``train_step`` gets in place
+    of the indices for steps ``first …`` of the epoch, given the epoch's (per-process, CPU) order: the engine
+    still owns the order and the step, so resume and sharding are the same on both paths."""
 
     stage: str
     model: nn.Module  # the plain module whose weights are checkpointed (not the DDP wrapper)
@@ -95,13 +100,14 @@ class Task:
     budget: Budget
     peak_lr: float
     num_examples: int
-    train_step: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+    train_step: Callable[[Any, torch.Generator], torch.Tensor]
     checkpoint_content: dict[str, Any]  # what rebuilds the model: kind, architecture, head layer, classes...
     after_step: Callable[[], None] | None = None  # e.g. the EMA memory update
     evaluate: Callable[[int, int], Any] | None = None  # (epoch, step), every ``eval_every`` epochs but the last
     eval_every: int = 0
     extra_state: Callable[[], dict[str, Any]] = dict  # stage state for last.pt (memory queue, EMA model)
     unit: str = "images"  # throughput unit in logs
+    batches: Callable[[int, torch.Tensor, int], Iterator[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,8 +295,10 @@ def fit(task: Task, session: Session) -> FitResult:
     with StopSignals() as signals:
         for epoch in range(step // budget.steps_per_epoch, budget.epochs):
             order = dist.shard_indices(task.num_examples, epoch, run.seed, batch_size=budget.local_batch)
+            first = step - epoch * budget.steps_per_epoch
+            source = task.batches(epoch, order, first) if task.batches is not None else None
             order = order.to(session.device)
-            bar = tqdm(range(step - epoch * budget.steps_per_epoch, budget.steps_per_epoch),
+            bar = tqdm(range(first, budget.steps_per_epoch),
                        desc=f"{stage} {epoch + 1}/{budget.epochs}", disable=not show_progress(run.progress),
                        leave=False, dynamic_ncols=True)
             tick, tick_step = time.perf_counter(), step
@@ -299,8 +307,9 @@ def fit(task: Task, session: Session) -> FitResult:
                 generator.manual_seed(step_seed(run.seed, dist.rank(), step))
                 lr = lr_at(step, budget.total_steps, task.peak_lr, budget.warmup_steps)
                 set_lr(task.optimizer, lr)
-                value = _train_step(task, session, order[i * budget.local_batch:(i + 1) * budget.local_batch],
-                                    generator, step, checkpointer)
+                batch = next(source) if source is not None else (
+                    order[i * budget.local_batch:(i + 1) * budget.local_batch])
+                value = _train_step(task, session, batch, generator, step, checkpointer)
                 skipped += value is None
                 if value is not None:
                     losses.values.append(value)
@@ -334,10 +343,10 @@ def _stop_if_signalled(signals: StopSignals, session: Session, checkpointer: _Ch
                           "the same command and --resume", exit_code=_exit_code(stop))
 
 
-def _train_step(task: Task, session: Session, indices: torch.Tensor, generator: torch.Generator, step: int,
+def _train_step(task: Task, session: Session, batch: Any, generator: torch.Generator, step: int,
                 checkpointer: _Checkpointer) -> float | None:
     """Forward, NaN/inf guard, backward and optimiser step; the loss, or None for a skipped step."""
-    loss = task.train_step(indices, generator)
+    loss = task.train_step(batch, generator)
     value, nonfinite = _check_loss(loss, session.distributed)
     task.optimizer.zero_grad(set_to_none=True)
     if nonfinite:

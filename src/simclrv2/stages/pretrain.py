@@ -2,7 +2,9 @@
 
 For every step: two augmented views of a batch → encoder + projection head (both views in one forward, so BN
 sees 2N images as in the reference) → NT-Xent over all views of all processes → optimiser step at
-``lr_at(step)``. Data and augmentation stay on the training device; nothing per image runs in Python. The kNN
+``lr_at(step)``. Small data and its augmentation stay on the training device; nothing per image runs in Python.
+Large image folders and shards are streamed: workers decode each step's images with the crop done at decode
+time, and flip, colour, grey and blur run batched on the device as they do in memory. The kNN
 monitor scores the encoder on the validation split; the test split is read once, at the end.
 """
 
@@ -16,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from simclrv2 import dist
-from simclrv2.augment import simclr_views
+from simclrv2.augment import draw_crop_randoms, simclr_views, simclr_views_from_crops
 from simclrv2.augment.preview import save_augmentation_preview
 from simclrv2.checkpoint import load_state
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
+from simclrv2.data.streaming import BatchSource, CropDataset, StreamData, choose_stream
 from simclrv2.eval.features import knn_top1
 from simclrv2.logs import get_logger
 from simclrv2.losses import nt_xent_loss
@@ -29,9 +32,10 @@ from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.models.spec import ModelSpec
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.results import StageResult
-from simclrv2.runtime import autocast, prepare_model, resolve_precision
+from simclrv2.runtime import autocast, generator_for, prepare_model, resolve_precision
 from simclrv2.stages.engine import Budget, Session, Task, fit, open_session
 from simclrv2.stages.inputs import TrainingData, load_test, training_data
+from simclrv2.stages.resume import step_seed
 
 STAGE = "pretrain"
 AUGMENTATIONS_FILE = "augmentations.png"  # the report shows it
@@ -54,13 +58,16 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
                            identity_sections=IDENTITY_SECTIONS)
     if session.finished is not None:
         return StageResult.read(session.run_dir)
-    data = training_data(config.data)  # everything that can fail on bad input happens before writing
-    spec = ModelSpec.from_config(config.model, data.train.image_size, data.train.channels)
-    budget = Budget.plan(STAGE, len(data.train), cfg.batch_size, epochs=cfg.epochs,
+    # everything that can fail on bad input happens before writing
+    stream = choose_stream(config.data)
+    data = training_data(config.data) if stream is None else None
+    train = stream if stream is not None else data.train
+    spec = ModelSpec.from_config(config.model, train.image_size, train.channels)
+    budget = Budget.plan(STAGE, len(train), cfg.batch_size, epochs=cfg.epochs,
                          warmup_fraction=cfg.optimizer.warmup_fraction, exact_batch=True)
     session.start()
     device = session.device
-    if dist.is_main() and session.state is None:
+    if dist.is_main() and session.state is None and data is not None:  # streamed data has no tensor to pick from
         preview = data.train.images[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:8]]
         save_augmentation_preview(preview, config.augment, session.run_dir / AUGMENTATIONS_FILE, seed=run.seed)
 
@@ -76,11 +83,15 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     memory = _Memory.build(model, cfg, spec, device, session.state, run.precision)
     forward = dist.wrap_ddp(model, device) if session.distributed else model
     forward = torch.compile(forward) if run.compile else forward
-    images = data.train.images.to(device, non_blocking=True)
+    images = data.train.images.to(device, non_blocking=True) if data is not None else None
     gather = dist.gather_with_grad if session.distributed else None
 
-    def train_step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        view1, view2 = simclr_views(images[indices], config.augment, generator, channels_last=run.channels_last)
+    def train_step(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``batch``: this step's indices into the images in memory, or its streamed (2B, C, S, S) crops."""
+        if images is not None:
+            view1, view2 = simclr_views(images[batch], config.augment, generator, channels_last=run.channels_last)
+        else:
+            view1, view2 = simclr_views_from_crops(batch, config.augment, generator, channels_last=run.channels_last)
         with autocast(device, run.precision):
             z1, z2 = forward(torch.cat([view1, view2])).chunk(2)  # (N, D) each
         negatives = memory.queue.negatives() if memory else None
@@ -88,19 +99,21 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
             memory.pending = (view1, view2)
         return nt_xent_loss(z1, z2, cfg.temperature, gather=gather, extra_negatives=negatives)
 
-    knn = _knn_sets(data, run.knn_bank_size)
+    knn = _knn_sets(data, run.knn_bank_size) if data is not None else None
+    if data is None:
+        get_logger().info("kNN monitor off: the training images are streamed")
     knn_init = session.state.get("knn_top1_at_init") if session.state else _knn(config, model, knn, session, 0, 0)
     get_logger().info(
-        f"pretraining {spec.describe()} on {data.train.name} ({len(data.train)} images, {data.train.image_size}px) "
+        f"pretraining {spec.describe()} on {train.name} ({len(train)} images, {train.image_size}px) "
         f"for {budget.epochs} epochs of {budget.steps_per_epoch} steps, batch {budget.batch_size}, peak lr "
         f"{peak_lr:.3g} ({cfg.optimizer.name}), {device}, {resolve_precision(run.precision, device)}")
     task = Task(
-        stage=STAGE, model=model, optimizer=optimizer, budget=budget, peak_lr=peak_lr, num_examples=len(data.train),
+        stage=STAGE, model=model, optimizer=optimizer, budget=budget, peak_lr=peak_lr, num_examples=len(train),
         train_step=train_step, after_step=memory.update if memory else None,
         evaluate=lambda epoch, step: _knn(config, model, knn, session, epoch, step), eval_every=run.knn_every,
         extra_state=lambda: {**(memory.state() if memory else {}), "knn_top1_at_init": knn_init},
-        checkpoint_content={"kind": "simclr", "architecture": spec.to_dict(), "image_size": data.train.image_size},
-        unit="pairs",
+        checkpoint_content={"kind": "simclr", "architecture": spec.to_dict(), "image_size": train.image_size},
+        unit="pairs", batches=_batch_source(stream, config, budget, device) if stream is not None else None,
     )
     result = fit(task, session)
     knn_final = _knn(config, model, knn, session, budget.epochs, result.step)
@@ -119,6 +132,20 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         get_logger().info(f"pretraining done: {shown}; checkpoint {checkpoint}")
     dist.barrier()
     return outcome
+
+
+def _batch_source(stream: StreamData, config: Config, budget: Budget, device: torch.device) -> BatchSource:
+    """Workers decode and crop each step's images; the crop uniforms come from a generator seeded as the engine
+    seeds the step, so the views are those the in-memory path draws for the same seed."""
+    generator, seed, rank = generator_for(device, 0), config.run.seed, dist.rank()
+
+    def plan(step: int, n: int) -> torch.Tensor:
+        generator.manual_seed(step_seed(seed, rank, step))
+        return draw_crop_randoms(2 * n, generator)
+
+    aug = config.augment
+    dataset = CropDataset(stream.source, stream.image_size, stream.channels, aug.crop_scale, aug.crop_ratio)
+    return BatchSource(dataset, budget.local_batch, budget.steps_per_epoch, plan, stream.workers, device)
 
 
 def _knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
@@ -148,8 +175,10 @@ def _knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: in
 
 
 def _test_knn(config: Config, model, knn: KnnSets | None, device: torch.device) -> float | None:
+    if knn is None:
+        return None
     test = load_test(config.data)
-    if knn is None or test is None:
+    if test is None:
         return None
     run = config.run
     return knn_top1(model.encoder, knn.bank, test, device, k=run.knn_k, temperature=run.knn_temperature,

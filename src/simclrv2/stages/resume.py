@@ -7,6 +7,8 @@ from typing import Any
 from simclrv2.config import config_to_dict
 from simclrv2.errors import SimCLRv2Error
 
+# options that change how fast a run goes, not what it computes: a resumed run may change them
+NOT_IDENTITY = frozenset({"data.workers"})
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads (seed, rank, step) over the seed space
 
 
@@ -24,6 +26,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], sections:
     for section in sections:
         old, new = saved.get(section, {}), current.get(section, {})
         for key in sorted(set(old) | set(new)):
+            if f"{section}.{key}" in NOT_IDENTITY:
+                continue
             a, b = old.get(key), new.get(key)
             if isinstance(a, list):
                 a = tuple(a)
