@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from simclrv2.data.folder import FOLDER_IMAGE_SIZE
+from simclrv2.data.folder import MAX_AUTO_SIZE
 from simclrv2.data.streaming.decode import ImageSource
 from simclrv2.data.streaming.index import folder_index
 from simclrv2.data.streaming.loader import default_workers
@@ -55,7 +55,7 @@ def choose_stream(data) -> StreamData | None:
     if not data.data_dir:
         raise SimCLRv2Error(f"the {data.dataset} dataset reads data.data_dir; set it to the folder of images "
                             "or of shards")
-    size = data.image_size or FOLDER_IMAGE_SIZE
+    size = data.image_size or MAX_AUTO_SIZE  # a streamed folder is not probed: set data.image_size to choose
     workers = default_workers() if data.workers < 0 else data.workers
     if data.dataset == "webdataset":
         if data.stream == "memory":
@@ -65,7 +65,7 @@ def choose_stream(data) -> StreamData | None:
         source = shard_index(data.data_dir)
         log.info(f"data: streaming {len(source)} images from the WebDataset shards in {data.data_dir} "
                  f"({workers} workers)")
-        return StreamData(source, size, 3, f"webdataset/{Path(data.data_dir).name}", workers)
+        return StreamData(source, size, data.channels or 3, f"webdataset/{Path(data.data_dir).name}", workers)
     if data.stream == "memory":
         log.info("data: in memory (data.stream = 'memory')")
         return None
@@ -86,4 +86,4 @@ def choose_stream(data) -> StreamData | None:
                  f"{data.stream_above} and under a quarter of the RAM)")
         return None
     log.info(f"data: streaming {n} images from {source.root} ({why}), cropped at decode time in {workers} workers")
-    return StreamData(source, size, 3, f"folder/{data.train_split}", workers)
+    return StreamData(source, size, data.channels or 3, f"folder/{data.train_split}", workers)
