@@ -115,3 +115,16 @@ def test_resume_drops_log_records_past_the_checkpoint(tmp_path):
                     '{"stage": "other", "step": 9}\n{"stage": "toy", "event": "knn"}\n')
     engine._truncate_metrics(path, "toy", 2)
     assert [r.get("step") for r in read_metrics(path)] == [1, 2, 9, None]
+
+
+def test_metrics_also_go_to_tensorboard_when_it_is_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    budget = Budget.plan("toy", 8, 2, epochs=1)
+    session = _session(tmp_path)
+    fit(_toy_task([1.0, 0.5, 0.25, 0.125], budget), session)
+    events = EventAccumulator(str(session.run_dir / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("toy/loss")]
+    assert losses == [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.125)]

@@ -26,7 +26,7 @@ from simclrv2.models.spec import ModelSpec
 FORMAT = "simclrv2-checkpoint"
 FORMAT_VERSION = 1
 RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoints", "result.json", "labelled_subset.txt",
-             "pipeline.json", "summary.json", "embeddings.pt", "report", "augmentations.png")
+             "pipeline.json", "summary.json", "embeddings.pt", "report", "augmentations.png", "tensorboard")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -172,9 +172,10 @@ def find_checkpoint(run_dir: Path) -> Path:
 class MetricsLog:
     """Appends one JSON object per line; each line is flushed so a crash loses at most the current line."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    def __init__(self, path: Path, enabled: bool = True, sinks: tuple[Any, ...] = ()) -> None:
         self.path = path
         self.enabled = enabled
+        self.sinks = sinks  # more places the same records go (TensorBoard): objects with write(record)
 
     def write(self, **record: Any) -> None:
         if not self.enabled:
@@ -182,6 +183,8 @@ class MetricsLog:
         record.setdefault("time", round(time.time(), 3))
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.write(record)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

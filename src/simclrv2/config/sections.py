@@ -136,6 +136,7 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     progress: bool = True  # a progress bar when the output is a terminal
     log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
+    tensorboard: bool = True  # also write TensorBoard scalars to RUN/tensorboard when tensorboard is installed
     knn_every: int = 5  # pretraining epochs between kNN evaluations on the validation split (0: start and end)
     knn_k: int = 200
     knn_temperature: float = 0.1

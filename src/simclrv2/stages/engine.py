@@ -41,6 +41,7 @@ from simclrv2.optim import lr_at, set_lr
 from simclrv2.provenance import provenance
 from simclrv2.runtime import generator_for, resolve_device, set_threads
 from simclrv2.stages.resume import check_resumable, step_seed
+from simclrv2.tensorboard import tensorboard_sink
 
 # fewer optimiser steps than this and a stage cannot be expected to train: it says so
 MIN_SENSIBLE_STEPS = 100
@@ -155,7 +156,8 @@ class Session:
             if self.resume:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.stage, self.start_step)
         dist.barrier()
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=dist.is_main())
+        sink = tensorboard_sink(self.run_dir / "tensorboard", self.run.tensorboard) if dist.is_main() else None
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=dist.is_main(), sinks=(sink,) if sink else ())
         self.provenance = provenance(self.device, self.run.precision)
 
     def save(self, name: str, task: Task, step: int, final: bool = False, **extra: Any) -> Path:

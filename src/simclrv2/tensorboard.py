@@ -1,0 +1,53 @@
+"""TensorBoard scalars beside ``metrics.jsonl``, when the optional ``tensorboard`` package is installed
+(``pip install 'simclrv2[tensorboard]'``): the JSON lines stay the record, TensorBoard is a way to look at them."""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import Any
+
+from simclrv2.logs import get_logger
+
+SKIPPED_KEYS = ("step", "epoch", "time", "event", "stage")
+
+
+def tensorboard_available() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorBoardSink:
+    """Writes every numeric field of a metrics record as the scalar ``stage/key`` at the record's step."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record.get("step")
+        if step is None:
+            return
+        stage = record.get("stage", "run")
+        for key, value in record.items():
+            if key not in SKIPPED_KEYS and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{stage}/{key}", float(value), int(step))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_sink(log_dir: Path, wanted: bool) -> TensorBoardSink | None:
+    """A sink when asked for and installed; one line saying how to get it when asked for and missing."""
+    if not wanted:
+        return None
+    if not tensorboard_available():
+        get_logger().info("TensorBoard logging off: pip install 'simclrv2[tensorboard]' to turn it on "
+                          "(metrics.jsonl has every value)")
+        return None
+    return TensorBoardSink(log_dir)
