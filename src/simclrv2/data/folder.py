@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +199,7 @@ def _parallel(function: Callable[[T], R], items: list[T], desc: str) -> Iterator
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
         yield from tqdm(pool.map(function, items), total=len(items), desc=desc, unit="img",
-                        disable=len(items) <= _PROGRESS_FROM)
+                        disable=len(items) <= _PROGRESS_FROM or not sys.stderr.isatty())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -6,6 +6,7 @@ reshaped to (N, 3, 96, 96) holds every image transposed; the reader swaps the la
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ def read_stl10(directory: Path, split: str) -> ImageDataset:
     total = sum(s.shape[0] for s in sources)
     images = torch.empty((total, 3, _SIDE, _SIDE), dtype=torch.uint8)
     out = images.numpy()  # shares memory with `images`
-    with tqdm(total=total, desc=f"reading stl10/{split}", unit="img", disable=total <= 20_000) as bar:
+    with tqdm(total=total, desc=f"reading stl10/{split}", unit="img", disable=total <= 20_000 or not sys.stderr.isatty()) as bar:
         start = 0
         for source in sources:
             for i in range(0, source.shape[0], _CHUNK):
