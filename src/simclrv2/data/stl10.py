@@ -83,7 +83,8 @@ def read_stl10(directory: Path, split: str) -> ImageDataset:
     total = sum(s.shape[0] for s in sources)
     images = torch.empty((total, 3, _SIDE, _SIDE), dtype=torch.uint8)
     out = images.numpy()  # shares memory with `images`
-    with tqdm(total=total, desc=f"reading stl10/{split}", unit="img", disable=total <= 20_000 or not sys.stderr.isatty()) as bar:
+    quiet = total <= 20_000 or not sys.stderr.isatty()
+    with tqdm(total=total, desc=f"reading stl10/{split}", unit="img", disable=quiet) as bar:
         start = 0
         for source in sources:
             for i in range(0, source.shape[0], _CHUNK):
