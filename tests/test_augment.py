@@ -406,3 +406,28 @@ def test_bad_images_raise_a_clear_error(bad):
 def test_a_missing_generator_raises_a_clear_error():
     with pytest.raises(SimCLRv2Error, match="Generator"):
         simclr_views(images(), AugmentConfig(), None)
+
+
+def test_pad_crop_flip_matches_a_per_image_loop():
+    """Against a naive reference: pad with zeros, take the window at the drawn offset, flip if drawn."""
+    from simclrv2.augment import pad_crop_flip
+
+    images = torch.randint(0, 256, (6, 3, 9, 9), dtype=torch.uint8)
+    out = pad_crop_flip(images, torch.Generator().manual_seed(5), padding=3, flip_prob=0.5)
+    g = torch.Generator().manual_seed(5)
+    offsets = torch.randint(0, 7, (6, 2), generator=g)
+    flips = torch.rand(6, generator=g) < 0.5
+    padded = torch.nn.functional.pad(images.float() / 255, (3, 3, 3, 3))
+    for i in range(6):
+        y, x = offsets[i].tolist()
+        window = padded[i, :, y:y + 9, x:x + 9]
+        expected = window.flip(2) if flips[i] else window
+        torch.testing.assert_close(out[i], expected)
+
+
+def test_pad_crop_flip_without_padding_or_flips_is_the_identity():
+    from simclrv2.augment import pad_crop_flip
+
+    images = torch.randint(0, 256, (4, 1, 7, 7), dtype=torch.uint8)
+    out = pad_crop_flip(images, torch.Generator().manual_seed(0), padding=0, flip_prob=0.0)
+    torch.testing.assert_close(out, images.float() / 255)

@@ -51,9 +51,11 @@ class ClassifierSetup:
     data_config: Any = None  # the [data] section the test split is read with (default: the session's)
 
 
-def make_views(cfg: Any, channels_last: bool) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """The stage's training views: random resized crop + flip (SPEC), or pad-4 crop + flip (``crop = "pad"``)."""
-    if cfg.crop == "pad":
+def make_views(cfg: Any, image_size: int, channels_last: bool
+               ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The stage's training views: random resized crop + flip (SPEC), or pad-4 crop + flip (``crop = "pad"``, and
+    ``"auto"`` at <= 32 px)."""
+    if cfg.crop == "pad" or (cfg.crop == "auto" and image_size <= 32):
         return lambda x, g: pad_crop_flip(x, g, padding=4, flip_prob=cfg.flip_prob, channels_last=channels_last)
     return lambda x, g: crop_flip(x, g, crop_scale=cfg.crop_scale, flip_prob=cfg.flip_prob,
                                   channels_last=channels_last)
@@ -99,7 +101,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
     forward = dist.wrap_ddp(model, device) if session.distributed else model
     forward = torch.compile(forward) if run.compile else forward
     images = setup.images.to(device)
-    views_of = make_views(cfg, run.channels_last)
+    views_of = make_views(cfg, images.shape[-1], run.channels_last)
     val = data.val
 
     def train_step(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
