@@ -149,6 +149,5 @@ def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_re
         assert json.loads((tmp_path / f"eval-{name}" / "result.json").read_text())["test"]["top1"] == reported
     subset = (tmp_path / "ft2" / "labelled_subset.txt").read_text()
     assert subset == (Path(single.run_dir) / "labelled_subset.txt").read_text()
-    assert sorted(p.name for p in (tmp_path / "ft2").iterdir()) == ["checkpoints", "config.toml",
-                                                                    "labelled_subset.txt", "metrics.jsonl",
-                                                                    "result.json"]
+    written = {p.name for p in (tmp_path / "ft2").iterdir()} - {"tensorboard"}  # only with the extra installed
+    assert sorted(written) == ["checkpoints", "config.toml", "labelled_subset.txt", "metrics.jsonl", "result.json"]
