@@ -61,6 +61,8 @@ def test_pipeline_runs_every_stage_and_writes_the_table(pipeline_run):
     assert all(r.val_top1 is not None and r.test_top1 is not None for r in summary.rows)
     assert PipelineSummary.read(run_dir) == summary
     assert (run_dir / "embeddings.pt").is_file()
+    page = (run_dir / "report" / "index.html").read_text()
+    assert summary.best.method in page and "augmentations.png" in page
     table = summary.format_table()
     assert "distilled student" in table and "10%" in table
 
