@@ -40,6 +40,7 @@ def finetuned(tmp_path_factory, tiny_fashion, pretrained):
     run_dir = tmp_path_factory.mktemp("stages") / "finetune"
     config = quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained, "finetune.labels": "10%",
                                                   "finetune.epochs": 3, "finetune.min_steps": 80,
+                                                  "finetune.optimizer.name": "adamw",
                                                   "finetune.optimizer.base_lr": 3e-3,
                                                   "finetune.eval_every": 1})
     return run_dir, finetune(config, run_dir)
@@ -110,6 +111,7 @@ def test_finetuning_from_a_classifier_checkpoint_is_refused(tmp_path, quick_conf
 
 def test_supervised_baseline_uses_the_same_subset(tmp_path, quick_config, finetuned):
     result = supervised(quick_config(**{"finetune.labels": "10%", "supervised.min_steps": 80,
+                                         "supervised.optimizer.name": "adamw",
                                          "supervised.optimizer.base_lr": 3e-3}), tmp_path / "sup")
     assert (tmp_path / "sup" / "labelled_subset.txt").read_text() == (finetuned[0] / "labelled_subset.txt").read_text()
     assert load_checkpoint(tmp_path / "sup")["stage"] == "supervised"
