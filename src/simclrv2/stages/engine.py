@@ -369,8 +369,9 @@ def _train_step(task: Task, session: Session, batch: Any, generator: torch.Gener
 def _end_of_epoch(task: Task, session: Session, checkpointer: _Checkpointer, done: int, step: int,
                   loss: float | None, items_per_s: float) -> None:
     epochs = task.budget.epochs
-    shown = f"{loss:.4f}" if loss is not None else "-"
-    get_logger().info(f"{task.stage}: epoch {done}/{epochs}, loss {shown}, {items_per_s:.0f} {task.unit}/s")
+    if done % max(1, epochs // 10) == 0 or done == epochs:  # about ten lines per stage, however many epochs
+        shown = f"{loss:.4f}" if loss is not None else "-"
+        get_logger().info(f"{task.stage}: epoch {done}/{epochs}, loss {shown}, {items_per_s:.0f} {task.unit}/s")
     if task.evaluate is not None and task.eval_every and done % task.eval_every == 0 and done < epochs:
         task.evaluate(done, step)
     if done % session.run.checkpoint_every == 0 and done < epochs:
