@@ -25,7 +25,7 @@ from simclrv2.models import Classifier
 from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.models.spec import ModelSpec
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
-from simclrv2.results import ClassificationScores, StageResult
+from simclrv2.results import ClassificationScores, EvalRecord, StageResult, metrics_record
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.engine import Budget, Session, Task, fit
 from simclrv2.stages.inputs import TrainingData, load_test
@@ -116,7 +116,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
         top1 = None
         if dist.is_main():
             top1 = _scores(model, val, setup.classes, session).top1
-            session.log.write(event="eval", stage=stage, epoch=epoch, step=step, val_top1=top1)
+            session.log.write(**metrics_record(EvalRecord(step, epoch, top1)), stage=stage)
             get_logger().info(f"{stage}: validation top-1 after {epoch} epochs: {top1:.4f}")
         dist.barrier()
         return top1

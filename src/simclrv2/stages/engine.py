@@ -39,6 +39,7 @@ from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.logs import get_logger, show_progress
 from simclrv2.optim import lr_at, set_lr
 from simclrv2.provenance import provenance
+from simclrv2.results import TrainRecord, metrics_record
 from simclrv2.runtime import generator_for, resolve_device, set_threads
 from simclrv2.stages.resume import check_resumable, step_seed
 from simclrv2.tensorboard import tensorboard_sink
@@ -322,8 +323,9 @@ def fit(task: Task, session: Session) -> FitResult:
                     mean = losses.close()
                     if mean is not None:
                         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.3g}")
-                        session.log.write(event="train", stage=stage, epoch=epoch + (i + 1) / budget.steps_per_epoch,
-                                          step=step, loss=mean, lr=lr, items_per_s=items_per_s, skipped=skipped)
+                        record = TrainRecord(step, epoch + (i + 1) / budget.steps_per_epoch, mean, lr)
+                        session.log.write(**metrics_record(record), stage=stage, items_per_s=items_per_s,
+                                          skipped=skipped)
                 if checkpointer.due(step) and step < budget.total_steps:
                     checkpointer.save(step)
             bar.close()

@@ -31,7 +31,7 @@ from simclrv2.memory import NegativeQueue, ema_update
 from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.models.spec import ModelSpec
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
-from simclrv2.results import StageResult
+from simclrv2.results import KnnRecord, StageResult, metrics_record
 from simclrv2.runtime import autocast, generator_for, prepare_model, resolve_precision
 from simclrv2.stages.engine import Budget, Session, Task, fit, open_session
 from simclrv2.stages.inputs import TrainingData, load_test, training_data
@@ -168,7 +168,7 @@ def _knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: in
         run = config.run
         accuracy = knn_top1(model.encoder, knn.bank, knn.queries, session.device, k=run.knn_k,
                             temperature=run.knn_temperature, batch_size=run.eval_batch_size, precision=run.precision)
-        session.log.write(event="knn", stage=STAGE, epoch=epoch, step=step, knn_top1=accuracy)
+        session.log.write(**metrics_record(KnnRecord(step, epoch, accuracy)), stage=STAGE)
         get_logger().info(f"kNN top-1 on validation after {epoch} epochs: {accuracy:.4f}")
     dist.barrier()
     return accuracy
