@@ -126,19 +126,29 @@ def read_pretrained(path: str | Path) -> tuple[ModelSpec, SimCLRModel]:
     """The SimCLR model (encoder + projection head) of a pretraining run directory or checkpoint."""
     if not str(path):
         raise SimCLRv2Error("no pretrained model given: set finetune.pretrained to a pretraining run directory")
-    payload = load_checkpoint(path)
+    return pretrained_from(load_checkpoint(path), str(path))
+
+
+def pretrained_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, SimCLRModel]:
+    """:func:`read_pretrained` on a payload already loaded (a stage that also needs its other fields)."""
     if payload.get("kind") != "simclr":
-        raise SimCLRv2Error(f"{path} is a {payload.get('stage')!r} checkpoint, not a pretraining run")
+        raise SimCLRv2Error(f"{source} is a {payload.get('stage')!r} checkpoint, not a pretraining run")
     spec = ModelSpec.from_dict(payload["architecture"])
     model = spec.build_simclr()
-    load_state(model, payload["model"], str(path))
+    load_state(model, payload["model"], source)
     return spec, model
 
 
 def read_classifier(path: str | Path) -> tuple[ModelSpec, Classifier, dict[str, Any]]:
-    """(spec, model, payload) of a fine-tuned, supervised or distilled checkpoint; ``model.head_layer`` and
+    """(spec, model, payload) of a fine-tuned, supervised or distilled checkpoint; ``payload["head_layer"]`` and
     ``payload["classes"]`` say what it predicts."""
     payload = load_checkpoint(path)
+    spec, model = classifier_from(payload, str(path))
+    return spec, model, payload
+
+
+def classifier_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, Classifier]:
+    """:func:`read_classifier` on a payload already loaded."""
     if payload.get("kind") != "classifier":
         raise SimCLRv2Error(
             f"checkpoint from stage {payload.get('stage')!r} holds no classifier; pass a fine-tuned, supervised "
@@ -146,17 +156,14 @@ def read_classifier(path: str | Path) -> tuple[ModelSpec, Classifier, dict[str, 
         )
     spec = ModelSpec.from_dict(payload["architecture"])
     model = spec.build_classifier(int(payload["head_layer"]), int(payload["num_classes"]))
-    load_state(model, payload["model"], str(path))
-    return spec, model, payload
+    load_state(model, payload["model"], source)
+    return spec, model
 
 
-def read_encoder(path: str | Path) -> tuple[ModelSpec, nn.Module]:
-    """The encoder of a pretraining checkpoint, or the fine-tuned encoder of a classifier checkpoint."""
-    payload = load_checkpoint(path)
-    if payload.get("kind") == "classifier":
-        spec, model, _ = read_classifier(path)
-    else:
-        spec, model = read_pretrained(path)
+def encoder_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, nn.Module]:
+    """The encoder of a pretraining payload, or the fine-tuned encoder of a classifier payload."""
+    read = classifier_from if payload.get("kind") == "classifier" else pretrained_from
+    spec, model = read(payload, source)
     return spec, model.encoder
 
 

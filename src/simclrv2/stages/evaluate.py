@@ -19,10 +19,10 @@ from simclrv2 import dist
 from simclrv2.checkpoint import (
     atomic_write_text,
     check_run_dir,
+    classifier_from,
+    encoder_from,
     load_checkpoint,
     prepare_run_dir,
-    read_classifier,
-    read_encoder,
 )
 from simclrv2.config import Config, to_toml
 from simclrv2.data import ImageDataset
@@ -71,7 +71,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     labelled = data.labelled
     labelled.require_labels("evaluation")
     if cfg.mode == "classifier":
-        spec, model, payload = read_classifier(cfg.checkpoint)
+        spec, model = classifier_from(payload, str(cfg.checkpoint))
         if payload["num_classes"] != labelled.num_classes:
             raise SimCLRv2Error(f"the model predicts {payload['num_classes']} classes but {labelled.name} has "
                                 f"{labelled.num_classes}")
@@ -82,7 +82,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
 
         details = {"head_layer": int(payload["head_layer"])}
     else:
-        spec, encoder = read_encoder(cfg.checkpoint)
+        spec, encoder = encoder_from(payload, str(cfg.checkpoint))
         predict, details = _feature_classifier(config, encoder.to(device), data, device)
     spec.check_data(labelled.channels, str(cfg.checkpoint))
     spec.check_model_options(config.model, labelled.image_size, str(cfg.checkpoint))
