@@ -1,12 +1,14 @@
 """Streaming benchmark (issue 16): a JPEG folder made from the Fashion-MNIST training images upscaled to RGB, and
 a folder 10x larger made of hard links to the same files (it tests the file list and memory, not the disk).
 
-Measures, each in a fresh process: the loader alone (images/s through the DataLoader workers, crops at decode
-time), pretraining end to end (ResNet-18 pairs/s after the first step), time to the first finished step, and
-peak RSS of the training process plus its workers. lightly 1.6.0 is driven on the same folder when its venv
-exists (see the shared bench README); otherwise the table says so.
+Measures, each in a fresh process, ours and lightly 1.6.0 (driven on the same folder by ``lightly_folder.py`` in
+the peer venv of the shared bench folder, when it exists): the loader alone (pairs/s of finished views through
+the same number of DataLoader workers: ours crops at decode time in the workers and augments the batch in the
+main process, lightly runs its whole transform per image in the workers), pretraining a ResNet-18 end to end
+(pairs/s after the first step), time to the first finished step, and peak RSS of the process plus its workers.
 
-    python benchmarks/streaming_benchmark.py --images 6000 --size 96 --steps 12 --readme
+    python benchmarks/streaming_benchmark.py --images 60000 --size 96 --copies 10 --readme
+    python benchmarks/streaming_benchmark.py --images 60000 --size 224 --copies 0 --readme
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +27,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK_START, MARK_END = "<!-- streaming-benchmark -->", "<!-- /streaming-benchmark -->"
 LIGHTLY_PYTHON = Path.home() / ".cache" / "simclrv2-peers-venv" / "bin" / "python"
 
 
-def make_folders(work: Path, images: int, size: int, copies: int) -> tuple[Path, Path]:
-    """``work/small``: ``images`` JPEGs in class folders; ``work/large``: ``copies`` hard links to each."""
+def make_folders(work: Path, images: int, size: int, copies: int) -> tuple[Path, Path | None]:
+    """``work/small``: ``images`` JPEGs in class folders; ``work/large``: ``copies`` hard links to each (none
+    when ``copies`` is 0). Each is built under a ``.partial`` name, so an interrupted build starts again."""
     from PIL import Image
 
     from simclrv2.data import find_data_dir
@@ -39,14 +42,18 @@ def make_folders(work: Path, images: int, size: int, copies: int) -> tuple[Path,
     if not small.is_dir():
         data = read_idx_split(find_data_dir("fashion-mnist"), "train", "fashion-mnist", FASHION_MNIST_CLASSES)
         partial = small.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
         for i in range(images):
             folder = partial / f"{int(data.labels[i]):02d}"
             folder.mkdir(parents=True, exist_ok=True)
             grey = Image.fromarray(data.images[i, 0].numpy()).resize((size, size), Image.Resampling.BICUBIC)
             grey.convert("RGB").save(folder / f"{i:06d}.jpg", quality=90)
         partial.rename(small)
+    if copies == 0:
+        return small, None
     if not large.is_dir():
         partial = large.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
         for path in sorted(small.rglob("*.jpg")):
             folder = partial / path.parent.name
             folder.mkdir(parents=True, exist_ok=True)
@@ -70,29 +77,31 @@ def peak_rss_mb() -> float:
     return total
 
 
-def measure_loader(folder: Path, size: int, workers: int, batch: int, steps: int) -> dict:
+def measure_loader(folder: Path, size: int, workers: int, batch: int, steps: int, precision: str) -> dict:
+    """Finished views: crops decoded in the workers, then the batched flip/jitter/grey/blur of pretraining."""
     import torch
 
-    from simclrv2.augment import draw_crop_randoms
+    from simclrv2.augment import AugmentConfig, draw_crop_randoms, simclr_views_from_crops
     from simclrv2.data.streaming import BatchSource, CropDataset, folder_index
 
     start = time.perf_counter()
     index = folder_index(folder)
+    augment = AugmentConfig()
     generator = torch.Generator()
     plan = lambda step, n: draw_crop_randoms(2 * n, generator.manual_seed(step))  # noqa: E731
-    source = BatchSource(CropDataset(index, size, 3, (0.08, 1.0), (0.75, 4 / 3)), batch, steps + 1, plan,
-                         workers, torch.device("cpu"))
+    source = BatchSource(CropDataset(index, size, 3, augment.crop_scale, augment.crop_ratio), batch, steps + 1,
+                         plan, workers, torch.device("cpu"))
     order = torch.randperm(len(index), generator=torch.Generator().manual_seed(0))
-    batches = source(0, order, 0)
-    next(batches)
-    first, tick = time.perf_counter() - start, time.perf_counter()
-    for _ in batches:
-        pass
-    return {"images_per_s": steps * batch / (time.perf_counter() - tick), "first_batch_s": first,
+    views = torch.Generator()
+    for step, crops in enumerate(source(0, order, 0)):
+        simclr_views_from_crops(crops, augment, views.manual_seed(step))
+        if step == 0:
+            first, tick = time.perf_counter() - start, time.perf_counter()
+    return {"pairs_per_s": steps * batch / (time.perf_counter() - tick), "first_batch_s": first,
             "peak_rss_mb": peak_rss_mb(), "images": len(index)}
 
 
-def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int) -> dict:
+def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int, precision: str) -> dict:
     """Pretraining through the real stage, stopped by SIGTERM after ``steps`` steps (the engine's clean stop)."""
     from simclrv2.config import load_config
     from simclrv2.errors import Interrupted
@@ -113,7 +122,7 @@ def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int)
     config = load_config(None, {
         "data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(size), "data.val_size": "0",
         "data.stream": "stream", "data.workers": str(workers), "pretrain.batch_size": str(batch),
-        "run.progress": "false", "run.precision": "fp32", "run.knn_every": "0", "run.log_every": "1000000"})
+        "run.progress": "false", "run.precision": precision, "run.knn_every": "0", "run.log_every": "1000000"})
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         try:
@@ -124,84 +133,129 @@ def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int)
             "peak_rss_mb": peak_rss_mb()}
 
 
-def _child(kind: str, folder: Path, args: argparse.Namespace) -> dict:
+def _child(library: str, kind: str, folder: Path, args: argparse.Namespace, precision: str = "auto") -> dict:
     """Runs one measurement in a fresh process, so peak RSS and start-up time are its own."""
-    cmd = [sys.executable, __file__, "--measure", kind, "--folder", str(folder), "--size", str(args.size),
-           "--workers", str(args.workers), "--steps", str(args.steps), "--batch", str(args.batch)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    batch = args.loader_batch if kind == "loader" else args.batch
+    common = ["--measure", kind, "--folder", str(folder), "--size", str(args.size), "--workers", str(args.workers),
+              "--steps", str(args.steps), "--batch", str(batch)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
+    if library == "ours":
+        cmd = [sys.executable, __file__, *common, "--precision", precision]
+        env["PYTHONPATH"] = str(ROOT / "src")
+    else:
+        cmd = [str(args.lightly_python), str(Path(__file__).with_name("lightly_folder.py")), *common]
+        env["PYTHONPATH"] = str(Path(__file__).parent)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
-        raise SystemExit(f"{kind} on {folder} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{library} {kind} on {folder} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        bf16 = "avx512_bf16" in fields.get("Flags", "") or "amx_bf16" in fields.get("Flags", "")
+        return f"{fields['Model name'].strip()} ({'with' if bf16 else 'without'} native bf16)"
+    except (OSError, KeyError):
         return platform.processor() or "unknown CPU"
 
 
+def _ratio(ours: float, theirs: float | None, lower_is_better: bool = False) -> str:
+    if not theirs:
+        return "-"
+    return f"{(theirs / ours if lower_is_better else ours / theirs):.2f}x"
+
+
+def _folder_lines(folder: str, ours: dict, peer: dict) -> list[str]:
+    lines = []
+
+    def line(measure: str, mine: float, theirs: float | None, unit: str, lower: bool = False) -> None:
+        shown = f"{theirs:.1f}{unit}" if theirs is not None else "-"
+        lines.append(f"| {folder} | {measure} | {mine:.1f}{unit} | {shown} | {_ratio(mine, theirs, lower)} |")
+
+    peer_train = peer.get("train", {})
+    line("loader alone, pairs/s", ours["loader"]["pairs_per_s"], peer.get("loader", {}).get("pairs_per_s"), "")
+    for precision, train in ours["train"].items():
+        line(f"end to end, pairs/s (ours {precision})", train["pairs_per_s"], peer_train.get("pairs_per_s"), "")
+    default = next(iter(ours["train"].values()))
+    line("time to first step", default["first_step_s"], peer_train.get("first_step_s"), " s", lower=True)
+    line("training peak RSS (process + workers)", default["peak_rss_mb"], peer_train.get("peak_rss_mb"), " MB",
+         lower=True)
+    return lines
+
+
 def table(args: argparse.Namespace, rows: dict[str, dict]) -> str:
-    lightly = ("lightly 1.6.0: measured beside us" if LIGHTLY_PYTHON.is_file() else
-               "lightly 1.6.0: not installed here (its venv from the shared bench setup is missing), so only ours")
+    """One line per measure and folder: ours, lightly's and how many times better ours is (> 1: ours better)."""
+    lightly = "lightly 1.6.0 beside us" if args.lightly else "lightly 1.6.0 not installed here, so only ours"
     lines = [f"{cpu_model()}, {os.cpu_count()} cores (shared); {args.size} px RGB JPEGs from Fashion-MNIST, "
-             f"{args.workers} workers, ResNet-18 width 1, batch {args.batch} (loader batch {args.loader_batch}), "
-             f"{args.steps} steps; {lightly}.", "",
-             "| folder | images | loader images/s | loader peak RSS | first batch | train pairs/s | "
-             "time to first step | train peak RSS |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{args.workers} DataLoader workers, ResNet-18 (width 1), training batch {args.batch}, loader batch "
+             f"{args.loader_batch}, {args.steps} timed steps; {lightly}; one run.", "",
+             "| folder | measure | ours | lightly | ours ÷ lightly |", "|---|---|---:|---:|---:|"]
     for name, row in rows.items():
-        loader, train = row["loader"], row["train"]
-        lines.append(f"| {name} | {loader['images']:,} | {loader['images_per_s']:.0f} | "
-                     f"{loader['peak_rss_mb']:.0f} MB | {loader['first_batch_s']:.1f} s | {train['pairs_per_s']:.1f} | "
-                     f"{train['first_step_s']:.1f} s | {train['peak_rss_mb']:.0f} MB |")
-    small, large = rows.values()
-    growth = large["train"]["peak_rss_mb"] / small["train"]["peak_rss_mb"] - 1
-    lines += ["", f"Training peak RSS grows {growth:+.1%} from the small folder to the {args.copies}x one "
-              "(goal: < 10 %)."]
+        lines += _folder_lines(f"{name} ({row['ours']['loader']['images']:,} images)", row["ours"],
+                               row.get("lightly", {}))
+    if len(rows) == 2:
+        small, large = (next(iter(row["ours"]["train"].values())) for row in rows.values())
+        growth = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
+        lines += ["", f"Our training peak RSS grows {growth:+.1%} from the small folder to the {args.copies}x one "
+                  "(goal: < 10 %, at most 2 GB)."]
+    lines += ["", "Ours at `auto` precision is bf16 autocast on CPUs with native bf16, fp32 elsewhere; lightly runs "
+              "fp32. Peak RSS adds the process and its workers, so pages they share count more than once."]
     return "\n".join(lines)
+
+
+def write_readme(block_id: str, command: str, text: str) -> None:
+    start, end = f"<!-- {block_id} -->", f"<!-- /{block_id} -->"
+    readme = ROOT / "README.md"
+    content = readme.read_text()
+    block = f"{start}\n`{command}`\n\n{text}\n{end}"
+    if start in content:
+        head, rest = content.split(start, 1)
+        content = head + block + rest.split(end, 1)[1]
+    else:
+        content = content.rstrip("\n") + "\n\n" + block + "\n"
+    readme.write_text(content)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=60_000, help="Fashion-MNIST images in the small folder")
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--copies", type=int, default=10, help="hard links per image in the large folder")
+    parser.add_argument("--copies", type=int, default=10, help="hard links per image in the large folder (0: none)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--batch", type=int, default=32, help="pretraining batch (pairs)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=64, help="pretraining batch (pairs)")
     parser.add_argument("--loader-batch", type=int, default=256)
+    parser.add_argument("--precisions", nargs="+", default=["auto", "fp32"], choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--lightly-python", type=Path, default=LIGHTLY_PYTHON)
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "simclrv2-streaming-bench")
     parser.add_argument("--readme", action="store_true", help="write the table into README.md")
     parser.add_argument("--measure", choices=("loader", "train"), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         measure = measure_loader if args.measure == "loader" else measure_train
-        print(json.dumps(measure(args.folder, args.size, args.workers, args.batch, args.steps)))
+        print(json.dumps(measure(args.folder, args.size, args.workers, args.batch, args.steps, args.precision)))
         return
     sys.path.insert(0, str(ROOT / "src"))
+    args.lightly = args.lightly_python.is_file()
     small, large = make_folders(args.work, args.images, args.size, args.copies)
-    rows = {}
-    for name, folder in (("small", small), (f"{args.copies}x hard links", large)):
-        loader_args = argparse.Namespace(**{**vars(args), "batch": args.loader_batch})
-        rows[name] = {"loader": _child("loader", folder, loader_args), "train": _child("train", folder, args)}
-        print(name, json.dumps(rows[name]), flush=True)
+    folders = {"small": small, **({f"{args.copies}x hard links": large} if large else {})}
+    rows: dict[str, dict] = {}
+    for name, folder in folders.items():
+        row = rows[name] = {"ours": {"loader": _child("ours", "loader", folder, args),
+                                     "train": {p: _child("ours", "train", folder, args, p) for p in args.precisions}}}
+        if args.lightly:
+            row["lightly"] = {kind: _child("lightly", kind, folder, args) for kind in ("loader", "train")}
+        print(name, json.dumps(row), flush=True)
     text = table(args, rows)
     command = (f"python benchmarks/streaming_benchmark.py --images {args.images} --size {args.size} "
-               f"--workers {args.workers} --steps {args.steps} --batch {args.batch} --readme")
+               f"--copies {args.copies} --workers {args.workers} --steps {args.steps} --batch {args.batch} --readme")
     print(text)
     if args.readme:
-        readme = ROOT / "README.md"
-        content = readme.read_text()
-        block = f"{MARK_START}\n`{command}`\n\n{text}\n{MARK_END}"
-        if MARK_START in content:
-            head, rest = content.split(MARK_START, 1)
-            content = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            content = content.rstrip("\n") + "\n\n" + block + "\n"
-        readme.write_text(content)
+        write_readme(f"streaming-benchmark-{args.size}px", command, text)
 
 
 if __name__ == "__main__":

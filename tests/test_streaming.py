@@ -170,3 +170,19 @@ def test_prepare_command_writes_shards_a_run_can_stream(folder, tmp_path, capsys
     assert len(choose_stream(load_config(None, values).data)) == 24
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_streamed_folder_size_and_channels_come_from_a_sample_of_headers_unless_set(tmp_path, caplog):
+    from PIL import Image
+
+    for i in range(12):
+        folder = tmp_path / "train" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (24, 20) if i < 9 else (40, 40), color=i * 10).save(folder / f"img{i:02d}.png")
+    values = {"data.dataset": "folder", "data.data_dir": str(tmp_path), "data.stream": "stream"}
+    with caplog.at_level(logging.INFO, logger="simclrv2"):
+        stream = choose_stream(load_config(None, values).data)
+    assert (stream.image_size, stream.channels) == (20, 1)  # the most common shorter side; every image grey
+    assert "from 12 sampled images: 75% of the images are 20 px" in caplog.records[-1].getMessage()
+    chosen = choose_stream(load_config(None, {**values, "data.image_size": "32", "data.channels": "3"}).data)
+    assert (chosen.image_size, chosen.channels) == (32, 3)
