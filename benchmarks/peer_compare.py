@@ -56,7 +56,7 @@ def ratio_table(ours: Sequence[dict], peers: Sequence[dict]) -> str:
         if peer is None:
             lines.append(f"{line['arch']} {line['precision']}: no peer measurement at this width")
             continue
-        name = f"{line['arch']} {line['precision']}"
+        name = f"{line['arch']} {line['precision']}{' compiled' if line.get('compile') else ''}"
         for key, label in PHASES:
             mine, theirs = line[key]["pairs_per_s"], peer[key]["pairs_per_s"]
             lines.append(f"{name:<26} {label:<11} {mine:>9.1f} {theirs:>9.1f} {mine / theirs:>6.2f}x")

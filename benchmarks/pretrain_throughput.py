@@ -49,11 +49,12 @@ def timed(fn, warmup: int, steps: int) -> float:
 
 
 def measure(images: torch.Tensor, width: float, precision: str, head_layers: int, batch: int,
-            steps: int, warmup: int, channels_last: bool) -> dict:
+            steps: int, warmup: int, channels_last: bool, compile_model: bool = False) -> dict:
     device = torch.device("cpu")
     model = prepare_model(build_simclr_model(18, width_multiplier=width, cifar_stem=True, in_channels=1,
                                              head_layers=head_layers), device, channels_last)
     optimizer = LARS(param_groups(model, 1e-4), lr=0.1)
+    forward = torch.compile(model) if compile_model else model
     augment = AugmentConfig(blur_prob=0.0, grayscale_prob=0.0)
     generator = torch.Generator().manual_seed(0)
     n = images.shape[0]
@@ -67,7 +68,7 @@ def measure(images: torch.Tensor, width: float, precision: str, head_layers: int
 
     def train_step(x: torch.Tensor) -> None:
         with autocast(device, precision):
-            z1, z2 = model(x).chunk(2)
+            z1, z2 = forward(x).chunk(2)
         loss = nt_xent_loss(z1, z2, 0.5)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -78,6 +79,10 @@ def measure(images: torch.Tensor, width: float, precision: str, head_layers: int
         v1, v2 = views()
         train_step(torch.cat([v1, v2]))
 
+    compile_start = time.perf_counter()
+    if compile_model:  # the first calls compile the forward and backward graphs: not part of the timing
+        train_step(x_fixed)
+    compile_s = time.perf_counter() - compile_start
     data_s = timed(views, warmup, 30)
     model_s = timed(lambda: train_step(x_fixed), warmup, steps)
     e2e_s = timed(e2e, warmup, steps)
@@ -89,6 +94,8 @@ def measure(images: torch.Tensor, width: float, precision: str, head_layers: int
         "head_layers": head_layers,
         "precision": resolve_precision(precision, device),
         "channels_last": channels_last,
+        "compile": compile_model,
+        "compile_s": round(compile_s, 1),
         "batch": batch,
         "e2e": {"pairs_per_s": round(batch / e2e_s, 1), "mean_s_per_step": round(e2e_s, 4)},
         "data_only": {"pairs_per_s": round(batch / data_s, 1)},
@@ -107,6 +114,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 for width < 1, else 10)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
     p.add_argument("--peer-bench", type=Path, default=None,
                    help="the shared peer harness folder (lightly 1.6.0); omit to measure only ours")
@@ -120,7 +128,7 @@ def main() -> None:
         for precision in args.precision:
             steps = args.steps or (20 if width < 1 else 10)
             result = measure(images, width, precision, args.head_layers, args.batch, steps, args.warmup,
-                             not args.no_channels_last)
+                             not args.no_channels_last, args.compile)
             result.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                           python=platform.python_version())
             ours.append(result)
