@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -75,3 +76,42 @@ def test_a_failing_peer_run_is_reported_not_raised(fake_harness, monkeypatch):
     line = peer_compare.run_peer(fake_harness, Path(sys.executable), 0.25)
     assert line["error"].startswith("peer harness failed for resnet18w025 (exit 1): boom: out of memory")
     assert json.dumps(line)  # still a JSON line to print
+
+
+_stream_spec = importlib.util.spec_from_file_location(
+    "streaming_benchmark", Path(__file__).parents[1] / "benchmarks" / "streaming_benchmark.py")
+streaming_benchmark = importlib.util.module_from_spec(_stream_spec)
+_stream_spec.loader.exec_module(streaming_benchmark)
+
+
+def _stream_row(images, loader, auto, fp32, first, rss, peer=None):
+    row = {"ours": {"loader": {"pairs_per_s": loader, "images": images},
+                    "train": {"auto": {"pairs_per_s": auto, "first_step_s": first, "peak_rss_mb": rss},
+                              "fp32": {"pairs_per_s": fp32, "first_step_s": first + 1, "peak_rss_mb": rss + 50}}}}
+    if peer:
+        row["lightly"] = {"loader": {"pairs_per_s": peer[0]},
+                          "train": {"pairs_per_s": peer[1], "first_step_s": peer[2], "peak_rss_mb": peer[3]}}
+    return row
+
+
+def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(monkeypatch, tmp_path):
+    args = argparse.Namespace(size=96, workers=2, batch=64, loader_batch=256, steps=12, copies=10, lightly=True)
+    rows = {"small": _stream_row(60000, 1000.0, 80.0, 40.0, 10.0, 1000.0, peer=(500.0, 32.0, 20.0, 3000.0)),
+            "10x hard links": _stream_row(600000, 990.0, 79.0, 40.0, 12.0, 1050.0)}
+    lines = streaming_benchmark.table(args, rows).splitlines()
+    body = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("| small")]
+    assert body[0][1:] == ["loader alone, pairs/s", "1000.0", "500.0", "2.00x"]
+    assert body[1][1:] == ["end to end, pairs/s (ours auto)", "80.0", "32.0", "2.50x"]
+    assert body[2][1:] == ["end to end, pairs/s (ours fp32)", "40.0", "32.0", "1.25x"]
+    assert body[3][1:] == ["time to first step", "10.0 s", "20.0 s", "2.00x"]  # half the time: 2x better
+    assert body[4][1:] == ["training peak RSS (process + workers)", "1000.0 MB", "3000.0 MB", "3.00x"]
+    large = [line for line in lines if line.startswith("| 10x hard links (600,000 images) | loader")]
+    assert large and large[0].rstrip().endswith("| - | - |")  # no peer measurement: no ratio
+    assert "grows +5.0% from the small folder to the 10x one" in "\n".join(lines)
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- streaming-benchmark-96px -->\nold\n<!-- /streaming-benchmark-96px -->\nrest\n")
+    monkeypatch.setattr(streaming_benchmark, "ROOT", tmp_path)
+    streaming_benchmark.write_readme("streaming-benchmark-96px", "python x.py", "new table")
+    assert readme.read_text() == ("intro\n<!-- streaming-benchmark-96px -->\n`python x.py`\n\nnew table\n"
+                                  "<!-- /streaming-benchmark-96px -->\nrest\n")
