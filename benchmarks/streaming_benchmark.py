@@ -7,8 +7,9 @@ the same number of DataLoader workers: ours crops at decode time in the workers 
 main process, lightly runs its whole transform per image in the workers), pretraining a ResNet-18 end to end
 (pairs/s after the first step), time to the first finished step, and peak RSS of the process plus its workers.
 
-    python benchmarks/streaming_benchmark.py --images 60000 --size 96 --copies 10 --readme
-    python benchmarks/streaming_benchmark.py --images 60000 --size 224 --copies 0 --readme
+    python benchmarks/streaming_benchmark.py --images 60000 --size 96 224 --copies 10 --readme
+
+The hard-linked folder is measured at the first size only; each size gets its own table.
 """
 
 from __future__ import annotations
@@ -133,10 +134,11 @@ def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int,
             "peak_rss_mb": peak_rss_mb()}
 
 
-def _child(library: str, kind: str, folder: Path, args: argparse.Namespace, precision: str = "auto") -> dict:
+def _child(library: str, kind: str, folder: Path, args: argparse.Namespace, size: int,
+           precision: str = "auto") -> dict:
     """Runs one measurement in a fresh process, so peak RSS and start-up time are its own."""
     batch = args.loader_batch if kind == "loader" else args.batch
-    common = ["--measure", kind, "--folder", str(folder), "--size", str(args.size), "--workers", str(args.workers),
+    common = ["--measure", kind, "--folder", str(folder), "--size", str(size), "--workers", str(args.workers),
               "--steps", str(args.steps), "--batch", str(batch)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
     if library == "ours":
@@ -185,10 +187,10 @@ def _folder_lines(folder: str, ours: dict, peer: dict) -> list[str]:
     return lines
 
 
-def table(args: argparse.Namespace, rows: dict[str, dict]) -> str:
+def table(args: argparse.Namespace, rows: dict[str, dict], size: int) -> str:
     """One line per measure and folder: ours, lightly's and how many times better ours is (> 1: ours better)."""
     lightly = "lightly 1.6.0 beside us" if args.lightly else "lightly 1.6.0 not installed here, so only ours"
-    lines = [f"{cpu_model()}, {os.cpu_count()} cores (shared); {args.size} px RGB JPEGs from Fashion-MNIST, "
+    lines = [f"{cpu_model()}, {os.cpu_count()} cores (shared); {size} px RGB JPEGs from Fashion-MNIST, "
              f"{args.workers} DataLoader workers, ResNet-18 (width 1), training batch {args.batch}, loader batch "
              f"{args.loader_batch}, {args.steps} timed steps; {lightly}; one run.", "",
              "| folder | measure | ours | lightly | ours ÷ lightly |", "|---|---|---:|---:|---:|"]
@@ -221,7 +223,7 @@ def write_readme(block_id: str, command: str, text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=60_000, help="Fashion-MNIST images in the small folder")
-    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--size", type=int, nargs="+", default=[96, 224], help="image sizes, one table each")
     parser.add_argument("--copies", type=int, default=10, help="hard links per image in the large folder (0: none)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=12)
@@ -237,25 +239,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         measure = measure_loader if args.measure == "loader" else measure_train
-        print(json.dumps(measure(args.folder, args.size, args.workers, args.batch, args.steps, args.precision)))
+        print(json.dumps(measure(args.folder, args.size[0], args.workers, args.batch, args.steps, args.precision)))
         return
     sys.path.insert(0, str(ROOT / "src"))
     args.lightly = args.lightly_python.is_file()
-    small, large = make_folders(args.work, args.images, args.size, args.copies)
-    folders = {"small": small, **({f"{args.copies}x hard links": large} if large else {})}
-    rows: dict[str, dict] = {}
-    for name, folder in folders.items():
-        row = rows[name] = {"ours": {"loader": _child("ours", "loader", folder, args),
-                                     "train": {p: _child("ours", "train", folder, args, p) for p in args.precisions}}}
-        if args.lightly:
-            row["lightly"] = {kind: _child("lightly", kind, folder, args) for kind in ("loader", "train")}
-        print(name, json.dumps(row), flush=True)
-    text = table(args, rows)
-    command = (f"python benchmarks/streaming_benchmark.py --images {args.images} --size {args.size} "
-               f"--copies {args.copies} --workers {args.workers} --steps {args.steps} --batch {args.batch} --readme")
-    print(text)
-    if args.readme:
-        write_readme(f"streaming-benchmark-{args.size}px", command, text)
+    for size in args.size:
+        copies = args.copies if size == args.size[0] else 0
+        small, large = make_folders(args.work, args.images, size, copies)
+        folders = {"small": small, **({f"{copies}x hard links": large} if large else {})}
+        rows: dict[str, dict] = {}
+        for name, folder in folders.items():
+            ours = {"loader": _child("ours", "loader", folder, args, size),
+                    "train": {p: _child("ours", "train", folder, args, size, p) for p in args.precisions}}
+            rows[name] = {"ours": ours}
+            if args.lightly:
+                rows[name]["lightly"] = {k: _child("lightly", k, folder, args, size) for k in ("loader", "train")}
+            print(size, name, json.dumps(rows[name]), flush=True)
+        text = table(args, rows, size)
+        sizes = " ".join(map(str, args.size))
+        command = (f"python benchmarks/streaming_benchmark.py --images {args.images} --size {sizes} --copies "
+                   f"{args.copies} --workers {args.workers} --steps {args.steps} --batch {args.batch} --readme")
+        print(text, flush=True)
+        if args.readme:
+            write_readme(f"streaming-benchmark-{size}px", command, text)
 
 
 if __name__ == "__main__":

@@ -95,10 +95,10 @@ def _stream_row(images, loader, auto, fp32, first, rss, peer=None):
 
 
 def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(monkeypatch, tmp_path):
-    args = argparse.Namespace(size=96, workers=2, batch=64, loader_batch=256, steps=12, copies=10, lightly=True)
+    args = argparse.Namespace(workers=2, batch=64, loader_batch=256, steps=12, copies=10, lightly=True)
     rows = {"small": _stream_row(60000, 1000.0, 80.0, 40.0, 10.0, 1000.0, peer=(500.0, 32.0, 20.0, 3000.0)),
             "10x hard links": _stream_row(600000, 990.0, 79.0, 40.0, 12.0, 1050.0)}
-    lines = streaming_benchmark.table(args, rows).splitlines()
+    lines = streaming_benchmark.table(args, rows, 96).splitlines()
     body = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("| small")]
     assert body[0][1:] == ["loader alone, pairs/s", "1000.0", "500.0", "2.00x"]
     assert body[1][1:] == ["end to end, pairs/s (ours auto)", "80.0", "32.0", "2.50x"]
