@@ -147,7 +147,9 @@ def _child(library: str, kind: str, folder: Path, args: argparse.Namespace, size
     else:
         cmd = [str(args.lightly_python), str(Path(__file__).with_name("lightly_folder.py")), *common]
         env["PYTHONPATH"] = str(Path(__file__).parent)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    with tempfile.TemporaryDirectory() as cache:  # a cold file-index cache: ours lists the folder, as lightly does
+        env["XDG_CACHE_HOME"] = cache
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise SystemExit(f"{library} {kind} on {folder} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
