@@ -205,7 +205,9 @@ def table(args: argparse.Namespace, rows: dict[str, dict], size: int) -> str:
         lines += ["", f"Our training peak RSS grows {growth:+.1%} from the small folder to the {args.copies}x one "
                   "(goal: < 10 %, at most 2 GB)."]
     lines += ["", "Ours at `auto` precision is bf16 autocast on CPUs with native bf16, fp32 elsewhere; lightly runs "
-              "fp32. Peak RSS adds the process and its workers, so pages they share count more than once."]
+              "fp32. Peak RSS adds the process and its workers, so pages they share count more than once. Time to "
+              "first step counts from the start of the stage with a cold file-index cache (ours lists the folder, "
+              "as lightly does) and includes building the model and starting the workers."]
     return "\n".join(lines)
 
 
