@@ -128,3 +128,33 @@ def test_metrics_also_go_to_tensorboard_when_it_is_installed(tmp_path):
     events.Reload()
     losses = [(e.step, e.value) for e in events.Scalars("toy/loss")]
     assert losses == [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.125)]
+
+
+def test_a_resumed_runs_tensorboard_hides_what_the_interrupted_part_wrote_after_the_checkpoint(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from simclrv2.tensorboard import TensorBoardSink
+
+    first = TensorBoardSink(tmp_path)
+    for step, loss in enumerate([1.0, 0.5, 0.25, 0.125], start=1):
+        first.write({"stage": "toy", "step": step, "loss": loss})
+    first.close()  # interrupted after step 4; the checkpoint holds step 2
+    resumed = TensorBoardSink(tmp_path, resumed_at=2)
+    for step, loss in ((3, 0.3), (4, 0.2)):
+        resumed.write({"stage": "toy", "step": step, "loss": loss})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    scalars = events.Scalars("toy/loss")
+    assert [e.step for e in scalars] == [1, 2, 3, 4]
+    assert [e.value for e in scalars] == pytest.approx([1.0, 0.5, 0.3, 0.2])  # 0.25 and 0.125 hidden
+
+
+def test_a_resumed_session_hands_its_checkpoint_step_to_tensorboard(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(engine, "tensorboard_sink", lambda log_dir, wanted, resumed_at=None: asked.append(resumed_at))
+    session = _session(tmp_path)  # a fresh run
+    session.resume, session.state = True, {"step": 7}  # as open_session leaves a run resumed from last.pt
+    session.start()
+    assert asked == [None, 7]

@@ -21,12 +21,16 @@ def tensorboard_available() -> bool:
 
 
 class TensorBoardSink:
-    """Writes every numeric field of a metrics record as the scalar ``stage/key`` at the record's step."""
+    """Writes every numeric field of a metrics record as the scalar ``stage/key`` at the record's step.
 
-    def __init__(self, log_dir: Path) -> None:
+    A resumed run passes its checkpoint's step: TensorBoard then hides the events an interrupted part wrote after
+    it, as ``metrics.jsonl`` drops its records past that step."""
+
+    def __init__(self, log_dir: Path, resumed_at: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        purge = None if resumed_at is None else resumed_at + 1
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
 
     def write(self, record: dict[str, Any]) -> None:
         step = record.get("step")
@@ -42,7 +46,7 @@ class TensorBoardSink:
         self.writer.close()
 
 
-def tensorboard_sink(log_dir: Path, wanted: bool) -> TensorBoardSink | None:
+def tensorboard_sink(log_dir: Path, wanted: bool, resumed_at: int | None = None) -> TensorBoardSink | None:
     """A sink when asked for and installed; one line saying how to get it when asked for and missing."""
     if not wanted:
         return None
@@ -50,4 +54,4 @@ def tensorboard_sink(log_dir: Path, wanted: bool) -> TensorBoardSink | None:
         get_logger().info("TensorBoard logging off: pip install 'simclrv2[tensorboard]' to turn it on "
                           "(metrics.jsonl has every value)")
         return None
-    return TensorBoardSink(log_dir)
+    return TensorBoardSink(log_dir, resumed_at)

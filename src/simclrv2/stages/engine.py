@@ -157,7 +157,9 @@ class Session:
             if self.resume:
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.stage, self.start_step)
         dist.barrier()
-        sink = tensorboard_sink(self.run_dir / "tensorboard", self.run.tensorboard) if dist.is_main() else None
+        resumed_at = self.start_step if self.resume and self.state is not None else None
+        sink = (tensorboard_sink(self.run_dir / "tensorboard", self.run.tensorboard, resumed_at)
+                if dist.is_main() else None)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=dist.is_main(), sinks=(sink,) if sink else ())
         self.provenance = provenance(self.device, self.run.precision)
 
