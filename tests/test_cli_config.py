@@ -70,3 +70,9 @@ def test_help_explains_label_subsets_and_automatic_epochs(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "N/class" in out and "60/class" in out
     assert "finetune.epochs = 0 means automatic" in out
+
+
+def test_the_python_api_loads_a_shipped_config_by_name_too():
+    assert load_config("demo", {"run.seed": "3"}) == load_config(SHIPPED_DIR / "demo.toml", {"run.seed": "3"})
+    with pytest.raises(Exception, match="name of a shipped config: .*demo"):
+        load_config("nosuch")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from simclrv2.config.sections import Config, _check
+from simclrv2.config.shipped import resolve_config
 from simclrv2.errors import SimCLRv2Error
 
 if sys.version_info >= (3, 11):
@@ -152,8 +153,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                 cls: type = Config) -> Any:
-    """Defaults, then the TOML file, then ``{"section.key": value}`` overrides (command line)."""
-    values: dict[str, dict[str, Any]] = read_toml(path) if path else {}
+    """Defaults, then the TOML file (or shipped config, by name: ``load_config("demo")``), then
+    ``{"section.key": value}`` overrides (command line)."""
+    values: dict[str, dict[str, Any]] = read_toml(resolve_config(path)) if path else {}
     for dotted, value in (overrides or {}).items():
         *tables, key = dotted.split(".")
         _check(bool(tables) and bool(key), f"override {dotted!r} must look like section.key")
