@@ -79,3 +79,19 @@ def quick_config_values(data_dir: Path, **overrides):
 @pytest.fixture()
 def quick_config(tiny_fashion):
     return lambda **overrides: quick_config_values(tiny_fashion, **overrides)
+
+
+@pytest.fixture(scope="session")
+def classifier_run(tmp_path_factory):
+    """A fine-tuned run directory of a tiny classifier (read only: the inference tests share it)."""
+    from inference_helpers import write_classifier_run
+
+    return write_classifier_run(tmp_path_factory.mktemp("finetune"))
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(tmp_path_factory):
+    """A pretraining run directory of a tiny SimCLR network (read only)."""
+    from inference_helpers import write_pretrain_run
+
+    return write_pretrain_run(tmp_path_factory.mktemp("pretrain"))

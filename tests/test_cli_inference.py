@@ -7,18 +7,8 @@ import torch
 from PIL import Image
 
 import simclrv2
-from inference_helpers import CLASSES, write_classifier_run, write_pretrain_run
+from inference_helpers import CLASSES, write_classifier_run
 from simclrv2.cli import main
-
-
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-    return write_classifier_run(tmp_path_factory.mktemp("finetune"))
-
-
-@pytest.fixture(scope="module")
-def pretrain_run(tmp_path_factory):
-    return write_pretrain_run(tmp_path_factory.mktemp("pretrain"))
 
 
 def _write_images(folder, names, size=(20, 24), seed=0, mode="RGB"):

@@ -10,16 +10,6 @@ from simclrv2.inference import Preprocessing
 from simclrv2.inference.preprocess import pil_square
 
 
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-    return write_classifier_run(tmp_path_factory.mktemp("finetune"))
-
-
-@pytest.fixture(scope="module")
-def pretrain_run(tmp_path_factory):
-    return write_pretrain_run(tmp_path_factory.mktemp("pretrain"))
-
-
 def _images(n: int = 4, size: int = 16, channels: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(seed))
