@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -57,9 +59,19 @@ def classifier_top1(model: nn.Module, dataset: ImageDataset, device: torch.devic
 
 def knn_top1(encoder: nn.Module, bank: ImageDataset, queries: ImageDataset, device: torch.device, *,
              k: int, temperature: float, batch_size: int, precision: str) -> float:
+    return knn_top1_each(encoder, bank, [queries], device, k=k, temperature=temperature, batch_size=batch_size,
+                         precision=precision)[0]
+
+
+def knn_top1_each(encoder: nn.Module, bank: ImageDataset, query_sets: Sequence[ImageDataset], device: torch.device,
+                  *, k: int, temperature: float, batch_size: int, precision: str) -> list[float]:
+    """kNN top-1 of each query set against one bank, whose features are computed once."""
     bank_labels = bank.require_labels("the kNN memory bank")
-    query_labels = queries.require_labels("kNN evaluation")
     bank_features = encoder_features(encoder, bank, device, batch_size, precision)
-    query_features = encoder_features(encoder, queries, device, batch_size, precision)
-    return knn_accuracy(bank_features, bank_labels, query_features, query_labels, bank.num_classes,
-                        k=k, temperature=temperature)
+    accuracies = []
+    for queries in query_sets:
+        query_labels = queries.require_labels("kNN evaluation")
+        query_features = encoder_features(encoder, queries, device, batch_size, precision)
+        accuracies.append(knn_accuracy(bank_features, bank_labels, query_features, query_labels, bank.num_classes,
+                                       k=k, temperature=temperature))
+    return accuracies

@@ -24,7 +24,7 @@ from simclrv2.checkpoint import load_state
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.data.streaming import BatchSource, CropDataset, StreamData, choose_stream
-from simclrv2.eval.features import knn_top1
+from simclrv2.eval.features import knn_top1_each
 from simclrv2.logs import get_logger
 from simclrv2.losses import nt_xent_loss
 from simclrv2.memory import NegativeQueue, ema_update
@@ -102,7 +102,7 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     knn = _knn_sets(data, run.knn_bank_size) if data is not None else None
     if data is None:
         get_logger().info("kNN monitor off: the training images are streamed")
-    knn_init = session.state.get("knn_top1_at_init") if session.state else _knn(config, model, knn, session, 0, 0)
+    knn_init = session.state.get("knn_top1_at_init") if session.state else _knn(config, model, knn, session, 0, 0)[0]
     get_logger().info(
         f"pretraining {spec.describe()} on {train.name} ({len(train)} images, {train.image_size}px) "
         f"for {budget.epochs} epochs of {budget.steps_per_epoch} steps, batch {budget.batch_size}, peak lr "
@@ -110,18 +110,18 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     task = Task(
         stage=STAGE, model=model, optimizer=optimizer, budget=budget, peak_lr=peak_lr, num_examples=len(train),
         train_step=train_step, after_step=memory.update if memory else None,
-        evaluate=lambda epoch, step: _knn(config, model, knn, session, epoch, step), eval_every=run.knn_every,
+        evaluate=lambda epoch, step: _knn(config, model, knn, session, epoch, step)[0], eval_every=run.knn_every,
         extra_state=lambda: {**(memory.state() if memory else {}), "knn_top1_at_init": knn_init},
         checkpoint_content={"kind": "simclr", "architecture": spec.to_dict(), "image_size": train.image_size},
         unit="pairs", batches=_batch_source(stream, config, budget, device) if stream is not None else None,
     )
     result = fit(task, session)
-    knn_final = _knn(config, model, knn, session, budget.epochs, result.step)
+    knn_final, knn_test = _final_knn(config, model, knn, session, budget.epochs, result.step)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,
                "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe(),
                "provenance": session.provenance}
     if dist.is_main():
-        details["test_knn_top1"] = _test_knn(config, model, knn, device)  # the test split, read once at the end
+        details["test_knn_top1"] = knn_test
     session.save("final.pt", task, result.step, final=True, knn_top1=knn_final, knn_top1_at_init=knn_init)
     checkpoint = session.finish()
     outcome = StageResult(stage=STAGE, run_dir=str(session.run_dir), checkpoint=str(checkpoint), val=None,
@@ -159,30 +159,31 @@ def _knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
     return KnnSets(data.labelled.subset(pool), data.val)
 
 
-def _knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: int, step: int) -> float | None:
-    """kNN top-1 of the encoder on validation, logged on rank 0; the other processes wait at the barrier."""
+def _knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: int, step: int,
+         test: ImageDataset | None = None) -> list[float | None]:
+    """kNN top-1 of the encoder on validation (and on ``test`` when given; the bank's features serve both),
+    logged on rank 0; the other processes wait at the barrier and get Nones."""
     if knn is None:
-        return None
-    accuracy = None
+        return [None, None]
+    scores: list[float | None] = [None, None]
     if dist.is_main():
         run = config.run
-        accuracy = knn_top1(model.encoder, knn.bank, knn.queries, session.device, k=run.knn_k,
-                            temperature=run.knn_temperature, batch_size=run.eval_batch_size, precision=run.precision)
-        session.log.write(**metrics_record(KnnRecord(step, epoch, accuracy)), stage=STAGE)
-        get_logger().info(f"kNN top-1 on validation after {epoch} epochs: {accuracy:.4f}")
+        query_sets = [knn.queries] + ([test] if test is not None else [])
+        scores = knn_top1_each(model.encoder, knn.bank, query_sets, session.device, k=run.knn_k,
+                               temperature=run.knn_temperature, batch_size=run.eval_batch_size,
+                               precision=run.precision) + [None] * (2 - len(query_sets))
+        session.log.write(**metrics_record(KnnRecord(step, epoch, scores[0])), stage=STAGE)
+        get_logger().info(f"kNN top-1 on validation after {epoch} epochs: {scores[0]:.4f}")
     dist.barrier()
-    return accuracy
+    return scores
 
 
-def _test_knn(config: Config, model, knn: KnnSets | None, device: torch.device) -> float | None:
-    if knn is None:
-        return None
-    test = load_test(config.data)
-    if test is None:
-        return None
-    run = config.run
-    return knn_top1(model.encoder, knn.bank, test, device, k=run.knn_k, temperature=run.knn_temperature,
-                    batch_size=run.eval_batch_size, precision=run.precision)
+def _final_knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: int,
+               step: int) -> tuple[float | None, float | None]:
+    """The last validation kNN and the test split's, read once here at the end (rank 0)."""
+    test = load_test(config.data) if knn is not None and dist.is_main() else None
+    val_score, test_score = _knn(config, model, knn, session, epoch, step, test)
+    return val_score, test_score
 
 
 class _Memory:
