@@ -122,11 +122,14 @@ def load_state(model: nn.Module, state: dict[str, Any], source: str) -> None:
         raise SimCLRv2Error(f"{source} does not fit this architecture: {' '.join(first)[:300]}") from exc
 
 
-def read_pretrained(path: str | Path) -> tuple[ModelSpec, SimCLRModel]:
-    """The SimCLR model (encoder + projection head) of a pretraining run directory or checkpoint."""
+def read_pretrained(path: str | Path) -> tuple[ModelSpec, SimCLRModel, dict[str, Any]]:
+    """(spec, model, payload): the SimCLR model (encoder + projection head) of a pretraining run directory or
+    checkpoint, and the payload's other fields (``image_size``, ...)."""
     if not str(path):
         raise SimCLRv2Error("no pretrained model given: set finetune.pretrained to a pretraining run directory")
-    return pretrained_from(load_checkpoint(path), str(path))
+    payload = load_checkpoint(path)
+    spec, model = pretrained_from(payload, str(path))
+    return spec, model, payload
 
 
 def pretrained_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, SimCLRModel]:

@@ -39,7 +39,7 @@ def student_for(config: Config, teacher_spec: ModelSpec, head_layer: int, image_
     if not cfg.student_pretrained:
         raise SimCLRv2Error("distill.student_init = 'pretrained' needs distill.student_pretrained (the student's "
                             "pretraining run directory), or set distill.student_init = 'scratch'")
-    pretrained_spec, simclr = read_pretrained(cfg.student_pretrained)
+    pretrained_spec, simclr, _ = read_pretrained(cfg.student_pretrained)
     if pretrained_spec != spec:
         raise SimCLRv2Error(f"distill.student_pretrained is a {pretrained_spec.describe()} but the student is a "
                             f"{spec.describe()}; pass the student's own pretraining run")

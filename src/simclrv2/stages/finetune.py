@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from simclrv2.checkpoint import load_checkpoint, pretrained_from
+from simclrv2.checkpoint import read_pretrained
 from simclrv2.config import Config
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
@@ -40,10 +40,7 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
                            identity_sections=IDENTITY_SECTIONS)
     if session.finished is not None:
         return StageResult.read(session.run_dir)
-    if not cfg.pretrained:
-        raise SimCLRv2Error("no pretrained model given: set finetune.pretrained to a pretraining run directory")
-    payload = load_checkpoint(cfg.pretrained)
-    spec, pretrained = pretrained_from(payload, str(cfg.pretrained))
+    spec, pretrained, payload = read_pretrained(cfg.pretrained)
     if cfg.head_layer > spec.head_layers:
         raise SimCLRv2Error(f"finetune.head_layer = {cfg.head_layer} but the pretrained head has {spec.head_layers} "
                             f"layers; choose 0..{spec.head_layers}")

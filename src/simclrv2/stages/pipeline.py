@@ -183,7 +183,7 @@ def save_embeddings(config: Config, run_dir: Path) -> None:
         _say("no embedding plot: no labelled validation split")
         return
     val = val.subset(torch.arange(min(config.pipeline.embedding_samples, len(val))))
-    _, model = read_pretrained(run_dir / "pretrain")
+    _, model, _ = read_pretrained(run_dir / "pretrain")
     device = resolve_device(config.run.device)
     features = encoder_features(model.encoder.to(device), val, device, config.run.eval_batch_size,
                                 config.run.precision)

@@ -116,7 +116,8 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         unit="pairs", batches=_batch_source(stream, config, budget, device) if stream is not None else None,
     )
     result = fit(task, session)
-    knn_final, knn_test = _final_knn(config, model, knn, session, budget.epochs, result.step)
+    test = load_test(config.data) if knn is not None and dist.is_main() else None  # read once, at the end
+    knn_final, knn_test = _knn(config, model, knn, session, budget.epochs, result.step, test)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,
                "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe(),
                "provenance": session.provenance}
@@ -160,30 +161,21 @@ def _knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
 
 
 def _knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: int, step: int,
-         test: ImageDataset | None = None) -> list[float | None]:
-    """kNN top-1 of the encoder on validation (and on ``test`` when given; the bank's features serve both),
-    logged on rank 0; the other processes wait at the barrier and get Nones."""
-    if knn is None:
-        return [None, None]
-    scores: list[float | None] = [None, None]
-    if dist.is_main():
+         test: ImageDataset | None = None) -> tuple[float | None, float | None]:
+    """(validation, test) kNN top-1 of the encoder; test only when given, against the same bank features.
+    Logged on rank 0; the other processes wait at the barrier and get Nones."""
+    scores: dict[str, float] = {}
+    if knn is not None and dist.is_main():
         run = config.run
-        query_sets = [knn.queries] + ([test] if test is not None else [])
-        scores = knn_top1_each(model.encoder, knn.bank, query_sets, session.device, k=run.knn_k,
-                               temperature=run.knn_temperature, batch_size=run.eval_batch_size,
-                               precision=run.precision) + [None] * (2 - len(query_sets))
-        session.log.write(**metrics_record(KnnRecord(step, epoch, scores[0])), stage=STAGE)
-        get_logger().info(f"kNN top-1 on validation after {epoch} epochs: {scores[0]:.4f}")
-    dist.barrier()
-    return scores
-
-
-def _final_knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: int,
-               step: int) -> tuple[float | None, float | None]:
-    """The last validation kNN and the test split's, read once here at the end (rank 0)."""
-    test = load_test(config.data) if knn is not None and dist.is_main() else None
-    val_score, test_score = _knn(config, model, knn, session, epoch, step, test)
-    return val_score, test_score
+        queries = {"val": knn.queries, **({"test": test} if test is not None else {})}
+        top1 = knn_top1_each(model.encoder, knn.bank, list(queries.values()), session.device, k=run.knn_k,
+                             temperature=run.knn_temperature, batch_size=run.eval_batch_size, precision=run.precision)
+        scores = dict(zip(queries, top1, strict=True))
+        session.log.write(**metrics_record(KnnRecord(step, epoch, scores["val"])), stage=STAGE)
+        get_logger().info(f"kNN top-1 on validation after {epoch} epochs: {scores['val']:.4f}")
+    if knn is not None:
+        dist.barrier()
+    return scores.get("val"), scores.get("test")
 
 
 class _Memory:
