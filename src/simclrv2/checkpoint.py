@@ -9,9 +9,7 @@ unless the user asks for it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simclrv2.atomic import atomic_path
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models.networks import Classifier, SimCLRModel
 from simclrv2.models.spec import ModelSpec
@@ -27,23 +26,6 @@ FORMAT = "simclrv2-checkpoint"
 FORMAT_VERSION = 1
 RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoints", "result.json", "labelled_subset.txt",
              "pipeline.json", "summary.json", "embeddings.pt", "report", "augmentations.png", "tensorboard")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; run files are meant to be shared and read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def check_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
@@ -84,16 +66,8 @@ def prepare_run_dir(run_dir: str | Path, resume: bool, overwrite: bool) -> Path:
 def save_checkpoint(path: Path, **content: Any) -> None:
     """Saves tensors and plain data atomically; loadable with ``weights_only=True`` (no pickled code)."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "saved_at": time.time(), **content}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from simclrv2.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from simclrv2.atomic import atomic_write_text
+from simclrv2.checkpoint import load_checkpoint, save_checkpoint
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.metrics import classification_report
 

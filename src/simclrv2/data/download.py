@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from simclrv2.atomic import publish, temporary_beside
 from simclrv2.errors import SimCLRv2Error
 
 TIMEOUT_S = 60
@@ -141,11 +142,9 @@ def fetch(resource: Resource, dest: Path) -> Path:
     Nothing appears under a final name unless it verified: the bytes go to a hidden ``.part`` file that is
     renamed (or extracted) only after the checksum matched, and removed on any failure.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dest, prefix=f".{resource.filename}.", suffix=".part")
-    part = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    final = dest / resource.filename
+    with temporary_beside(final, suffix=".part") as part:
+        with part.open("wb") as out:
             _stream(resource, dest, out)
         try:
             got = file_md5(part, resource.gunzipped)
@@ -159,9 +158,5 @@ def fetch(resource: Resource, dest: Path) -> Path:
         if resource.extract:
             _extract(part, dest, resource.filename)
             return dest
-        final = dest / resource.filename
-        os.chmod(part, 0o644)  # mkstemp made it private; the data may live in a shared folder
-        os.replace(part, final)  # atomic within one filesystem
+        publish(part, final)
         return final
-    finally:
-        part.unlink(missing_ok=True)

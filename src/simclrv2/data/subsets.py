@@ -17,12 +17,12 @@ import logging
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from simclrv2.atomic import publish, temporary_beside
 from simclrv2.data.dataset import ImageDataset
 from simclrv2.errors import SimCLRv2Error
 
@@ -236,22 +236,15 @@ def write_subset_file(path: Path, dataset: ImageDataset, indices: torch.Tensor, 
     if path.exists():
         _check_same_ids(path, ids)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with temporary_beside(path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a subset list is meant to be shared
         try:
-            os.link(tmp, path)  # fails if the file appeared meanwhile: never overwrite another writer's list
+            publish(tmp, path, replace=False)  # never overwrite another writer's list
         except FileExistsError:
             _check_same_ids(path, ids)
-        except OSError:  # file systems without hard links: the check above is the best we can do
-            os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _check_same_ids(path: Path, ids: list[str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclrv2.checkpoint import atomic_write_text
+from simclrv2.atomic import atomic_write_text
 from simclrv2.data import ImageDataset
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.knn import knn_predict

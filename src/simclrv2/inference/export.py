@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from simclrv2.checkpoint import atomic_write_text
+from simclrv2.atomic import atomic_write_text
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.loading import SPEC_FILE, WEIGHTS_FILE
 from simclrv2.inference.model import LoadedModel

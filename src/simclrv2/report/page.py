@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from simclrv2.checkpoint import atomic_write_text
+from simclrv2.atomic import atomic_write_text
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.report import plots
 from simclrv2.report.collect import ReportData, collect

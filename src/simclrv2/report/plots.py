@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from simclrv2.checkpoint import atomic_write_bytes
+from simclrv2.atomic import atomic_write_bytes
 from simclrv2.errors import SimCLRv2Error
 
 DPI = 110

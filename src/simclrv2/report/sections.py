@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simclrv2.checkpoint import atomic_write_bytes
+from simclrv2.atomic import atomic_write_bytes
 from simclrv2.report import plots
 from simclrv2.report.collect import AUGMENTATIONS_FILE, ReportData, Run
 from simclrv2.results import EvalRecord, KnnRecord, SummaryRow, TrainRecord, label_order

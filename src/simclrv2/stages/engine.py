@@ -25,9 +25,9 @@ from torch import nn
 from tqdm import tqdm
 
 from simclrv2 import dist
+from simclrv2.atomic import atomic_write_text
 from simclrv2.checkpoint import (
     MetricsLog,
-    atomic_write_text,
     check_run_dir,
     load_checkpoint,
     prepare_run_dir,

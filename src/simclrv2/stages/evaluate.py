@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from simclrv2 import dist
+from simclrv2.atomic import atomic_write_text
 from simclrv2.checkpoint import (
-    atomic_write_text,
     check_run_dir,
     classifier_from,
     encoder_from,

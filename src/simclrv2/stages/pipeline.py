@@ -19,7 +19,8 @@ from typing import Any
 import torch
 
 from simclrv2 import dist
-from simclrv2.checkpoint import atomic_write_text, check_run_dir, prepare_run_dir, read_pretrained
+from simclrv2.atomic import atomic_write_text
+from simclrv2.checkpoint import check_run_dir, prepare_run_dir, read_pretrained
 from simclrv2.config import Config, config_to_dict, to_toml
 from simclrv2.data import find_data_dir
 from simclrv2.errors import SimCLRv2Error

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from simclrv2.atomic import atomic_path
 from simclrv2.data.folder import split_folder
 from simclrv2.data.locate import cache_dir
 from simclrv2.errors import SimCLRv2Error
@@ -139,10 +140,8 @@ def cached_arrays(kind: str, folder: Path, build: Callable[[], tuple[dict[str, n
     arrays, dirs = build()
     stored = {**arrays, "dirs": np.asarray(dirs, dtype=str), "mtimes": _mtimes(folder, dirs)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(partial, **stored)
-        os.replace(partial, path)
+        with atomic_path(path, suffix=".npz") as partial:  # np.savez adds .npz to a name without it
+            np.savez(partial, **stored)
     except OSError as err:
         get_logger().warning(f"warning: cannot cache the file index in {path} ({err}); it is rebuilt next run")
     return arrays
