@@ -1,7 +1,7 @@
 """Label efficiency on Fashion-MNIST: supervised vs linear vs fine-tuned vs distilled at 10 labels per class,
 1 % and 10 % of the labels, over several seeds (mean ± sd), plus the classic plot (accuracy vs labels).
 
-    python benchmarks/label_efficiency.py --config configs/demo.toml --seeds 0 1 2 --out runs/label-efficiency
+    python benchmarks/label_efficiency.py --config demo --seeds 0 1 2 --out runs/label-efficiency
 
 Each seed runs the whole pipeline (its own pretraining, label subsets and initialisations) through the public
 API; finished seeds are reused on a rerun. Settings are those of the config (chosen on validation by
@@ -25,8 +25,8 @@ SUBSETS = ("10/class", "1%", "10%")
 NUM_LABELS = {"10/class": 100, "1%": 600, "10%": 6000}  # Fashion-MNIST: 60,000 training images, 10 classes
 
 
-def run_seed(config_path: Path, seed: int, out: Path, subsets: tuple[str, ...]) -> PipelineSummary:
-    config = load_config(config_path)
+def run_seed(config_path: str, seed: int, out: Path, subsets: tuple[str, ...]) -> PipelineSummary:
+    config = load_config(config_path)  # a TOML file or a shipped config's name
     config = dataclasses.replace(
         config, run=dataclasses.replace(config.run, seed=seed, progress=False),
         pipeline=dataclasses.replace(config.pipeline, label_fractions=subsets),
@@ -90,14 +90,18 @@ def plot(results: dict, subsets: tuple[str, ...], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--config", type=Path, default=Path("configs/demo.toml"))
+    parser.add_argument("--config", default="demo", help="a TOML file or a shipped config's name (default: demo)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--subsets", nargs="+", default=list(SUBSETS))
     parser.add_argument("--out", type=Path, default=Path("runs/label-efficiency"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging()
     subsets = tuple(args.subsets)
     start = time.perf_counter()

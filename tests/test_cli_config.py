@@ -64,12 +64,23 @@ def test_an_unknown_config_name_lists_the_shipped_ones(capsys):
     assert "config file nosuch not found" in err and "demo" in err and err.count("\n") == 1
 
 
-def test_help_explains_label_subsets_and_automatic_epochs(capsys):
+def test_help_explains_label_subsets_and_what_epochs_0_means(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "N/class" in out and "60/class" in out
-    assert "finetune.epochs = 0 means automatic" in out
+    # the default is 60 epochs, raised to min_steps; 0 is not "automatic 60/30" but the step minimum alone
+    assert "automatic" not in out and "epochs = 0 means only that minimum" in out
+    default = load_config().finetune.epochs
+    assert f"--finetune.epochs INT raised to as many epochs as finetune.min_steps needs; 0: only that minimum " \
+           f"(default: {default})" in out
+
+
+def test_evaluate_help_names_both_splits_it_reports(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("evaluate"))
+    assert "validation and test" in line
 
 
 def test_the_python_api_loads_a_shipped_config_by_name_too():

@@ -31,3 +31,17 @@ def test_table_has_one_row_per_method_and_a_dash_for_missing_cells():
     text = label_efficiency.table(results, ("10/class", "1%"), [0, 1])
     assert "| fine-tuned (head layer 1) | - | 82.0 ± 2.8 (83.0) |" in text
     assert "supervised only" in text
+
+
+def test_the_default_config_and_the_docstrings_command_name_configs_that_load(tmp_path, monkeypatch):
+    from simclrv2.config import load_config
+
+    monkeypatch.chdir(tmp_path)  # not only from the repository root
+
+    default = label_efficiency.build_parser().parse_args([]).config
+    command = next(line.split() for line in label_efficiency.__doc__.splitlines()
+                   if "benchmarks/label_efficiency.py" in line)
+    assert command[:2] == ["python", "benchmarks/label_efficiency.py"]
+    documented = label_efficiency.build_parser().parse_args(command[2:]).config
+    for config in (default, documented):
+        assert load_config(config).pretrain.epochs >= 1  # a file or a shipped name that resolves, from any folder

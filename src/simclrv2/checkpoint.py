@@ -1,4 +1,7 @@
-"""Run directories and checkpoints: the only module that reads a checkpoint's payload.
+"""Run directories and checkpoints: writing and loading them, and building the network a payload describes.
+
+Stages, evaluation and the inference loader read a loaded payload's other fields (``head_layer``, ``classes``,
+``image_size``, the recorded config) themselves.
 
 A run directory holds ``config.toml`` (the resolved config), ``metrics.jsonl`` (one JSON object per line) and
 ``checkpoints/`` (``last.pt`` while training, ``final.pt`` once done). Writes are atomic (temporary file, then

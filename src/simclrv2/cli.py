@@ -33,7 +33,8 @@ STAGES: dict[str, tuple[str, Callable[[argparse.Namespace, Any], None], str]] = 
                  _stage("finetune", "finetune"), "runs/finetune"),
     "supervised": ("the supervised-only baseline on the same labelled subset", _stage("supervised", "supervised"),
                    "runs/supervised"),
-    "evaluate": ("linear, kNN or classifier evaluation on the test split", _stage("evaluate", "evaluate"),
+    "evaluate": ("linear, kNN or classifier evaluation on the validation and test splits",
+                 _stage("evaluate", "evaluate"),
                  "runs/evaluate"),
     "distill": ("distil a fine-tuned teacher into a student on unlabeled data (stage 3)",
                 _stage("distill", "distill"), "runs/distill"),
@@ -53,11 +54,12 @@ OPTION_NOTES = {
     "data.image_size": "0: the dataset's own size (image folders: 96)",
     "finetune.labels": 'the labelled subset: a percentage "1%", a count "600", N/class ("60/class": 60 images of '
                        "each class), or a file listing image ids, one a line",
-    "finetune.epochs": "0: automatic, 60 epochs for <= 1% of the labels and 30 above (SPEC)",
+    "finetune.epochs": "raised to as many epochs as finetune.min_steps needs; 0: only that minimum",
 }
 CONFIG_EPILOG = ("Label subsets (finetune.labels): 1%, 10%, a count (600), N/class (60/class: N images of every "
-                 "class) or a file of image ids. finetune.epochs = 0 means automatic (60 epochs up to 1 % of the "
-                 "labels, 30 above). --config also takes the name of a shipped config: demo, fashion_mnist_cpu, "
+                 "class) or a file of image ids. A classifier stage trains for its epochs (finetune.epochs, "
+                 "default 60), raised to as many as its min_steps optimiser steps need; epochs = 0 means only "
+                 "that minimum. --config also takes the name of a shipped config: demo, fashion_mnist_cpu, "
                  "fashion_mnist_gpu, cifar10_gpu.")
 
 

@@ -203,7 +203,8 @@ class FinetuneConfig:
     """Fine-tuning on a labelled subset from projection-head layer ``head_layer`` (SPEC stage 2).
 
     The budget is ``epochs`` over the subset, raised to at least ``min_steps`` optimiser steps so that 100 labels
-    still get a real training run (``epochs = 0``: exactly ``min_steps``). The whole network is trained.
+    still get a real training run (``epochs = 0``: only that minimum, in whole epochs). The whole network is
+    trained.
     """
 
     labels: str = "1%"  # "1%", "10%", a count ("600"), "N/class" ("10/class"), or a list file of image ids
