@@ -148,6 +148,29 @@ def test_shards_round_trip_the_folder(folder, tmp_path):
         prepare_shards(folder.parent, out)
 
 
+@pytest.mark.parametrize("inside", [".", "shards", "a/b"])
+def test_prepare_refuses_an_output_inside_the_image_folder_and_writes_nothing(folder, inside, capsys):
+    from simclrv2.cli import main
+
+    source = folder.parent
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    out = source / inside
+    assert main(["prepare", str(source), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "inside the image folder" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+
+
+def test_prepare_to_a_folder_that_cannot_be_created_is_one_line(folder, tmp_path, capsys):
+    pytest.importorskip("webdataset")
+    from simclrv2.cli import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["prepare", str(folder.parent), str(tmp_path / "file" / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create" in err and err.count("\n") == 1
+
+
 def test_auto_streams_above_the_threshold_and_says_why(folder, caplog):
     values = {"data.dataset": "folder", "data.data_dir": str(folder.parent)}
     with caplog.at_level(logging.INFO, logger="simclrv2"):

@@ -38,11 +38,17 @@ def prepare_shards(folder: str | Path, out: str | Path, shard_size: int = 10_000
         raise SimCLRv2Error("writing shards needs webdataset: pip install 'simclrv2[shards]'") from err
     if shard_size < 1:
         raise SimCLRv2Error(f"--shard-size must be >= 1, got {shard_size}")
-    index = folder_index(folder, split)
     out = Path(out).expanduser()
+    source = Path(folder).expanduser().resolve()
+    if out.resolve().is_relative_to(source):  # shards and dataset.json must not land among the user's images
+        raise SimCLRv2Error(f"the output {out} is inside the image folder {folder}; choose a folder outside it")
+    index = folder_index(folder, split)
     if out.is_dir() and any(out.glob("*.tar")):
         raise SimCLRv2Error(f"{out} already holds shards; choose an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SimCLRv2Error(f"cannot create {out} ({err.strerror or err}); choose another output folder") from err
     with webdataset.ShardWriter(str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0) as sink:
         for i in range(len(index)):
             path = index.path(i)
