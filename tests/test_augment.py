@@ -23,6 +23,7 @@ from simclrv2.augment import (
     center_crop,
     color_jitter,
     crop_flip,
+    eval_view,
     gaussian_blur,
     gaussian_kernels,
     jitter_ranges,
@@ -383,6 +384,14 @@ def test_center_crop_keeps_the_central_seven_eighths_and_resizes_back():
                           antialias=True)
     torch.testing.assert_close(center_crop(x, 0.875), naive.clamp(0, 1))
     assert center_crop(images(b=2, h=64, w=96), out_size=48).shape == (2, 3, 48, 48)
+
+
+def test_eval_view_crops_above_32_px_only():
+    small = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=gen())
+    assert torch.equal(eval_view(small, 32), small.float() / 255)
+    large = images(b=2, h=40, w=40)
+    torch.testing.assert_close(eval_view(large, 40), center_crop(large, 0.875, out_size=40))
+    assert not torch.allclose(eval_view(large, 40), large)
 
 
 # --- validation -------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 Inputs are (B, C, H, W) uint8 or float in [0, 1] with C = 1 (grey) or 3; outputs are float32 in [0, 1]
 (no normalisation). ``simclr_views`` is pretraining, ``crop_flip`` fine-tuning and distillation,
-``center_crop`` evaluation; the rest are the tested building blocks they are made of.
+``eval_view`` evaluation; the rest are the tested building blocks they are made of.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from simclrv2.augment.geometry import (
     crop_boxes_from_randoms,
     crop_flip,
     draw_crop_randoms,
+    eval_crop_fraction,
+    eval_view,
     resized_crop,
     sample_crop_boxes,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "crop_boxes_from_randoms",
     "crop_flip",
     "draw_crop_randoms",
+    "eval_crop_fraction",
+    "eval_view",
     "gaussian_blur",
     "gaussian_kernels",
     "jitter_ranges",

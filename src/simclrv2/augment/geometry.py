@@ -17,6 +17,8 @@ from simclrv2.augment._inputs import as_float_images, check_generator, check_pro
 from simclrv2.errors import SimCLRv2Error
 
 CROP_ATTEMPTS = 100  # the reference's max_attempts (torchvision uses 10)
+EVAL_CROP = 0.875  # the evaluation view: the central 87.5 % of the image, resized back
+SMALL_IMAGE = 32  # images this small (CIFAR's size) are evaluated whole: a crop would cut away too much
 
 
 def draw_crop_randoms(n: int, generator: torch.Generator, device: torch.device | str | None = None) -> Tensor:
@@ -135,7 +137,7 @@ def center_crop(images: Tensor, fraction: float = 0.875, out_size: int | None = 
     x = as_float_images(images)
     height, width = x.shape[-2:]
     size = (height, width) if out_size is None else pair(out_size, "out_size")
-    if min(height, width) > 32:
+    if min(height, width) > SMALL_IMAGE:
         crop_h, crop_w = ((round(fraction * height), round(fraction * width)) if out_size is None
                           else (round(fraction * min(height, width)),) * 2)
         top, left = (height - crop_h) // 2, (width - crop_w) // 2
@@ -143,3 +145,16 @@ def center_crop(images: Tensor, fraction: float = 0.875, out_size: int | None = 
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+
+
+def eval_crop_fraction(image_size: int) -> float | None:
+    """The centre crop of the evaluation view of images of side ``image_size``: 87.5 %, none at <= 32 px."""
+    return EVAL_CROP if image_size > SMALL_IMAGE else None
+
+
+def eval_view(images: Tensor, image_size: int) -> Tensor:
+    """What a trained network sees at evaluation: square (B, C, S, S) images of side S = ``image_size`` ->
+    float32 in [0, 1], the central :func:`eval_crop_fraction` of each resized back to S (the images themselves
+    at <= 32 px). Evaluation and inference both call this, so they cannot disagree."""
+    fraction = eval_crop_fraction(image_size)
+    return as_float_images(images) if fraction is None else center_crop(images, fraction, out_size=image_size)

@@ -7,18 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from simclrv2.augment import center_crop
+from simclrv2.augment import eval_view
 from simclrv2.data import ImageDataset
 from simclrv2.eval.knn import extract_features, knn_accuracy
 from simclrv2.eval.metrics import accuracy
 from simclrv2.runtime import resolve_precision
-
-
-def eval_transform(image_size: int):
-    """Evaluation view (SPEC): centre crop of 87.5 % and resize back; none for images <= 32 px."""
-    if image_size <= 32:
-        return None
-    return lambda x: center_crop(x, fraction=0.875, out_size=image_size)
 
 
 def outputs(forward_module: nn.Module, forward, dataset: ImageDataset, device: torch.device, batch_size: int,
@@ -32,7 +25,7 @@ def outputs(forward_module: nn.Module, forward, dataset: ImageDataset, device: t
             dataset.images,
             batch_size=batch_size,
             device=device,
-            transform=eval_transform(dataset.image_size),
+            transform=lambda x: eval_view(x, dataset.image_size),
             autocast_dtype=torch.bfloat16 if resolve_precision(precision, device) == "bf16" else None,
             progress=progress,
         )

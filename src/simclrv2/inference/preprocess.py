@@ -15,11 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from simclrv2.augment import center_crop
+from simclrv2.augment import eval_crop_fraction, eval_view
 from simclrv2.errors import SimCLRv2Error
 
-EVAL_CROP = 0.875  # SPEC: evaluation centre crop, only above SMALL_IMAGE px
-SMALL_IMAGE = 32
 _LUMA = torch.tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)  # PIL's convert("L") weights
 _MODES = {1: "L", 3: "RGB"}
 
@@ -38,10 +36,6 @@ class Preprocessing:
             raise SimCLRv2Error(f"preprocessing needs image_size >= 1 and 1 or 3 channels, got "
                                 f"{self.image_size} px and {self.channels} channels")
 
-    @property
-    def crop_fraction(self) -> float | None:
-        return EVAL_CROP if self.image_size > SMALL_IMAGE else None
-
     def to_dict(self) -> dict[str, Any]:
         """The description written beside every export, so code in other languages can feed the network."""
         return {
@@ -52,7 +46,7 @@ class Preprocessing:
             "mean": None,  # SPEC: no normalisation
             "std": None,
             "square": "resize the shorter side to image_size, centre-crop the square",
-            "center_crop": self.crop_fraction,  # then crop this fraction of the centre and resize back
+            "center_crop": eval_crop_fraction(self.image_size),  # then crop this fraction of the centre and resize back
         }
 
     @classmethod
@@ -88,9 +82,7 @@ class Preprocessing:
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = _square(_convert_channels(x, self.channels), self.image_size)
-        if self.crop_fraction is not None:
-            x = center_crop(x, fraction=self.crop_fraction, out_size=self.image_size)
-        return x.contiguous()
+        return eval_view(x, self.image_size).contiguous()
 
 
 def pil_square(image: Image.Image, size: int, channels: int) -> np.ndarray:
