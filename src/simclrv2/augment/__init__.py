@@ -1,4 +1,4 @@
-"""Batched, on-device SimCLR augmentation (SPEC stage 1): every parameter drawn per image from a passed-in
+"""Batched on-device SimCLR augmentation (docs/recipe.md#augmentation): every parameter drawn per image from a passed-in
 ``torch.Generator``, applied to the whole batch tensor on its own device, no per-image Python loops.
 
 Inputs are (B, C, H, W) uint8 or float in [0, 1] with C = 1 (grey) or 3; outputs are float32 in [0, 1]
