@@ -1,6 +1,6 @@
 """Gaussian blur with a different sigma per image: one grouped convolution per direction for the batch.
 
-SPEC pitfall: sigma is the Gaussian's standard deviation in pixels, never the kernel radius, and the kernel
+docs/recipe.md#blur: sigma is the Gaussian's standard deviation in pixels, never the kernel radius, and the kernel
 size is always odd.
 """
 
