@@ -1,7 +1,7 @@
 """Colour distortion for whole batches: the four jitter operations, random order per image, grayscale.
 
 Every operation takes per-image parameters as (B,) tensors and clips to [0, 1], as the reference does after
-each step. On one-channel images saturation, hue and grayscale are no-ops (SPEC): the image is returned as is.
+each step. On one-channel images saturation, hue and grayscale are no-ops (docs/recipe.md#augmentation).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _blend(x: Tensor, factor: Tensor, reference: Tensor) -> Tensor:
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """Multiplicative brightness (SPEC): clip(f·x, 0, 1)."""
+    """Multiplicative brightness (docs/recipe.md#colour-distortion): clip(f·x, 0, 1)."""
     return (x * _per_image(factor)).clamp_(0, 1)
 
 
@@ -80,7 +80,7 @@ def jitter_ranges(strength: float) -> tuple[Tensor, Tensor]:
     """(4,) lower and upper bounds of brightness, contrast, saturation and hue for jitter strength s.
 
     Brightness U[max(0, 1 − 0.8s), 1 + 0.8s], contrast and saturation U[1 − 0.8s, 1 + 0.8s] (floored at 0 as
-    well: identical to SPEC for s <= 1.25, and a negative factor would invert the image), hue U[−0.2s, 0.2s].
+    well: identical to the paper's for s <= 1.25, and a negative factor would invert the image), hue U[−0.2s, 0.2s].
     """
     if strength < 0:
         raise SimCLRv2Error(f"jitter strength = {strength!r} must be >= 0 (0.5 small images, 1.0 ImageNet)")
