@@ -1,7 +1,7 @@
 """Random resized crops, flips and centre crops for whole batches: one ``grid_sample`` per batch.
 
 Boxes are (top, left, h, w) in pixels, where pixel (i, j) covers [i, i + 1) x [j, j + 1). Resizing is bilinear
-(the reference resizes bicubically; SPEC allows bilinear on device) with border replication, so a crop never
+(the reference resizes bicubically; docs/recipe.md#augmentation) with border replication, so a crop never
 darkens at the image edge.
 """
 
@@ -117,7 +117,7 @@ def crop_flip(images: Tensor, generator: torch.Generator, crop_scale: tuple[floa
               flip_prob: float = 0.5, channels_last: bool = False, *,
               crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
               out_size: int | tuple[int, int] | None = None) -> Tensor:
-    """Fine-tuning and distillation augmentation (SPEC): random resized crop + flip, nothing else."""
+    """Fine-tuning and distillation views (docs/recipe.md#classifier-views): random resized crop + flip only."""
     x = as_float_images(images)
     check_generator(generator, x.device)
     out = random_crop_flip(x, generator, crop_scale, crop_ratio, flip_prob, out_size)
@@ -125,7 +125,7 @@ def crop_flip(images: Tensor, generator: torch.Generator, crop_scale: tuple[floa
 
 
 def center_crop(images: Tensor, fraction: float = 0.875, out_size: int | None = None) -> Tensor:
-    """Evaluation view (SPEC): the central ``fraction`` of the image, resized back; no crop at <= 32 px.
+    """Evaluation view (docs/recipe.md#evaluation-view): the central ``fraction``, resized back; none at <= 32 px.
 
     Without ``out_size`` the crop is fraction·H × fraction·W, resized to H × W; with it, the crop is the
     central square of side fraction·min(H, W), resized to out_size². Either way the aspect ratio is kept.
