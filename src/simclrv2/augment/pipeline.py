@@ -1,4 +1,4 @@
-"""The SimCLR pretraining augmentation (SPEC stage 1) for whole batches, on the batch's own device.
+"""The SimCLR pretraining augmentation (docs/recipe.md#augmentation) for whole batches, on the batch's own device.
 
 crop → flip → colour jitter (p) → grayscale (p) → Gaussian blur (p, only for images of at least
 ``blur_min_side`` px). Every parameter is drawn per image from the generator passed in, so a seed fixes the
@@ -27,7 +27,7 @@ from simclrv2.errors import SimCLRv2Error
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """SPEC's augmentation recipe, small-image (<= 32 px) values; for ImageNet set ``jitter_strength=1.0``."""
+    """docs/recipe.md#augmentation, small-image (<= 32 px) values; for ImageNet set ``jitter_strength=1.0``."""
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -37,7 +37,7 @@ class AugmentConfig:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_min_side: int = 33  # SPEC: no blur for images <= 32 px
+    blur_min_side: int = 33  # docs/recipe.md#blur: no blur for images <= 32 px
 
     def __post_init__(self) -> None:
         check_range("augment.crop_scale", self.crop_scale, 0.0, 1.0)
