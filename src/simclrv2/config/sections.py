@@ -1,4 +1,4 @@
-"""The config sections: one frozen dataclass each, defaults from the SPEC, validated on construction."""
+"""The config sections: one frozen dataclass each, defaults from docs/recipe.md, validated on construction."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The ResNet encoder and projection head (SPEC stage 1). ``stem = "auto"`` picks the CIFAR stem <= 32 px."""
+    """The ResNet encoder and projection head (docs/recipe.md#encoder). ``stem = "auto"``: the CIFAR stem <= 32 px."""
 
     depth: int = 18
     width_multiplier: float = 1.0
@@ -106,7 +106,7 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Contrastive pretraining (SPEC stage 1): NT-Xent, LARS, warmup + cosine, square-root LR scaling."""
+    """Contrastive pretraining (docs/recipe.md#pretraining): NT-Xent, LARS, warmup + cosine, square-root LR scaling."""
 
     epochs: int = 100
     batch_size: int = 512  # global: split over processes
@@ -184,7 +184,7 @@ def _check_budget(section: str, epochs: int, min_steps: int, batch_size: int, ev
 
 def _finetune_optimizer() -> OptimizerConfig:
     # the best of 8 recipes on validation from the same pretrained network (benchmarks/results/recipe_search.md,
-    # phase 3): 82.6 % at 1 % labels; LARS at the SPEC's rate moved the weights 2.6 % and reached 81.2 %
+    # phase 3): 82.6 % at 1 % labels; LARS at 0.02·√BS moved the weights 2.6 % and reached 81.2 %
     return OptimizerConfig(name="sgd", base_lr=0.01, lr_scaling="none", weight_decay=0.0, warmup_fraction=0.0)
 
 
@@ -200,7 +200,7 @@ def _supervised_optimizer() -> OptimizerConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning on a labelled subset from projection-head layer ``head_layer`` (SPEC stage 2).
+    """Fine-tuning on a labelled subset from projection-head layer ``head_layer`` (docs/recipe.md#fine-tuning).
 
     The budget is ``epochs`` over the subset, raised to at least ``min_steps`` optimiser steps so that 100 labels
     still get a real training run (``epochs = 0``: only that minimum, in whole epochs). The whole network is
@@ -209,10 +209,10 @@ class FinetuneConfig:
 
     labels: str = "1%"  # "1%", "10%", a count ("600"), "N/class" ("10/class"), or a list file of image ids
     head_layer: int = 1
-    epochs: int = 60  # the SPEC's 60 epochs at 1 % (about 540 steps for 600 labels at batch 64)
+    epochs: int = 60  # the paper's 60 epochs at 1 % (about 540 steps for 600 labels at batch 64)
     min_steps: int = 600
-    batch_size: int = 64  # capped at the subset size; the SPEC's 1024 suits ImageNet's 12,811-image 1 %
-    # "resized": random resized crop at crop_scale (SPEC); "pad": pad-4 random crop; "auto": pad at <= 32 px, where a
+    batch_size: int = 64  # capped at the subset size; the paper's 1024 suits ImageNet's 12,811-image 1 %
+    # "resized": random resized crop at crop_scale (paper); "pad": pad-4 random crop; "auto": pad at <= 32 px, where a
     # crop of 8 % of a 28-px image leaves too little of it to learn a label from, else resized
     crop: str = "auto"
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -266,10 +266,10 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Distillation on unlabeled images (SPEC stage 3): a frozen teacher's softened predictions train a student.
+    """Distillation on unlabeled images (docs/recipe.md#distillation): a frozen teacher's soft labels train a student.
 
     ``student = "teacher"`` distils into the teacher's architecture (self-distillation); ``"model"`` builds the
-    student from ``[model]`` (big-to-small). ``temperature = 0`` picks the SPEC's 0.1 for self-distillation
+    student from ``[model]`` (big-to-small). ``temperature = 0`` picks the paper's 0.1 for self-distillation
     and 1.0 for big-to-small. The labelled term weighs ``1 - alpha``.
     """
 
