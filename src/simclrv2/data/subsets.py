@@ -1,4 +1,4 @@
-"""Label subsets for semi-supervised fine-tuning (SPEC stage 2): class-balanced 1 % / 10 % of the training
+"""Label subsets for fine-tuning (docs/recipe.md#label-subsets): class-balanced 1 % / 10 % of the training
 set, saved as lists of image ids so a run's labelled images can be reused and compared.
 
 A spec is one of: ``"1%"`` (a percentage of the set), ``"600"`` or ``600`` (a count), ``"60/class"`` or
