@@ -1,4 +1,4 @@
-"""Frozen-network outputs on a whole dataset: encoder features, kNN accuracy (the SPEC's monitor), logits."""
+"""Frozen-network outputs on a whole dataset: encoder features, kNN accuracy (docs/recipe.md#knn-monitor), logits."""
 
 from __future__ import annotations
 
