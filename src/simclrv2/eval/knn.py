@@ -1,4 +1,4 @@
-"""The kNN monitor (SPEC, standard in peers though not in the paper): cosine kNN with a weighted vote.
+"""The kNN monitor (docs/recipe.md#knn-monitor; standard in peers, not in the paper): cosine kNN with a weighted vote.
 
 For a query q and its k most cosine-similar training features with similarities s_i and labels y_i, the
 score of class c is  Σ_{i: y_i = c} exp(s_i / τ)  and the prediction is the class with the largest score
@@ -115,7 +115,7 @@ def extract_features(
     """(N, D) float32 CPU features of uint8 (N, C, H, W) images, one batch at a time.
 
     Each batch is moved to ``device`` as uint8 (4x less traffic than float) and only there scaled to [0, 1]
-    (the SPEC's input range: no normalisation); ``transform`` (e.g. the evaluation centre crop) is then
+    (docs/recipe.md#augmentation: no normalisation); ``transform`` (e.g. the evaluation centre crop) is then
     applied, and ``forward`` runs under autocast when ``autocast_dtype`` is given. The caller sets eval
     mode."""
     if images.dim() != 4 or images.dtype != torch.uint8:
