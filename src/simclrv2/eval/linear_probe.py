@@ -1,4 +1,4 @@
-"""Linear evaluation (SPEC stage 2) on cached frozen features: a softmax classifier on the encoder output.
+"""Linear probe (docs/recipe.md#linear-probe) on cached frozen features: a softmax classifier on the encoder output.
 
 Training works on standardised features z = (x − μ) / σ (μ, σ from the training features), which lets one
 learning rate fit every encoder whatever the scale of its features; the returned ``nn.Linear`` has the
@@ -94,7 +94,7 @@ def fit_linear_probe(
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
 
-    # Zero init, like the SPEC's fine-tuning classifier: the seed then acts only through the batch order.
+    # Zero init, as in fine-tuning (docs/recipe.md#fine-tuning): the seed then acts only through the batch order.
     weight = torch.zeros(num_classes, dim, device=device, requires_grad=True)
     bias = torch.zeros(num_classes, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([weight, bias], lr=lr)
