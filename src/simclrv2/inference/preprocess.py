@@ -1,6 +1,6 @@
 """What a trained network expects as input, and turning user images into it.
 
-The SPEC's evaluation view: the image as a square of the training size (shorter side resized, centre-cropped,
+docs/recipe.md#evaluation-view: the image as a square of the training size (shorter side resized, centre-cropped,
 as the image-folder reader stores training images), then a centre crop of 87.5 % resized back when the side is
 above 32 px; values in [0, 1] with no mean/std normalisation; 1 (grey) or 3 (RGB) channels like the training data.
 """
@@ -43,7 +43,7 @@ class Preprocessing:
             "channels": self.channels,
             "layout": "NCHW float32",
             "value_range": [0.0, 1.0],
-            "mean": None,  # SPEC: no normalisation
+            "mean": None,  # docs/recipe.md#augmentation: no normalisation
             "std": None,
             "square": "resize the shorter side to image_size, centre-crop the square",
             "center_crop": eval_crop_fraction(self.image_size),  # then crop this fraction of the centre and resize back
