@@ -1,7 +1,7 @@
-"""Losses: NT-Xent for contrastive pretraining and the distillation loss (SPEC stages 1 and 3).
+"""Losses: NT-Xent for contrastive pretraining and the distillation loss (docs/recipe.md#nt-xent, #distillation-loss).
 
 Both are computed in float32 even under autocast: normalisation, similarities and log-softmax in bf16/fp16
-are where SimCLR runs pick up NaNs (SPEC pitfall).
+are where SimCLR runs pick up NaNs (docs/recipe.md#numerics).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def distillation_objective(
     labels: torch.Tensor | None = None,
     alpha: float = 1.0,
 ) -> torch.Tensor:
-    """(1 − α)·CE(student, labels) + α·distillation_loss (SPEC stage 3); α = 1 needs no labels.
+    """(1 − α)·CE(student, labels) + α·distillation_loss (docs/recipe.md#distillation-loss); α = 1 needs no labels.
 
     The labelled term uses the plain logits (τ = 1), as a supervised loss would, and averages over the rows whose
     label is >= 0: a batch of unlabeled images (label −1) mixed with labelled ones; with none labelled it is 0.
