@@ -1,6 +1,6 @@
 """Global batch normalisation: statistics over the whole global batch, on any device and backend.
 
-SimCLR's BN statistics must be global (SPEC, Loss → Distributed): with per-process statistics each process
+SimCLR's BN statistics must be global (docs/recipe.md#distributed-training): with per-process statistics each process
 can tell its own samples apart by their BN shift and the contrastive task leaks. ``torch.nn.SyncBatchNorm``
 does this only on CUDA (converting a CPU model succeeds and the first forward fails), so this module
 all-reduces the per-channel sum, sum of squares and count itself; on CUDA with NCCL ``convert_to_global_bn``
