@@ -1,6 +1,6 @@
 """SimCLRv2's projection head: k × (Linear + BN (+ ReLU)), readable layer by layer.
 
-Fine-tuning starts from head layer j (SPEC stage 2), so the head exposes every intermediate output and its
+Fine-tuning starts from head layer j (docs/recipe.md#projection-head), so the head exposes every layer's output and its
 first j layers as a module.
 """
 
@@ -15,7 +15,7 @@ def _head_layer(in_dim: int, out_dim: int, last: bool) -> nn.Sequential:
     # No Linear bias: the BN right after it removes any constant offset.
     bn = nn.BatchNorm1d(out_dim)
     if last:
-        # The last BN has no β (SPEC): the output is normalised by the loss, and an offset shared by every
+        # No β in the last BN (docs/recipe.md#projection-head): the loss normalises, and an offset shared by every
         # projection only pulls all of them towards one direction without helping tell images apart.
         bn.register_parameter("bias", None)
         return nn.Sequential(nn.Linear(in_dim, out_dim, bias=False), bn)
