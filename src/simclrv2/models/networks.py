@@ -28,7 +28,7 @@ class SimCLRModel(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Encoder + head layers 1…j + a zero-initialised linear classifier (SPEC stage 2).
+    """Encoder + head layers 1…j + a zero-initialised linear classifier (docs/recipe.md#fine-tuning).
 
     Zero init makes the first logits all zero: fine-tuning starts from uniform predictions instead of a random
     guess that would first have to be unlearned, and the first gradients flow only into the classifier.
