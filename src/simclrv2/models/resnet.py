@@ -3,7 +3,7 @@
 Post-activation ResNet v1.5 (the stride sits on the 3×3 conv), as in the authors' code. Every variant is a few
 arguments of :func:`resnet`; :data:`ARCHITECTURES` maps a depth to its block type and blocks per stage.
 
-BatchNorm layers use PyTorch's defaults, which are the SPEC's eps 1e-5 and momentum 0.1 (TF decay 0.9).
+BatchNorm layers use PyTorch's defaults, which are docs/recipe.md#encoder's eps 1e-5 and momentum 0.1 (TF decay 0.9).
 """
 
 from __future__ import annotations
