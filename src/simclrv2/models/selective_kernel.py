@@ -5,7 +5,7 @@ at the whole image and picks, per channel, a soft mix of the two. Networks with 
 shortcut with an average pool instead of a strided 1×1 conv (ResNet-D, He et al., 2018, arXiv 1812.01187), so
 the shortcut sees every input pixel rather than one in four.
 
-BatchNorm layers use PyTorch's defaults, which are the SPEC's eps 1e-5 and momentum 0.1 (TF decay 0.9).
+BatchNorm layers use PyTorch's defaults, which are docs/recipe.md#encoder's eps 1e-5 and momentum 0.1 (TF decay 0.9).
 """
 
 from __future__ import annotations
