@@ -1,4 +1,4 @@
-"""LARS, the parameter groups it needs, learning-rate scaling and the per-step schedule (SPEC stage 1)."""
+"""LARS, its parameter groups, learning-rate scaling and the per-step schedule (docs/recipe.md#lars)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ class LARS(torch.optim.Optimizer):
         v     ← m·v + lr·trust·g'
         w     ← w − v
 
-    Parameters in a group with ``lars_exclude=True`` (BN parameters and biases, SPEC) get neither weight decay
+    Parameters in a ``lars_exclude=True`` group (BN parameters and biases, docs/recipe.md#lars) get neither weight decay
     nor the trust ratio, whatever the group's ``weight_decay``: v ← m·v + lr·g (plain momentum SGD). ``eps``
-    only guards the division; the SPEC formula is eps = 0. Use :func:`param_groups` to build the groups.
+    only guards the division; docs/recipe.md#lars has eps = 0. Use :func:`param_groups` to build the groups.
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4,
@@ -92,7 +92,7 @@ def _trust_ratios(params: list[torch.Tensor], grads: list[torch.Tensor], weight_
 
 def param_groups(model: nn.Module, weight_decay: float, plain: Sequence[nn.Module] = ()) -> list[dict]:
     """Two groups for :class:`LARS`: weights (decayed, trust-ratio adapted) and BN parameters + biases (neither,
-    SPEC pitfall). A parameter with at most one dimension is a bias or a BN/norm scale or shift; that rule covers
+    docs/recipe.md#lars). A parameter with at most one dimension is a bias or a BN/norm scale or shift; that rule covers
     every layer in this package. Frozen parameters (``requires_grad=False``) are left out.
 
     ``plain`` modules go entirely to the second group: the reference does this for the supervised head, whose
@@ -141,7 +141,7 @@ def lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int) -> flo
     otherwise:      peak·½(1 + cos(π·t)), t = min(1, (step − warmup)/(total − warmup))
 
     A pure function of the global step, so resuming needs no scheduler state and a schedule cannot be stepped
-    per epoch by mistake (SPEC pitfall). Steps past ``total_steps`` stay at 0.
+    per epoch by mistake (docs/recipe.md#schedule). Steps past ``total_steps`` stay at 0.
     """
     if step < 0 or total_steps < 1 or not 0 <= warmup_steps <= total_steps:
         raise SimCLRv2Error(f"lr_at needs step >= 0, total_steps >= 1 and 0 <= warmup_steps <= total_steps, got "
