@@ -1,7 +1,7 @@
 """Training a classifier on the engine: what fine-tuning, the supervised baseline and distillation share.
 
 Each of those stages builds the network and the loss of a batch; this module adds the views (crop + flip,
-SPEC), the optimiser, the step budget, validation during training, and the final scores: validation, then
+docs/recipe.md#classifier-views), the optimiser, the step budget, validation in training, final scores: validation, then
 the test split, read once at the very end.
 """
 
@@ -53,7 +53,7 @@ class ClassifierSetup:
 
 def make_views(cfg: Any, image_size: int, channels_last: bool
                ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """The stage's training views: random resized crop + flip (SPEC), or pad-4 crop + flip (``crop = "pad"``, and
+    """The stage's training views: random resized crop + flip (paper §3.1), or pad-4 crop + flip (``crop = "pad"``, and
     ``"auto"`` at <= 32 px)."""
     if cfg.crop == "pad" or (cfg.crop == "auto" and image_size <= 32):
         return lambda x, g: pad_crop_flip(x, g, padding=4, flip_prob=cfg.flip_prob, channels_last=channels_last)
