@@ -1,7 +1,7 @@
 """Evaluation of a trained network, on the validation split and then on the test split, into ``result.json``.
 
 - ``linear``: frozen encoder; features are extracted once and a linear classifier is fitted on the cached
-  features of the labelled images (``evaluate.labels``, drawn outside validation), BN in eval mode (SPEC).
+  features of labelled images (``evaluate.labels``, outside validation), BN in eval mode (docs/recipe.md#linear-probe).
 - ``knn``: cosine kNN (k, temperature from ``[run]``) with the labelled images as the memory bank.
 - ``classifier``: accuracy of a fine-tuned, supervised or distilled model.
 Each gives top-1, per-class accuracy and the confusion matrix on both splits.
