@@ -149,7 +149,7 @@ def test_self_distillation_trains_a_student_of_the_teachers_architecture(tmp_pat
     result = distill(quick_config(**{"distill.teacher": run_dir}), tmp_path / "student")
     payload = load_checkpoint(tmp_path / "student")
     assert payload["architecture"] == load_checkpoint(run_dir)["architecture"]
-    assert result.details["temperature"] == 0.1  # SPEC: self-distillation
+    assert result.details["temperature"] == 0.1  # docs/recipe.md#distillation-loss: self-distillation
 
 
 def test_big_to_small_distillation_builds_the_student_from_the_model_section(tmp_path, quick_config, finetuned):
