@@ -1,5 +1,5 @@
 """Distributed helpers and global BN: single-process defaults, and 2 gloo processes with DIFFERENT data per
-process compared against one process on the concatenated data (SPEC pitfall: a symmetric test passed while a
+process vs. one process on the concatenated data (docs/recipe.md#distributed-training: a symmetric test passed while a
 gather's backward was wrong)."""
 
 from __future__ import annotations
