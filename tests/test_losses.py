@@ -9,7 +9,7 @@ from simclrv2.losses import distillation_loss, distillation_objective, nt_xent_l
 
 
 def naive_anchor_losses(z1, z2, temperature, extra=None):
-    """Straight from the SPEC, in float64: one loss per anchor, anchors i < N are view 1 of image i, the rest
+    """From docs/recipe.md#nt-xent, in float64: one loss per anchor, anchors i < N are view 1 of image i, the rest
     view 2 of image i - N; candidates are all 2N views except the anchor itself, plus the ``extra`` rows."""
     z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
     n = z1.shape[0]
