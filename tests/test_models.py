@@ -1,4 +1,4 @@
-"""Specifications of the encoder family, the projection head and the composed networks (SPEC stages 1, 2)."""
+"""Specifications of the encoder family, projection head and networks (docs/recipe.md#encoder, #projection-head)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from simclrv2.models import (
 )
 from simclrv2.models.resnet import BasicBlock, Bottleneck
 
-SK = 0.0625  # the SPEC's recommended sk_ratio
+SK = 0.0625  # the authors' recommended sk_ratio (docs/recipe.md#encoder)
 
 
 def _images(batch: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -172,7 +172,7 @@ def _train_bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
 
 
 def _naive_sk(sk: SelectiveKernelConv, x: torch.Tensor) -> torch.Tensor:
-    """The SPEC's words, one step a line, with an explicit two-way softmax."""
+    """The docs/recipe.md#encoder SK description, one step a line, with an explicit two-way softmax."""
     c = sk.channels
     streams = F.relu(_train_bn(F.conv2d(x, sk.conv.weight, stride=sk.conv.stride, padding=1), sk.bn))
     first, second = streams[:, :c], streams[:, c:]
