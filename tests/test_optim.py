@@ -11,7 +11,7 @@ from simclrv2.optim import LARS, lr_at, param_groups, scaled_learning_rate, set_
 
 
 def lars_by_hand(w, g, v, lr, momentum, wd, eta, excluded):
-    """One LARS step in float64, written from the SPEC formula with Python numbers for the norms."""
+    """One LARS step in float64, from the docs/recipe.md#lars formula with Python numbers for the norms."""
     if excluded:
         update, trust = g, 1.0
     else:
