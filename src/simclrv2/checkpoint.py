@@ -140,10 +140,15 @@ def classifier_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, Cl
     return spec, model
 
 
+def network_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, SimCLRModel | Classifier]:
+    """The network of a pretraining payload (encoder + projection head) or of a classifier payload."""
+    read = classifier_from if payload.get("kind") == "classifier" else pretrained_from
+    return read(payload, source)
+
+
 def encoder_from(payload: dict[str, Any], source: str) -> tuple[ModelSpec, nn.Module]:
     """The encoder of a pretraining payload, or the fine-tuned encoder of a classifier payload."""
-    read = classifier_from if payload.get("kind") == "classifier" else pretrained_from
-    spec, model = read(payload, source)
+    spec, model = network_from(payload, source)
     return spec, model.encoder
 
 

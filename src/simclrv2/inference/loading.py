@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from simclrv2.checkpoint import find_checkpoint, load_checkpoint, load_state
+from simclrv2.checkpoint import find_checkpoint, load_checkpoint, load_state, network_from
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.model import LoadedModel
 from simclrv2.inference.spec import InferenceSpec
+from simclrv2.models.networks import Classifier, SimCLRModel
 
 SPEC_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -39,21 +39,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
 def from_checkpoint(payload: dict, source: str) -> LoadedModel:
     """The network of a checkpoint payload as the stages write it (kind "simclr" or "classifier")."""
     spec = InferenceSpec.from_checkpoint(payload, source)
-    if spec.classes:
-        network = spec.architecture.build_classifier(spec.head_layers, len(spec.classes))
-        load_state(network, payload["model"], source)
-        return LoadedModel(network.encoder, network.head, network.classifier, spec)
-    network = spec.architecture.build_simclr()
-    load_state(network, payload["model"], source)
-    return LoadedModel(network.encoder, network.head.truncated(spec.head_layers), None, spec)
+    _, network = network_from(payload, source)
+    return _loaded(network, spec)
 
 
 def build_model(spec: InferenceSpec) -> LoadedModel:
     """The network a spec describes, freshly initialised (weights are loaded by the caller)."""
-    simclr = spec.architecture.build_simclr()
-    head = simclr.head.truncated(spec.head_layers)
-    classifier = nn.Linear(simclr.head.output_dim(spec.head_layers), len(spec.classes)) if spec.classes else None
-    return LoadedModel(simclr.encoder, head, classifier, spec)
+    architecture = spec.architecture
+    network = (architecture.build_classifier(spec.head_layers, len(spec.classes)) if spec.classes
+               else architecture.build_simclr())
+    return _loaded(network, spec)
+
+
+def _loaded(network: SimCLRModel | Classifier, spec: InferenceSpec) -> LoadedModel:
+    """The encoder, the spec's head layers and the classifier (if any) of a built network, shared, not copied."""
+    if isinstance(network, Classifier):
+        return LoadedModel(network.encoder, network.head, network.classifier, spec)
+    return LoadedModel(network.encoder, network.head.truncated(spec.head_layers), None, spec)
 
 
 def load_export(folder: Path) -> LoadedModel:
