@@ -37,7 +37,7 @@ from simclrv2.checkpoint import (
 from simclrv2.config import RunConfig, config_to_dict, to_toml
 from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.logs import get_logger, show_progress
-from simclrv2.optim import lr_at, set_lr
+from simclrv2.optim import lr_at, set_lr, warmup_steps_for
 from simclrv2.provenance import provenance
 from simclrv2.results import TrainRecord, metrics_record
 from simclrv2.runtime import generator_for, resolve_device, set_threads
@@ -84,7 +84,7 @@ class Budget:
         if total < MIN_SENSIBLE_STEPS:
             get_logger().warning(f"warning: {stage} takes only {total} optimiser steps ({epochs} epochs of "
                                  f"{steps_per_epoch}); it may not train: raise {stage}.epochs or {stage}.min_steps")
-        return cls(batch, batch // world, steps_per_epoch, epochs, total, round(total * warmup_fraction))
+        return cls(batch, batch // world, steps_per_epoch, epochs, total, warmup_steps_for(total, warmup_fraction))
 
 
 @dataclass
