@@ -119,6 +119,69 @@ def test_embed_knn_labels_each_image_by_its_labelled_neighbours(pretrain_run, tm
     assert [(r["image"], r["prediction"]) for r in rows] == [("x.png", "red"), ("y.png", "blue")]
 
 
+def _cut(path):
+    """The image truncated after its header: it opens, but cannot be decoded (a half-copied file)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture()
+def with_a_cut_image(tmp_path):
+    folder = _write_images(tmp_path / "photos", ["a.png", "b.png", "c.png"], size=(64, 64))
+    _cut(folder / "b.png")
+    return folder
+
+
+def test_predict_skips_an_unreadable_image_with_one_warning_as_training_does(classifier_run, with_a_cut_image,
+                                                                             capsys):
+    assert main(["predict", "--checkpoint", str(classifier_run), str(with_a_cut_image), "--batch-size", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert [row["image"] for row in csv.DictReader(out.splitlines())] == ["a.png", "c.png"]  # stdout: only CSV
+    skipped = [line for line in err.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "read 2 images; skipped 1 unreadable image (b.png; first error:" in skipped[0]
+
+
+def test_embed_skips_an_unreadable_image_and_its_index_follows_the_rows(pretrain_run, with_a_cut_image, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", "--checkpoint", str(pretrain_run), str(with_a_cut_image), "--output", str(out)]) == 0
+    assert (out / "index.txt").read_text().splitlines() == ["a.png", "c.png"]
+    assert np.load(out / "features.npy").shape[0] == 2
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable image (b.png" in printed and "embedded 2 images" in printed
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_folder_without_a_readable_image_is_one_line_and_leaves_the_output_alone(
+        classifier_run, pretrain_run, tmp_path, capsys, command):
+    folder = _write_images(tmp_path / "photos", ["a.png", "b.png"], size=(64, 64))
+    for name in ("a.png", "b.png"):
+        _cut(folder / name)
+    checkpoint, output = ((classifier_run, tmp_path / "old.csv") if command == "predict"
+                          else (pretrain_run, tmp_path / "emb"))
+    if command == "predict":
+        output.write_text("the user's earlier predictions\n")
+    assert main([command, "--checkpoint", str(checkpoint), str(folder), "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 image files" in err and "a.png, b.png" in err and err.count("\n") == 1
+    if command == "predict":
+        assert output.read_text() == "the user's earlier predictions\n"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    else:
+        assert not output.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "embed", "export"])
+def test_an_output_that_cannot_be_created_is_one_line(classifier_run, unlabeled, tmp_path, capsys, command):
+    (tmp_path / "a-file").write_text("")
+    output = tmp_path / "a-file" / ("out.csv" if command == "predict" else "out")
+    images = [] if command == "export" else [str(unlabeled)]
+    assert main([command, "--checkpoint", str(classifier_run), *images, "--output", str(output),
+                 *(["--format", "safetensors"] if command == "export" else [])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create" in err and "a-file" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
 @pytest.mark.slow  # the first ONNX export of a process takes several seconds
 def test_export_cli_writes_every_format_and_loads_back(classifier_run, tmp_path, capfd):
     pytest.importorskip("onnxscript")

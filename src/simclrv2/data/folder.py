@@ -163,6 +163,29 @@ def decode_image(path: Path, image_size: int, mode: str) -> np.ndarray:
         raise SimCLRv2Error(f"cannot read image {path} ({err}); remove or replace the file") from err
 
 
+def try_decode(path: Path, image_size: int, mode: str) -> np.ndarray | str:
+    """:func:`decode_image`, or why the file cannot be decoded. The one rule for training, ``predict`` and
+    ``embed``: unreadable images are skipped and counted (:func:`skipped_images`); none readable is an error
+    (:func:`nothing_readable`)."""
+    try:
+        return decode_image(path, image_size, mode)
+    except SimCLRv2Error as err:
+        return str(err.__cause__ or err)
+
+
+def skipped_images(failed: dict[Path, str], folder: Path) -> str:
+    """"skipped N unreadable images (the first few, relative to ``folder``; first error: ...)"."""
+    first = next(iter(failed.values()))
+    return (f"skipped {len(failed)} unreadable image{'s' * (len(failed) > 1)} "
+            f"({_names(failed, folder)}; first error: {first})")
+
+
+def nothing_readable(count: int, folder: Path, failed: dict[Path, str],
+                     hint: str = "point data.data_dir at another folder") -> SimCLRv2Error:
+    return SimCLRv2Error(f"none of the {count} image files in {folder} can be read (e.g. {_names(failed, folder)}: "
+                         f"{next(iter(failed.values()))}); check they are images, or {hint}")
+
+
 def probe_image(path: Path) -> Probe | str:
     """The size and mode in an image's header, or why it cannot be opened (the file is not decoded)."""
     try:
@@ -236,7 +259,7 @@ def read_folder(root: Path, split: str = "train", image_size: int | None = None,
     failed = {p: why for p, why in zip(listing.paths, probes, strict=True) if isinstance(why, str)}
     readable = [(i, p) for i, (p, probe) in enumerate(zip(listing.paths, probes, strict=True)) if p not in failed]
     if not readable:
-        raise _nothing_readable(listing, failed)
+        raise nothing_readable(len(listing.paths), folder, failed)
     if image_size is None or channels is None:
         image_size, channels, why = choose_format(_training_probes(root, listing, probes), image_size, channels)
         log.info("%s: reading images at %d px, %d channel%s: %s; set data.image_size and data.channels to "
@@ -245,22 +268,15 @@ def read_folder(root: Path, split: str = "train", image_size: int | None = None,
     images = torch.empty((len(readable), channels, image_size, image_size), dtype=torch.uint8)
     out = images.numpy()  # shares memory with `images`
     kept: list[int] = []
-
-    def decode(item: tuple[int, Path]) -> np.ndarray | str:
-        try:
-            return decode_image(item[1], image_size, mode)
-        except SimCLRv2Error as err:
-            return str(err.__cause__ or err)
-
-    for array, (index, path) in zip(_parallel(decode, readable, f"decoding {folder.name}"), readable,
-                                    strict=True):
+    arrays = _parallel(lambda item: try_decode(item[1], image_size, mode), readable, f"decoding {folder.name}")
+    for array, (index, path) in zip(arrays, readable, strict=True):
         if isinstance(array, str):
             failed[path] = array
             continue
         out[len(kept)] = array[None] if channels == 1 else array.transpose(2, 0, 1)  # (S, S, C) -> (C, S, S)
         kept.append(index)
     if not kept:
-        raise _nothing_readable(listing, failed)
+        raise nothing_readable(len(listing.paths), folder, failed)
     if len(kept) < len(readable):
         images = images[: len(kept)].clone()  # drop the rows of images that failed to decode
     labels = None if listing.labels is None else torch.tensor([listing.labels[i] for i in kept])
@@ -271,12 +287,6 @@ def read_folder(root: Path, split: str = "train", image_size: int | None = None,
         log.log(logging.WARNING if failed or listing.others else logging.INFO, summary)
     return ImageDataset(images=images, labels=labels, classes=listing.classes,
                         ids=tuple(listing.paths[i].relative_to(folder).as_posix() for i in kept), name=name)
-
-
-def _nothing_readable(listing: FolderListing, failed: dict[Path, str]) -> SimCLRv2Error:
-    return SimCLRv2Error(f"none of the {len(listing.paths)} image files in {listing.folder} can be read (e.g. "
-                         f"{_names(failed, listing.folder)}: {next(iter(failed.values()))}); check they are "
-                         "images, or point data.data_dir at another folder")
 
 
 def _check_classes(listing: FolderListing, labels: torch.Tensor | None, failed: dict[Path, str]) -> None:
@@ -301,9 +311,7 @@ def _summary(name: str, listing: FolderListing, failed: dict[Path, str], read: l
         parts.append(f"skipped {len(listing.others)} non-image file{'s' * (len(listing.others) > 1)} "
                      f"({_names(listing.others, folder)})")
     if failed:
-        first = next(iter(failed.values()))
-        parts.append(f"skipped {len(failed)} unreadable image{'s' * (len(failed) > 1)} "
-                     f"({_names(failed, folder)}; first error: {first})")
+        parts.append(skipped_images(failed, folder))
     modes = Counter(p.mode for p in read if p.mode != mode)
     if modes:
         parts.append(f"converted {sum(modes.values())} to {mode} "

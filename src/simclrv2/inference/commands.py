@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,13 @@ def _predict(model, args: argparse.Namespace) -> None:
     from simclrv2.inference.sources import open_images
 
     source = open_images(args.images, model.preprocess, args.data_dir)
+    if args.output is None:
+        data = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the CSV: log lines go to stderr meanwhile
+            predict(model, source, None, top_k=args.top_k, batch_size=args.batch_size, stdout=data)
+        return
     count = predict(model, source, args.output, top_k=args.top_k, batch_size=args.batch_size)
-    if args.output is not None:
-        print(f"predicted {count} images: {args.output}", file=sys.stderr)
+    print(f"predicted {count} images: {args.output}", file=sys.stderr)
 
 
 def _embed(model, args: argparse.Namespace) -> None:
@@ -92,7 +97,8 @@ def _embed(model, args: argparse.Namespace) -> None:
         knn = KnnOptions(open_labelled(args.knn, model.preprocess, args.data_dir), args.knn_k, args.knn_temperature)
     written = embed(model, source, args.output, layer=args.layer, normalize=args.normalize,
                     batch_size=args.batch_size, knn=knn)
-    print(f"embedded {len(source)} images: {', '.join(str(p) for p in written.values())}")
+    count = len(written["index"].read_text().splitlines())  # unreadable images were skipped
+    print(f"embedded {count} images: {', '.join(str(p) for p in written.values())}")
 
 
 def _export(model, args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from simclrv2.data import ImageDataset
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.knn import knn_predict
 from simclrv2.inference.model import LoadedModel
+from simclrv2.inference.outputs import output_folder
 from simclrv2.inference.predict import run_model
 from simclrv2.inference.sources import ImageSource
 
@@ -32,43 +33,45 @@ class KnnOptions:
 
 
 def features_of(model: LoadedModel, source: ImageSource, layer: int, normalize: bool,
-                batch_size: int) -> torch.Tensor:
-    """(N, D) float32 features of every image of ``source``, in its order."""
-    outputs = [features for _, features in run_model(model, source, batch_size, "embed", layer=layer,
-                                                     normalize=normalize)]
-    return torch.cat(outputs)
+                batch_size: int) -> tuple[tuple[str, ...], torch.Tensor]:
+    """(ids, (N, D) float32 features) of every readable image of ``source``, in its order."""
+    ids, outputs = [], []
+    for batch_ids, features in run_model(model, source, batch_size, "embed", layer=layer, normalize=normalize):
+        ids += batch_ids
+        outputs.append(features)
+    return tuple(ids), torch.cat(outputs)
 
 
 def embed(model: LoadedModel, source: ImageSource, output: Path, layer: int = 0, normalize: bool = False,
           batch_size: int = 256, knn: KnnOptions | None = None) -> dict[str, Path]:
-    """Writes ``features.npy``, ``index.txt`` (one id per line, in row order), ``embedding.json`` and, with
-    ``knn``, ``knn.csv`` (image, predicted class); returns the files written."""
+    """Writes ``features.npy``, ``index.txt`` (one id per line, in row order; unreadable images are skipped),
+    ``embedding.json`` and, with ``knn``, ``knn.csv`` (image, predicted class); returns the files written."""
     if output.exists() and not output.is_dir():
         raise SimCLRv2Error(f"--output {output} is a file; choose a folder")
-    features = features_of(model, source, layer, normalize, batch_size)
-    output.mkdir(parents=True, exist_ok=True)
+    ids, features = features_of(model, source, layer, normalize, batch_size)
+    output_folder(output)
     written = {"features": output / FEATURES_FILE, "index": output / INDEX_FILE}
     np.save(written["features"], features.numpy())
-    atomic_write_text(written["index"], "".join(f"{i}\n" for i in source.ids))
+    atomic_write_text(written["index"], "".join(f"{i}\n" for i in ids))
     about = {"model": model.spec.source, "images": source.name, "layer": layer, "normalize": normalize,
              "shape": list(features.shape)}
     if knn is not None:
         written["knn"] = output / KNN_FILE
-        about["knn"] = _write_knn(model, source, features, layer, normalize, batch_size, knn, written["knn"])
+        about["knn"] = _write_knn(model, ids, features, layer, normalize, batch_size, knn, written["knn"])
     atomic_write_text(output / "embedding.json", json.dumps(about, indent=1) + "\n")
     written["about"] = output / "embedding.json"
     return written
 
 
-def _write_knn(model: LoadedModel, source: ImageSource, features: torch.Tensor, layer: int, normalize: bool,
+def _write_knn(model: LoadedModel, ids: tuple[str, ...], features: torch.Tensor, layer: int, normalize: bool,
                batch_size: int, knn: KnnOptions, path: Path) -> dict:
     bank = ImageSource(knn.labelled.name, knn.labelled.ids, dataset=knn.labelled)
-    bank_features = features_of(model, bank, layer, normalize, batch_size)
+    _, bank_features = features_of(model, bank, layer, normalize, batch_size)
     labels = knn_predict(bank_features, knn.labelled.require_labels("kNN labelling"), features,
                          knn.labelled.num_classes, k=knn.k, temperature=knn.temperature)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "prediction"])
-        writer.writerows((image, knn.labelled.classes[k]) for image, k in zip(source.ids, labels.tolist(), strict=True))
+        writer.writerows((image, knn.labelled.classes[k]) for image, k in zip(ids, labels.tolist(), strict=True))
     return {"labelled": knn.labelled.name, "bank_size": len(knn.labelled), "k": knn.k,
             "temperature": knn.temperature}

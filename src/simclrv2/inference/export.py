@@ -21,6 +21,7 @@ from simclrv2.atomic import atomic_write_text
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.loading import SPEC_FILE, WEIGHTS_FILE
 from simclrv2.inference.model import LoadedModel
+from simclrv2.inference.outputs import output_folder
 
 FORMATS = ("safetensors", "onnx", "pt2")
 ONNX_FILE = "model.onnx"
@@ -42,10 +43,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 def export_model(model: LoadedModel, output: str | Path, formats: tuple[str, ...] = FORMATS) -> dict[str, Path]:
     """Writes ``model.json`` and each format into ``output``; returns {format: file}."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise SimCLRv2Error(f"{output} is a file; choose a folder for --output")
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(Path(output))
     if model.device.type != "cpu":  # export a CPU copy; the caller's model stays where it is
         model = copy.deepcopy(model).cpu()
     model.eval()

@@ -12,8 +12,10 @@ from typing import IO
 import torch
 from tqdm import tqdm
 
+from simclrv2.atomic import atomic_path
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.model import LoadedModel
+from simclrv2.inference.outputs import output_file
 from simclrv2.inference.sources import ImageSource
 
 OUTPUT_KINDS = (".csv", ".jsonl")
@@ -58,36 +60,37 @@ def _flat(row: dict) -> dict:
 
 
 def write_predictions(batches: Iterator[list[dict]], output: Path | None, stdout: IO[str] | None = None) -> int:
-    """Writes records as CSV (``.csv`` or stdout) or JSON lines (``.jsonl``), batch by batch; returns the count."""
+    """Writes records as CSV (``.csv`` or stdout) or JSON lines (``.jsonl``), batch by batch; returns the count.
+    A file appears (or replaces the old one) only once complete."""
     kind = ".csv" if output is None else output.suffix.lower()
     if kind not in OUTPUT_KINDS:
         raise SimCLRv2Error(f"--output {output} must end in .csv or .jsonl")
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    handle = (stdout or sys.stdout) if output is None else output.open("w", newline="")
-    count = 0
-    try:
-        writer = None
-        for rows in batches:
-            for row in rows:
-                if kind == ".jsonl":
-                    handle.write(json.dumps(row) + "\n")
-                    continue
-                flat = _flat(row)
-                if writer is None:
-                    writer = csv.DictWriter(handle, fieldnames=list(flat))
-                    writer.writeheader()
-                writer.writerow(flat)
-            count += len(rows)
-    finally:
-        if output is not None:
-            handle.close()
+    if output is None:
+        return _write_rows(batches, kind, stdout or sys.stdout)
+    with atomic_path(output_file(output)) as tmp, tmp.open("w", newline="") as handle:
+        return _write_rows(batches, kind, handle)
+
+
+def _write_rows(batches: Iterator[list[dict]], kind: str, handle: IO[str]) -> int:
+    count, writer = 0, None
+    for rows in batches:
+        for row in rows:
+            if kind == ".jsonl":
+                handle.write(json.dumps(row) + "\n")
+                continue
+            flat = _flat(row)
+            if writer is None:
+                writer = csv.DictWriter(handle, fieldnames=list(flat))
+                writer.writeheader()
+            writer.writerow(flat)
+        count += len(rows)
     return count
 
 
 def predict(model: LoadedModel, source: ImageSource, output: Path | None, top_k: int = 0,
-            batch_size: int = 256) -> int:
-    """Predicts every image of ``source`` and writes the records; returns the number of images."""
+            batch_size: int = 256, stdout: IO[str] | None = None) -> int:
+    """Predicts every readable image of ``source`` and writes the records (to ``stdout`` without ``output``);
+    returns the number of images written."""
     if top_k < 0:
         raise SimCLRv2Error(f"--top-k must be >= 0 (0: every class), got {top_k}")
     if not model.classes:
@@ -96,4 +99,4 @@ def predict(model: LoadedModel, source: ImageSource, output: Path | None, top_k:
     top_k = min(top_k, len(model.classes))
     batches = (prediction_rows(model.classes, ids, probabilities, top_k)
                for ids, probabilities in run_model(model, source, batch_size, "predict"))
-    return write_predictions(batches, output)
+    return write_predictions(batches, output, stdout)
