@@ -100,6 +100,11 @@ def test_best_row_is_chosen_on_validation_even_when_another_wins_on_test():
     assert choose_best([rows[2]]) is None and choose_best([]) is None
 
 
+def test_a_summary_row_takes_both_scores_of_its_stage_result():
+    result = StageResult("finetune", "r", None, val=_scores(0.8), test=_scores(0.7))
+    assert SummaryRow.from_result("fine-tuned", "1%", "ft", result) == SummaryRow("fine-tuned", "1%", "ft", 0.8, 0.7)
+
+
 def test_best_row_keeps_the_first_on_a_validation_tie():
     rows = [SummaryRow("a", "1%", "a", 0.8, 0.1), SummaryRow("b", "1%", "b", 0.8, 0.9)]
     assert choose_best(rows).run == "a"

@@ -204,6 +204,7 @@ class SummaryRow:
 
     @classmethod
     def from_result(cls, method: str, labels: str, run: str, result: StageResult) -> SummaryRow:
+        """The row of a finished stage: its validation and test top-1."""
         return cls(method, labels, run, result.val_top1, result.test_top1)
 
     def to_json(self) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
             if step.name == "pretrain" and config.pipeline.embedding_samples and main:
                 save_embeddings(config, run_dir)
         if step.labels:
-            rows.append(SummaryRow(step.method, step.labels, step.name, result.val_top1, result.test_top1))
+            rows.append(SummaryRow.from_result(step.method, step.labels, step.name, result))
         dist.barrier()
     summary = _summary(config, run_dir, state, rows)
     if main:
