@@ -10,7 +10,6 @@ from torch import nn
 from simclrv2.augment import eval_view
 from simclrv2.data import ImageDataset
 from simclrv2.eval.knn import extract_features, knn_accuracy
-from simclrv2.eval.metrics import accuracy
 from simclrv2.runtime import resolve_precision
 
 
@@ -41,19 +40,6 @@ def encoder_features(encoder: nn.Module, dataset: ImageDataset, device: torch.de
 def classifier_logits(model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int,
                       precision: str, progress: bool = False) -> torch.Tensor:
     return outputs(model, model, dataset, device, batch_size, precision, progress)
-
-
-def classifier_top1(model: nn.Module, dataset: ImageDataset, device: torch.device, batch_size: int,
-                    precision: str) -> float:
-    labels = dataset.require_labels("test accuracy")
-    logits = classifier_logits(model, dataset, device, batch_size, precision)
-    return accuracy(logits, labels)
-
-
-def knn_top1(encoder: nn.Module, bank: ImageDataset, queries: ImageDataset, device: torch.device, *,
-             k: int, temperature: float, batch_size: int, precision: str) -> float:
-    return knn_top1_each(encoder, bank, [queries], device, k=k, temperature=temperature, batch_size=batch_size,
-                         precision=precision)[0]
 
 
 def knn_top1_each(encoder: nn.Module, bank: ImageDataset, query_sets: Sequence[ImageDataset], device: torch.device,
