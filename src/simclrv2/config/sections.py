@@ -65,6 +65,9 @@ class ModelConfig:
     stem: str = "auto"
     head_layers: int = 3
     proj_dim: int = 128
+    # pad the stem's max-pool and the SK networks' average pools as the authors' TensorFlow code does: what the
+    # networks `simclrv2 import` brings from their checkpoints use (no parameters; models/tf_pooling.py)
+    tf_pooling: bool = False
 
     def __post_init__(self) -> None:
         depths = ", ".join(str(d) for d in ARCHITECTURES)

@@ -69,9 +69,10 @@ def build_simclr_model(
     in_channels: int = 3,
     head_layers: int = 3,
     proj_dim: int = 128,
+    tf_pooling: bool = False,
 ) -> SimCLRModel:
     """ResNet encoder + a ``head_layers``-deep projection head whose hidden width is the encoder's."""
-    encoder = resnet(depth, width_multiplier, sk_ratio, cifar_stem, in_channels)
+    encoder = resnet(depth, width_multiplier, sk_ratio, cifar_stem, in_channels, tf_pooling)
     head = ProjectionHead(encoder.feature_dim, out_dim=proj_dim, num_layers=head_layers)
     return SimCLRModel(encoder, head)
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models.selective_kernel import AvgPoolShortcut, SelectiveKernelConv
+from simclrv2.models.tf_pooling import stem_pool
 
 STAGE_CHANNELS = (64, 128, 256, 512)  # base widths of the four stages at width multiplier 1
 STEM_CHANNELS = 64
@@ -44,11 +45,11 @@ def _spatial_conv(in_channels: int, channels: int, stride: int, sk_ratio: float)
     return _conv_bn_relu(in_channels, channels, 3, stride)
 
 
-def _shortcut(in_channels: int, out_channels: int, stride: int, sk_ratio: float) -> nn.Module:
+def _shortcut(in_channels: int, out_channels: int, stride: int, sk_ratio: float, tf_pooling: bool) -> nn.Module:
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     if sk_ratio > 0:
-        return AvgPoolShortcut(in_channels, out_channels, stride)
+        return AvgPoolShortcut(in_channels, out_channels, stride, tf_pooling)
     return nn.Sequential(_conv(in_channels, out_channels, 1, stride), nn.BatchNorm2d(out_channels))
 
 
@@ -68,14 +69,15 @@ class BasicBlock(_ResidualBlock):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int, sk_ratio: float) -> None:
+    def __init__(self, in_channels: int, channels: int, stride: int, sk_ratio: float,
+                 tf_pooling: bool = False) -> None:
         super().__init__()
         self.residual = nn.Sequential(
             *_spatial_conv(in_channels, channels, stride, sk_ratio),
             _conv(channels, channels, 3),
             _zero_bn(channels),
         )
-        self.shortcut = _shortcut(in_channels, channels, stride, sk_ratio)
+        self.shortcut = _shortcut(in_channels, channels, stride, sk_ratio, tf_pooling)
 
 
 class Bottleneck(_ResidualBlock):
@@ -83,7 +85,8 @@ class Bottleneck(_ResidualBlock):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, channels: int, stride: int, sk_ratio: float) -> None:
+    def __init__(self, in_channels: int, channels: int, stride: int, sk_ratio: float,
+                 tf_pooling: bool = False) -> None:
         super().__init__()
         out_channels = channels * self.expansion
         self.residual = nn.Sequential(
@@ -92,7 +95,7 @@ class Bottleneck(_ResidualBlock):
             _conv(channels, out_channels, 1),
             _zero_bn(out_channels),
         )
-        self.shortcut = _shortcut(in_channels, out_channels, stride, sk_ratio)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, sk_ratio, tf_pooling)
 
 
 ARCHITECTURES: dict[int, tuple[type, list[int]]] = {
@@ -109,7 +112,8 @@ def scaled_channels(base: float, width_multiplier: float) -> int:
     return max(1, int(round(base * width_multiplier)))
 
 
-def _stem(in_channels: int, width_multiplier: float, sk_ratio: float, cifar_stem: bool) -> nn.Sequential:
+def _stem(in_channels: int, width_multiplier: float, sk_ratio: float, cifar_stem: bool,
+          tf_pooling: bool) -> nn.Sequential:
     out = scaled_channels(STEM_CHANNELS, width_multiplier)
     if cifar_stem:
         # Small images keep their resolution: one 3×3 stride-1 conv and no max-pool, with or without SK.
@@ -125,7 +129,7 @@ def _stem(in_channels: int, width_multiplier: float, sk_ratio: float, cifar_stem
         ]
     else:
         layers = _conv_bn_relu(in_channels, out, 7, 2)
-    return nn.Sequential(*layers, nn.MaxPool2d(3, stride=2, padding=1))
+    return nn.Sequential(*layers, stem_pool(tf_pooling))
 
 
 class ResNet(nn.Module):
@@ -140,9 +144,10 @@ class ResNet(nn.Module):
         sk_ratio: float = 0.0,
         cifar_stem: bool = False,
         in_channels: int = 3,
+        tf_pooling: bool = False,
     ) -> None:
         super().__init__()
-        self.stem = _stem(in_channels, width_multiplier, sk_ratio, cifar_stem)
+        self.stem = _stem(in_channels, width_multiplier, sk_ratio, cifar_stem, tf_pooling)
         channels_in = scaled_channels(STEM_CHANNELS, width_multiplier)
         stages = []
         for index, (base, num_blocks) in enumerate(zip(STAGE_CHANNELS, layers, strict=True)):
@@ -150,7 +155,7 @@ class ResNet(nn.Module):
             blocks = []
             for i in range(num_blocks):
                 stride = 2 if index > 0 and i == 0 else 1
-                blocks.append(block(channels_in, channels, stride, sk_ratio))
+                blocks.append(block(channels_in, channels, stride, sk_ratio, tf_pooling))
                 channels_in = channels * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -177,8 +182,14 @@ def resnet(
     sk_ratio: float = 0.0,
     cifar_stem: bool = False,
     in_channels: int = 3,
+    tf_pooling: bool = False,
 ) -> ResNet:
-    """ResNet-``depth`` encoder, e.g. ``resnet(152, 3, sk_ratio=0.0625)`` for SimCLRv2's R152-3x-SK."""
+    """ResNet-``depth`` encoder, e.g. ``resnet(152, 3, sk_ratio=0.0625)`` for SimCLRv2's R152-3x-SK.
+
+    ``tf_pooling`` pads the stem's max-pool and the ResNet-D average pools as the authors' TensorFlow code does
+    (:mod:`simclrv2.models.tf_pooling`): what networks imported from their checkpoints need to give the same
+    outputs. It adds no parameters.
+    """
     if depth not in ARCHITECTURES:
         valid = ", ".join(str(d) for d in ARCHITECTURES)
         raise SimCLRv2Error(f"unknown ResNet depth {depth!r}; choose one of {valid}")
@@ -189,4 +200,4 @@ def resnet(
     if not (isinstance(in_channels, int) and in_channels >= 1):
         raise SimCLRv2Error(f"in_channels must be an integer >= 1 (1: grey, 3: RGB), got {in_channels!r}")
     block, layers = ARCHITECTURES[depth]
-    return ResNet(block, layers, width_multiplier, sk_ratio, bool(cifar_stem), in_channels)
+    return ResNet(block, layers, width_multiplier, sk_ratio, bool(cifar_stem), in_channels, bool(tf_pooling))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from simclrv2.models.tf_pooling import resnet_d_pool
+
 MIN_GATE_DIM = 32  # the reference's floor on the gate's hidden width; keeps narrow stages from a 1-wide gate
 
 
@@ -53,11 +55,12 @@ class SelectiveKernelConv(nn.Module):
 class AvgPoolShortcut(nn.Sequential):
     """ResNet-D projection shortcut: 2×2 average pool at the block's stride (if > 1), 1×1 conv, BN.
 
-    ``ceil_mode`` makes the pooled size match the strided 3×3 conv of the residual branch on odd inputs
-    (7 px → 4 px), where a floor would drop the last row and column and the sum would fail.
+    The pool's ``ceil_mode`` makes the pooled size match the strided 3×3 conv of the residual branch on odd
+    inputs (7 px → 4 px), where a floor would drop the last row and column and the sum would fail. With
+    ``tf_pooling`` the pool is padded as in the authors' TensorFlow code (:func:`resnet_d_pool`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        pool: nn.Module = nn.AvgPool2d(2, stride=stride, ceil_mode=True) if stride > 1 else nn.Identity()
+    def __init__(self, in_channels: int, out_channels: int, stride: int, tf_pooling: bool = False) -> None:
+        pool = resnet_d_pool(stride, tf_pooling)
         conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         super().__init__(pool, conv, nn.BatchNorm2d(out_channels))

@@ -27,6 +27,9 @@ class ModelSpec:
     in_channels: int
     head_layers: int
     proj_dim: int
+    # pooling padded as the authors' TensorFlow code pads it (models/tf_pooling.py); networks imported from
+    # their checkpoints need it. Absent from checkpoints written before it existed, hence the default.
+    tf_pooling: bool = False
 
     @classmethod
     def from_config(cls, model: Any, image_size: int, in_channels: int) -> ModelSpec:
@@ -39,15 +42,16 @@ class ModelSpec:
             in_channels=in_channels,
             head_layers=model.head_layers,
             proj_dim=model.proj_dim,
+            tf_pooling=model.tf_pooling,
         )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(values)
+        fields = dataclasses.fields(cls)
+        missing = {f.name for f in fields if f.default is dataclasses.MISSING} - set(values)
         if missing:
             raise SimCLRv2Error(f"checkpoint architecture lacks {', '.join(sorted(missing))}: not a simclrv2 model")
-        return cls(**{k: values[k] for k in names})
+        return cls(**{f.name: values[f.name] for f in fields if f.name in values})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -55,7 +59,8 @@ class ModelSpec:
     def describe(self) -> str:
         sk = f"-SK{self.sk_ratio:g}" if self.sk_ratio > 0 else ""
         stem = ", CIFAR stem" if self.cifar_stem else ""
-        return f"ResNet-{self.depth} {self.width_multiplier:g}x{sk}{stem}, {self.head_layers}-layer head"
+        pooling = ", TF pooling" if self.tf_pooling else ""
+        return f"ResNet-{self.depth} {self.width_multiplier:g}x{sk}{stem}{pooling}, {self.head_layers}-layer head"
 
     def build_simclr(self, seed: int | None = None) -> SimCLRModel:
         """The model, its random initialisation drawn from ``seed`` (without touching the global generator)."""
@@ -71,6 +76,7 @@ class ModelSpec:
             in_channels=self.in_channels,
             head_layers=self.head_layers,
             proj_dim=self.proj_dim,
+            tf_pooling=self.tf_pooling,
         )
 
     def build_classifier(self, head_layer: int, num_classes: int, seed: int | None = None) -> Classifier:
@@ -82,7 +88,7 @@ class ModelSpec:
         checkpoint records in its ``config.toml``."""
         return ModelConfig(depth=self.depth, width_multiplier=self.width_multiplier, sk_ratio=self.sk_ratio,
                            stem="cifar" if self.cifar_stem else "imagenet", head_layers=self.head_layers,
-                           proj_dim=self.proj_dim)
+                           proj_dim=self.proj_dim, tf_pooling=self.tf_pooling)
 
     def check_model_options(self, model: ModelConfig, image_size: int, source: str) -> None:
         """Refuses ``[model]`` options that describe another network than the checkpoint's, rather than
