@@ -1,0 +1,190 @@
+"""Tables, paired differences, the claims and the plot of the scale study, from its committed per-run results.
+
+    python benchmarks/scale_report.py [--results benchmarks/results/scale_study.jsonl] [--readme]
+
+Writes benchmarks/results/scale_study.md and scale_study.png; with ``--readme`` also the README's block. Every
+number comes from the JSONL that benchmarks/scale_study.py writes; nothing here trains or reads images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from readme_block import write_readme
+
+from simclrv2.models import resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
+COMMAND = "python benchmarks/scale_study.py && python benchmarks/scale_report.py --readme"
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def encoder_params(width: float) -> float:
+    """Millions of encoder parameters of the CIFAR-stem ResNet-18 at ``width`` (one channel in)."""
+    return sum(p.numel() for p in resnet(18, width, cifar_stem=True, in_channels=1).parameters()) / 1e6
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {sd:.1f} (n={len(values)})"
+
+
+def by_seed(rows: list[dict], **match: object) -> dict[int, float]:
+    """Test top-1 per seed of the rows whose facts equal ``match``."""
+    return {r["seed"]: r["test_top1"] for r in rows if all(r.get(k) == v for k, v in match.items())
+            and r.get("test_top1") is not None}
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    """a - b on the seeds both have: same seed, same label subset, same pretraining."""
+    return [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
+
+
+def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tuple[str, dict]:
+    """Test top-1 per width and subset for each method, and fine-tuned − supervised paired by seed."""
+    lines = ["| width (encoder params) | labels | supervised | fine-tuned (layer 1) | self-distilled | "
+             "fine-tuned − supervised (paired) |", "|---|---|---|---|---|---|"]
+    cells: dict = {}
+    for width in widths:
+        for labels in subsets:
+            common = {"part": "size", "width": width, "labels": labels, "head_layers": 3, "memory": 0}
+            sup = by_seed(rows, method="supervised", **common)
+            ft = by_seed(rows, method="fine-tuned", **common)
+            kd = by_seed(rows, method="distilled", part="distill", width=width, labels=labels)
+            gain = paired(ft, sup)
+            cells[(width, labels)] = {"supervised": sup, "fine-tuned": ft, "distilled": kd, "gain": gain}
+            lines.append(f"| {width:g} ({encoder_params(width):.2f} M) | {labels} | {mean_sd(list(sup.values()))} | "
+                         f"{mean_sd(list(ft.values()))} | {mean_sd(list(kd.values()))} | {mean_sd(gain)} |")
+    return "\n".join(lines), cells
+
+
+def recipe_table(rows: list[dict]) -> str:
+    # the grid's runs; the chosen one is also a "size" run (same run, reused), so it is found by its facts
+    grid = [r for r in rows if r["part"] in ("recipe", "size") and r.get("labels") == "1%" and r["seed"] == 0
+            and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"] and "recipe" in r]
+    lines = ["| width | stage | candidate | validation top-1 |", "|---|---|---|---|"]
+    for r in sorted(grid, key=lambda r: (r["width"], r["method"], r["recipe"])):
+        lines.append(f"| {r['width']:g} | {r['method']} | {r['recipe']} | {r['val_top1']:.1f} |")
+    return "\n".join(lines)
+
+
+def pretrain_table(rows: list[dict]) -> str:
+    lines = ["| pretraining run | epochs | validation kNN top-1 | wall (min) |", "|---|---|---|---|"]
+    for r in rows:
+        if r["method"] == "pretraining":
+            wall = f"{r['wall_s'] / 60:.1f}" if "wall_s" in r else "–"
+            knn = "–" if r.get("knn_val") is None else f"{r['knn_val']:.1f}"
+            lines.append(f"| {r['run']} | {r['pretrain_epochs']} | {knn} | {wall} |")
+    return "\n".join(lines)
+
+
+def head_table(rows: list[dict], subsets: list[str]) -> str:
+    lines = ["| head layers | fine-tuned from layer | " + " | ".join(subsets) + " |",
+             "|---|---|" + "---|" * len(subsets)]
+    head = [r for r in rows if r["part"] == "head"]
+    for heads in sorted({r["head_layers"] for r in head}):
+        for layer in range(heads + 1):
+            cells = [mean_sd(list(by_seed(head, head_layers=heads, head_layer=layer, labels=s).values()))
+                     for s in subsets]
+            lines.append(f"| {heads} | {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def claim(cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
+    """The goal rows of the issue that the finished runs can answer, each with its numbers and verdict."""
+    out = []
+    for labels in subsets:
+        gains = [(w, cells[(w, labels)]["gain"]) for w in widths if cells[(w, labels)]["gain"]]
+        if len(gains) > 1:
+            means = [statistics.fmean(g) for _, g in gains]
+            grows = all(b > a for a, b in zip(means, means[1:], strict=False))
+            text = " → ".join(f"{m:+.1f}" for m in means)
+            verdict = "holds" if grows else "does not hold"
+            out.append(f"| fine-tuned − supervised grows with width ({labels}; widths "
+                       f"{', '.join(f'{w:g}' for w, _ in gains)}) | grows | {text} | {verdict} |")
+    if "1%" in subsets and len(widths) > 1:
+        small, large = min(widths), max(widths)
+        def spread(method: str) -> float | None:
+            a, b = cells[(large, "1%")][method], cells[(small, "1%")][method]
+            return statistics.fmean(a.values()) - statistics.fmean(b.values()) if a and b else None
+        ft, sup = spread("fine-tuned"), spread("supervised")
+        if ft is not None and sup is not None:
+            holds = ft >= 2 * sup and ft > 0
+            out.append(f"| largest − smallest, fine-tuned spread ≥ 2× supervised spread (1 %) | ~17 vs ~4 points "
+                       f"(ImageNet) | {ft:+.1f} vs {sup:+.1f} | {'holds' if holds else 'does not hold'} |")
+    return out
+
+
+def plot(cells: dict, widths: list[float], subsets: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    params = [encoder_params(w) for w in widths]
+    for labels in subsets:
+        for method, style in (("supervised", "--"), ("fine-tuned", "-")):
+            points = [(p, list(cells[(w, labels)][method].values())) for p, w in zip(params, widths, strict=True)
+                      if cells[(w, labels)][method]]
+            if points:
+                x = [p for p, _ in points]
+                mean = [statistics.fmean(v) for _, v in points]
+                sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in points]
+                ax.errorbar(x, mean, yerr=sd, linestyle=style, marker="o", capsize=3, label=f"{method}, {labels}")
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder parameters (M), CIFAR-stem ResNet-18 at widths " + ", ".join(f"{w:g}" for w in widths))
+    ax.set_ylabel("Fashion-MNIST test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
+    size_rows = [r for r in rows if r["part"] == "size"]
+    widths = sorted({r["width"] for r in size_rows})
+    subsets = [s for s in ("10/class", "1%", "10%") if any(r.get("labels") == s for r in size_rows)]
+    table, cells = size_table(rows, widths, subsets)
+    claims = claim(cells, widths, subsets)
+    parts = ["Test top-1 (%), mean ± sd over seeds; each cell's seeds share one pretraining and differ in label "
+             "subset, initialisation and augmentation. Differences are paired by seed.", "", table, ""]
+    if claims:
+        parts += ["| claim | paper | ours | verdict |", "|---|---|---|---|", *claims, ""]
+    parts += ["Recipes chosen on validation (1 % labels, seed 0), the same number of candidates per stage:", "",
+              recipe_table(rows), "", pretrain_table(rows)]
+    if any(r["part"] == "head" for r in rows):
+        parts += ["", "Head depth (fine-tuning from each layer):", "", head_table(rows, subsets)]
+    return "\n".join(parts), cells, widths, subsets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--readme", action="store_true", help="also write the README's block")
+    args = parser.parse_args(argv)
+    rows = read_rows(args.results)
+    text, cells, widths, subsets = report(rows)
+    out = args.results.with_suffix("")
+    Path(f"{out}.md").write_text(f"# Scale study\n\n`{COMMAND}`\n\n{text}\n")
+    plot(cells, widths, subsets, Path(f"{out}.png"))
+    if args.readme:
+        figure = Path(f"{out}.png").resolve().relative_to(ROOT)
+        write_readme("scale-study", COMMAND, f"{text}\n\n![accuracy against network size]({figure})")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The paper's findings at CPU scale: network size, head depth, distillation and a memory of negatives on
+Fashion-MNIST, every run through the package's own stages and its validation split.
+
+    python benchmarks/scale_study.py --widths 0.25 0.5 1 --subsets 10/class 1% --seeds 0 1 2 --out runs/scale
+    python benchmarks/scale_report.py --readme      # tables, paired differences and the plot from the JSONL
+
+Parts (``--parts``, in this order): ``size`` pretrains each width for the same ``--pretrain-epochs``, chooses a
+supervised and a fine-tuning recipe per width on validation (``--grid-labels``, seed ``--seeds[0]``, the same
+number of candidates for both), then runs supervised only and fine-tuned from head layer 1 with the chosen
+recipes at every subset and seed; ``distill`` self-distils each fine-tuned network (``--distill-epochs``);
+``big-to-small`` distils the widest self-distilled network into a width-0.25 student; ``head`` pretrains with
+2, 3 and 4 head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory
+of ``--memory-size`` negatives. One pretraining per configuration (seed 0) serves every seed downstream;
+seeds change the label subset, the classifier's initialisation and the augmentations.
+
+Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun. After every run
+the per-run results (validation and test top-1 of each, never used to choose on test) are rewritten to
+``--results`` (one JSON object per line), the file that scale_report.py and the README read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simclrv2 import distill, finetune, load_config, pretrain, supervised
+from simclrv2.config import Config
+from simclrv2.logs import get_logger, setup_logging
+from simclrv2.results import StageResult
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
+PARTS = ("size", "distill", "big-to-small", "head", "memory")
+
+# Candidates per stage: the same number for both, centred on the shipped width-0.25 recipe (SGD, no scaling).
+FINETUNE_GRID = {"sgd-0.003": 0.003, "sgd-0.01": 0.01, "sgd-0.03": 0.03}
+SUPERVISED_GRID = {"sgd-0.03": 0.03, "sgd-0.1": 0.1, "sgd-0.3": 0.3}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One stage run of the study: where it lives, what it is, and its config."""
+
+    name: str
+    stage: str  # pretrain, finetune, supervised, distill
+    part: str
+    facts: dict[str, Any]  # width, head_layers, memory, method, head_layer, labels, seed, recipe, ...
+    config: Config
+
+
+STAGES: dict[str, Callable[..., StageResult]] = {
+    "pretrain": pretrain, "finetune": finetune, "supervised": supervised, "distill": distill}
+
+
+def slug(value: object) -> str:
+    return str(value).replace("%", "pct").replace("/", "-per-")
+
+
+class Study:
+    """Builds each run's config from the base config and runs it (or reads it when finished)."""
+
+    def __init__(self, base: Config, args: argparse.Namespace) -> None:
+        self.base, self.args, self.out = base, args, args.out
+        self.done: dict[str, tuple[Run, StageResult]] = {}
+
+    # -- running --------------------------------------------------------------------------------------------
+
+    def run(self, run: Run) -> StageResult:
+        run_dir = self.out / run.name
+        finished = (run_dir / "result.json").exists()
+        start = time.perf_counter()
+        result = STAGES[run.stage](run.config, run_dir, resume=run_dir.exists())
+        if not finished:
+            (run_dir / "study.json").write_text(json.dumps({"wall_s": round(time.perf_counter() - start, 1)}))
+            get_logger().info(f"study: {run.name} val {result.val_top1} test {result.test_top1}")
+        self.done[run.name] = (run, result)
+        write_results(self.done.values(), self.out, self.args.results)
+        return result
+
+    # -- configs --------------------------------------------------------------------------------------------
+
+    def with_(self, config: Config, section: str, **values: Any) -> Config:
+        return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)})
+
+    def pretraining(self, width: float, head_layers: int = 3, memory: int = 0) -> Run:
+        c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers)
+        c = self.with_(c, "pretrain", epochs=self.args.pretrain_epochs, memory_size=memory)
+        c = self.with_(c, "run", seed=0)
+        name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "") + "-s0"
+        facts = {"width": width, "head_layers": head_layers, "memory": memory, "method": "pretraining",
+                 "pretrain_epochs": self.args.pretrain_epochs, "seed": 0}
+        return Run(name, "pretrain", "", facts, c)
+
+    def classifier_run(self, stage: str, part: str, pretrained: Run, labels: str, seed: int, recipe: str,
+                       lr: float, head_layer: int = 1) -> Run:
+        width, heads, memory = (pretrained.facts[k] for k in ("width", "head_layers", "memory"))
+        c = self.with_(pretrained.config, "run", seed=seed)
+        section = "finetune" if stage == "finetune" else "supervised"
+        optimizer = dataclasses.replace(getattr(c, section).optimizer, base_lr=lr)
+        c = self.with_(c, section, optimizer=optimizer)
+        c = self.with_(c, "finetune", labels=labels, head_layer=head_layer, pretrained=str(self.out / pretrained.name))
+        base = pretrained.name.removeprefix("pretrain-").removesuffix("-s0")
+        layer = f"-layer{head_layer}" if stage == "finetune" else ""
+        name = f"{stage}-{base}{layer}-{slug(labels)}-{recipe}-s{seed}"
+        method = "fine-tuned" if stage == "finetune" else "supervised"
+        facts = {"width": width, "head_layers": heads, "memory": memory, "method": method, "labels": labels,
+                 "seed": seed, "recipe": recipe, "head_layer": head_layer,
+                 "pretrain_epochs": self.args.pretrain_epochs}
+        return Run(name, stage, part, facts, c)
+
+    def distillation(self, part: str, teacher: Run, epochs: int, student: Run | None = None) -> Run:
+        """Self-distillation of ``teacher`` (student None) or into ``student``'s pretrained network."""
+        c = self.with_(teacher.config, "distill", teacher=str(self.out / teacher.name), epochs=epochs,
+                       student="teacher" if student is None else "model",
+                       student_pretrained=str(self.out / (student or self._pretraining_of(teacher)).name))
+        facts = dict(teacher.facts, method="distilled", distill_epochs=epochs, teacher_width=teacher.facts["width"])
+        name = f"distill-{teacher.name}-e{epochs}"
+        if student is not None:
+            c = self.with_(c, "model", width_multiplier=student.facts["width"],
+                           head_layers=student.facts["head_layers"])
+            facts.update(width=student.facts["width"], method="big-to-small")
+            name += f"-to-w{student.facts['width']}"
+        return Run(name, "distill", part, facts, c)
+
+    def _pretraining_of(self, run: Run) -> Run:
+        return self.pretraining(run.facts["width"], run.facts["head_layers"], run.facts["memory"])
+
+    # -- parts ----------------------------------------------------------------------------------------------
+
+    def chosen(self, stage: str, part: str, pretrained: Run) -> tuple[str, float]:
+        """The grid's best candidate on validation at ``--grid-labels``, seed ``--seeds[0]``."""
+        grid = FINETUNE_GRID if stage == "finetune" else SUPERVISED_GRID
+        scores = {}
+        for recipe, lr in grid.items():
+            run = self.classifier_run(stage, "recipe", pretrained, self.args.grid_labels, self.args.seeds[0],
+                                      recipe, lr)
+            scores[recipe] = self.run(run).val_top1 or 0.0
+        best = max(scores, key=scores.get)
+        get_logger().info(f"study: {stage} recipe at width {pretrained.facts['width']}: {best} ({scores})")
+        return best, grid[best]
+
+    def size(self) -> Iterator[tuple[float, Run]]:
+        """Yields (width, fine-tuned run) for every width, subset and seed (the teachers of later parts)."""
+        for width in self.args.widths:
+            pretrained = self.pretraining(width)
+            self.run(pretrained)
+            recipes = {stage: self.chosen(stage, "size", pretrained) for stage in ("supervised", "finetune")}
+            for labels in self.args.subsets:
+                for seed in self.args.seeds:
+                    for stage, (recipe, lr) in recipes.items():
+                        run = self.classifier_run(stage, "size", pretrained, labels, seed, recipe, lr)
+                        self.run(run)
+                        if stage == "finetune":
+                            yield width, run
+
+    def run_all(self) -> None:
+        parts = set(self.args.parts)
+        teachers = list(self.size()) if parts & {"size", "distill", "big-to-small"} else []
+        self_distilled: dict[tuple[float, str, int], Run] = {}
+        if parts & {"distill", "big-to-small"}:
+            for width, teacher in teachers:
+                for epochs in self.args.distill_epochs:
+                    run = self.distillation("distill", teacher, epochs)
+                    self.run(run)
+                    self_distilled[(width, teacher.facts["labels"], teacher.facts["seed"])] = run
+        if "big-to-small" in parts:
+            widest, small = max(self.args.widths), self.pretraining(0.25)
+            for (width, _, _), teacher in self_distilled.items():
+                if width == widest and widest > 0.25:
+                    self.run(self.distillation("big-to-small", teacher, max(self.args.distill_epochs), small))
+        if "head" in parts:
+            self.head_depth()
+        if "memory" in parts:
+            self.memory()
+
+    def head_depth(self) -> None:
+        recipe, lr = self.chosen("finetune", "size", self.pretraining(self.args.head_width))
+        for heads in (2, 3, 4):
+            pretrained = self.pretraining(self.args.head_width, heads)
+            self.run(pretrained)
+            for labels in self.args.subsets:
+                for seed in self.args.head_seeds:
+                    for layer in range(heads + 1):
+                        self.run(self.classifier_run("finetune", "head", pretrained, labels, seed, recipe, lr,
+                                                     head_layer=layer))
+
+    def memory(self) -> None:
+        width = self.args.head_width
+        recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
+        pretrained = self.pretraining(width, memory=self.args.memory_size)
+        self.run(pretrained)
+        for labels in self.args.subsets:
+            for seed in self.args.seeds:
+                self.run(self.classifier_run("finetune", "memory", pretrained, labels, seed, recipe, lr))
+
+
+def row(run: Run, result: StageResult, out: Path) -> dict[str, Any]:
+    """One line of the results file: the run's facts, its scores in %, and its wall time when measured."""
+    record = {"run": run.name, "part": run.part, **run.facts,
+              "val_top1": None if result.val_top1 is None else round(100 * result.val_top1, 2),
+              "test_top1": None if result.test_top1 is None else round(100 * result.test_top1, 2)}
+    if run.stage == "pretrain":
+        record["knn_val"] = round(100 * result.details["knn_top1"], 2) if "knn_top1" in result.details else None
+    sidecar = out / run.name / "study.json"
+    if sidecar.exists():
+        record["wall_s"] = json.loads(sidecar.read_text())["wall_s"]
+    return record
+
+
+def write_results(done: Iterator[tuple[Run, StageResult]] | Any, out: Path, path: Path) -> None:
+    """Merges this invocation's runs into ``path`` (runs of earlier invocations are kept)."""
+    rows = {}
+    if path.exists():
+        rows = {r["run"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    for run, result in done:
+        rows[run.name] = row(run, result, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--config", default="demo", help="base config: a shipped name or a TOML path")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    parser.add_argument("--subsets", nargs="+", default=["10/class", "1%"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pretrain-epochs", type=int, default=2)
+    parser.add_argument("--grid-labels", default="1%", help="the label subset recipes are chosen on")
+    parser.add_argument("--distill-epochs", type=int, nargs="+", default=[2])
+    parser.add_argument("--head-width", type=float, default=0.25)
+    parser.add_argument("--head-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--memory-size", type=int, default=4096)
+    parser.add_argument("--out", type=Path, default=Path("runs/scale"))
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    setup_logging()
+    base = load_config(args.config)
+    base = dataclasses.replace(base, run=dataclasses.replace(base.run, progress=False))
+    Study(base, args).run_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The scale study's plan and report, with fake stages (the real runs take hours): which runs it makes from which
+configs, that recipes are chosen on validation only, that finished runs are reused, and the paired report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from simclrv2.results import ClassificationScores, StageResult
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # scale_report imports readme_block as the scripts do
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+scale_study = _load("scale_study")
+scale_report = _load("scale_report")
+
+
+def _scores(top1: float) -> ClassificationScores:
+    return ClassificationScores(top1, {}, [[1]], ["a"])
+
+
+class FakeStages:
+    """Stage functions that record their calls and give scores that depend on the config (never on test)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def make(self, stage: str):
+        def run(config, run_dir, resume=False):
+            run_dir = Path(run_dir)
+            if (run_dir / "result.json").exists():
+                return StageResult.read(run_dir)
+            self.calls.append((stage, run_dir.name))
+            width = config.model.width_multiplier
+            lr = {"finetune": config.finetune.optimizer.base_lr,
+                  "supervised": config.supervised.optimizer.base_lr}.get(stage, 0.0)
+            # validation prefers lr 0.01 (fine-tuning) / 0.1 (supervised); test ranks the candidates the other
+            # way round, so a choice made on test would be visible
+            val = 0.5 + width / 10 - abs(lr - (0.01 if stage == "finetune" else 0.1))
+            test = 1.5 - val + config.run.seed / 100
+            details = {"knn_top1": 0.7} if stage == "pretrain" else {}
+            result = StageResult(stage, str(run_dir), None, None if stage == "pretrain" else _scores(val),
+                                 None if stage == "pretrain" else _scores(test), details)
+            run_dir.mkdir(parents=True)
+            (run_dir / "result.json").write_text(json.dumps(result.to_json()))
+            return result
+        return run
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    stages = FakeStages()
+    monkeypatch.setattr(scale_study, "STAGES", {s: stages.make(s) for s in scale_study.STAGES})
+    return stages
+
+
+def _study(tmp_path, *extra: str) -> list[dict]:
+    results = tmp_path / "results.jsonl"
+    scale_study.main(["--widths", "0.25", "0.5", "--subsets", "10/class", "1%", "--seeds", "0", "1",
+                      "--out", str(tmp_path / "runs"), "--results", str(results), *extra])
+    return [json.loads(line) for line in results.read_text().splitlines()]
+
+
+def test_each_width_gets_its_own_recipes_chosen_on_validation(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size")
+    size = [r for r in rows if r["part"] == "size"]
+    assert {r["recipe"] for r in size if r["method"] == "fine-tuned"} == {"sgd-0.01"}
+    assert {r["recipe"] for r in size if r["method"] == "supervised"} == {"sgd-0.1"}
+    # 2 widths x (1 pretraining + 3 + 3 candidates at 1 %, seed 0 + 2 methods x 2 subsets x 2 seeds - 2 reused)
+    assert len(fake.calls) == 2 * (1 + 6 + 8 - 2)
+    assert sum(stage == "pretrain" for stage, _ in fake.calls) == 2
+    pretrained = {r["run"]: r for r in rows if r["method"] == "pretraining"}
+    assert set(pretrained) == {"pretrain-w0.25-h3-s0", "pretrain-w0.5-h3-s0"}
+
+
+def test_finished_runs_are_reused_on_a_rerun(fake, tmp_path):
+    first = _study(tmp_path, "--parts", "size")
+    calls = len(fake.calls)
+    second = _study(tmp_path, "--parts", "size")
+    assert len(fake.calls) == calls
+    assert sorted(map(json.dumps, first)) == sorted(map(json.dumps, second))
+
+
+def test_distillation_starts_each_student_from_its_own_pretraining(fake, tmp_path, monkeypatch):
+    configs = []
+    fake_distill = scale_study.STAGES["distill"]
+    monkeypatch.setitem(scale_study.STAGES, "distill",
+                        lambda config, run_dir, resume=False: configs.append(config) or fake_distill(config, run_dir))
+    rows = _study(tmp_path, "--parts", "size", "distill", "big-to-small")
+    self_distilled = [c for c in configs if c.distill.student == "teacher"]
+    big_to_small = [c for c in configs if c.distill.student == "model"]
+    assert len(self_distilled) == 2 * 2 * 2  # widths x subsets x seeds
+    for c in self_distilled:
+        assert Path(c.distill.student_pretrained).name == f"pretrain-w{c.model.width_multiplier}-h3-s0"
+    assert len(big_to_small) == 2 * 2  # the widest width's self-distilled networks, each subset and seed
+    for c in big_to_small:
+        assert c.model.width_multiplier == 0.25
+        assert Path(c.distill.student_pretrained).name == "pretrain-w0.25-h3-s0"
+        assert Path(c.distill.teacher).name.startswith("distill-finetune-w0.5-")
+    assert {r["method"] for r in rows if r["run"].startswith("distill")} == {"distilled", "big-to-small"}
+
+
+def test_head_depth_fine_tunes_from_every_layer(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "head")
+    head = [r for r in rows if r["part"] == "head"]
+    assert {(r["head_layers"], r["head_layer"]) for r in head} == {(h, j) for h in (2, 3, 4) for j in range(h + 1)}
+    assert {r["labels"] for r in head} == {"10/class", "1%"}
+
+
+def test_report_pairs_by_seed_and_states_each_claim(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size")
+    text, cells, widths, subsets = scale_report.report(rows)
+    gain = cells[(0.5, "1%")]["gain"]
+    ft, sup = cells[(0.5, "1%")]["fine-tuned"], cells[(0.5, "1%")]["supervised"]
+    assert gain == [ft[s] - sup[s] for s in (0, 1)]
+    assert "fine-tuned − supervised grows with width (1%" in text
+    assert "| sgd-0.003 |" in text and "| sgd-0.3 |" in text  # every candidate of the grid is reported
