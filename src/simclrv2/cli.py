@@ -14,6 +14,7 @@ from simclrv2.config.shipped import resolve_config
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference import commands as inference_commands
 from simclrv2.logs import setup_logging
+from simclrv2.tf_import import command as import_command
 
 
 def _stage(module: str, function: str) -> Callable[[argparse.Namespace, Any], None]:
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, _, default_dir) in STAGES.items():
         _add_stage_parser(sub, name, help_text, default_dir)
     inference_commands.add_parsers(sub)
+    import_command.add_parser(sub)
     c = sub.add_parser("config", help="show the fully resolved config", allow_abbrev=False)
     show = c.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
         "show", help="print the resolved TOML: defaults, then --config, then --section.key options",
@@ -141,6 +143,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in inference_commands.COMMANDS:
         inference_commands.run_command(args)
+        return 0
+    if args.command == import_command.COMMAND:
+        import_command.run_command(args)
         return 0
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt:") and v is not None}
     if args.command == "config":
