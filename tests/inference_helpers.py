@@ -29,9 +29,9 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
 
 
-def _config(image_size: int, dataset: str = "folder") -> dict:
+def _config(image_size: int) -> dict:
     values = config_to_dict(Config())
-    values["data"].update(dataset=dataset, image_size=image_size)
+    values["data"].update(dataset="folder", image_size=image_size)
     return values
 
 
@@ -42,20 +42,20 @@ def write_classifier_run(run_dir: Path, image_size: int = 16, channels: int = 3,
     model = architecture.build_classifier(head_layer, len(classes), seed=seed)
     _randomise(model, seed)
     save_checkpoint(run_dir / "checkpoints" / "final.pt", stage="finetune", kind="classifier",
-                    architecture=architecture.to_dict(), head_layer=head_layer, num_classes=len(classes),
+                    architecture=architecture.to_dict(), image_size=image_size, head_layer=head_layer,
+                    num_classes=len(classes),
                     classes=list(classes), config=_config(image_size), model=model.state_dict(), optimizer=None,
                     step=1, test_top1=None)
     return run_dir
 
 
-def write_pretrain_run(run_dir: Path, image_size: int = 16, channels: int = 3, seed: int = 0,
-                       dataset: str = "folder") -> Path:
+def write_pretrain_run(run_dir: Path, image_size: int = 16, channels: int = 3, seed: int = 0) -> Path:
     """A finished pretraining run directory: encoder + whole projection head."""
     architecture = tiny_architecture(channels)
     model = architecture.build_simclr(seed)
     _randomise(model, seed)
     save_checkpoint(run_dir / "checkpoints" / "final.pt", stage="pretrain", kind="simclr",
-                    architecture=architecture.to_dict(), config=_config(image_size, dataset),
+                    architecture=architecture.to_dict(), image_size=image_size, config=_config(image_size),
                     model=model.state_dict(), optimizer=None, memory=None, ema_model=None, step=1,
                     knn_top1_at_init=None)
     return run_dir

@@ -71,6 +71,15 @@ def test_corrupt_or_foreign_checkpoints_give_clear_errors(tmp_path, content):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("kind, missing", [("simclr", "image_size"), ("classifier", "classes")])
+def test_a_network_checkpoint_of_an_older_version_says_to_rerun_its_stage(tmp_path, kind, missing):
+    fields = {"architecture": {}, "image_size": 28, "head_layer": 1, "num_classes": 2, "classes": ["a", "b"]}
+    del fields[missing]
+    save_checkpoint(tmp_path / "final.pt", stage="finetune", kind=kind, **fields)
+    with pytest.raises(SimCLRv2Error, match=f"older simclrv2 and records no {missing}; rerun its finetune stage"):
+        load_checkpoint(tmp_path / "final.pt")
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(SimCLRv2Error, match="no checkpoint"):
         load_checkpoint(tmp_path)

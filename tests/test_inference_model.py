@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import simclrv2
-from inference_helpers import CLASSES, write_classifier_run, write_pretrain_run
+from inference_helpers import CLASSES, write_classifier_run
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference import Preprocessing
 from simclrv2.inference.preprocess import pil_square
@@ -107,11 +107,6 @@ def test_pil_images_are_resized_like_the_folder_reader(tmp_path):
 def test_bad_images_give_one_clear_error(classifier_run, images, message):
     with pytest.raises(SimCLRv2Error, match=message):
         simclrv2.load(classifier_run).predict(images)
-
-
-def test_image_size_of_an_old_run_is_the_datasets_own(tmp_path):
-    run = write_pretrain_run(tmp_path / "fm", image_size=0, channels=1, dataset="fashion-mnist")
-    assert simclrv2.load(run).preprocess == Preprocessing(28, 1)
 
 
 def test_load_of_a_missing_path_says_what_to_pass(tmp_path):

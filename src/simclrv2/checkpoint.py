@@ -27,6 +27,10 @@ from simclrv2.models.spec import ModelSpec
 
 FORMAT = "simclrv2-checkpoint"
 FORMAT_VERSION = 1
+# What a network checkpoint records about its network (by "kind"); a run written before all of these were
+# recorded cannot be rebuilt and fed exactly, so it is refused rather than guessed at.
+NETWORK_FIELDS = {"simclr": ("architecture", "image_size"),
+                  "classifier": ("architecture", "image_size", "head_layer", "num_classes", "classes")}
 RUN_FILES = ("config.toml", "metrics.jsonl", "checkpoints", "result.json", "labelled_subset.txt",
              "pipeline.json", "summary.json", "embeddings.pt", "report", "augmentations.png", "tensorboard")
 
@@ -87,6 +91,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SimCLRv2Error(f"{path} is not a simclrv2 checkpoint")
+    missing = [key for key in NETWORK_FIELDS.get(payload.get("kind"), ()) if payload.get(key) is None]
+    if missing:
+        raise SimCLRv2Error(f"{path} was written by an older simclrv2 and records no {', '.join(missing)}; rerun "
+                            f"its {payload.get('stage', '')} stage with this version")
     return payload
 
 

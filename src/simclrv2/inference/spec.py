@@ -1,7 +1,7 @@
 """The description of a loaded network as plain data: what ``model.json`` holds beside an export.
 
-A checkpoint stores its architecture, head layer and classes; the input size is taken from the run's
-``[data]`` section (or the dataset's own size when that is 0), and the channels from the architecture.
+A checkpoint stores its architecture, head layer, classes and the side of its training images; the channels
+come from the architecture.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from simclrv2.models.spec import ModelSpec
 
 EXPORT_FORMAT = "simclrv2-export"
 EXPORT_VERSION = 1
-# The side each reader returns when data.image_size = 0 (the dataset's own size).
-# Image folders record their chosen size in the checkpoint; 96 is what runs before that recorded read.
-NATIVE_IMAGE_SIZES = {"fashion-mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96, "folder": 96}
 
 
 @dataclass(frozen=True)
@@ -71,25 +68,8 @@ class InferenceSpec:
             raise SimCLRv2Error(f"{source} holds no network to run (kind {kind!r}); pass a pretrain, finetune, "
                                 "supervised or distill run")
         architecture = ModelSpec.from_dict(payload["architecture"])
-        preprocessing = Preprocessing(checkpoint_image_size(payload, source), architecture.in_channels)
+        preprocessing = Preprocessing(int(payload["image_size"]), architecture.in_channels)
         if kind == "simclr":
             return cls(architecture, architecture.head_layers, (), preprocessing, source)
-        classes = tuple(payload.get("classes") or ())
-        if len(classes) != int(payload["num_classes"]):  # older runs without class names
-            classes = tuple(str(k) for k in range(int(payload["num_classes"])))
+        classes = tuple(str(c) for c in payload["classes"])
         return cls(architecture, int(payload["head_layer"]), classes, preprocessing, source)
-
-
-def checkpoint_image_size(payload: dict[str, Any], source: str = "") -> int:
-    """The side of the images the network was trained on: recorded in the checkpoint, set in ``[data]``, or
-    the dataset's own size."""
-    if payload.get("image_size"):
-        return int(payload["image_size"])
-    data = (payload.get("config") or {}).get("data") or {}
-    if data.get("image_size"):
-        return int(data["image_size"])
-    dataset = data.get("dataset")
-    if dataset in NATIVE_IMAGE_SIZES:
-        return NATIVE_IMAGE_SIZES[dataset]
-    raise SimCLRv2Error(f"{source} does not say which image size it was trained on (dataset {dataset!r}); "
-                        "it was not written by this version of simclrv2")

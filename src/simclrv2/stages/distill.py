@@ -57,7 +57,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
         raise SimCLRv2Error("no teacher given: set distill.teacher to a fine-tuned run directory")
     teacher_spec, teacher, payload = read_classifier(cfg.teacher)
     head_layer, num_classes = int(payload["head_layer"]), int(payload["num_classes"])
-    data_config = data_for_network(config.data, teacher_spec.in_channels, payload.get("image_size"))
+    data_config = data_for_network(config.data, teacher_spec.in_channels, payload["image_size"])
     data = training_data(data_config)
     train, labelled = data.train, data.labelled
     if labelled.labels is not None and num_classes != labelled.num_classes:
@@ -82,7 +82,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
             teacher_logits = teacher(views)
         return distillation_objective(logits, teacher_logits.float(), temperature, targets[index], cfg.alpha)
 
-    classes = tuple(payload.get("classes") or labelled.classes)
+    classes = tuple(payload["classes"])
     setup = ClassifierSetup(
         model=student, spec=spec, head_layer=head_layer, classes=classes, images=train.images, loss=loss,
         # the tempered softmax scales the gradients of the parameters LARS does not adapt (classifier, BN,

@@ -66,7 +66,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
         return StageResult.read(run_dir)
     payload = load_checkpoint(cfg.checkpoint)
     spec = ModelSpec.from_dict(payload.get("architecture", {}))
-    data_config = data_for_network(config.data, spec.in_channels, payload.get("image_size"))
+    data_config = data_for_network(config.data, spec.in_channels, payload["image_size"])
     data = training_data(data_config)
     labelled = data.labelled
     labelled.require_labels("evaluation")

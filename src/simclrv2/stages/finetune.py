@@ -44,7 +44,7 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     if cfg.head_layer > spec.head_layers:
         raise SimCLRv2Error(f"finetune.head_layer = {cfg.head_layer} but the pretrained head has {spec.head_layers} "
                             f"layers; choose 0..{spec.head_layers}")
-    data_config = data_for_network(config.data, spec.in_channels, payload.get("image_size"))
+    data_config = data_for_network(config.data, spec.in_channels, payload["image_size"])
     data, indices = labelled_data(data_config, cfg.labels, config.run.seed, STAGE)
     labelled = data.labelled
     spec.check_data(labelled.channels, f"the pretrained model {cfg.pretrained}")

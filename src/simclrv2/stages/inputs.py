@@ -36,11 +36,10 @@ def load_split(data, split: str, limit: int = 0) -> ImageDataset:
     return dataset
 
 
-def data_for_network(data, in_channels: int, image_size: int | None):
+def data_for_network(data, in_channels: int, image_size: int):
     """The ``[data]`` section a trained network reads its data with: its own channels and image size unless the
     user set them (an image folder's format is otherwise chosen from the images, which may differ)."""
-    return dataclasses.replace(data, channels=data.channels or in_channels,
-                               image_size=data.image_size or (image_size or 0))
+    return dataclasses.replace(data, channels=data.channels or in_channels, image_size=data.image_size or image_size)
 
 
 def load_train(data) -> ImageDataset:
