@@ -12,6 +12,7 @@ from pathlib import Path
 from simclrv2.data import cifar, download, idx, locate, stl10
 from simclrv2.data.dataset import DatasetSpec, ImageDataset, convert_channels, resize_images
 from simclrv2.data.folder import read_folder
+from simclrv2.data.guard import check_read
 from simclrv2.errors import SimCLRv2Error
 
 __all__ = ["DATASETS", "ImageDataset", "download_dataset", "find_data_dir", "load_dataset"]
@@ -105,6 +106,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     spec = _spec(name)
     if split not in spec.splits:
         raise SimCLRv2Error(f"{name} has no split {split!r}; choose one of: {', '.join(spec.splits)}")
+    check_read(name, split)  # a stage's test split opens only for its final evaluation
     if image_size is not None and image_size < 1:
         raise SimCLRv2Error(f"image_size must be >= 1 (or None for the dataset's own size), got {image_size}")
     if channels not in (None, 1, 3):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from simclrv2.atomic import atomic_path
 from simclrv2.data.folder import split_folder
+from simclrv2.data.guard import check_read
 from simclrv2.data.locate import cache_dir
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
@@ -149,6 +150,7 @@ def cached_arrays(kind: str, folder: Path, build: Callable[[], tuple[dict[str, n
 
 def folder_index(root: str | Path, split: str = "train", cache: Path | None = None) -> FileIndex:
     """The file index of ``root``'s ``split`` (``root/train``, or ``root`` itself), from the cache when valid."""
+    check_read("folder", split)  # as load_dataset does: a stage's test split is not streamed
     folder = split_folder(Path(root).expanduser(), split)
     arrays = cached_arrays("folder", folder, lambda: _build(folder.resolve()), cache)
     labels = arrays.get("labels")
