@@ -51,4 +51,5 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                     "grads": {n: p.grad for n, p in model.named_parameters()},
                     "buffers": dict(model.named_buffers())}, f"{out_dir}/rank{rank}.pt")
     finally:
-        dist.cleanup()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

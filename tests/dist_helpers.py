@@ -168,4 +168,5 @@ def worker(rank: int, port: int, out_dir: str, scenarios: list[str]) -> None:
                 results[name] = {"error": traceback.format_exc()}
     finally:
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.cleanup()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

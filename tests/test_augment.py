@@ -14,14 +14,9 @@ import torch.nn.functional as F
 from simclrv2.augment import (
     JITTER_OPS,
     AugmentConfig,
-    adjust_brightness,
-    adjust_contrast,
     adjust_hue,
-    adjust_saturation,
-    apply_jitter,
     blur_kernel_size,
     center_crop,
-    color_jitter,
     crop_flip,
     eval_view,
     gaussian_blur,
@@ -30,12 +25,11 @@ from simclrv2.augment import (
     resized_crop,
     sample_crop_boxes,
     sample_jitter,
-    simclr_augment,
     simclr_views,
     to_grayscale,
 )
 from simclrv2.augment.blur import random_blur_
-from simclrv2.augment.color import random_grayscale_
+from simclrv2.augment.color import BRIGHTNESS, CONTRAST, SATURATION, apply_jitter_, random_grayscale_
 from simclrv2.errors import SimCLRv2Error
 
 LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -49,6 +43,38 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def images(b: int = 6, c: int = 3, h: int = 20, w: int = 24, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, c, h, w, generator=gen(seed))
+
+
+def jitter(x: torch.Tensor, order: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The package's colour jitter (in place) on a copy."""
+    return apply_jitter_(x.clone(), order, params)
+
+
+def only(op: int, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Jitter (order, params) giving image i the single colour op ``op`` with value ``values[i]``."""
+    order = torch.full((len(values), 4), -1)
+    order[:, 0] = op
+    params = torch.zeros(len(values), 4)
+    params[:, op] = values
+    return order, params
+
+
+def grey_level(x: torch.Tensor) -> torch.Tensor:
+    return x if x.shape[1] == 1 else (LUMA.view(1, 3, 1, 1) * x).sum(1, keepdim=True)
+
+
+def naive_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return (x * f.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def naive_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    return (f * x + (1 - f) * grey_level(x).mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+
+
+def naive_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    f = f.view(-1, 1, 1, 1)
+    return x if x.shape[1] == 1 else (f * x + (1 - f) * grey_level(x)).clamp(0, 1)
 
 
 # --- crop boxes -------------------------------------------------------------------------------------------
@@ -160,20 +186,20 @@ def test_crop_flip_flips_about_half_of_the_images():
 
 def test_brightness_is_multiplicative_and_clipped():
     x, f = images(), torch.linspace(0.2, 1.8, 6)
-    torch.testing.assert_close(adjust_brightness(x, f), (x * f.view(-1, 1, 1, 1)).clamp(0, 1))
+    torch.testing.assert_close(jitter(x, *only(BRIGHTNESS, f)), (x * f.view(-1, 1, 1, 1)).clamp(0, 1))
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_contrast_blends_with_the_mean_grey_level_of_each_image(channels):
     x, f = images(c=channels), torch.linspace(0.0, 1.8, 6)
-    for i, out in enumerate(adjust_contrast(x, f)):
+    for i, out in enumerate(jitter(x, *only(CONTRAST, f))):
         grey = x[i] if channels == 1 else (LUMA.view(3, 1, 1) * x[i]).sum(0)
         torch.testing.assert_close(out, (f[i] * x[i] + (1 - f[i]) * grey.mean()).clamp(0, 1))
 
 
 def test_saturation_blends_each_pixel_with_its_grey_level():
     x, f = images(), torch.linspace(0.0, 1.8, 6)
-    for i, out in enumerate(adjust_saturation(x, f)):
+    for i, out in enumerate(jitter(x, *only(SATURATION, f))):
         grey = (LUMA.view(3, 1, 1) * x[i]).sum(0, keepdim=True)
         torch.testing.assert_close(out, (f[i] * x[i] + (1 - f[i]) * grey).clamp(0, 1))
 
@@ -192,12 +218,12 @@ def test_hue_rotation_matches_colorsys_pixel_by_pixel():
 def test_neutral_hue_and_saturation_change_nothing():
     x = images()
     torch.testing.assert_close(adjust_hue(x, torch.zeros(6)), x, atol=1e-5, rtol=0)
-    torch.testing.assert_close(adjust_saturation(x, torch.ones(6)), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(jitter(x, *only(SATURATION, torch.ones(6))), x, atol=1e-6, rtol=0)
 
 
 def test_grey_images_are_untouched_by_saturation_hue_and_grayscale():
     x = images(c=1)
-    assert torch.equal(adjust_saturation(x, torch.full((6,), 1.7)), x)
+    assert torch.equal(jitter(x, *only(SATURATION, torch.full((6,), 1.7))), x)
     assert torch.equal(adjust_hue(x, torch.full((6,), 0.3)), x)
     assert torch.equal(to_grayscale(x), x) and torch.equal(random_grayscale_(x.clone(), 1.0, gen()), x)
 
@@ -240,14 +266,14 @@ def test_jitter_is_applied_with_probability_p_per_image():
     assert ((order >= 0).all(dim=1) | skipped).all()
     assert abs(skipped.float().mean().item() - 0.2) < 0.02
     x = images()
-    assert torch.equal(color_jitter(x, 0.5, 0.0, gen()), x)
+    assert torch.equal(jitter(x, *sample_jitter(len(x), 0.5, 0.0, gen())), x)
 
 
 def test_jitter_order_matters():
     x = torch.tensor([0.2, 0.8]).view(1, 1, 1, 2)  # mean 0.5
     params = torch.tensor([[1.5, 0.5, 1.0, 0.0]])  # brightness 1.5, contrast 0.5
-    bright_first = apply_jitter(x, torch.tensor([[0, 1, 2, 3]]), params)  # 0.3, 1.0 (clipped) -> mean 0.65
-    contrast_first = apply_jitter(x, torch.tensor([[1, 0, 2, 3]]), params)  # 0.35, 0.65 -> x 1.5
+    bright_first = jitter(x, torch.tensor([[0, 1, 2, 3]]), params)  # 0.3, 1.0 (clipped) -> mean 0.65
+    contrast_first = jitter(x, torch.tensor([[1, 0, 2, 3]]), params)  # 0.35, 0.65 -> x 1.5
     torch.testing.assert_close(bright_first.flatten(), torch.tensor([0.475, 0.825]))
     torch.testing.assert_close(contrast_first.flatten(), torch.tensor([0.525, 0.975]))
 
@@ -256,8 +282,8 @@ def test_jitter_order_matters():
 def test_fused_jitter_matches_applying_each_op_image_by_image(channels):
     x = images(b=40, c=channels, h=6, w=7)
     order, params = sample_jitter(40, 1.0, 0.8, gen(1))
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    out = apply_jitter(x, order, params)
+    ops = (naive_brightness, naive_contrast, naive_saturation, adjust_hue)
+    out = jitter(x, order, params)
     for i in range(40):
         naive = x[i:i + 1]
         for op in order[i].tolist():
@@ -299,8 +325,8 @@ def test_blur_is_never_applied_to_images_of_32_pixels_or_less():
     config = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
                            grayscale_prob=0.0, blur_prob=1.0)
     small, large = images(h=32, w=32), images(h=33, w=33)
-    torch.testing.assert_close(simclr_augment(small, config, gen()), small, atol=1e-5, rtol=0)
-    assert (simclr_augment(large, config, gen()) - large).abs().amax(dim=(1, 2, 3)).min() > 1e-3
+    torch.testing.assert_close(simclr_views(small, config, gen())[0], small, atol=1e-5, rtol=0)
+    assert (simclr_views(large, config, gen())[0] - large).abs().amax(dim=(1, 2, 3)).min() > 1e-3
     assert torch.equal(random_blur_(large.clone(), 0.0, (0.1, 2.0), 33, gen()), large)
 
 
@@ -321,7 +347,7 @@ def test_views_are_float32_in_the_unit_range_and_keep_the_size(shape):
     for view in simclr_views(x, config, gen()):
         assert view.shape == shape and view.dtype == torch.float32
         assert view.min() >= 0 and view.max() <= 1
-    assert simclr_augment(x, config, gen(), out_size=24).shape == shape[:2] + (24, 24)
+    assert simclr_views(x, config, gen(), out_size=24)[0].shape == shape[:2] + (24, 24)
 
 
 def test_uint8_input_equals_float_input_divided_by_255():
@@ -358,8 +384,7 @@ def test_grayscale_and_blur_are_drawn_with_their_probabilities():
 def test_the_callers_images_are_never_modified():
     x = images(b=4, h=40, w=40)
     before = x.clone()
-    simclr_augment(x, AugmentConfig(blur_prob=1.0, jitter_prob=1.0, grayscale_prob=1.0), gen())
-    apply_jitter(x, *sample_jitter(4, 1.0, 1.0, gen()))
+    simclr_views(x, AugmentConfig(blur_prob=1.0, jitter_prob=1.0, grayscale_prob=1.0), gen())
     crop_flip(x, gen())
     assert torch.equal(x, before)
 

@@ -100,12 +100,6 @@ def init_distributed(device_type: str, timeout_s: float = 1800.0) -> bool:
     return True
 
 
-def cleanup() -> None:
-    """Leaves the process group (no-op without one)."""
-    if _active():
-        torch_dist.destroy_process_group()
-
-
 def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DistributedDataParallel that leaves BN buffers alone in the forward pass: with global BN every process
     already computes the same statistics, so re-broadcasting rank 0's would only cost time."""

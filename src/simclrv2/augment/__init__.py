@@ -11,12 +11,7 @@ from __future__ import annotations
 from simclrv2.augment.blur import blur_kernel_size, gaussian_blur, gaussian_kernels
 from simclrv2.augment.color import (
     JITTER_OPS,
-    adjust_brightness,
-    adjust_contrast,
     adjust_hue,
-    adjust_saturation,
-    apply_jitter,
-    color_jitter,
     jitter_ranges,
     sample_jitter,
     to_grayscale,
@@ -32,19 +27,14 @@ from simclrv2.augment.geometry import (
     sample_crop_boxes,
 )
 from simclrv2.augment.pad_crop import pad_crop_flip
-from simclrv2.augment.pipeline import AugmentConfig, simclr_augment, simclr_views, simclr_views_from_crops
+from simclrv2.augment.pipeline import AugmentConfig, simclr_views, simclr_views_from_crops
 
 __all__ = [
     "JITTER_OPS",
     "AugmentConfig",
-    "adjust_brightness",
-    "adjust_contrast",
     "adjust_hue",
-    "adjust_saturation",
-    "apply_jitter",
     "blur_kernel_size",
     "center_crop",
-    "color_jitter",
     "crop_boxes_from_randoms",
     "crop_flip",
     "draw_crop_randoms",
@@ -57,7 +47,6 @@ __all__ = [
     "resized_crop",
     "sample_crop_boxes",
     "sample_jitter",
-    "simclr_augment",
     "simclr_views",
     "simclr_views_from_crops",
     "to_grayscale",

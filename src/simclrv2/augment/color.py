@@ -28,29 +28,6 @@ def _luma(x: Tensor) -> Tensor:
     return x[:, 0:1].mul(LUMA[0]).add_(x[:, 1:2], alpha=LUMA[1]).add_(x[:, 2:3], alpha=LUMA[2])
 
 
-def _blend(x: Tensor, factor: Tensor, reference: Tensor) -> Tensor:
-    """clip(f·x + (1 − f)·reference, 0, 1) per image."""
-    f = _per_image(factor)
-    return (x * f).add_((1 - f) * reference).clamp_(0, 1)
-
-
-def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
-    """Multiplicative brightness (docs/recipe.md#colour-distortion): clip(f·x, 0, 1)."""
-    return (x * _per_image(factor)).clamp_(0, 1)
-
-
-def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
-    """clip(f·x + (1 − f)·m, 0, 1), m = the mean grey level of the image (torchvision's convention)."""
-    return _blend(x, factor, _luma(x).mean(dim=(1, 2, 3), keepdim=True))
-
-
-def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """clip(f·x + (1 − f)·grey(x), 0, 1) pixel by pixel; f = 0 gives the grey image, f > 1 oversaturates."""
-    if x.shape[1] == 1:
-        return x
-    return _blend(x, factor, _luma(x))
-
-
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     """Rotates hue by ``shift`` turns in HSV (shift ∈ [−0.5, 0.5] spans the circle), keeping V and S.
 
@@ -106,17 +83,15 @@ def sample_jitter(n: int, strength: float, prob: float, generator: torch.Generat
     return torch.where(applied, order, -1), params
 
 
-def apply_jitter(x: Tensor, order: Tensor, params: Tensor) -> Tensor:
-    """Applies each image's ops in its own order (see ``sample_jitter``), clipping after each."""
-    return apply_jitter_(x.clone(), order, params)
-
-
 def apply_jitter_(x: Tensor, order: Tensor, params: Tensor) -> Tensor:
-    """``apply_jitter`` in place, for a batch the caller owns (saves a full-batch allocation).
+    """Applies each image's ops in its own order (see ``sample_jitter``), clipping after each, in place: the
+    batch belongs to the caller (saves a full-batch allocation).
 
-    Per slot k, brightness, contrast and saturation are all clip(f·x + (1 − f)·ref) with ref = 0, the mean
-    grey level or the grey image, so one fused pass serves every image (f = 1 for images whose k-th op is
-    something else leaves them exactly unchanged); hue runs on the subset of images whose k-th op it is.
+    Brightness is multiplicative, clip(f·x, 0, 1) (docs/recipe.md#colour-distortion); contrast blends with the
+    image's mean grey level (torchvision's convention) and saturation with each pixel's grey level. So per slot
+    k all three are clip(f·x + (1 − f)·ref) with ref = 0, the mean grey level or the grey image, and one fused
+    pass serves every image (f = 1 for images whose k-th op is something else leaves them exactly unchanged);
+    hue runs on the subset of images whose k-th op it is.
     """
     rgb = x.shape[1] == 3
     for slot in range(4):
@@ -134,11 +109,6 @@ def apply_jitter_(x: Tensor, order: Tensor, params: Tensor) -> Tensor:
             if chosen.numel():
                 x.index_copy_(0, chosen, adjust_hue(x.index_select(0, chosen), params[chosen, HUE]))
     return x
-
-
-def color_jitter(x: Tensor, strength: float, prob: float, generator: torch.Generator) -> Tensor:
-    """SimCLR colour jitter with probability ``prob`` per image, the four ops in a random order per image."""
-    return apply_jitter(x, *sample_jitter(x.shape[0], strength, prob, generator, x.device))
 
 
 def to_grayscale(x: Tensor) -> Tensor:

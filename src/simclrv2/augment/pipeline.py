@@ -65,18 +65,6 @@ def _colour_blur(x: Tensor, config: AugmentConfig, generator: torch.Generator) -
     return random_blur_(x, config.blur_prob, config.blur_sigma, config.blur_min_side, generator)
 
 
-def simclr_augment(images: Tensor, config: AugmentConfig, generator: torch.Generator,
-                   channels_last: bool = False, *, out_size: int | tuple[int, int] | None = None) -> Tensor:
-    """One random view of each image: (B, C, H, W) uint8 or [0, 1] float -> float32 in [0, 1].
-
-    The output keeps the input's size unless ``out_size`` is given; blur is decided on the output size.
-    """
-    x = as_float_images(images)
-    check_generator(generator, x.device)
-    out = _augment_float(x, config, generator, out_size)
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-
-
 def simclr_views(images: Tensor, config: AugmentConfig, generator: torch.Generator,
                  channels_last: bool = False, *,
                  out_size: int | tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
