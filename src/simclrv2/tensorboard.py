@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import numbers
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,15 @@ from simclrv2.logs import get_logger
 SKIPPED_KEYS = ("step", "epoch", "time", "event", "stage")
 
 
+def _use_tensorboards_own_writer() -> None:
+    """TensorBoard's writer imports all of TensorFlow when that is installed (the tf extra, for ``simclrv2
+    import``): seconds and hundreds of MB on every run for event files its built-in stub writes alike. A
+    ``tensorboard.compat.notf`` module is TensorBoard's own switch to the stub."""
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+
 def tensorboard_available() -> bool:
+    _use_tensorboards_own_writer()
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError:
