@@ -78,6 +78,16 @@ def recipe_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def distill_recipe_table(rows: list[dict]) -> str:
+    lines = ["| width | teacher (validation) | candidate | student validation top-1 |", "|---|---|---|---|"]
+    teachers = {r["run"]: r["val_top1"] for r in rows}
+    for r in sorted((r for r in rows if r["part"] == "distill-recipe"), key=lambda r: (r["width"], r["recipe"])):
+        teacher = r["run"].removeprefix("distill-").rsplit("-e", 1)[0]
+        lines.append(f"| {r['width']:g} | {teachers.get(teacher, float('nan')):.1f} | {r['recipe']} | "
+                     f"{r['val_top1']:.1f} |")
+    return "\n".join(lines)
+
+
 def pretrain_table(rows: list[dict]) -> str:
     lines = ["| pretraining run | epochs | validation kNN top-1 | wall (min) |", "|---|---|---|---|"]
     for r in rows:
@@ -164,6 +174,8 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
         parts += ["| claim | paper | ours | verdict |", "|---|---|---|---|", *claims, ""]
     parts += ["Recipes chosen on validation (1 % labels, seed 0), the same number of candidates per stage:", "",
               recipe_table(rows), "", pretrain_table(rows)]
+    if any(r["part"] == "distill-recipe" for r in rows):
+        parts += ["", "Self-distillation recipes (1 % labels, seed 0), on validation:", "", distill_recipe_table(rows)]
     if any(r["part"] == "head" for r in rows):
         parts += ["", "Head depth (fine-tuning from each layer):", "", head_table(rows, subsets)]
     return "\n".join(parts), cells, widths, subsets

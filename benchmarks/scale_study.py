@@ -38,10 +38,15 @@ from simclrv2.results import StageResult
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
 PARTS = ("size", "distill", "big-to-small", "head", "memory")
+# chosen with the demo's pretraining: the shipped distillation recipe against the candidates it replaced
+EXTRA_PARTS = ("distill-recipes",)
 
 # Candidates per stage: the same number for both, centred on the shipped width-0.25 recipe (SGD, no scaling).
 FINETUNE_GRID = {"sgd-0.003": 0.003, "sgd-0.01": 0.01, "sgd-0.03": 0.03}
 SUPERVISED_GRID = {"sgd-0.03": 0.03, "sgd-0.1": 0.1, "sgd-0.3": 0.3}
+# (optimiser, lr, distillation temperature): the shipped AdamW at the paper's τ 0.1, AdamW and SGD at τ 1
+DISTILL_GRID = {"adamw-1e-3-t0.1": ("adamw", 1e-3, 0.1), "adamw-1e-3-t1": ("adamw", 1e-3, 1.0),
+                "sgd-0.05-t1": ("sgd", 0.05, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,22 @@ class Study:
             self.head_depth()
         if "memory" in parts:
             self.memory()
+        if "distill-recipes" in parts:
+            self.distill_recipes()
+
+    def distill_recipes(self) -> None:
+        """Self-distils the chosen fine-tuned network of each width (grid labels, seed 0) with each candidate."""
+        for width in self.args.widths:
+            pretrained = self.pretraining(width)
+            self.run(pretrained)
+            recipe, lr = self.chosen("finetune", "size", pretrained)
+            teacher = self.classifier_run("finetune", "size", pretrained, self.args.grid_labels, self.args.seeds[0],
+                                          recipe, lr)
+            for name, (optimizer, lr, temperature) in DISTILL_GRID.items():
+                run = self.distillation("distill-recipe", teacher, max(self.args.distill_epochs))
+                opt = dataclasses.replace(run.config.distill.optimizer, name=optimizer, base_lr=lr)
+                config = self.with_(run.config, "distill", optimizer=opt, temperature=temperature)
+                self.run(Run(f"{run.name}-{name}", "distill", run.part, dict(run.facts, recipe=name), config))
 
     def head_depth(self) -> None:
         recipe, lr = self.chosen("finetune", "size", self.pretraining(self.args.head_width))
@@ -231,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--config", default="demo", help="base config: a shipped name or a TOML path")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS + EXTRA_PARTS, default=list(PARTS))
     parser.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--subsets", nargs="+", default=["10/class", "1%"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -131,3 +131,16 @@ def test_report_pairs_by_seed_and_states_each_claim(fake, tmp_path):
     assert gain == [ft[s] - sup[s] for s in (0, 1)]
     assert "fine-tuned − supervised grows with width (1%" in text
     assert "| sgd-0.003 |" in text and "| sgd-0.3 |" in text  # every candidate of the grid is reported
+
+
+def test_distillation_recipes_are_compared_from_the_same_teacher(fake, tmp_path, monkeypatch):
+    configs = []
+    fake_distill = scale_study.STAGES["distill"]
+    monkeypatch.setitem(scale_study.STAGES, "distill",
+                        lambda config, run_dir, resume=False: configs.append(config) or fake_distill(config, run_dir))
+    rows = _study(tmp_path, "--parts", "distill-recipes", "--widths", "0.25")
+    assert {(c.distill.optimizer.name, c.distill.optimizer.base_lr, c.distill.temperature) for c in configs} == \
+        set(scale_study.DISTILL_GRID.values())
+    assert len({c.distill.teacher for c in configs}) == 1
+    text, *_ = scale_report.report(rows)
+    assert "| adamw-1e-3-t0.1 |" in text
