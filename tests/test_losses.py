@@ -181,11 +181,22 @@ def test_a_one_process_gather_equals_no_gather():
     torch.testing.assert_close(nt_xent_loss(z1, z2, 0.3, gather=lambda x: (x, 0)), nt_xent_loss(z1, z2, 0.3))
 
 
-def test_one_image_per_process_is_allowed_with_a_gather():
-    z1, z2 = random_views(1, 4, seed=6)
-    other1, other2 = random_views(1, 4, seed=7)
-    loss = nt_xent_loss(z1, z2, 0.5, gather=fake_gather(0, [[other1.detach()], [other2.detach()]]))
-    assert torch.isfinite(loss) and loss > 0
+@pytest.mark.parametrize("rank", [0, 1])
+def test_one_image_per_process_with_a_gather_is_the_two_image_loss_at_this_process_anchors(rank):
+    """One image on this process is no contrastive batch alone (see the "at least 2" error), but the gathered
+    batch has two: the loss and its gradients are the naive loop's over both images, at this image's two views."""
+    mine, other = random_views(1, 4, seed=6), random_views(1, 4, seed=7)
+    z1, z2 = mine
+    loss = nt_xent_loss(z1, z2, 0.5, gather=fake_gather(rank, [[other[0].detach()], [other[1].detach()]]))
+
+    pair = [mine, (other[0].detach(), other[1].detach())]
+    if rank == 1:
+        pair.reverse()
+    per_anchor = naive_anchor_losses(torch.cat([pair[0][0], pair[1][0]]), torch.cat([pair[0][1], pair[1][1]]), 0.5)
+    reference = (per_anchor[rank] + per_anchor[2 + rank]) / 2
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(loss, (z1, z2)), torch.autograd.grad(reference, (z1, z2)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
 
 
 def test_shape_temperature_and_gather_errors():
