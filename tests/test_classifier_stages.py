@@ -1,4 +1,6 @@
 
+import logging
+
 import pytest
 import torch
 
@@ -144,12 +146,36 @@ def test_classifier_evaluation_of_a_pretraining_checkpoint_is_refused(tmp_path, 
         evaluate(config, tmp_path / "eval")
 
 
-def test_self_distillation_trains_a_student_of_the_teachers_architecture(tmp_path, quick_config, finetuned):
+def test_self_distillation_trains_a_student_of_the_teachers_architecture_from_its_pretraining_run(
+        tmp_path, quick_config, finetuned, pretrained, caplog):
     run_dir, _ = finetuned
-    result = distill(quick_config(**{"distill.teacher": run_dir}), tmp_path / "student")
+    # as the README's command table writes it: only the teacher; the student starts where the teacher did
+    config = quick_config(**{"distill.teacher": run_dir, "distill.student_init": "pretrained"})
+    with caplog.at_level(logging.INFO, logger="simclrv2"):
+        result = distill(config, tmp_path / "student")
     payload = load_checkpoint(tmp_path / "student")
     assert payload["architecture"] == load_checkpoint(run_dir)["architecture"]
     assert result.details["temperature"] == 0.1  # docs/recipe.md#distillation-loss: self-distillation
+    origin = str(pretrained.resolve())
+    assert load_checkpoint(run_dir)["pretrained_run"] == origin  # the fine-tuned teacher records where it began
+    assert result.details["student_pretrained"] == payload["pretrained_run"] == origin
+    assert f"the student starts from the pretraining run {origin} (the teacher's" in caplog.text
+
+
+@pytest.mark.parametrize(("recorded", "message"), [
+    ("moved", r"the teacher's pretraining run .*moved \(recorded in .*\) is not there any more; pass its new place"),
+    ("", "records no pretraining run"),
+])
+def test_a_student_without_the_teachers_pretraining_run_is_one_line(tmp_path, quick_config, finetuned, recorded,
+                                                                     message):
+    payload = load_checkpoint(finetuned[0])
+    payload["pretrained_run"] = str(tmp_path / recorded) if recorded else ""
+    torch.save(payload, tmp_path / "teacher.pt")
+    config = quick_config(**{"distill.teacher": tmp_path / "teacher.pt", "distill.student_init": "pretrained"})
+    with pytest.raises(SimCLRv2Error, match=message) as caught:
+        distill(config, tmp_path / "student")
+    assert "distill.student_pretrained" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "student").exists()
 
 
 def test_big_to_small_distillation_builds_the_student_from_the_model_section(tmp_path, quick_config, finetuned):

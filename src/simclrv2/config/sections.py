@@ -279,7 +279,7 @@ class DistillConfig:
     teacher: str = ""  # fine-tuned run directory or checkpoint (the pipeline fills it in)
     student: str = "teacher"
     student_init: str = "pretrained"  # pretrained (from ``student_pretrained``), or scratch
-    student_pretrained: str = ""
+    student_pretrained: str = ""  # "": the pretraining run the teacher was fine-tuned from (its checkpoint says)
     temperature: float = 0.0
     alpha: float = 1.0
     epochs: int = 10

@@ -49,6 +49,9 @@ class ClassifierSetup:
     plain_lr_scale: float = 1.0  # rate factor of the classifier, BN and biases (distillation: 1/τ gradients)
     labelled: tuple[ImageDataset, torch.Tensor] | None = None  # written to SUBSET_FILE
     data_config: Any = None  # the [data] section the test split is read with (default: the session's)
+    # the pretraining run the network started from ("": from scratch), kept in the checkpoint: distilling this
+    # network starts its student there unless told otherwise
+    pretrained_run: str = ""
 
 
 def make_views(cfg: Any, image_size: int, channels_last: bool
@@ -129,7 +132,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
                 checkpoint_content={"kind": "classifier", "architecture": setup.spec.to_dict(),
                                     "image_size": setup.images.shape[-1],
                                     "head_layer": setup.head_layer, "num_classes": len(setup.classes),
-                                    "classes": list(setup.classes)})
+                                    "classes": list(setup.classes), "pretrained_run": setup.pretrained_run})
     fitted = fit(task, session)
     details = {**setup.details, "steps": fitted.step, "epochs": budget.epochs, "first_loss": fitted.first_loss,
                "last_loss": fitted.last_loss, "skipped_steps": fitted.skipped_steps,

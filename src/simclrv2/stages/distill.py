@@ -30,20 +30,31 @@ IDENTITY_SECTIONS = ("data", "model", "distill")
 
 
 def student_for(config: Config, teacher_spec: ModelSpec, head_layer: int, image_size: int, channels: int,
-                num_classes: int) -> tuple[ModelSpec, Classifier]:
+                num_classes: int, teacher_pretrained: str = "") -> tuple[ModelSpec, Classifier, str]:
+    """The student and the pretraining run it starts from ("": from scratch): ``distill.student_pretrained``, else
+    the run the teacher was fine-tuned from (``teacher_pretrained``, recorded in the teacher's checkpoint)."""
     cfg = config.distill
     spec = teacher_spec if cfg.student == "teacher" else ModelSpec.from_config(config.model, image_size, channels)
     head_layer = min(head_layer, spec.head_layers)
     if cfg.student_init == "scratch":
-        return spec, spec.build_classifier(head_layer, num_classes, seed=config.run.seed)
-    if not cfg.student_pretrained:
-        raise SimCLRv2Error("distill.student_init = 'pretrained' needs distill.student_pretrained (the student's "
-                            "pretraining run directory), or set distill.student_init = 'scratch'")
-    pretrained_spec, simclr, _ = read_pretrained(cfg.student_pretrained)
+        return spec, spec.build_classifier(head_layer, num_classes, seed=config.run.seed), ""
+    source = cfg.student_pretrained or teacher_pretrained
+    if not source:
+        raise SimCLRv2Error(f"the teacher {cfg.teacher} records no pretraining run (it was trained from scratch); set "
+                            "distill.student_pretrained to the student's pretraining run, or distill.student_init = "
+                            "'scratch'")
+    if not cfg.student_pretrained and not Path(source).exists():
+        raise SimCLRv2Error(f"the teacher's pretraining run {source} (recorded in {cfg.teacher}) is not there any "
+                            "more; pass its new place as distill.student_pretrained, or set distill.student_init = "
+                            "'scratch'")
+    pretrained_spec, simclr, _ = read_pretrained(source)
     if pretrained_spec != spec:
-        raise SimCLRv2Error(f"distill.student_pretrained is a {pretrained_spec.describe()} but the student is a "
-                            f"{spec.describe()}; pass the student's own pretraining run")
-    return spec, Classifier.from_simclr(simclr, head_layer, num_classes)
+        given = "distill.student_pretrained" if cfg.student_pretrained else f"the teacher's pretraining run {source}"
+        raise SimCLRv2Error(f"{given} is a {pretrained_spec.describe()} but the student is a {spec.describe()}; "
+                            "pass the student's own pretraining run as distill.student_pretrained")
+    whose = "" if cfg.student_pretrained else " (the teacher's; distill.student_pretrained chooses another)"
+    get_logger().info(f"distill: the student starts from the pretraining run {source}{whose}")
+    return spec, Classifier.from_simclr(simclr, head_layer, num_classes), str(Path(source).resolve())
 
 
 def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
@@ -64,7 +75,8 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
         raise SimCLRv2Error(f"the teacher predicts {num_classes} classes but {labelled.name} has "
                             f"{labelled.num_classes}; distil on the data the teacher was fine-tuned for")
     teacher_spec.check_data(train.channels, f"the teacher {cfg.teacher}")
-    spec, student = student_for(config, teacher_spec, head_layer, train.image_size, train.channels, num_classes)
+    spec, student, student_pretrained = student_for(config, teacher_spec, head_layer, train.image_size,
+                                                    train.channels, num_classes, payload.get("pretrained_run", ""))
     temperature = cfg.temperature_for(self_distillation=spec == teacher_spec)
     targets = torch.full((len(train),), -1, dtype=torch.long)  # -1: unlabeled for the (1 - alpha) term
     if cfg.alpha < 1:
@@ -90,8 +102,8 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
         plain_lr_scale=min(1.0, temperature) if cfg.optimizer.name == "lars" else 1.0,
         details={"teacher": str(cfg.teacher), "teacher_architecture": teacher_spec.describe(),
                  "architecture": spec.describe(), "temperature": temperature, "alpha": cfg.alpha,
-                 "student_init": cfg.student_init},
-        data_config=data_config,
+                 "student_init": cfg.student_init, "student_pretrained": student_pretrained},
+        data_config=data_config, pretrained_run=student_pretrained,
     )
     outcome = train_classifier(session, setup, cfg, data)
     _compare_with_teacher(outcome, cfg.teacher)

@@ -56,6 +56,6 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         loss=lambda logits, index, views: F.cross_entropy(logits, labels[index]), labelled=(labelled, indices),
         details={"labels": cfg.labels, "num_labelled": len(indices), "head_layer": cfg.head_layer,
                  "pretrained": str(cfg.pretrained), "architecture": spec.describe()},
-        data_config=data_config,
+        data_config=data_config, pretrained_run=str(Path(cfg.pretrained).resolve()),
     )
     return train_classifier(session, setup, cfg, data, dataclasses.replace(config, model=spec.model_config()))
