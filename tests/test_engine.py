@@ -11,7 +11,7 @@ from torch import nn
 
 from simclrv2.checkpoint import read_metrics
 from simclrv2.config import load_config
-from simclrv2.errors import SimCLRv2Error
+from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.stages import engine
 from simclrv2.stages.engine import MIN_SENSIBLE_STEPS, Budget, StopSignals, Task, fit, open_session
 
@@ -90,6 +90,48 @@ def test_skipped_nonfinite_steps_are_counted_in_the_log(tmp_path):
     assert result.skipped_steps == 2 and result.step == 4
     # a window of only skipped steps has no loss to log; the next record carries the count
     assert [r["skipped"] for r in read_metrics(session.run_dir / "metrics.jsonl")] == [0, 1]
+
+
+def _train_records(run_dir):
+    """What a reader of metrics.jsonl compares across runs: everything but the clock."""
+    return [{k: v for k, v in r.items() if k not in ("time", "items_per_s")}
+            for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"]
+
+
+def test_a_run_interrupted_mid_window_and_resumed_logs_the_uninterrupted_runs_records(tmp_path):
+    # 3 epochs of 4 steps, a record every 3 steps and at each epoch's end; step 5 is non-finite and skipped
+    losses = [2.0, 1.9, 1.7, 1.6, 1.5, float("nan"), 1.3, 1.2, 1.1, 1.0, 0.95, 0.9]
+    options = {"run.nonfinite": "skip", "run.log_every": "3"}
+    budget = Budget.plan("toy", 8, 2, epochs=3)
+    straight = fit(_toy_task(losses, budget), _session(tmp_path / "straight", **options))
+
+    stop_after = 7  # mid-window: the record at step 6 is written, the one at 8 (steps 7 and 8) is not
+    task = _toy_task(losses, budget)
+    scripted = task.train_step
+
+    def train_step(indices, generator):
+        loss = scripted(indices, generator)
+        if train_step.calls == stop_after - 1:
+            signal.raise_signal(signal.SIGTERM)
+        train_step.calls += 1
+        return loss
+
+    train_step.calls = 0
+    task.train_step = train_step
+    with pytest.raises(Interrupted):
+        fit(task, _session(tmp_path / "resumed", **options))
+    config = load_config(None, {"run.progress": "false", **options})
+    session = open_session("toy", config, tmp_path / "resumed" / "run", resume=True, overwrite=False,
+                           identity_sections=())
+    assert session.start_step == stop_after
+    session.start()
+    resumed = fit(_toy_task(losses[stop_after:], budget), session)
+
+    expected = _train_records(tmp_path / "straight" / "run")
+    assert [r["step"] for r in expected] == [3, 4, 6, 8, 9, 12]
+    assert _train_records(tmp_path / "resumed" / "run") == expected
+    assert (resumed.first_loss, resumed.last_loss, resumed.skipped_steps) == (
+        straight.first_loss, straight.last_loss, straight.skipped_steps)
 
 
 def test_stop_signals_chain_the_handler_installed_before(monkeypatch):

@@ -249,8 +249,8 @@ def _exit_code(signum: int) -> int:
 class _Checkpointer:
     """When to write ``last.pt`` (epoch ends, every N steps, every M minutes) and how many step copies to keep."""
 
-    def __init__(self, session: Session, task: Task) -> None:
-        self.session, self.task, self.run = session, task, session.run
+    def __init__(self, session: Session, task: Task, losses: _LossWindow) -> None:
+        self.session, self.task, self.run, self.losses = session, task, session.run, losses
         self.saved_at = time.monotonic()
         self.last_path: Path | None = None
 
@@ -261,7 +261,7 @@ class _Checkpointer:
         return bool(by_steps or by_time)
 
     def save(self, step: int) -> Path:
-        path = self.session.save("last.pt", self.task, step)
+        path = self.session.save("last.pt", self.task, step, loss_window=self.losses.state())
         self.saved_at, self.last_path = time.monotonic(), path
         keep = self.run.keep_checkpoints
         if keep > 1 and dist.is_main():
@@ -272,17 +272,26 @@ class _Checkpointer:
 
 
 class _LossWindow:
-    """Mean loss over each logging window (every process's mean), the first and the last of them."""
+    """Mean loss over each logging window, the first and the last of them, and the steps skipped so far.
 
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.first: float | None = None
-        self.last: float | None = None
+    Each value is already the mean over processes (:func:`_check_loss`), so every process holds the same state
+    and ``last.pt`` carries it (:meth:`state`): a run resumed mid-window logs the records the uninterrupted run
+    would have, on any number of processes."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        state = state or {}
+        self.values: list[float] = list(state.get("values", []))
+        self.first: float | None = state.get("first")
+        self.last: float | None = state.get("last")
+        self.skipped: int = int(state.get("skipped", 0))
+
+    def state(self) -> dict[str, Any]:
+        return {"values": list(self.values), "first": self.first, "last": self.last, "skipped": self.skipped}
 
     def close(self) -> float | None:
         if not self.values:
             return None
-        mean = dist.all_reduce_mean(torch.tensor(sum(self.values) / len(self.values))).item()
+        mean = sum(self.values) / len(self.values)
         self.first = mean if self.first is None else self.first
         self.last, self.values = mean, []
         return mean
@@ -294,8 +303,9 @@ def fit(task: Task, session: Session) -> FitResult:
     if session.state is not None:
         task.optimizer.load_state_dict(session.state["optimizer"])
     generator = generator_for(session.device, run.seed)
-    checkpointer = _Checkpointer(session, task)
-    losses, step, skipped, items_per_s = _LossWindow(), session.start_step, 0, 0.0
+    losses = _LossWindow(session.state.get("loss_window") if session.state is not None else None)
+    checkpointer = _Checkpointer(session, task, losses)
+    step, items_per_s = session.start_step, 0.0
     task.model.train()
     with StopSignals() as signals:
         for epoch in range(step // budget.steps_per_epoch, budget.epochs):
@@ -315,7 +325,7 @@ def fit(task: Task, session: Session) -> FitResult:
                 batch = next(source) if source is not None else (
                     order[i * budget.local_batch:(i + 1) * budget.local_batch])
                 value = _train_step(task, session, batch, generator, step, checkpointer)
-                skipped += value is None
+                losses.skipped += value is None
                 if value is not None:
                     losses.values.append(value)
                 step += 1
@@ -327,7 +337,7 @@ def fit(task: Task, session: Session) -> FitResult:
                         bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.3g}")
                         record = TrainRecord(step, epoch + (i + 1) / budget.steps_per_epoch, mean, lr)
                         session.log.write(**metrics_record(record), stage=stage, items_per_s=items_per_s,
-                                          skipped=skipped)
+                                          skipped=losses.skipped)
                 if checkpointer.due(step) and step < budget.total_steps:
                     checkpointer.save(step)
             bar.close()
@@ -335,7 +345,7 @@ def fit(task: Task, session: Session) -> FitResult:
     if losses.first is not None and losses.last is not None and losses.last > losses.first:
         get_logger().warning(f"warning: {stage}: the training loss ended above its start ({losses.first:.4f} -> "
                              f"{losses.last:.4f}); the rate may be too high or the budget too short")
-    return FitResult(step, losses.first, losses.last, skipped, items_per_s)
+    return FitResult(step, losses.first, losses.last, losses.skipped, items_per_s)
 
 
 def _stop_if_signalled(signals: StopSignals, session: Session, checkpointer: _Checkpointer, stage: str,
@@ -351,9 +361,10 @@ def _stop_if_signalled(signals: StopSignals, session: Session, checkpointer: _Ch
 
 def _train_step(task: Task, session: Session, batch: Any, generator: torch.Generator, step: int,
                 checkpointer: _Checkpointer) -> float | None:
-    """Forward, NaN/inf guard, backward and optimiser step; the loss, or None for a skipped step."""
+    """Forward, NaN/inf guard, backward and optimiser step; the loss (mean over processes), or None for a skipped
+    step."""
     loss = task.train_step(batch, generator)
-    value, nonfinite = _check_loss(loss, session.distributed)
+    value, mean, nonfinite = _check_loss(loss, session.distributed)
     task.optimizer.zero_grad(set_to_none=True)
     if nonfinite:
         if session.run.nonfinite == "stop":
@@ -367,7 +378,7 @@ def _train_step(task: Task, session: Session, batch: Any, generator: torch.Gener
     task.optimizer.step()
     if task.after_step is not None:
         task.after_step()
-    return value
+    return mean
 
 
 def _end_of_epoch(task: Task, session: Session, checkpointer: _Checkpointer, done: int, step: int,
@@ -391,11 +402,13 @@ def _agreed_signal(signals: StopSignals, distributed: bool) -> int:
     return int(received.item())
 
 
-def _check_loss(loss: torch.Tensor, distributed: bool) -> tuple[float, bool]:
-    """(this process's loss, whether any process saw a non-finite loss): all processes take the same decision,
-    so a NaN on one rank stops (or skips on) every rank together, without a hang."""
+def _check_loss(loss: torch.Tensor, distributed: bool) -> tuple[float, float, bool]:
+    """(this process's loss, the mean over processes, whether any process saw a non-finite loss): all processes
+    take the same decision, so a NaN on one rank stops (or skips on) every rank together, without a hang."""
     value = loss.detach().float().item()
-    bad = torch.tensor([0.0 if math.isfinite(value) else 1.0])
+    finite = math.isfinite(value)
+    # one collective for both: the mean loss, and the share of processes whose loss was not finite
+    stats = torch.tensor([value if finite else 0.0, 0.0 if finite else 1.0], dtype=torch.float64)
     if distributed:
-        bad = dist.all_reduce_max(bad)
-    return value, bool(bad.item())
+        stats = dist.all_reduce_mean(stats)
+    return value, stats[0].item(), stats[1].item() > 0
