@@ -4,14 +4,16 @@
     python benchmarks/label_efficiency.py --config demo --seeds 0 1 2 --out runs/label-efficiency
 
 Each seed runs the whole pipeline (its own pretraining, label subsets and initialisations) through the public
-API; finished seeds are reused on a rerun. Settings are those of the config (chosen on validation by
-benchmarks/recipe_search.py); the test split only reports. Writes results.md and label_efficiency.png into --out.
+API; finished seeds are reused on a rerun. Settings are those of the config (chosen on validation); the test
+split only reports. Writes into --out: per_seed.jsonl (every method, subset and seed), results.md (mean ± sd, and
+each method minus supervised paired by seed) and label_efficiency.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -46,6 +48,33 @@ def aggregate(summaries: list[PipelineSummary]) -> dict[tuple[str, str], dict[st
     return {key: {split: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0)
                   for split, v in splits.items() if v}
             for key, splits in cells.items()}
+
+
+def per_seed(summaries: list[PipelineSummary], seeds: list[int]) -> list[dict]:
+    """One record per method, subset and seed, in %: what results.md aggregates, kept so it can be checked."""
+    return [{"method": row.method, "labels": row.labels, "seed": seed,
+             "val_top1": None if row.val_top1 is None else round(100 * row.val_top1, 2),
+             "test_top1": None if row.test_top1 is None else round(100 * row.test_top1, 2)}
+            for seed, summary in zip(seeds, summaries, strict=True) for row in summary.rows]
+
+
+def paired_gains(records: list[dict], baseline: str = "supervised only") -> str:
+    """Each method minus the baseline on the same seed and subset (test top-1), mean ± sd of the differences."""
+    test = {(r["method"], r["labels"], r["seed"]): r["test_top1"] for r in records if r["test_top1"] is not None}
+    subsets = list(dict.fromkeys(r["labels"] for r in records))
+    lines = [f"test top-1 minus {baseline}, paired by seed (mean ± sd of the differences, n seeds)", "",
+             "| method | " + " | ".join(subsets) + " |", "|---|" + "---|" * len(subsets)]
+    for method in dict.fromkeys(r["method"] for r in records):
+        if method == baseline:
+            continue
+        cells = []
+        for subset in subsets:
+            diffs = [v - test[(baseline, subset, seed)] for (m, s, seed), v in test.items()
+                     if m == method and s == subset and (baseline, subset, seed) in test]
+            sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+            cells.append(f"{statistics.fmean(diffs):+.1f} ± {sd:.1f} (n={len(diffs)})" if diffs else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(results: dict, subsets: tuple[str, ...], seeds: list[int]) -> str:
@@ -107,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     summaries = [run_seed(args.config, seed, args.out, subsets) for seed in args.seeds]
     results = aggregate(summaries)
-    text = table(results, subsets, args.seeds)
+    records = per_seed(summaries, args.seeds)
+    text = table(results, subsets, args.seeds) + "\n\n" + paired_gains(records)
     minutes = (time.perf_counter() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (args.out / "results.md").write_text(f"{text}\n\nconfig: {args.config}; {minutes:.0f} min this invocation\n")
     plot(results, subsets, args.out / "label_efficiency.png")
     print(text)

@@ -45,3 +45,13 @@ def test_the_default_config_and_the_docstrings_command_name_configs_that_load(tm
     documented = label_efficiency.build_parser().parse_args(command[2:]).config
     for config in (default, documented):
         assert load_config(config).pretrain.epochs >= 1  # a file or a shipped name that resolves, from any folder
+
+
+def test_per_seed_records_and_paired_gains_subtract_the_same_seeds_baseline():
+    summaries = [_summary(0.80, 0.70), _summary(0.84, 0.79), _summary(0.82, 0.72)]
+    records = label_efficiency.per_seed(summaries, [0, 1, 2])
+    assert {(r["method"], r["seed"]): r["test_top1"] for r in records}[("supervised only", 1)] == 79.0
+    text = label_efficiency.paired_gains(records)
+    # differences 10, 5, 10: mean 8.3, sd 2.9 (an unpaired mean difference would be the same, the sd would not)
+    assert "| fine-tuned (head layer 1) | +8.3 ± 2.9 (n=3) |" in text
+    assert "| supervised only |" not in text
