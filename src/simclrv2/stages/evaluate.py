@@ -26,6 +26,7 @@ from simclrv2.checkpoint import (
 )
 from simclrv2.config import Config, to_toml
 from simclrv2.data import ImageDataset
+from simclrv2.data.guard import final_evaluation
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import classifier_logits, encoder_features
 from simclrv2.eval.knn import knn_predict
@@ -34,12 +35,13 @@ from simclrv2.logs import get_logger
 from simclrv2.models.spec import ModelSpec
 from simclrv2.results import ClassificationScores, StageResult
 from simclrv2.runtime import resolve_device, set_threads
-from simclrv2.stages.inputs import data_for_network, load_test, training_data
+from simclrv2.stages.inputs import data_for_network, load_test, seals_test_split, training_data
 
 STAGE = "evaluate"
 Predict = Callable[[ImageDataset], torch.Tensor]  # dataset -> (N,) predicted classes
 
 
+@seals_test_split
 def evaluate(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
     """Evaluates ``evaluate.checkpoint`` with ``evaluate.mode``; writes ``result.json`` into ``run_dir``."""
     cfg, run = config.evaluate, config.run
@@ -88,8 +90,9 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     spec.check_model_options(config.model, labelled.image_size, str(cfg.checkpoint))
     val = data.val
     val_scores = _scores(predict, val) if val is not None else None
-    test = load_test(data_config)  # read once, at the end: nothing above depends on it
-    test_scores = _scores(predict, test) if test is not None else None
+    with final_evaluation():
+        test = load_test(data_config)  # read once, at the end: nothing above depends on it
+        test_scores = _scores(predict, test) if test is not None else None
     result = StageResult(stage=cfg.mode if cfg.mode != "classifier" else STAGE, run_dir=str(run_dir),
                          checkpoint=str(cfg.checkpoint), val=val_scores, test=test_scores,
                          details={"mode": cfg.mode, "architecture": spec.describe(), **details})

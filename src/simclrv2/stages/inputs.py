@@ -1,15 +1,20 @@
 """The data a stage reads: the training images, the validation split held out of them, label subsets drawn from
-the rest, and the test split, which only the final evaluation opens (nothing is chosen on it)."""
+the rest, and the test split, which only the final evaluation opens (nothing is chosen on it): a stage runs under
+:func:`seals_test_split`, and its final scores inside ``final_evaluation()`` (data/guard.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from simclrv2.data import ImageDataset, load_dataset
+from simclrv2.data.guard import SealedSplitError, sealed
 from simclrv2.data.subsets import parse_subset_spec, select_subset, subset_indices
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
@@ -17,6 +22,20 @@ from simclrv2.logs import get_logger
 # the validation split does not change with run.seed, so seeds vary the labelled subset and the initialisation
 # while every run is judged on the same images
 VALIDATION_SEED = 20_06_10029
+
+Stage = TypeVar("Stage", bound=Callable)
+
+
+def seals_test_split(stage: Stage) -> Stage:
+    """Runs the stage ``stage(config, ...)`` with ``config.data.test_split`` sealed: any read of it fails except
+    inside the stage's ``final_evaluation()`` block."""
+
+    @functools.wraps(stage)
+    def run(config, *args, **kwargs):
+        with sealed(config.data.test_split, stage.__name__):
+            return stage(config, *args, **kwargs)
+
+    return run
 
 
 def load_split(data, split: str, limit: int = 0) -> ImageDataset:
@@ -50,6 +69,8 @@ def load_test(data) -> ImageDataset | None:
     """The test split for the final evaluation, or None when the dataset has no labelled one."""
     try:
         test = load_split(data, data.test_split)
+    except SealedSplitError:
+        raise  # read before the final evaluation: the stage's fault, not a dataset without a test split
     except SimCLRv2Error as exc:
         get_logger().info(f"no test evaluation: {exc}")
         return None

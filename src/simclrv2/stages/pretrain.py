@@ -23,6 +23,7 @@ from simclrv2.augment.preview import save_augmentation_preview
 from simclrv2.checkpoint import load_state
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
+from simclrv2.data.guard import final_evaluation
 from simclrv2.data.streaming import BatchSource, CropDataset, StreamData, choose_stream
 from simclrv2.eval.features import knn_top1_each
 from simclrv2.logs import get_logger
@@ -34,7 +35,7 @@ from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.results import KnnRecord, StageResult, metrics_record
 from simclrv2.runtime import autocast, generator_for, prepare_model, resolve_precision
 from simclrv2.stages.engine import Budget, Session, Task, fit, open_session
-from simclrv2.stages.inputs import TrainingData, load_test, training_data
+from simclrv2.stages.inputs import TrainingData, load_test, seals_test_split, training_data
 from simclrv2.stages.resume import step_seed
 
 STAGE = "pretrain"
@@ -51,6 +52,7 @@ class KnnSets:
     queries: ImageDataset
 
 
+@seals_test_split
 def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
     """Runs (or resumes) contrastive pretraining into ``run_dir``; returns where the model and scores are."""
     cfg, run = config.pretrain, config.run
@@ -116,8 +118,9 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         unit="pairs", batches=_batch_source(stream, config, budget, device) if stream is not None else None,
     )
     result = fit(task, session)
-    test = load_test(config.data) if knn is not None and dist.is_main() else None  # read once, at the end
-    knn_final, knn_test = _knn(config, model, knn, session, budget.epochs, result.step, test)
+    with final_evaluation():
+        test = load_test(config.data) if knn is not None and dist.is_main() else None  # read once, at the end
+        knn_final, knn_test = _knn(config, model, knn, session, budget.epochs, result.step, test)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,
                "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe(),
                "provenance": session.provenance}
