@@ -40,9 +40,9 @@ def student_for(config: Config, teacher_spec: ModelSpec, head_layer: int, image_
         return spec, spec.build_classifier(head_layer, num_classes, seed=config.run.seed), ""
     source = cfg.student_pretrained or teacher_pretrained
     if not source:
-        raise SimCLRv2Error(f"the teacher {cfg.teacher} records no pretraining run (it was trained from scratch); set "
-                            "distill.student_pretrained to the student's pretraining run, or distill.student_init = "
-                            "'scratch'")
+        raise SimCLRv2Error(f"the teacher {cfg.teacher} records no pretraining run to start the student from (a "
+                            "supervised run has none); set distill.student_pretrained to the student's pretraining "
+                            "run, or distill.student_init = 'scratch'")
     if not cfg.student_pretrained and not Path(source).exists():
         raise SimCLRv2Error(f"the teacher's pretraining run {source} (recorded in {cfg.teacher}) is not there any "
                             "more; pass its new place as distill.student_pretrained, or set distill.student_init = "
