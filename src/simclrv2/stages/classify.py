@@ -18,6 +18,7 @@ from simclrv2 import dist
 from simclrv2.augment import crop_flip, pad_crop_flip
 from simclrv2.checkpoint import load_state
 from simclrv2.data import ImageDataset
+from simclrv2.data.guard import final_evaluation
 from simclrv2.data.subsets import write_subset_file
 from simclrv2.eval.features import classifier_logits
 from simclrv2.logs import get_logger
@@ -141,8 +142,9 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
     val_scores = test_scores = None
     if dist.is_main():
         val_scores = _scores(model, val, setup.classes, session) if val is not None else None
-        test = load_test(setup.data_config or session.config.data)  # read once, after everything is decided
-        test_scores = _scores(model, test, setup.classes, session) if test is not None else None
+        with final_evaluation():
+            test = load_test(setup.data_config or session.config.data)  # read once, after everything is decided
+            test_scores = _scores(model, test, setup.classes, session) if test is not None else None
     session.save("final.pt", task, fitted.step, final=True)
     checkpoint = session.finish()
     outcome = StageResult(stage=stage, run_dir=str(session.run_dir), checkpoint=str(checkpoint), val=val_scores,

@@ -20,7 +20,7 @@ from simclrv2.models import Classifier
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
 from simclrv2.stages.engine import open_session
-from simclrv2.stages.inputs import TrainingData, data_for_network, training_data
+from simclrv2.stages.inputs import TrainingData, data_for_network, seals_test_split, training_data
 
 STAGE = "finetune"
 IDENTITY_SECTIONS = ("data", "finetune")
@@ -33,6 +33,7 @@ def labelled_data(data_config, labels: str, seed: int, stage: str) -> tuple[Trai
     return data, data.labelled_subset(labels, seed)
 
 
+@seals_test_split
 def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
     """Fine-tunes ``finetune.pretrained`` on ``finetune.labels`` from head layer ``finetune.head_layer``."""
     cfg = config.finetune

@@ -14,11 +14,13 @@ from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
 from simclrv2.stages.engine import open_session
 from simclrv2.stages.finetune import labelled_data
+from simclrv2.stages.inputs import seals_test_split
 
 STAGE = "supervised"
 IDENTITY_SECTIONS = ("data", "model", "finetune", "supervised")
 
 
+@seals_test_split
 def supervised(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
     """Trains the ``[model]`` network from scratch on ``finetune.labels`` (head layer ``finetune.head_layer``)."""
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
