@@ -45,7 +45,7 @@ class TFCheckpoint:
     """The variables of one checkpoint: ``shapes`` maps each name to its shape; :meth:`read` loads one."""
 
     source: str  # the checkpoint file prefix that was read
-    format: str  # "TF1 checkpoint", "TF2 SavedModel" or "TF2 checkpoint"
+    format: str  # "TF1 checkpoint", "TF2 SavedModel", "TF2 checkpoint" or "TF1 SavedModel" (a hub module)
     shapes: dict[str, tuple[int, ...]]
     keys: dict[str, str] = field(repr=False)  # name -> key in the checkpoint file
     reader: Any = field(repr=False)
@@ -59,7 +59,7 @@ def open_checkpoint(path: str | Path) -> TFCheckpoint:
     """The checkpoint at ``path``: a TF1 prefix, its ``.index``/``.data`` file, a folder holding one, or a
     SavedModel folder (or the folder above it, as in the authors' ``r50_1x_sk0/saved_model/``)."""
     path = Path(path).expanduser()
-    prefix, layout = _locate(path)
+    prefix, saved_model = _locate(path)
     tf = import_tensorflow()
     try:
         reader = tf.train.load_checkpoint(str(prefix))
@@ -67,31 +67,32 @@ def open_checkpoint(path: str | Path) -> TFCheckpoint:
         raise SimCLRv2Error(f"cannot read {path} as a TensorFlow checkpoint ({type(exc).__name__}); is it whole?"
                             ) from exc
     shapes = {name: tuple(int(d) for d in shape) for name, shape in reader.get_variable_to_shape_map().items()}
-    if OBJECT_GRAPH not in shapes:
-        return TFCheckpoint(str(prefix), layout or "TF1 checkpoint", shapes, {n: n for n in shapes}, reader)
+    version = "TF2" if OBJECT_GRAPH in shapes else "TF1"  # a TF1 SavedModel (a hub module) is keyed by name
+    form = f"{version} {'SavedModel' if saved_model else 'checkpoint'}"
+    if version == "TF1":
+        return TFCheckpoint(str(prefix), form, shapes, {n: n for n in shapes}, reader)
     keys = _names_from_object_graph(reader.get_tensor(OBJECT_GRAPH), shapes)
-    named = {name: shapes[key] for name, key in keys.items()}
-    return TFCheckpoint(str(prefix), layout or "TF2 checkpoint", named, keys, reader)
+    return TFCheckpoint(str(prefix), form, {name: shapes[key] for name, key in keys.items()}, keys, reader)
 
 
-def _locate(path: Path) -> tuple[Path, str | None]:
-    """(checkpoint prefix, layout when the files say it) for what the user passed."""
+def _locate(path: Path) -> tuple[Path, bool]:
+    """(checkpoint prefix, whether it is a SavedModel's) for what the user passed."""
     if not path.exists() and Path(f"{path}.index").is_file():
-        return path, None
+        return path, False
     if path.is_file():
         if path.suffix == ".index":
-            return path.with_suffix(""), None
+            return path.with_suffix(""), False
         if ".data-" in path.name:
-            return path.with_name(path.name.split(".data-")[0]), None
+            return path.with_name(path.name.split(".data-")[0]), False
         if path.name in ("saved_model.pb", "checkpoint"):
             return _locate(path.parent)
     elif path.is_dir():
         indexes = sorted(path.glob("*.index"))
         if indexes:
-            return _newest(indexes).with_suffix(""), None
+            return _newest(indexes).with_suffix(""), False
         for folder in (path, path / "saved_model", path.parent):
             if (folder / "saved_model.pb").is_file() and (folder / "variables" / "variables.index").is_file():
-                return folder / "variables" / "variables", "TF2 SavedModel"
+                return folder / "variables" / "variables", True
     elif not path.parent.exists():
         raise SimCLRv2Error(f"{path} not found")
     raise SimCLRv2Error(f"{path} {NOT_A_CHECKPOINT}")
