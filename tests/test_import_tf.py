@@ -351,6 +351,8 @@ def test_the_head_layer_comes_from_the_authors_folder_or_must_be_given(tf, sk, t
     elsewhere = write_tf1(tf, variables, tmp_path / "copy")
     assert main(["import", str(elsewhere), "--output", str(tmp_path / "run"), "--what", "classifier"]) == 2
     assert "pass --head-layer" in capsys.readouterr().err
+    assert main(["import", str(elsewhere), "--output", str(tmp_path / "run"), "--head-layer", "1"]) == 2
+    assert "a pretraining run has no classifier: add --what classifier" in capsys.readouterr().err
 
 
 def test_without_tensorflow_the_command_says_how_to_install_it(monkeypatch, tmp_path):
@@ -390,6 +392,8 @@ def test_imported_runs_finetune_predict_export_and_distill(tf, sk, tmp_path, cap
     assert main(["predict", "--checkpoint", str(classifier), str(unlabeled), "--output",
                  str(tmp_path / "p.csv")]) == 0
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 6
+    assert main(["embed", "--checkpoint", str(pretrained), str(unlabeled), "--output", str(tmp_path / "emb")]) == 0
+    assert np.load(tmp_path / "emb" / "features.npy").shape == (6, 512)  # ResNet-50 0.25x: 2048 · 0.25 features
 
     assert main(["export", "--checkpoint", str(classifier), "--output", str(tmp_path / "exported"), "--format",
                  "safetensors,pt2"]) == 0

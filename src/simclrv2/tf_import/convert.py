@@ -70,14 +70,17 @@ def import_checkpoint(checkpoint: str | Path, output: str | Path, what: str | No
     """
     if what is not None and what not in WHAT:
         raise SimCLRv2Error(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
+    released_what, released_layer = RELEASED_FOLDERS.get(_released_folder(checkpoint) or "", (None, None))
+    what = what or released_what or "pretrained"
+    if what == "pretrained" and head_layer is not None:
+        raise SimCLRv2Error("--head-layer says which head layer a classifier reads, and a pretraining run has no "
+                            "classifier: add --what classifier, or drop --head-layer")
     check_run_dir(output, resume=False, overwrite=overwrite)
     tf_checkpoint = open_checkpoint(checkpoint)
     source = str(checkpoint)
     layout = sort_names(list(tf_checkpoint.shapes))
     _require_simclrv2(layout, tf_checkpoint, source)
     spec = _recognise(layout, tf_checkpoint, source)
-    released_what, released_layer = RELEASED_FOLDERS.get(_released_folder(checkpoint) or "", (None, None))
-    what = what or released_what or "pretrained"
     skipped = {rule: len(names) for rule, names in layout.skipped.items()}
     model = _simclr_model(tf_checkpoint, layout, spec)
     content: dict = {"kind": "simclr"}
