@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny dataset in the real Fashion-MNIST file format, and a config for quick runs."""
+"""Shared fixtures: a tiny dataset in the real Fashion-MNIST file format, a config for quick runs, the runs the
+stages write on it (one pretraining, one fine-tuning: every test module reads the same ones), and a recorder of
+the splits the reader opens."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
 from pathlib import Path
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 
 from simclrv2.config import load_config
+from simclrv2.data import DATASETS, guard
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -95,3 +99,75 @@ def pretrain_run(tmp_path_factory):
     from inference_helpers import write_pretrain_run
 
     return write_pretrain_run(tmp_path_factory.mktemp("pretrain"))
+
+
+# The runs below are written by the stages themselves and shared by every module (session scope): read them, never
+# change them; a test that needs to change a run copies it or writes its own.
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, tiny_fashion) -> Path:
+    """A finished tiny pretraining run: 2 epochs of 6 steps, kNN on validation at init and after each epoch, a
+    metrics record per step."""
+    from simclrv2.stages.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("pretrained") / "run"
+    pretrain(quick_config_values(tiny_fashion, **{"run.log_every": 1}), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def random_encoder(tmp_path_factory, tiny_fashion) -> Path:
+    """The same network after 6 steps at a rate of 1e-12: random weights, BN statistics of the data. The
+    baseline a pretrained encoder must beat."""
+    from simclrv2.stages.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("random-encoder") / "run"
+    pretrain(quick_config_values(tiny_fashion, **{"run.knn_every": 0, "pretrain.epochs": 1,
+                                                  "pretrain.optimizer.base_lr": 1e-12}), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def finetuned(tmp_path_factory, tiny_fashion, pretrained):
+    """(run directory, StageResult) of the pretrained network fine-tuned from head layer 1 on 10 % of the labels
+    (40 images), long enough to learn: 80 AdamW steps, validation after every epoch."""
+    from simclrv2.stages.finetune import finetune
+
+    run_dir = tmp_path_factory.mktemp("finetuned") / "run"
+    config = quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained, "finetune.labels": "10%",
+                                                  "finetune.epochs": 3, "finetune.min_steps": 80,
+                                                  "finetune.optimizer.name": "adamw",
+                                                  "finetune.optimizer.base_lr": 3e-3,
+                                                  "finetune.eval_every": 1})
+    return run_dir, finetune(config, run_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitRead:
+    """One split the dataset reader opened, and the guard's state at that moment (data/guard.py)."""
+
+    split: str
+    sealed: str | None  # the split the running stage sealed (None: outside any stage)
+    in_final_evaluation: bool
+
+
+def record_split_reads(monkeypatch, dataset: str = "fashion-mnist") -> list[SplitRead]:
+    """Records every split the reader of ``dataset`` opens (below the guard: what is really read)."""
+    spec, reads = DATASETS[dataset], []
+
+    def read(folder, split):
+        reads.append(SplitRead(split, guard.sealed_split(), guard.in_final_evaluation()))
+        return spec.read(folder, split)
+
+    monkeypatch.setitem(DATASETS, dataset, dataclasses.replace(spec, read=read))
+    return reads
+
+
+def assert_test_split_read_only_in_final_evaluations(reads: list[SplitRead], evaluations: int) -> None:
+    """Every read happened inside a stage that sealed the test split; the test split was read ``evaluations``
+    times, each inside a final evaluation; the training split was read before, outside it."""
+    assert reads and all(r.sealed == "test" for r in reads), reads
+    test_reads = [r for r in reads if r.split == "test"]
+    assert len(test_reads) == evaluations and all(r.in_final_evaluation for r in test_reads), reads
+    assert any(r.split == "train" and not r.in_final_evaluation for r in reads), reads

@@ -6,37 +6,22 @@ import pytest
 import simclrv2.stages.pipeline as pipeline_module
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.results import PipelineSummary, choose_best
-from simclrv2.stages import classify, engine, evaluate, pretrain
 from simclrv2.stages.pipeline import pipeline, plan, slug
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, tiny_fashion):
-    """The whole pipeline on the tiny data, recording when the test split is opened."""
-    from conftest import quick_config_values
+    """The whole pipeline on the tiny data, recording every split the dataset reader opens."""
+    from conftest import quick_config_values, record_split_reads
 
     patch = pytest.MonkeyPatch()
-    events: list[str] = []
-    real_fit = engine.fit
-
-    def fit(task, session):
-        events.append(f"fit {task.stage}")
-        try:
-            return real_fit(task, session)
-        finally:
-            events.append(f"done {task.stage}")
-
-    for module in (classify, pretrain):
-        patch.setattr(module, "fit", fit)
-    for module in (classify, evaluate, pretrain):
-        real = module.load_test
-        patch.setattr(module, "load_test", lambda data, _real=real: events.append("test") or _real(data))
+    reads = record_split_reads(patch)
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"
     config = quick_config_values(tiny_fashion, **{"pipeline.label_fractions": "10%", "pipeline.head_layers": "0,1",
                                                   "run.knn_every": 0})
     summary = pipeline(config, run_dir)
     patch.undo()
-    return run_dir, config, summary, events
+    return run_dir, config, summary, reads
 
 
 def test_plan_names_one_sub_directory_per_stage(quick_config, tmp_path):
@@ -75,13 +60,14 @@ def test_the_best_row_is_chosen_on_validation_never_on_test(pipeline_run):
     assert choose_best(rows).run == summary.best.run
 
 
-def test_no_stage_opens_the_test_split_before_its_training_has_finished(pipeline_run):
-    _, _, _, events = pipeline_run
-    training = 0
-    for event in events:
-        training += 1 if event.startswith("fit") else -1 if event.startswith("done") else 0
-        assert not (event == "test" and training), events  # the test split is read only after training
-    assert events.count("test") >= 5 and events[-1] == "test"
+def test_every_stage_of_the_pipeline_reads_the_test_split_only_in_its_final_evaluation(pipeline_run):
+    """Recorded at the reader, whoever calls it: pretraining, two fine-tunings, the supervised baseline, the
+    linear evaluation and the student each read it once, inside their final evaluation; the pipeline's own reads
+    (the embeddings' validation images) are sealed too."""
+    from conftest import assert_test_split_read_only_in_final_evaluations
+
+    _, _, _, reads = pipeline_run
+    assert_test_split_read_only_in_final_evaluations(reads, evaluations=6)
 
 
 def test_rerun_reuses_every_finished_stage(pipeline_run, monkeypatch):

@@ -23,7 +23,7 @@ from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
 from simclrv2.stages.engine import open_session
-from simclrv2.stages.inputs import data_for_network, training_data
+from simclrv2.stages.inputs import data_for_network, seals_test_split, training_data
 
 STAGE = "distill"
 IDENTITY_SECTIONS = ("data", "model", "distill")
@@ -57,6 +57,7 @@ def student_for(config: Config, teacher_spec: ModelSpec, head_layer: int, image_
     return spec, Classifier.from_simclr(simclr, head_layer, num_classes), str(Path(source).resolve())
 
 
+@seals_test_split
 def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
     """Distils ``distill.teacher`` into a student on all training images (labels unused unless alpha < 1)."""
     cfg, run = config.distill, config.run

@@ -35,7 +35,7 @@ from simclrv2.stages import supervised as supervised_module
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import evaluate
 from simclrv2.stages.finetune import finetune
-from simclrv2.stages.inputs import training_data
+from simclrv2.stages.inputs import seals_test_split, training_data
 from simclrv2.stages.pretrain import pretrain
 from simclrv2.stages.supervised import supervised
 
@@ -114,6 +114,7 @@ def fingerprint(step: Step, upstream: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(as_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@seals_test_split  # its own reads (the embeddings' validation images) too
 def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False
              ) -> PipelineSummary:
     """Runs every stage (reusing finished ones with --resume); returns the summary written to summary.json.
