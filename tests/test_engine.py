@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from simclrv2.checkpoint import read_metrics
+from simclrv2.checkpoint import load_checkpoint, read_metrics
 from simclrv2.config import load_config
 from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.stages import engine
@@ -147,8 +147,26 @@ def test_stop_signals_chain_the_handler_installed_before(monkeypatch):
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_exit_codes_follow_the_shell_convention():
-    assert engine._exit_code(signal.SIGTERM) == 143 and engine._exit_code(signal.SIGINT) == 130
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGUSR1, 138)])
+def test_a_signal_mid_run_saves_the_finished_step_and_exits_with_the_shells_code(tmp_path, signum, code):
+    """128 + the signal number, as a shell reports a process the signal killed: what a scheduler's requeue
+    script reads. The step under way when the signal came finishes and is saved; the next does not start."""
+    task = _toy_task([1.0] * 8, Budget.plan("toy", 8, 2, epochs=2))
+    scripted = task.train_step
+
+    def train_step(indices, generator):
+        train_step.calls += 1
+        if train_step.calls == 3:
+            signal.raise_signal(signum)
+        return scripted(indices, generator)
+
+    train_step.calls = 0
+    task.train_step = train_step
+    session = _session(tmp_path)
+    with pytest.raises(Interrupted, match=f"toy stopped by signal {int(signum)} after step 3.*--resume") as stopped:
+        fit(task, session)
+    assert stopped.value.exit_code == code
+    assert train_step.calls == 3 and load_checkpoint(session.checkpoints / "last.pt")["step"] == 3
 
 
 def test_resume_drops_log_records_past_the_checkpoint(tmp_path):
