@@ -88,9 +88,10 @@ def import_checkpoint(checkpoint: str | Path, output: str | Path, what: str | No
         head_layer = _head_layer(layout, tf_checkpoint, model, head_layer, released_layer, source)
         network = _classifier(tf_checkpoint, layout, model, head_layer)
         above = [n for j in range(head_layer, spec.head_layers) for n in layout.head[j].values()]
-        if above:
-            skipped[f"projection-head layers {head_layer + 1}-{spec.head_layers}: they do not feed the classifier, "
-                    f"which sits on layer {head_layer}"] = len(above)
+        if above:  # our head layer j is their nl_{j-1}
+            layers = ", ".join(f"nl_{j}" for j in range(head_layer, spec.head_layers))
+            skipped[f"projection-head variables ({layers}) above layer {head_layer}, which the classifier reads: "
+                    "they do not feed its logits"] = len(above)
         classes = class_names(network.num_classes)
         content = {"kind": "classifier", "head_layer": head_layer, "num_classes": network.num_classes,
                    "classes": list(classes)}
