@@ -89,12 +89,12 @@ def distill_recipe_table(rows: list[dict]) -> str:
 
 
 def pretrain_table(rows: list[dict]) -> str:
-    lines = ["| pretraining run | epochs | validation kNN top-1 | wall (min) |", "|---|---|---|---|"]
+    # no wall time here: a resumed run's covers only its last part, and the cores were shared
+    lines = ["| pretraining run | epochs | validation kNN top-1 |", "|---|---|---|"]
     for r in rows:
         if r["method"] == "pretraining":
-            wall = f"{r['wall_s'] / 60:.1f}" if "wall_s" in r else "–"
             knn = "–" if r.get("knn_val") is None else f"{r['knn_val']:.1f}"
-            lines.append(f"| {r['run']} | {r['pretrain_epochs']} | {knn} | {wall} |")
+            lines.append(f"| {r['run']} | {r['pretrain_epochs']} | {knn} |")
     return "\n".join(lines)
 
 
