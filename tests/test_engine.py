@@ -13,7 +13,10 @@ from simclrv2.checkpoint import load_checkpoint, read_metrics
 from simclrv2.config import load_config
 from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.stages import engine
-from simclrv2.stages.engine import MIN_SENSIBLE_STEPS, Budget, StopSignals, Task, fit, open_session
+from simclrv2.stages import session as session_module
+from simclrv2.stages.engine import MIN_SENSIBLE_STEPS, Budget, Task, fit
+from simclrv2.stages.session import Training, open_session
+from simclrv2.stages.signals import StopSignals
 
 
 def test_a_budget_of_100_labels_does_not_collapse_to_one_step_per_epoch():
@@ -58,14 +61,17 @@ def _session(tmp_path, **overrides):
 def _toy_task(losses: list[float], budget: Budget) -> Task:
     """A one-parameter model whose loss is scripted: the engine's bookkeeping, not learning, is under test."""
     model = nn.Linear(1, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    training = Training(model, model, torch.optim.SGD(model.parameters(), lr=0.0), peak_lr=0.1)
     calls = iter(losses)
 
-    def train_step(indices, generator):
-        return model.weight.sum() * 0 + next(calls)
+    class Scripted(Task):
+        def inputs(self, indices, generator):
+            return indices
 
-    return Task(stage="toy", model=model, optimizer=optimizer, budget=budget, peak_lr=0.1, num_examples=8,
-                train_step=train_step, checkpoint_content={"kind": "toy"})
+        def loss(self, inputs):
+            return model.weight.sum() * 0 + next(calls)
+
+    return Scripted(training, budget, {"kind": "toy"}, eval_every=0)
 
 
 def test_a_loss_that_ends_above_its_start_is_reported(tmp_path, caplog):
@@ -81,6 +87,48 @@ def test_a_falling_loss_raises_no_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="simclrv2"):
         fit(_toy_task([2.0, 1.9, 1.8, 1.7, 1.6, 1.5, 1.4, 1.3], budget), _session(tmp_path))
     assert "ended above" not in caplog.text
+
+
+class _FakeClock:
+    """Stands in for the engine's ``time``: it moves only when a scripted step says so."""
+
+    now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    monotonic = perf_counter
+
+
+def test_step_timing_gives_each_step_its_data_and_model_time(tmp_path, monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(engine, "time", clock)
+    task = _toy_task([1.0] * 8, Budget.plan("toy", 8, 2, epochs=2))
+    inputs, loss = task.inputs, task.loss
+
+    def slow_inputs(indices, generator):  # 0.25 s of waiting for data and augmenting it
+        clock.now += 0.25
+        return inputs(indices, generator)
+
+    def slow_loss(batch):  # 1 s of forward pass
+        clock.now += 1.0
+        return loss(batch)
+
+    task.inputs, task.loss = slow_inputs, slow_loss
+    times = []
+    session = _session(tmp_path, **{"run.step_timing": "true", "run.log_every": "2"})
+    fit(task, session, on_step=times.append)
+    assert [(t.step, t.data_s, t.model_s, t.step_s) for t in times] == [(s, 0.25, 1.0, 1.25) for s in range(1, 9)]
+    records = [r for r in read_metrics(session.run_dir / "metrics.jsonl") if r["event"] == "train"]
+    assert [(r["step"], r["data_s"], r["model_s"], r["step_s"]) for r in records] == [
+        (s, 0.25, 1.0, 1.25) for s in (2, 4, 6, 8)]
+
+
+def test_without_step_timing_the_records_carry_no_times(tmp_path):
+    session = _session(tmp_path)
+    fit(_toy_task([1.0] * 4, Budget.plan("toy", 8, 2, epochs=1)), session)
+    records = read_metrics(session.run_dir / "metrics.jsonl")
+    assert records and not any({"data_s", "model_s", "step_s"} & r.keys() for r in records)
 
 
 def test_skipped_nonfinite_steps_are_counted_in_the_log(tmp_path):
@@ -107,17 +155,17 @@ def test_a_run_interrupted_mid_window_and_resumed_logs_the_uninterrupted_runs_re
 
     stop_after = 7  # mid-window: the record at step 6 is written, the one at 8 (steps 7 and 8) is not
     task = _toy_task(losses, budget)
-    scripted = task.train_step
+    scripted = task.loss
 
-    def train_step(indices, generator):
-        loss = scripted(indices, generator)
-        if train_step.calls == stop_after - 1:
+    def loss(inputs):
+        value = scripted(inputs)
+        if loss.calls == stop_after - 1:
             signal.raise_signal(signal.SIGTERM)
-        train_step.calls += 1
-        return loss
+        loss.calls += 1
+        return value
 
-    train_step.calls = 0
-    task.train_step = train_step
+    loss.calls = 0
+    task.loss = loss
     with pytest.raises(Interrupted):
         fit(task, _session(tmp_path / "resumed", **options))
     config = load_config(None, {"run.progress": "false", **options})
@@ -152,28 +200,28 @@ def test_a_signal_mid_run_saves_the_finished_step_and_exits_with_the_shells_code
     """128 + the signal number, as a shell reports a process the signal killed: what a scheduler's requeue
     script reads. The step under way when the signal came finishes and is saved; the next does not start."""
     task = _toy_task([1.0] * 8, Budget.plan("toy", 8, 2, epochs=2))
-    scripted = task.train_step
+    scripted = task.loss
 
-    def train_step(indices, generator):
-        train_step.calls += 1
-        if train_step.calls == 3:
+    def loss(inputs):
+        loss.calls += 1
+        if loss.calls == 3:
             signal.raise_signal(signum)
-        return scripted(indices, generator)
+        return scripted(inputs)
 
-    train_step.calls = 0
-    task.train_step = train_step
+    loss.calls = 0
+    task.loss = loss
     session = _session(tmp_path)
     with pytest.raises(Interrupted, match=f"toy stopped by signal {int(signum)} after step 3.*--resume") as stopped:
         fit(task, session)
     assert stopped.value.exit_code == code
-    assert train_step.calls == 3 and load_checkpoint(session.checkpoints / "last.pt")["step"] == 3
+    assert loss.calls == 3 and load_checkpoint(session.checkpoints / "last.pt")["step"] == 3
 
 
 def test_resume_drops_log_records_past_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"stage": "toy", "step": 1}\n{"stage": "toy", "step": 2}\n{"stage": "toy", "step": 3}\n'
                     '{"stage": "other", "step": 9}\n{"stage": "toy", "event": "knn"}\n')
-    engine._truncate_metrics(path, "toy", 2)
+    session_module._truncate_metrics(path, "toy", 2)
     assert [r.get("step") for r in read_metrics(path)] == [1, 2, 9, None]
 
 
@@ -213,7 +261,8 @@ def test_a_resumed_runs_tensorboard_hides_what_the_interrupted_part_wrote_after_
 
 def test_a_resumed_session_hands_its_checkpoint_step_to_tensorboard(tmp_path, monkeypatch):
     asked = []
-    monkeypatch.setattr(engine, "tensorboard_sink", lambda log_dir, wanted, resumed_at=None: asked.append(resumed_at))
+    monkeypatch.setattr(session_module, "tensorboard_sink",
+                        lambda log_dir, wanted, resumed_at=None: asked.append(resumed_at))
     session = _session(tmp_path)  # a fresh run
     session.resume, session.state = True, {"step": 7}  # as open_session leaves a run resumed from last.pt
     session.start()

@@ -150,6 +150,7 @@ class RunConfig:
     checkpoint_every_minutes: float = 0.0  # also save every M minutes of training (0: off)
     keep_checkpoints: int = 1  # step-numbered checkpoints kept beside last.pt (1: last.pt only)
     nonfinite: str = "stop"  # a NaN/inf loss: "stop" (with the last good checkpoint) or "skip" the step and count it
+    step_timing: bool = False  # data_s, model_s, step_s in metrics.jsonl's train records (synchronises the device)
 
     def __post_init__(self) -> None:
         _check(

@@ -22,8 +22,8 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
-from simclrv2.stages.engine import open_session
 from simclrv2.stages.inputs import data_for_network, seals_test_split, training_data
+from simclrv2.stages.session import open_session
 
 STAGE = "distill"
 IDENTITY_SECTIONS = ("data", "model", "distill")
@@ -63,7 +63,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
     cfg, run = config.distill, config.run
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
                            identity_sections=IDENTITY_SECTIONS)
-    if session.finished is not None:
+    if session.finished:
         return StageResult.read(session.run_dir)
     if not cfg.teacher:
         raise SimCLRv2Error("no teacher given: set distill.teacher to a fine-tuned run directory")

@@ -1,58 +1,45 @@
-"""The one training engine every stage runs on.
+"""The one training loop every stage runs on.
 
-A stage builds a :class:`Task` (model, optimiser, step budget and a ``train_step`` that maps a batch of example
-indices, or the batch its ``batches`` source yields for that step, to a loss) and hands it to :func:`fit`; the
-engine owns the rest, once: per-step seeds and sharding, the learning rate as a function of the step, backward
-and optimiser step, the NaN/inf guard, logging, checkpoints (per epoch, every N steps or M minutes, and on
-SIGTERM/SIGINT/SIGUSR1) and the periodic evaluation. :class:`Session` owns the run directory: resume or reuse,
-and nothing written before the inputs load.
+A stage writes its step as a :class:`Task` (the batch's model inputs, their loss, what follows the optimiser
+step) and :func:`fit` runs it: per-step seeds and sharding, the learning rate as a function of the step, backward
+and optimiser step, the NaN/inf guard, logging, step timing, checkpoints (per epoch, every N steps or M minutes,
+and on SIGTERM/SIGINT/SIGUSR1) and the periodic evaluation. What comes before and after the loop (the run
+directory, the network's and optimiser's set-up, final.pt and result.json) is the
+:class:`~simclrv2.stages.session.Session`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from simclrv2 import dist
-from simclrv2.atomic import atomic_write_text
-from simclrv2.checkpoint import (
-    MetricsLog,
-    check_run_dir,
-    load_checkpoint,
-    prepare_run_dir,
-    read_metrics,
-    save_checkpoint,
-)
-from simclrv2.config import RunConfig, config_to_dict, to_toml
 from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.logs import get_logger, show_progress
 from simclrv2.optim import lr_at, set_lr, warmup_steps_for
-from simclrv2.provenance import provenance
 from simclrv2.results import TrainRecord, metrics_record
-from simclrv2.runtime import generator_for, resolve_device, set_threads
-from simclrv2.stages.resume import check_resumable, step_seed
-from simclrv2.tensorboard import tensorboard_sink
+from simclrv2.runtime import generator_for
+from simclrv2.stages.resume import step_seed
+from simclrv2.stages.session import Session, Training
+from simclrv2.stages.signals import StopSignals, exit_code
 
 # fewer optimiser steps than this and a stage cannot be expected to train: it says so
 MIN_SENSIBLE_STEPS = 100
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
 
 
 @dataclass(frozen=True)
 class Budget:
     """A stage's step budget, derived from the data: epochs over ``num_examples`` raised to ``min_steps``."""
 
+    num_examples: int  # what an epoch runs over
     batch_size: int  # global
     local_batch: int
     steps_per_epoch: int
@@ -84,32 +71,61 @@ class Budget:
         if total < MIN_SENSIBLE_STEPS:
             get_logger().warning(f"warning: {stage} takes only {total} optimiser steps ({epochs} epochs of "
                                  f"{steps_per_epoch}); it may not train: raise {stage}.epochs or {stage}.min_steps")
-        return cls(batch, batch // world, steps_per_epoch, epochs, total, warmup_steps_for(total, warmup_fraction))
+        return cls(num_examples, batch, batch // world, steps_per_epoch, epochs, total,
+                   warmup_steps_for(total, warmup_fraction))
 
 
-@dataclass
+@dataclass(eq=False)
 class Task:
-    """What a stage trains. ``train_step(indices, generator) -> loss`` draws its own views from the generator
-    (seeded per step by the engine) and computes the forward pass and loss of one local batch.
+    """One stage's training step; stages subclass it. Every step, :func:`fit` runs::
 
-    With ``batches`` (streamed data), ``batches(epoch, order, first)`` iterates what ``train_step`` gets in place
-    of the indices for steps ``first …`` of the epoch, given the epoch's (per-process, CPU) order: the engine
-    still owns the order and the step, so resume and sharding are the same on both paths."""
+        inputs = task.inputs(batch, generator)   # the batch's model inputs (augmented views), data side
+        loss = task.loss(inputs)                 # forward pass and loss, through training.forward
+        loss.backward(); optimizer.step()        # the engine's, after the NaN/inf guard
+        task.after_step(inputs)                  # e.g. the EMA memory's update
 
-    stage: str
-    model: nn.Module  # the plain module whose weights are checkpointed (not the DDP wrapper)
-    optimizer: torch.optim.Optimizer
+    ``batch`` is the step's slice of the epoch's order (indices into the ``budget.num_examples`` examples, on
+    the device), or what :meth:`stream` yields for the step; ``generator`` is seeded per step and process, so a
+    resumed run draws the views the uninterrupted one would have."""
+
+    training: Training
     budget: Budget
-    peak_lr: float
-    num_examples: int
-    train_step: Callable[[Any, torch.Generator], torch.Tensor]
-    checkpoint_content: dict[str, Any]  # what rebuilds the model: kind, architecture, head layer, classes...
-    after_step: Callable[[], None] | None = None  # e.g. the EMA memory update
-    evaluate: Callable[[int, int], Any] | None = None  # (epoch, step), every ``eval_every`` epochs but the last
-    eval_every: int = 0
-    extra_state: Callable[[], dict[str, Any]] = dict  # stage state for last.pt (memory queue, EMA model)
-    unit: str = "images"  # throughput unit in logs
-    batches: Callable[[int, torch.Tensor, int], Iterator[Any]] | None = None
+    content: dict[str, Any]  # what rebuilds the model from final.pt: kind, architecture, head layer, classes...
+    eval_every: int  # epochs between evaluate() calls during training (0: none)
+    unit: ClassVar[str] = "images"  # what the throughput in logs counts
+
+    def inputs(self, batch: Any, generator: torch.Generator) -> Any:
+        raise NotImplementedError
+
+    def loss(self, inputs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, inputs: Any) -> None:
+        """Runs after every optimiser step."""
+
+    def evaluate(self, epoch: int, step: int) -> None:
+        """Runs every ``eval_every`` epochs, but not after the last: the stage scores its end itself."""
+
+    def state(self) -> dict[str, Any]:
+        """What last.pt holds besides the weights and the optimiser (the memory queue, the EMA network)."""
+        return {}
+
+    def stream(self, epoch: int, order: torch.Tensor, first: int) -> Iterator[Any] | None:
+        """Streamed data: the batches of steps ``first`` … of the epoch, given its (per-process, CPU) order, so
+        the engine still owns the order and the step. None (in memory): the order's slices are the batches."""
+        return None
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Where one optimiser step's time went, in seconds: ``run.step_timing`` writes the means over each logging
+    window into metrics.jsonl's train records, and ``fit(on_step=...)`` receives one per step. The device is
+    synchronised at each boundary only while steps are timed, so the split holds on GPUs too."""
+
+    step: int  # the steps done, as in metrics.jsonl
+    data_s: float  # waiting for the batch and making its model inputs (streamed decoding, augmentation)
+    model_s: float  # forward, loss, NaN/inf guard, backward, optimiser step and after_step
+    step_s: float  # since the previous step ended (or the epoch began): data, model and the engine's bookkeeping
 
 
 @dataclass(frozen=True)
@@ -121,129 +137,190 @@ class FitResult:
     items_per_s: float
 
 
-@dataclass
-class Session:
-    """One stage's run directory and device: opened before inputs load, written only by :meth:`start`."""
-
-    stage: str
-    run_dir: Path
-    config: Any
-    run: RunConfig
-    device: torch.device
-    distributed: bool
-    resume: bool
-    overwrite: bool
-    state: dict[str, Any] | None = None  # last.pt of an interrupted run
-    finished: dict[str, Any] | None = None  # final.pt of a finished run (resume reuses it)
-    log: MetricsLog = field(init=False)
-    provenance: dict[str, Any] = field(init=False)  # code, libraries, device, precision, command line
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    @property
-    def start_step(self) -> int:
-        return int(self.state["step"]) if self.state is not None else 0
-
-    def start(self, recorded_config: Any = None, files: dict[str, Callable[[Path], None]] | None = None) -> None:
-        """Creates (or reopens) the run directory and writes config.toml; on resume, drops metric records past
-        the checkpoint's step so the log reads as one uninterrupted run."""
-        if dist.is_main():
-            prepare_run_dir(self.run_dir, resume=self.resume, overwrite=self.overwrite)
-            for name, write in (files or {}).items():
-                write(self.run_dir / name)
-            atomic_write_text(self.run_dir / "config.toml", to_toml(recorded_config or self.config))
-            if self.resume:
-                _truncate_metrics(self.run_dir / "metrics.jsonl", self.stage, self.start_step)
-        dist.barrier()
-        resumed_at = self.start_step if self.resume and self.state is not None else None
-        sink = (tensorboard_sink(self.run_dir / "tensorboard", self.run.tensorboard, resumed_at)
-                if dist.is_main() else None)
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=dist.is_main(), sinks=(sink,) if sink else ())
-        self.provenance = provenance(self.device, self.run.precision)
-
-    def save(self, name: str, task: Task, step: int, final: bool = False, **extra: Any) -> Path:
-        path = self.checkpoints / name
-        if dist.is_main():
-            save_checkpoint(path, stage=self.stage, config=config_to_dict(self.config), step=step,
-                            model=task.model.state_dict(), provenance=self.provenance,
-                            optimizer=None if final else task.optimizer.state_dict(),
-                            **({} if final else task.extra_state()), **task.checkpoint_content, **extra)
-        return path
-
-    def finish(self) -> Path:
-        """Removes the resume checkpoints once ``final.pt`` is written."""
-        if dist.is_main():
-            for path in [self.checkpoints / "last.pt", *self.checkpoints.glob("step-*.pt")]:
-                path.unlink(missing_ok=True)
-        dist.barrier()
-        return self.checkpoints / "final.pt"
+def fit(task: Task, session: Session, on_step: Callable[[StepTime], None] | None = None) -> FitResult:
+    """Trains ``task`` from the session's start step to the end of its budget; ``on_step`` (or
+    ``run.step_timing``) times every step."""
+    run, budget, training = session.run, task.budget, task.training
+    generator = generator_for(session.device, run.seed)
+    log = _TrainLog(session, task)
+    checkpointer = _Checkpointer(session, task, log.losses)
+    clock = _StepClock(session.device, on=run.step_timing or on_step is not None)
+    step = session.start_step
+    training.model.train()
+    with StopSignals() as signals:
+        for epoch in range(step // budget.steps_per_epoch, budget.epochs):
+            first = step - epoch * budget.steps_per_epoch
+            batches = _batches(task, session, epoch, first)
+            clock.start()
+            for i in log.progress(epoch, first):
+                _stop_if_signalled(signals, session, checkpointer, step)
+                lr = lr_at(step, budget.total_steps, training.peak_lr, budget.warmup_steps)
+                set_lr(training.optimizer, lr)
+                generator.manual_seed(step_seed(run.seed, dist.rank(), step))
+                clock.mark("data")  # waiting for the batch and augmenting it from here
+                inputs = task.inputs(next(batches), generator)
+                clock.mark("model")  # forward, backward and optimiser step from here
+                loss = task.loss(inputs)
+                value = _guard(loss, session, step, checkpointer)  # mean over processes; None: skip the step
+                training.optimizer.zero_grad(set_to_none=True)
+                if value is not None:
+                    loss.backward()
+                    training.optimizer.step()
+                    task.after_step(inputs)
+                step += 1
+                timing = clock.stop(step)
+                log.step(step, i, lr, value, timing)
+                if checkpointer.due(step) and step < budget.total_steps:
+                    checkpointer.save(step)
+                if on_step is not None:
+                    on_step(timing)
+            log.end_epoch()
+            _end_of_epoch(task, session, checkpointer, epoch + 1, step, log)
+    return log.result(step)
 
 
-def open_session(stage: str, config: Any, run_dir: str | Path, *, resume: bool, overwrite: bool,
-                 identity_sections: tuple[str, ...]) -> Session:
-    """Device, process group and the run directory's state; refuses an existing run unless asked, and a resumed
-    run whose config would make it another experiment. Touches nothing on disk."""
-    run = config.run
-    set_threads(run.threads)
-    distributed = dist.init_distributed(resolve_device(run.device).type)
-    device = resolve_device(run.device)
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank())
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    session = Session(stage, run_dir, config, run, device, distributed, resume, overwrite)
-    final, last = session.checkpoints / "final.pt", session.checkpoints / "last.pt"
-    if resume and final.is_file():
-        session.finished = load_checkpoint(final)
-        check_resumable(session.finished, config, identity_sections, stage)
-        get_logger().info(f"{stage} already finished in {run_dir}; reusing it")
-    elif resume and last.is_file():
-        session.state = load_checkpoint(last)
-        check_resumable(session.state, config, identity_sections, stage)
-        get_logger().info(f"{stage}: resuming {run_dir} from step {session.start_step}")
-    return session
+def _batches(task: Task, session: Session, epoch: int, first: int) -> Iterator[Any]:
+    """The epoch's batches from step ``first`` on: one seeded order per epoch, the same on every process, which
+    takes its own shard of it (streamed data maps the order to decoded crops)."""
+    budget = task.budget
+    order = dist.shard_indices(budget.num_examples, epoch, session.run.seed, batch_size=budget.local_batch)
+    streamed = task.stream(epoch, order, first)
+    if streamed is not None:
+        return streamed
+    order, size = order.to(session.device), budget.local_batch
+    return (order[i * size:(i + 1) * size] for i in range(first, budget.steps_per_epoch))
 
 
-def _truncate_metrics(path: Path, stage: str, step: int) -> None:
-    records = read_metrics(path)
-    kept = [r for r in records if r.get("stage") != stage or r.get("step") is None or r["step"] <= step]
-    if len(kept) != len(records):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+def _stop_if_signalled(signals: StopSignals, session: Session, checkpointer: _Checkpointer, step: int) -> None:
+    """At the step boundary, before any forward pass: save the finished steps and exit if any process was
+    signalled."""
+    stop = signals.agreed(session.distributed)
+    if stop:
+        path = checkpointer.save(step)
+        raise Interrupted(f"{session.stage} stopped by signal {stop} after step {step}: checkpoint {path}; continue "
+                          "with the same command and --resume", exit_code=exit_code(stop))
 
 
-class StopSignals:
-    """Turns SIGTERM, SIGINT and SIGUSR1 (SLURM's warning before preemption) into a flag the loop checks at the
-    next step boundary, so the run saves a consistent checkpoint and exits; handlers installed before are
-    chained. Only the main thread may install handlers: elsewhere this does nothing."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-        previous = self._previous.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)
-
-    def __enter__(self) -> StopSignals:
-        try:
-            for sig in _STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread
-            self.__exit__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
+def _guard(loss: torch.Tensor, session: Session, step: int, checkpointer: _Checkpointer) -> float | None:
+    """The loss averaged over processes, or None when any process saw a non-finite one (``run.nonfinite =
+    "skip"``): every process takes the same decision, so a NaN on one rank stops (or skips on) every rank
+    together, without a hang."""
+    value = loss.detach().float().item()
+    finite = math.isfinite(value)
+    # one collective for both: the mean loss, and the share of processes whose loss was not finite
+    stats = torch.tensor([value if finite else 0.0, 0.0 if finite else 1.0], dtype=torch.float64)
+    if session.distributed:
+        stats = dist.all_reduce_mean(stats)
+    if stats[1].item() == 0:
+        return stats[0].item()
+    if session.run.nonfinite == "stop":
+        shown = value if not finite else "non-finite on another process"
+        raise SimCLRv2Error(f"{session.stage}: the loss became {shown} at step {step}; last good checkpoint: "
+                            f"{checkpointer.last_path or 'none yet'}. Lower the learning rate, use "
+                            "run.precision = 'fp32', or set run.nonfinite = 'skip'")
+    get_logger().warning(f"warning: {session.stage}: non-finite loss at step {step} skipped")
+    return None
 
 
-def _exit_code(signum: int) -> int:
-    return 128 + int(signum)  # the shell's convention: 143 for SIGTERM, 130 for SIGINT
+def _end_of_epoch(task: Task, session: Session, checkpointer: _Checkpointer, done: int, step: int,
+                  log: _TrainLog) -> None:
+    epochs = task.budget.epochs
+    if done % max(1, epochs // 10) == 0 or done == epochs:  # about ten lines per stage, however many epochs
+        loss = log.losses.last
+        shown = f"{loss:.4f}" if loss is not None else "-"
+        get_logger().info(f"{session.stage}: epoch {done}/{epochs}, loss {shown}, {log.items_per_s:.0f} "
+                          f"{task.unit}/s")
+    if task.eval_every and done % task.eval_every == 0 and done < epochs:
+        task.evaluate(done, step)
+    if done % session.run.checkpoint_every == 0 and done < epochs:
+        checkpointer.save(step)
+
+
+class _StepClock:
+    """Times the parts of a step when asked to (otherwise every call returns at once): marks in order
+    ``start`` (the epoch's first step) … ``data`` → ``model`` → ``stop``, synchronising the device at each, so
+    asynchronous GPU work is counted where it was launched."""
+
+    def __init__(self, device: torch.device, on: bool) -> None:
+        self.device, self.on = device, on
+        self.marks: dict[str, float] = {}
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+        return time.perf_counter()
+
+    def start(self) -> None:
+        if self.on:
+            self.marks["stop"] = self._now()
+
+    def mark(self, name: str) -> None:
+        if self.on:
+            self.marks[name] = self._now()
+
+    def stop(self, step: int) -> StepTime | None:
+        if not self.on:
+            return None
+        now, marks = self._now(), self.marks
+        timing = StepTime(step, marks["model"] - marks["data"], now - marks["model"], now - marks["stop"])
+        marks["stop"] = now
+        return timing
+
+
+class _TrainLog:
+    """The train records: every ``run.log_every`` steps and at each epoch's end, the mean loss over the window
+    (and every process), the rate, throughput, skipped steps and, when steps are timed, their mean times."""
+
+    def __init__(self, session: Session, task: Task) -> None:
+        self.session, self.budget = session, task.budget
+        # a resumed run finishes the logging window its checkpoint cut, as the uninterrupted run did
+        self.losses = _LossWindow(session.state.get("loss_window") if session.state is not None else None)
+        self.times: list[StepTime] = []
+        self.items_per_s = 0.0
+        self.tick, self.tick_step, self.epoch = time.perf_counter(), 0, 0
+
+    def progress(self, epoch: int, first: int) -> tqdm:
+        """The epoch's steps from ``first`` on, with a progress bar on a terminal."""
+        budget, run = self.budget, self.session.run
+        self.bar = tqdm(range(first, budget.steps_per_epoch), desc=f"{self.session.stage} {epoch + 1}/{budget.epochs}",
+                        disable=not show_progress(run.progress), leave=False, dynamic_ncols=True)
+        self.epoch, self.tick, self.tick_step = epoch, time.perf_counter(), epoch * budget.steps_per_epoch + first
+        return self.bar
+
+    def end_epoch(self) -> None:
+        self.bar.close()
+
+    def step(self, step: int, i: int, lr: float, value: float | None, timing: StepTime | None) -> None:
+        """After step ``i`` of the epoch (``step`` steps done in all)."""
+        self.losses.skipped += value is None
+        if value is not None:
+            self.losses.values.append(value)
+        if timing is not None:
+            self.times.append(timing)
+        steps_per_epoch = self.budget.steps_per_epoch
+        if step % self.session.run.log_every and i != steps_per_epoch - 1:
+            return
+        now = time.perf_counter()
+        self.items_per_s = (step - self.tick_step) * self.budget.batch_size / max(now - self.tick, 1e-9)
+        self.tick, self.tick_step = now, step
+        mean, times, self.times = self.losses.close(), self.times, []
+        if mean is None:
+            return
+        self.bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.3g}")
+        timed = {key: round(sum(getattr(t, key) for t in times) / len(times), 6)
+                 for key in ("data_s", "model_s", "step_s")} if times else {}
+        record = TrainRecord(step, self.epoch + (i + 1) / steps_per_epoch, mean, lr)
+        self.session.log.write(**metrics_record(record), stage=self.session.stage,
+                               items_per_s=self.items_per_s, skipped=self.losses.skipped, **timed)
+
+    def result(self, step: int) -> FitResult:
+        first, last = self.losses.first, self.losses.last
+        if first is not None and last is not None and last > first:
+            get_logger().warning(f"warning: {self.session.stage}: the training loss ended above its start "
+                                 f"({first:.4f} -> {last:.4f}); the rate may be too high or the budget too short")
+        return FitResult(step, first, last, self.losses.skipped, self.items_per_s)
 
 
 class _Checkpointer:
@@ -274,7 +351,7 @@ class _Checkpointer:
 class _LossWindow:
     """Mean loss over each logging window, the first and the last of them, and the steps skipped so far.
 
-    Each value is already the mean over processes (:func:`_check_loss`), so every process holds the same state
+    Each value is already the mean over processes (:func:`_guard`), so every process holds the same state
     and ``last.pt`` carries it (:meth:`state`): a run resumed mid-window logs the records the uninterrupted run
     would have, on any number of processes."""
 
@@ -295,120 +372,3 @@ class _LossWindow:
         self.first = mean if self.first is None else self.first
         self.last, self.values = mean, []
         return mean
-
-
-def fit(task: Task, session: Session) -> FitResult:
-    """Trains ``task`` from the session's start step to the end of its budget."""
-    run, budget, stage = session.run, task.budget, task.stage
-    if session.state is not None:
-        task.optimizer.load_state_dict(session.state["optimizer"])
-    generator = generator_for(session.device, run.seed)
-    losses = _LossWindow(session.state.get("loss_window") if session.state is not None else None)
-    checkpointer = _Checkpointer(session, task, losses)
-    step, items_per_s = session.start_step, 0.0
-    task.model.train()
-    with StopSignals() as signals:
-        for epoch in range(step // budget.steps_per_epoch, budget.epochs):
-            order = dist.shard_indices(task.num_examples, epoch, run.seed, batch_size=budget.local_batch)
-            first = step - epoch * budget.steps_per_epoch
-            source = task.batches(epoch, order, first) if task.batches is not None else None
-            order = order.to(session.device)
-            bar = tqdm(range(first, budget.steps_per_epoch),
-                       desc=f"{stage} {epoch + 1}/{budget.epochs}", disable=not show_progress(run.progress),
-                       leave=False, dynamic_ncols=True)
-            tick, tick_step = time.perf_counter(), step
-            for i in bar:
-                _stop_if_signalled(signals, session, checkpointer, stage, step)
-                generator.manual_seed(step_seed(run.seed, dist.rank(), step))
-                lr = lr_at(step, budget.total_steps, task.peak_lr, budget.warmup_steps)
-                set_lr(task.optimizer, lr)
-                batch = next(source) if source is not None else (
-                    order[i * budget.local_batch:(i + 1) * budget.local_batch])
-                value = _train_step(task, session, batch, generator, step, checkpointer)
-                losses.skipped += value is None
-                if value is not None:
-                    losses.values.append(value)
-                step += 1
-                if step % run.log_every == 0 or i == budget.steps_per_epoch - 1:
-                    items_per_s = (step - tick_step) * budget.batch_size / max(time.perf_counter() - tick, 1e-9)
-                    tick, tick_step = time.perf_counter(), step
-                    mean = losses.close()
-                    if mean is not None:
-                        bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.3g}")
-                        record = TrainRecord(step, epoch + (i + 1) / budget.steps_per_epoch, mean, lr)
-                        session.log.write(**metrics_record(record), stage=stage, items_per_s=items_per_s,
-                                          skipped=losses.skipped)
-                if checkpointer.due(step) and step < budget.total_steps:
-                    checkpointer.save(step)
-            bar.close()
-            _end_of_epoch(task, session, checkpointer, epoch + 1, step, losses.last, items_per_s)
-    if losses.first is not None and losses.last is not None and losses.last > losses.first:
-        get_logger().warning(f"warning: {stage}: the training loss ended above its start ({losses.first:.4f} -> "
-                             f"{losses.last:.4f}); the rate may be too high or the budget too short")
-    return FitResult(step, losses.first, losses.last, losses.skipped, items_per_s)
-
-
-def _stop_if_signalled(signals: StopSignals, session: Session, checkpointer: _Checkpointer, stage: str,
-                       step: int) -> None:
-    """At the step boundary, before any forward pass: save the finished steps and exit if any process was
-    signalled."""
-    stop = _agreed_signal(signals, session.distributed)
-    if stop:
-        path = checkpointer.save(step)
-        raise Interrupted(f"{stage} stopped by signal {stop} after step {step}: checkpoint {path}; continue with "
-                          "the same command and --resume", exit_code=_exit_code(stop))
-
-
-def _train_step(task: Task, session: Session, batch: Any, generator: torch.Generator, step: int,
-                checkpointer: _Checkpointer) -> float | None:
-    """Forward, NaN/inf guard, backward and optimiser step; the loss (mean over processes), or None for a skipped
-    step."""
-    loss = task.train_step(batch, generator)
-    value, mean, nonfinite = _check_loss(loss, session.distributed)
-    task.optimizer.zero_grad(set_to_none=True)
-    if nonfinite:
-        if session.run.nonfinite == "stop":
-            shown = value if not math.isfinite(value) else "non-finite on another process"
-            raise SimCLRv2Error(f"{task.stage}: the loss became {shown} at step {step}; last good checkpoint: "
-                                f"{checkpointer.last_path or 'none yet'}. Lower the learning rate, use "
-                                "run.precision = 'fp32', or set run.nonfinite = 'skip'")
-        get_logger().warning(f"warning: {task.stage}: non-finite loss at step {step} skipped")
-        return None
-    loss.backward()
-    task.optimizer.step()
-    if task.after_step is not None:
-        task.after_step()
-    return mean
-
-
-def _end_of_epoch(task: Task, session: Session, checkpointer: _Checkpointer, done: int, step: int,
-                  loss: float | None, items_per_s: float) -> None:
-    epochs = task.budget.epochs
-    if done % max(1, epochs // 10) == 0 or done == epochs:  # about ten lines per stage, however many epochs
-        shown = f"{loss:.4f}" if loss is not None else "-"
-        get_logger().info(f"{task.stage}: epoch {done}/{epochs}, loss {shown}, {items_per_s:.0f} {task.unit}/s")
-    if task.evaluate is not None and task.eval_every and done % task.eval_every == 0 and done < epochs:
-        task.evaluate(done, step)
-    if done % session.run.checkpoint_every == 0 and done < epochs:
-        checkpointer.save(step)
-
-
-def _agreed_signal(signals: StopSignals, distributed: bool) -> int:
-    """The stop signal any process received (0: none): every process stops at the same step, so a SIGTERM
-    sent to one rank leaves one consistent checkpoint and no process waiting in a collective."""
-    received = torch.tensor([float(signals.received or 0)])
-    if distributed:
-        received = dist.all_reduce_max(received)
-    return int(received.item())
-
-
-def _check_loss(loss: torch.Tensor, distributed: bool) -> tuple[float, float, bool]:
-    """(this process's loss, the mean over processes, whether any process saw a non-finite loss): all processes
-    take the same decision, so a NaN on one rank stops (or skips on) every rank together, without a hang."""
-    value = loss.detach().float().item()
-    finite = math.isfinite(value)
-    # one collective for both: the mean loss, and the share of processes whose loss was not finite
-    stats = torch.tensor([value if finite else 0.0, 0.0 if finite else 1.0], dtype=torch.float64)
-    if distributed:
-        stats = dist.all_reduce_mean(stats)
-    return value, stats[0].item(), stats[1].item() > 0

@@ -16,15 +16,8 @@ from pathlib import Path
 import torch
 
 from simclrv2 import dist
-from simclrv2.atomic import atomic_write_text
-from simclrv2.checkpoint import (
-    check_run_dir,
-    classifier_from,
-    encoder_from,
-    load_checkpoint,
-    prepare_run_dir,
-)
-from simclrv2.config import Config, to_toml
+from simclrv2.checkpoint import classifier_from, encoder_from, load_checkpoint
+from simclrv2.config import Config
 from simclrv2.data import ImageDataset
 from simclrv2.data.guard import final_evaluation
 from simclrv2.errors import SimCLRv2Error
@@ -33,9 +26,9 @@ from simclrv2.eval.knn import knn_predict
 from simclrv2.eval.linear_probe import evaluate_linear_probe, fit_linear_probe
 from simclrv2.logs import get_logger
 from simclrv2.models.spec import ModelSpec
-from simclrv2.results import ClassificationScores, StageResult
-from simclrv2.runtime import resolve_device, set_threads
+from simclrv2.results import RESULT_FILE, ClassificationScores, StageResult
 from simclrv2.stages.inputs import data_for_network, load_test, seals_test_split, training_data
+from simclrv2.stages.session import Session, open_session
 
 STAGE = "evaluate"
 Predict = Callable[[ImageDataset], torch.Tensor]  # dataset -> (N,) predicted classes
@@ -44,28 +37,24 @@ Predict = Callable[[ImageDataset], torch.Tensor]  # dataset -> (N,) predicted cl
 @seals_test_split
 def evaluate(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
     """Evaluates ``evaluate.checkpoint`` with ``evaluate.mode``; writes ``result.json`` into ``run_dir``."""
-    cfg, run = config.evaluate, config.run
-    set_threads(run.threads)
-    device = resolve_device(run.device)
-    if not cfg.checkpoint:
+    if not config.evaluate.checkpoint:
         raise SimCLRv2Error("nothing to evaluate: set evaluate.checkpoint to a run directory or checkpoint file")
-    run_dir = Path(run_dir)
-    if dist.init_distributed(device.type) and not dist.is_main():
+    session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite)
+    if session.finished:
+        return StageResult.read(session.run_dir)
+    if not dist.is_main():
         dist.barrier()  # evaluation is cheap next to training: rank 0 does it, the others wait and read it
-        if not (run_dir / "result.json").is_file():
+        if not (session.run_dir / RESULT_FILE).is_file():
             raise SimCLRv2Error("evaluation failed on rank 0; its message says why")
-        return StageResult.read(run_dir)
+        return StageResult.read(session.run_dir)
     try:
-        return _evaluate(config, run_dir, resume, overwrite, device)
+        return _evaluate(config, session)
     finally:
         dist.barrier()
 
 
-def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, device: torch.device) -> StageResult:
-    cfg, run = config.evaluate, config.run
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    if resume and (run_dir / "result.json").is_file():
-        return StageResult.read(run_dir)
+def _evaluate(config: Config, session: Session) -> StageResult:
+    cfg, run, device, run_dir = config.evaluate, config.run, session.device, session.run_dir
     payload = load_checkpoint(cfg.checkpoint)
     spec = ModelSpec.from_dict(payload.get("architecture", {}))
     data_config = data_for_network(config.data, spec.in_channels, payload["image_size"])
@@ -96,8 +85,7 @@ def _evaluate(config: Config, run_dir: Path, resume: bool, overwrite: bool, devi
     result = StageResult(stage=cfg.mode if cfg.mode != "classifier" else STAGE, run_dir=str(run_dir),
                          checkpoint=str(cfg.checkpoint), val=val_scores, test=test_scores,
                          details={"mode": cfg.mode, "architecture": spec.describe(), **details})
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    atomic_write_text(run_dir / "config.toml", to_toml(dataclasses.replace(config, model=spec.model_config())))
+    session.create(dataclasses.replace(config, model=spec.model_config()))
     result.write(run_dir)
     shown = ", ".join(f"{name} top-1 {s.top1:.4f}" for name, s in (("validation", val_scores), ("test", test_scores))
                       if s is not None)

@@ -19,8 +19,8 @@ from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
-from simclrv2.stages.engine import open_session
 from simclrv2.stages.inputs import TrainingData, data_for_network, seals_test_split, training_data
+from simclrv2.stages.session import open_session
 
 STAGE = "finetune"
 IDENTITY_SECTIONS = ("data", "finetune")
@@ -39,7 +39,7 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     cfg = config.finetune
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
                            identity_sections=IDENTITY_SECTIONS)
-    if session.finished is not None:
+    if session.finished:
         return StageResult.read(session.run_dir)
     spec, pretrained, payload = read_pretrained(cfg.pretrained)
     if cfg.head_layer > spec.head_layers:

@@ -20,8 +20,8 @@ import torch
 
 from simclrv2 import dist
 from simclrv2.atomic import atomic_write_text
-from simclrv2.checkpoint import check_run_dir, prepare_run_dir, read_pretrained
-from simclrv2.config import Config, config_to_dict, to_toml
+from simclrv2.checkpoint import read_pretrained
+from simclrv2.config import Config, config_to_dict
 from simclrv2.data import find_data_dir
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import encoder_features
@@ -37,6 +37,7 @@ from simclrv2.stages.evaluate import evaluate
 from simclrv2.stages.finetune import finetune
 from simclrv2.stages.inputs import seals_test_split, training_data
 from simclrv2.stages.pretrain import pretrain
+from simclrv2.stages.session import open_session
 from simclrv2.stages.supervised import supervised
 
 STATE_FILE = "pipeline.json"
@@ -121,14 +122,11 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
 
     Under torchrun every process runs every stage together; only rank 0 writes the pipeline's own files.
     """
-    dist.init_distributed(resolve_device(config.run.device).type)
-    main = dist.is_main()
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    session = open_session("pipeline", config, run_dir, resume=resume, overwrite=overwrite)
+    main, run_dir = dist.is_main(), session.run_dir
     if not config.data.download:  # missing data is the commonest first error: say so before writing anything
         find_data_dir(config.data.dataset, config.data.data_dir or None)
-    if main:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    session.create()  # the directory and config.toml
     dist.barrier()
     state_path = run_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() and not overwrite else {"steps": {}}
@@ -137,8 +135,6 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         if main:
             atomic_write_text(state_path, json.dumps(state, indent=1))
 
-    if main:
-        atomic_write_text(run_dir / "config.toml", to_toml(config))
     fingerprints: dict[str, str] = {}
     rows = []
     for step in plan(config, run_dir):

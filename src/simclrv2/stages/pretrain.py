@@ -11,8 +11,10 @@ monitor scores the encoder on the validation split; the test split is read once,
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +31,13 @@ from simclrv2.eval.features import knn_top1_each
 from simclrv2.logs import get_logger
 from simclrv2.losses import nt_xent_loss
 from simclrv2.memory import NegativeQueue, ema_update
-from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.models.spec import ModelSpec
-from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.results import KnnRecord, StageResult, metrics_record
-from simclrv2.runtime import autocast, generator_for, prepare_model, resolve_precision
-from simclrv2.stages.engine import Budget, Session, Task, fit, open_session
+from simclrv2.runtime import autocast, generator_for, resolve_precision
+from simclrv2.stages.engine import Budget, StepTime, Task, fit
 from simclrv2.stages.inputs import TrainingData, load_test, seals_test_split, training_data
 from simclrv2.stages.resume import step_seed
+from simclrv2.stages.session import Session, open_session
 
 STAGE = "pretrain"
 AUGMENTATIONS_FILE = "augmentations.png"  # the report shows it
@@ -53,12 +54,14 @@ class KnnSets:
 
 
 @seals_test_split
-def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
-    """Runs (or resumes) contrastive pretraining into ``run_dir``; returns where the model and scores are."""
+def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+             on_step: Callable[[StepTime], None] | None = None) -> StageResult:
+    """Runs (or resumes) contrastive pretraining into ``run_dir``; returns where the model and scores are.
+    ``on_step`` receives every step's :class:`~simclrv2.stages.engine.StepTime` (benchmarks time the stage so)."""
     cfg, run = config.pretrain, config.run
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
                            identity_sections=IDENTITY_SECTIONS)
-    if session.finished is not None:
+    if session.finished:
         return StageResult.read(session.run_dir)
     # everything that can fail on bad input happens before writing
     stream = choose_stream(config.data)
@@ -73,69 +76,78 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         preview = data.train.images[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:8]]
         save_augmentation_preview(preview, config.augment, session.run_dir / AUGMENTATIONS_FILE, seed=run.seed)
 
-    model = spec.build_simclr(seed=run.seed)
-    if session.state is not None:
-        load_state(model, session.state["model"], f"{session.checkpoints}/last.pt")
-    if session.distributed and cfg.global_bn:
-        model = convert_to_global_bn(model)
-    model = prepare_model(model, device, run.channels_last)
-    peak_lr = scaled_learning_rate(cfg.optimizer.base_lr, cfg.batch_size, cfg.optimizer.lr_scaling)
-    optimizer = build_optimizer(param_groups(model, cfg.optimizer.weight_decay), cfg.optimizer.name, peak_lr,
-                                cfg.optimizer.weight_decay, cfg.optimizer.momentum)
-    memory = _Memory.build(model, cfg, spec, device, session.state, run.precision)
-    forward = dist.wrap_ddp(model, device) if session.distributed else model
-    forward = torch.compile(forward) if run.compile else forward
-    images = data.train.images.to(device, non_blocking=True) if data is not None else None
-    gather = dist.gather_with_grad if session.distributed else None
-
-    def train_step(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """``batch``: this step's indices into the images in memory, or its streamed (2B, C, S, S) crops."""
-        if images is not None:
-            view1, view2 = simclr_views(images[batch], config.augment, generator, channels_last=run.channels_last)
-        else:
-            view1, view2 = simclr_views_from_crops(batch, config.augment, generator, channels_last=run.channels_last)
-        with autocast(device, run.precision):
-            z1, z2 = forward(torch.cat([view1, view2])).chunk(2)  # (N, D) each
-        negatives = memory.queue.negatives() if memory else None
-        if memory:
-            memory.pending = (view1, view2)
-        return nt_xent_loss(z1, z2, cfg.temperature, gather=gather, extra_negatives=negatives)
-
+    training = session.training(spec.build_simclr(seed=run.seed), budget.batch_size, cfg.optimizer,
+                                global_bn=cfg.global_bn)
+    model = training.model
     knn = _knn_sets(data, run.knn_bank_size) if data is not None else None
     if data is None:
         get_logger().info("kNN monitor off: the training images are streamed")
     knn_init = session.state.get("knn_top1_at_init") if session.state else _knn(config, model, knn, session, 0, 0)[0]
+    task = Contrastive(
+        training, budget, {"kind": "simclr", "architecture": spec.to_dict(), "image_size": train.image_size},
+        eval_every=run.knn_every, config=config, session=session, knn=knn, knn_init=knn_init,
+        images=data.train.images.to(device, non_blocking=True) if data is not None else None,
+        source=_batch_source(stream, config, budget, device) if stream is not None else None,
+        memory=_Memory.build(model, cfg, spec, device, session.state, run.precision))
     get_logger().info(
         f"pretraining {spec.describe()} on {train.name} ({len(train)} images, {train.image_size}px) "
         f"for {budget.epochs} epochs of {budget.steps_per_epoch} steps, batch {budget.batch_size}, peak lr "
-        f"{peak_lr:.3g} ({cfg.optimizer.name}), {device}, {resolve_precision(run.precision, device)}")
-    task = Task(
-        stage=STAGE, model=model, optimizer=optimizer, budget=budget, peak_lr=peak_lr, num_examples=len(train),
-        train_step=train_step, after_step=memory.update if memory else None,
-        evaluate=lambda epoch, step: _knn(config, model, knn, session, epoch, step)[0], eval_every=run.knn_every,
-        extra_state=lambda: {**(memory.state() if memory else {}), "knn_top1_at_init": knn_init},
-        checkpoint_content={"kind": "simclr", "architecture": spec.to_dict(), "image_size": train.image_size},
-        unit="pairs", batches=_batch_source(stream, config, budget, device) if stream is not None else None,
-    )
-    result = fit(task, session)
+        f"{training.peak_lr:.3g} ({cfg.optimizer.name}), {device}, {resolve_precision(run.precision, device)}")
+    result = fit(task, session, on_step=on_step)
     with final_evaluation():
         test = load_test(config.data) if knn is not None and dist.is_main() else None  # read once, at the end
         knn_final, knn_test = _knn(config, model, knn, session, budget.epochs, result.step, test)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,
-               "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe(),
-               "provenance": session.provenance}
+               "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe()}
     if dist.is_main():
         details["test_knn_top1"] = knn_test
-    session.save("final.pt", task, result.step, final=True, knn_top1=knn_final, knn_top1_at_init=knn_init)
-    checkpoint = session.finish()
-    outcome = StageResult(stage=STAGE, run_dir=str(session.run_dir), checkpoint=str(checkpoint), val=None,
-                          test=None, details=details)
+    outcome = session.conclude(task, result.step, details, knn_top1=knn_final, knn_top1_at_init=knn_init)
     if dist.is_main():
-        outcome.write(session.run_dir)
         shown = f"kNN top-1 on validation {knn_final:.4f} (random init {knn_init:.4f})" if knn_final is not None else ""
-        get_logger().info(f"pretraining done: {shown}; checkpoint {checkpoint}")
-    dist.barrier()
+        get_logger().info(f"pretraining done: {shown}; checkpoint {outcome.checkpoint}")
     return outcome
+
+
+@dataclass(eq=False)
+class Contrastive(Task):
+    """SimCLRv2's step (§2): two augmented views of every image, one forward pass for both (so BN sees 2N images,
+    as in the reference), NT-Xent over the views of every process, and the memory's negatives when it has one."""
+
+    config: Config
+    session: Session
+    images: torch.Tensor | None  # (N, C, H, W) uint8 on the device; None: streamed crops
+    source: BatchSource | None  # streamed data
+    memory: _Memory | None
+    knn: KnnSets | None
+    knn_init: float | None
+    unit: ClassVar[str] = "pairs"
+
+    def stream(self, epoch: int, order: torch.Tensor, first: int) -> Iterator[torch.Tensor] | None:
+        return self.source(epoch, order, first) if self.source is not None else None
+
+    def inputs(self, batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch``: the step's indices into the images in memory, or its streamed (2B, C, S, S) crops."""
+        augment, channels_last = self.config.augment, self.config.run.channels_last
+        if self.images is not None:
+            return simclr_views(self.images[batch], augment, generator, channels_last=channels_last)
+        return simclr_views_from_crops(batch, augment, generator, channels_last=channels_last)
+
+    def loss(self, views: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        with autocast(self.session.device, self.config.run.precision):
+            z1, z2 = self.training.forward(torch.cat(views)).chunk(2)  # (N, D) each
+        negatives = self.memory.queue.negatives() if self.memory else None
+        gather = dist.gather_with_grad if self.session.distributed else None
+        return nt_xent_loss(z1, z2, self.config.pretrain.temperature, gather=gather, extra_negatives=negatives)
+
+    def after_step(self, views: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self.memory:
+            self.memory.update(*views)
+
+    def evaluate(self, epoch: int, step: int) -> None:
+        _knn(self.config, self.training.model, self.knn, self.session, epoch, step)
+
+    def state(self) -> dict[str, Any]:
+        return {**(self.memory.state() if self.memory else {}), "knn_top1_at_init": self.knn_init}
 
 
 def _batch_source(stream: StreamData, config: Config, budget: Budget, device: torch.device) -> BatchSource:
@@ -187,7 +199,6 @@ class _Memory:
     def __init__(self, ema_model, queue: NegativeQueue, momentum: float, device, precision: str, model) -> None:
         self.ema_model, self.queue, self.momentum = ema_model, queue, momentum
         self.device, self.precision, self.model = device, precision, model
-        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def build(cls, model, cfg, spec: ModelSpec, device, state, precision: str) -> _Memory | None:
@@ -201,15 +212,13 @@ class _Memory:
         return cls(ema_model, queue, cfg.memory_momentum, device, precision, model)
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, view1: torch.Tensor, view2: torch.Tensor) -> None:
         """After the optimiser step: EMA of the weights, then the EMA network's projections of this step's
         views join the queue (from every process)."""
         ema_update(self.ema_model, self.model, self.momentum)
-        view1, view2 = self.pending
         with autocast(self.device, self.precision):
             z = self.ema_model(torch.cat([view1, view2]))
         self.queue.enqueue(dist.all_gather_tensor(F.normalize(z.float(), dim=1)))
-        self.pending = None
 
     def state(self) -> dict:
         return {"memory": self.queue.state_dict(), "ema_model": self.ema_model.state_dict()}

@@ -12,9 +12,9 @@ from simclrv2.config import Config
 from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
-from simclrv2.stages.engine import open_session
 from simclrv2.stages.finetune import labelled_data
 from simclrv2.stages.inputs import seals_test_split
+from simclrv2.stages.session import open_session
 
 STAGE = "supervised"
 IDENTITY_SECTIONS = ("data", "model", "finetune", "supervised")
@@ -25,7 +25,7 @@ def supervised(config: Config, run_dir: str | Path, resume: bool = False, overwr
     """Trains the ``[model]`` network from scratch on ``finetune.labels`` (head layer ``finetune.head_layer``)."""
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
                            identity_sections=IDENTITY_SECTIONS)
-    if session.finished is not None:
+    if session.finished:
         return StageResult.read(session.run_dir)
     data, indices = labelled_data(config.data, config.finetune.labels, config.run.seed, STAGE)
     labelled = data.labelled
