@@ -4,9 +4,12 @@ Protocol: Fashion-MNIST 28x28 one-channel images, CIFAR-stem ResNet-18 (width 0.
 NT-Xent tau = 0.5, random resized crop (0.08-1) + flip + colour jitter (strength 0.5, p 0.8), no blur, one
 optimiser step per batch, torch's default threads. A pair is one image and its two views.
 
-We time our own recipe: batched on-device augmentation, both views in one forward, our NT-Xent and LARS
-(the peer uses SGD; the optimiser is a negligible share of a step). ``--head-layers 2`` matches the peer's
-2-layer head; 3 is the SimCLRv2 default. Prints one JSON line per configuration.
+We time ``simclrv2 pretrain`` itself: the stage runs on the first ``batch x (warmup + steps)`` training images
+for one epoch, and the engine times each step (``on_step``, the measurement behind ``run.step_timing``): data
+(the batch's indices and its batched on-device augmentation), model (both views in one forward, our NT-Xent,
+backward and the recipe's LARS step; the peer uses SGD, a negligible share of a step) and the whole step (end
+to end). The first ``--warmup`` steps are not counted. ``--head-layers 2`` matches the peer's 2-layer head; 3 is
+the SimCLRv2 default. Prints one JSON line per configuration.
 
 Where the peer harness's virtual environment exists (``--peer-python``, made by ``setup_peers.sh`` in
 ``--peer-bench``), lightly runs right after ours at each width and the ratios are printed at the end (see
@@ -19,84 +22,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import resource
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import torch
 
-from simclrv2.augment import AugmentConfig, simclr_views
-from simclrv2.data import load_dataset
-from simclrv2.losses import nt_xent_loss
-from simclrv2.models import build_simclr_model, count_parameters
-from simclrv2.optim import LARS, param_groups
-from simclrv2.runtime import autocast, prepare_model, resolve_precision
+from simclrv2.config import load_config
+from simclrv2.models import count_parameters
+from simclrv2.models.spec import ModelSpec
+from simclrv2.runtime import resolve_precision
+from simclrv2.stages.engine import StepTime
+from simclrv2.stages.pretrain import pretrain
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
 
-def timed(fn, warmup: int, steps: int) -> float:
-    """Mean seconds per call after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - start) / steps
-
-
-def measure(images: torch.Tensor, width: float, precision: str, head_layers: int, batch: int,
-            steps: int, warmup: int, channels_last: bool, compile_model: bool = False) -> dict:
-    device = torch.device("cpu")
-    model = prepare_model(build_simclr_model(18, width_multiplier=width, cifar_stem=True, in_channels=1,
-                                             head_layers=head_layers), device, channels_last)
-    optimizer = LARS(param_groups(model, 1e-4), lr=0.1)
-    forward = torch.compile(model) if compile_model else model
-    augment = AugmentConfig(blur_prob=0.0, grayscale_prob=0.0)
-    generator = torch.Generator().manual_seed(0)
-    n = images.shape[0]
-    x_fixed = torch.rand(2 * batch, 1, 28, 28, generator=generator)
-    if channels_last:
-        x_fixed = x_fixed.contiguous(memory_format=torch.channels_last)
-
-    def views():
-        idx = torch.randint(0, n, (batch,), generator=generator)
-        return simclr_views(images[idx], augment, generator, channels_last=channels_last)
-
-    def train_step(x: torch.Tensor) -> None:
-        with autocast(device, precision):
-            z1, z2 = forward(x).chunk(2)
-        loss = nt_xent_loss(z1, z2, 0.5)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()
-
-    def e2e() -> None:
-        v1, v2 = views()
-        train_step(torch.cat([v1, v2]))
-
-    compile_start = time.perf_counter()
-    if compile_model:  # the first calls compile the forward and backward graphs: not part of the timing
-        train_step(x_fixed)
-    compile_s = time.perf_counter() - compile_start
-    data_s = timed(views, warmup, 30)
-    model_s = timed(lambda: train_step(x_fixed), warmup, steps)
-    e2e_s = timed(e2e, warmup, steps)
+def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
+            warmup: int, channels_last: bool, compile_model: bool = False) -> dict:
+    """One configuration: ``simclrv2 pretrain`` for ``warmup + steps`` steps, its steps timed by the engine."""
+    config = load_config(None, {
+        "data.dataset": "fashion-mnist", "data.data_dir": data_dir or "", "data.val_size": "0",
+        "data.train_limit": str(batch * (warmup + steps)), "model.depth": "18", "model.width_multiplier": str(width),
+        "model.stem": "cifar", "model.head_layers": str(head_layers), "augment.blur_prob": "0",
+        "augment.grayscale_prob": "0", "pretrain.epochs": "1", "pretrain.batch_size": str(batch),
+        "pretrain.temperature": "0.5", "run.device": "cpu", "run.precision": precision,
+        "run.channels_last": str(channels_last).lower(), "run.compile": str(compile_model).lower(),
+        "run.progress": "false", "run.tensorboard": "false", "run.knn_every": "0", "run.log_every": "1000000"})
+    times: list[StepTime] = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        pretrain(config, Path(run_dir) / "run", on_step=times.append)
+    timed = times[warmup:]
+    e2e_s, data_s, model_s = (sum(getattr(t, key) for t in timed) / len(timed)
+                              for key in ("step_s", "data_s", "model_s"))
     return {
         "bench": "simclrv2_pretrain_throughput",
         "arch": f"resnet18w{width:g}",
         "width": width,
-        "params": count_parameters(model),
+        "params": count_parameters(ModelSpec.from_config(config.model, 28, 1).build_simclr()),
         "head_layers": head_layers,
-        "precision": resolve_precision(precision, device),
+        "precision": resolve_precision(precision, torch.device("cpu")),
         "channels_last": channels_last,
         "compile": compile_model,
-        "compile_s": round(compile_s, 1),
+        "compile_s": round(times[0].step_s, 1) if compile_model else 0.0,  # the first step compiles
         "batch": batch,
+        "steps": len(timed),
         "e2e": {"pairs_per_s": round(batch / e2e_s, 1), "mean_s_per_step": round(e2e_s, 4)},
         "data_only": {"pairs_per_s": round(batch / data_s, 1)},
         "model_only": {"pairs_per_s": round(batch / model_s, 1), "mean_s_per_step": round(model_s, 4)},
@@ -112,7 +86,7 @@ def main() -> None:
     p.add_argument("--head-layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 for width < 1, else 10)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="first steps not counted (at least 1 with --compile)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
@@ -121,13 +95,14 @@ def main() -> None:
     p.add_argument("--peer-python", type=Path, default=DEFAULT_PEER_PYTHON,
                    help="python of the peer virtual environment (default: %(default)s)")
     args = p.parse_args()
+    # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
+    logging.getLogger("simclrv2").setLevel(logging.ERROR)
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
-    images = load_dataset("fashion-mnist", "train", data_dir=args.data_dir).images
     ours, peers = [], []
     for width in args.width:
         for precision in args.precision:
             steps = args.steps or (20 if width < 1 else 10)
-            result = measure(images, width, precision, args.head_layers, args.batch, steps, args.warmup,
+            result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
                              not args.no_channels_last, args.compile)
             result.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
                           python=platform.python_version())

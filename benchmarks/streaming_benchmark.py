@@ -103,23 +103,21 @@ def measure_loader(folder: Path, size: int, workers: int, batch: int, steps: int
 
 
 def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int, precision: str) -> dict:
-    """Pretraining through the real stage, stopped by SIGTERM after ``steps`` steps (the engine's clean stop)."""
+    """Pretraining through the real stage, its steps timed by the engine (``on_step``) and stopped by SIGTERM after
+    ``steps`` steps (the engine's clean stop). Throughput counts the steps after the first."""
     from simclrv2.config import load_config
     from simclrv2.errors import Interrupted
-    from simclrv2.stages import engine
     from simclrv2.stages.pretrain import pretrain
 
-    times: list[float] = []
-    real_step = engine._train_step
+    times, first_step_s = [], []
 
-    def timed_step(*args, **kwargs):
-        value = real_step(*args, **kwargs)
-        times.append(time.perf_counter())
+    def on_step(timing) -> None:
+        times.append(timing)
+        if len(times) == 1:
+            first_step_s.append(time.perf_counter() - start)
         if len(times) == steps:
             signal.raise_signal(signal.SIGTERM)
-        return value
 
-    engine._train_step = timed_step
     config = load_config(None, {
         "data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(size), "data.val_size": "0",
         "data.stream": "stream", "data.workers": str(workers), "pretrain.batch_size": str(batch),
@@ -127,10 +125,12 @@ def measure_train(folder: Path, size: int, workers: int, batch: int, steps: int,
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         try:
-            pretrain(config, Path(run_dir) / "run")
+            pretrain(config, Path(run_dir) / "run", on_step=on_step)
         except Interrupted:
             pass
-    return {"pairs_per_s": (len(times) - 1) * batch / (times[-1] - times[0]), "first_step_s": times[0] - start,
+    later = times[1:]
+    return {"pairs_per_s": len(later) * batch / sum(t.step_s for t in later), "first_step_s": first_step_s[0],
+            "data_s": sum(t.data_s for t in later) / len(later), "model_s": sum(t.model_s for t in later) / len(later),
             "peak_rss_mb": peak_rss_mb()}
 
 
