@@ -1,5 +1,5 @@
 """``simclrv2 embed``: features of every image as ``features.npy`` + ``index.txt``, and optionally labels from
-a cosine kNN vote over the features of labelled images (SPEC's kNN monitor, no training)."""
+a cosine kNN vote over the features of labelled images (docs/recipe.md#knn-monitor, no training)."""
 
 from __future__ import annotations
 
