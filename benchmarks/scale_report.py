@@ -50,16 +50,33 @@ def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
     return [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
 
 
+def grid_rows(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
+    """(width, method) -> the recipe grid's candidates (1 % labels, seed 0, head layer 1, 3-layer head, no
+    memory). A run is found by its facts, not its ``part``: the chosen candidate is also a run of the size part."""
+    grids: dict[tuple[float, str], list[dict]] = {}
+    for r in rows:
+        if (r["part"] in ("recipe", "size") and r.get("labels") == "1%" and r["seed"] == 0 and "recipe" in r
+                and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"]):
+            grids.setdefault((r["width"], r["method"]), []).append(r)
+    return {key: sorted(rs, key=lambda r: r["recipe"]) for key, rs in sorted(grids.items())}
+
+
+def chosen_recipes(rows: list[dict]) -> dict[tuple[float, str], str]:
+    """(width, method) -> the candidate with the best validation top-1, as the study chose it."""
+    return {key: max(candidates, key=lambda r: r["val_top1"])["recipe"] for key, candidates in grid_rows(rows).items()}
+
+
 def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tuple[str, dict]:
     """Test top-1 per width and subset for each method, and fine-tuned − supervised paired by seed."""
     lines = ["| width (encoder params) | labels | supervised | fine-tuned (layer 1) | self-distilled | "
              "fine-tuned − supervised (paired) |", "|---|---|---|---|---|---|"]
     cells: dict = {}
+    chosen = chosen_recipes(rows)
     for width in widths:
         for labels in subsets:
-            common = {"part": "size", "width": width, "labels": labels, "head_layers": 3, "memory": 0}
-            sup = by_seed(rows, method="supervised", **common)
-            ft = by_seed(rows, method="fine-tuned", **common)
+            common = {"width": width, "labels": labels, "head_layers": 3, "memory": 0, "head_layer": 1}
+            sup = by_seed(rows, method="supervised", recipe=chosen.get((width, "supervised")), **common)
+            ft = by_seed(rows, method="fine-tuned", recipe=chosen.get((width, "fine-tuned")), **common)
             kd = by_seed(rows, method="distilled", part="distill", width=width, labels=labels)
             gain = paired(ft, sup)
             cells[(width, labels)] = {"supervised": sup, "fine-tuned": ft, "distilled": kd, "gain": gain}
@@ -69,9 +86,7 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
 
 
 def recipe_table(rows: list[dict]) -> str:
-    # the grid's runs; the chosen one is also a "size" run (same run, reused), so it is found by its facts
-    grid = [r for r in rows if r["part"] in ("recipe", "size") and r.get("labels") == "1%" and r["seed"] == 0
-            and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"] and "recipe" in r]
+    grid = [r for candidates in grid_rows(rows).values() for r in candidates]
     lines = ["| width | stage | candidate | validation top-1 |", "|---|---|---|---|"]
     for r in sorted(grid, key=lambda r: (r["width"], r["method"], r["recipe"])):
         lines.append(f"| {r['width']:g} | {r['method']} | {r['recipe']} | {r['val_top1']:.1f} |")
@@ -163,7 +178,7 @@ def plot(cells: dict, widths: list[float], subsets: list[str], path: Path) -> No
 
 
 def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
-    size_rows = [r for r in rows if r["part"] == "size"]
+    size_rows = [r for r in rows if r["part"] in ("size", "recipe")]
     widths = sorted({r["width"] for r in size_rows})
     subsets = [s for s in ("10/class", "1%", "10%") if any(r.get("labels") == s for r in size_rows)]
     table, cells = size_table(rows, widths, subsets)

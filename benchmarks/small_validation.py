@@ -22,22 +22,13 @@ from pathlib import Path
 
 import torch
 from readme_block import write_readme
+from scale_report import grid_rows
 
 from simclrv2 import load, load_config
 from simclrv2.stages.inputs import training_data
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
-
-
-def grid_rows(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
-    """(width, method) -> the grid's candidates (1 % labels, seed 0, head layer 1, 3-layer head, no memory)."""
-    grids: dict[tuple[float, str], list[dict]] = {}
-    for r in rows:
-        if (r["part"] in ("recipe", "size") and r.get("labels") == "1%" and r["seed"] == 0 and "recipe" in r
-                and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"]):
-            grids.setdefault((r["width"], r["method"]), []).append(r)
-    return {key: sorted(rs, key=lambda r: r["recipe"]) for key, rs in sorted(grids.items())}
 
 
 def balanced_draw(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
