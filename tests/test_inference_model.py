@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 import simclrv2
-from inference_helpers import CLASSES, write_classifier_run
+from inference_helpers import CLASSES
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference import Preprocessing
 from simclrv2.inference.preprocess import pil_square
@@ -114,17 +114,31 @@ def test_load_of_a_missing_path_says_what_to_pass(tmp_path):
         simclrv2.load(tmp_path / "nothing")
 
 
-def test_the_readmes_five_lines_classify_a_folder(tmp_path, monkeypatch):
+def test_the_readmes_python_lines_classify_a_folder_as_the_trained_network_does(tmp_path, monkeypatch, finetuned,
+                                                                                tiny_fashion):
+    """The README's "Classify a folder of images" block, run as written on a fine-tuned run of the tiny data: its
+    labels are the network's own predictions (found here without the inference API), and they tell classes apart."""
     from pathlib import Path
+
+    from simclrv2.checkpoint import classifier_from, load_checkpoint
+    from simclrv2.data import load_dataset
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     block = readme.split("Classify a folder of images", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
-    write_classifier_run(Path("runs/demo/finetune-1pct-layer1"))
+    Path("runs/demo").mkdir(parents=True)
+    Path("runs/demo/finetune-1pct-layer1").symlink_to(finetuned[0])
+    test = load_dataset("fashion-mnist", "test", data_dir=tiny_fashion).subset(range(10))  # one image per class
     Path("my_images").mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((20, 20, 3), 80 * i, dtype=np.uint8)).save(f"my_images/{i}.png")
+    for i, image in enumerate(test.images):
+        Image.fromarray(image[0].numpy()).save(f"my_images/{i}.png")  # grey, 28 px: the network's own format
     namespace: dict = {}
     exec(block, namespace)
-    assert len(namespace["labels"]) == 3 and set(namespace["labels"]) <= set(CLASSES)
-    assert len([line for line in block.splitlines() if line.strip()]) == 5
+
+    _, network = classifier_from(load_checkpoint(finetuned[0]), "the fine-tuned run")
+    with torch.no_grad():
+        expected = [test.classes[k] for k in network.eval()(test.images.float() / 255).argmax(1)]
+    assert namespace["labels"] == expected and len(set(expected)) >= 3
+    probabilities = namespace["probabilities"]
+    assert probabilities.shape == (10, 10)  # "(N, classes), rows sum to 1"
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(10))

@@ -8,17 +8,15 @@ import simclrv2.stages.pretrain as pretrain_module
 from simclrv2.checkpoint import load_checkpoint, read_metrics
 from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.optim import lr_at, scaled_learning_rate, warmup_steps_for
+from simclrv2.results import StageResult
 from simclrv2.stages import engine
 from simclrv2.stages.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_fashion):
-    from conftest import quick_config_values
-
-    run_dir = tmp_path_factory.mktemp("pretrain") / "run"
-    result = pretrain(quick_config_values(tiny_fashion, **{"run.log_every": 1}), run_dir)
-    return run_dir, result
+def finished_run(pretrained):
+    """The session's shared pretraining run (conftest.py) and its result."""
+    return pretrained, StageResult.read(pretrained)
 
 
 def test_pretraining_writes_config_metrics_and_a_final_checkpoint(finished_run):
@@ -191,22 +189,21 @@ def test_golden_loss_curve_that_learns(tmp_path, quick_config):
     """The losses of a tiny seeded fp32 run (gentle views and AdamW, so it learns within 96 steps): a silent
     change in the recipe moves them, and the curve itself falls (one that pins losses near chance protects
     nothing). Only the first steps are pinned tightly: float32 kernels differ between CPUs and thread counts in
-    the last bits, and 96 AdamW steps amplify that into a different (equally valid) trajectory."""
+    the last bits, and 96 AdamW steps amplify that into a different (equally valid) trajectory. The golden file
+    holds the overrides it was recorded with, so what it says it is and what is run cannot drift apart."""
     from pathlib import Path
 
-    golden = Path(__file__).parent / "golden" / "pretrain_losses.json"
+    golden = json.loads((Path(__file__).parent / "golden" / "pretrain_losses.json").read_text())
+    config = quick_config(**golden["config"])
+    steps = config.pretrain.epochs * (400 // config.pretrain.batch_size)
+    assert config.run.threads == 1 and len(golden["losses"]) == steps and f"({steps} steps)" in golden["about"]
     threads = torch.get_num_threads()
-    config = quick_config(**{"run.knn_every": 0, "run.log_every": 1, "pretrain.epochs": 8, "pretrain.batch_size": 32,
-                             "run.threads": 1,  # the recorded curve's setting: threads change float32 sums
-                             "pretrain.optimizer.name": "adamw", "pretrain.optimizer.base_lr": 5e-3,
-                             "pretrain.optimizer.lr_scaling": "none",
-                             "augment.crop_scale": "0.6,1.0", "augment.jitter_prob": 0.0})
     try:
         pretrain(config, tmp_path / "run")
     finally:
         torch.set_num_threads(threads)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["event"] == "train"]
-    expected = json.loads(golden.read_text())["losses"]
+    expected = golden["losses"]
     assert len(losses) == len(expected)
     assert losses[:PINNED_STEPS] == pytest.approx(expected[:PINNED_STEPS], rel=2e-3, abs=2e-3)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3  # this run learns, not only the recorded one
