@@ -238,7 +238,7 @@ class FinetuneConfig:
 class SupervisedConfig:
     """The supervised-only baseline: the fine-tuned network (same head layer) from scratch on the same labelled
     subset (``finetune.labels``), with its own recipe for training from scratch, chosen with the same search
-    effort as fine-tuning's (benchmarks/recipe_search.py)."""
+    effort as fine-tuning's (benchmarks/scale_study.py)."""
 
     epochs: int = 100
     min_steps: int = 900
