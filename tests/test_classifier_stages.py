@@ -1,51 +1,20 @@
+"""Fine-tuning, the supervised baseline, evaluation and distillation on the session's shared tiny runs
+(``pretrained``, ``random_encoder``, ``finetuned``: conftest.py)."""
 
 import logging
 
 import pytest
 import torch
 
-from simclrv2.checkpoint import load_checkpoint, read_metrics
+from simclrv2.checkpoint import classifier_from, load_checkpoint, read_metrics
 from simclrv2.config import load_config
+from simclrv2.data import load_dataset
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.results import StageResult
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import evaluate
 from simclrv2.stages.finetune import finetune
-from simclrv2.stages.pretrain import pretrain
 from simclrv2.stages.supervised import supervised
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, tiny_fashion):
-    from conftest import quick_config_values
-
-    run_dir = tmp_path_factory.mktemp("stages") / "pretrain"
-    pretrain(quick_config_values(tiny_fashion, **{"run.knn_every": 0}), run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def random_encoder(tmp_path_factory, tiny_fashion):
-    """The same network after 0 training steps (pretraining with a rate of ~0): the baseline to beat."""
-    from conftest import quick_config_values
-
-    run_dir = tmp_path_factory.mktemp("stages") / "random"
-    pretrain(quick_config_values(tiny_fashion, **{"run.knn_every": 0, "pretrain.epochs": 1,
-                                                  "pretrain.optimizer.base_lr": 1e-12}), run_dir)
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, tiny_fashion, pretrained):
-    from conftest import quick_config_values
-
-    run_dir = tmp_path_factory.mktemp("stages") / "finetune"
-    config = quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained, "finetune.labels": "10%",
-                                                  "finetune.epochs": 3, "finetune.min_steps": 80,
-                                                  "finetune.optimizer.name": "adamw",
-                                                  "finetune.optimizer.base_lr": 3e-3,
-                                                  "finetune.eval_every": 1})
-    return run_dir, finetune(config, run_dir)
 
 
 def test_finetuning_writes_subset_metrics_result_and_a_classifier_checkpoint(finetuned):
@@ -111,15 +80,17 @@ def test_finetuning_from_a_classifier_checkpoint_is_refused(tmp_path, quick_conf
         finetune(config, tmp_path / "ft")
 
 
-def test_supervised_baseline_uses_the_same_subset(tmp_path, quick_config, finetuned):
+def test_supervised_baseline_learns_from_scratch_on_the_same_subset(tmp_path, quick_config, finetuned):
     result = supervised(quick_config(**{"finetune.labels": "10%", "supervised.min_steps": 80,
                                          "supervised.optimizer.name": "adamw",
                                          "supervised.optimizer.base_lr": 3e-3}), tmp_path / "sup")
     assert (tmp_path / "sup" / "labelled_subset.txt").read_text() == (finetuned[0] / "labelled_subset.txt").read_text()
     assert load_checkpoint(tmp_path / "sup")["stage"] == "supervised"
-    # from scratch on 40 labels it learns too: the loss falls and it beats the constant zero-init prediction
-    assert result.details["last_loss"] < result.details["first_loss"]
-    assert result.val.top1 > 0.1 + 0.2
+    # measured: the loss 2.30 -> 1.63, validation 0.47 against the constant zero-init prediction's 0.1, the
+    # weights moved by 36 %; fine-tuning the pretrained network on the same 40 labels reaches 1.0
+    assert result.details["last_loss"] < result.details["first_loss"] - 0.4
+    assert result.val.top1 >= 0.1 + 0.2 and result.details["weight_movement"] > 0.1
+    assert finetuned[1].val.top1 > result.val.top1 + 0.2
 
 
 @pytest.mark.parametrize("mode", ["linear", "knn"])
@@ -128,10 +99,12 @@ def test_linear_and_knn_evaluation_of_a_pretrained_encoder(tmp_path, quick_confi
     result = evaluate(config, tmp_path / mode)
     stored = StageResult.read(tmp_path / mode)
     assert stored.details["mode"] == mode and stored.details["num_labelled"] == 200
-    # a random encoder's features already separate the tiny classes; pretrained ones must do better
+    assert stored.test.top1 == result.test_top1 and stored.val.top1 == result.val_top1
+    # a random encoder's features already separate the tiny classes; pretrained ones must do clearly better
+    # (measured, test top-1: linear 0.92 against 0.63, kNN 0.82 against 0.55)
     at_init = evaluate(quick_config(**{"evaluate.mode": mode, "evaluate.checkpoint": random_encoder,
                                        "evaluate.labels": "50%"}), tmp_path / f"{mode}-init")
-    assert stored.test.top1 == result.test_top1 >= at_init.test_top1
+    assert result.test_top1 >= at_init.test_top1 + 0.1 and result.val_top1 >= at_init.val_top1 + 0.05
 
 
 def test_classifier_evaluation_reproduces_the_finetuning_result(tmp_path, quick_config, finetuned):
@@ -146,20 +119,64 @@ def test_classifier_evaluation_of_a_pretraining_checkpoint_is_refused(tmp_path, 
         evaluate(config, tmp_path / "eval")
 
 
+@pytest.fixture(scope="module")
+def self_distilled(tmp_path_factory, tiny_fashion, finetuned):
+    """(run directory, result, log) of the shared teacher distilled into its own architecture, the student
+    starting where the teacher did (only the teacher given, as the README's command table writes it): 48 AdamW
+    steps at batch 32, enough for the student to learn (24 are not: it then agrees with its teacher on 1 in 5)."""
+    from conftest import quick_config_values
+
+    config = quick_config_values(tiny_fashion, **{"distill.teacher": finetuned[0], "distill.student_init": "pretrained",
+                                                  "distill.batch_size": 32, "distill.min_steps": 40,
+                                                  "distill.optimizer.base_lr": 3e-3, "distill.eval_every": 0})
+    run_dir = tmp_path_factory.mktemp("self-distilled") / "run"
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("simclrv2")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        result = distill(config, run_dir)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return run_dir, result, "\n".join(lines)
+
+
+def _agreement(student_dir, teacher_dir, tiny_fashion) -> float:
+    """How often the student predicts the teacher's class on the test images (which neither trained on), both
+    networks rebuilt from their checkpoints in eval mode."""
+    images = load_dataset("fashion-mnist", "test", data_dir=tiny_fashion).images.float() / 255
+    predicted = []
+    for run_dir in (student_dir, teacher_dir):
+        _, network = classifier_from(load_checkpoint(run_dir), str(run_dir))
+        with torch.no_grad():
+            predicted.append(network.eval()(images).argmax(1))
+    return (predicted[0] == predicted[1]).float().mean().item()
+
+
 def test_self_distillation_trains_a_student_of_the_teachers_architecture_from_its_pretraining_run(
-        tmp_path, quick_config, finetuned, pretrained, caplog):
+        self_distilled, finetuned, pretrained):
     run_dir, _ = finetuned
-    # as the README's command table writes it: only the teacher; the student starts where the teacher did
-    config = quick_config(**{"distill.teacher": run_dir, "distill.student_init": "pretrained"})
-    with caplog.at_level(logging.INFO, logger="simclrv2"):
-        result = distill(config, tmp_path / "student")
-    payload = load_checkpoint(tmp_path / "student")
+    student_dir, result, log = self_distilled
+    payload = load_checkpoint(student_dir)
     assert payload["architecture"] == load_checkpoint(run_dir)["architecture"]
     assert result.details["temperature"] == 0.1  # docs/recipe.md#distillation-loss: self-distillation
     origin = str(pretrained.resolve())
     assert load_checkpoint(run_dir)["pretrained_run"] == origin  # the fine-tuned teacher records where it began
     assert result.details["student_pretrained"] == payload["pretrained_run"] == origin
-    assert f"the student starts from the pretraining run {origin} (the teacher's" in caplog.text
+    assert f"the student starts from the pretraining run {origin} (the teacher's" in log
+
+
+def test_the_self_distilled_student_learns_and_agrees_with_its_teacher(self_distilled, finetuned, tiny_fashion):
+    student_dir, result, _ = self_distilled
+    # measured: the loss 2.17 -> 0.43; validation 1.0 (the teacher's); 99 % agreement on test. The student's
+    # classifier starts at zero: it predicts one class, 10 % agreement on these balanced classes
+    assert result.details["last_loss"] < result.details["first_loss"] - 1.0
+    assert result.val.top1 >= 0.8
+    assert _agreement(student_dir, finetuned[0], tiny_fashion) >= 0.8
 
 
 @pytest.mark.parametrize(("recorded", "message"), [
@@ -178,13 +195,32 @@ def test_a_student_without_the_teachers_pretraining_run_is_one_line(tmp_path, qu
     assert not (tmp_path / "student").exists()
 
 
-def test_big_to_small_distillation_builds_the_student_from_the_model_section(tmp_path, quick_config, finetuned):
+@pytest.fixture()
+def denormals_flushed():
+    """A student trained from scratch at temperature 1 fills its backward pass with denormal floats, which x86
+    CPUs handle about 40x slower (measured: 96 steps in 6 minutes instead of 8 s); flushing them to zero leaves
+    every reported digit of the run unchanged."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_big_to_small_distillation_trains_a_student_built_from_the_model_section(tmp_path, quick_config, finetuned,
+                                                                                 tiny_fashion, denormals_flushed):
+    """A student with a 2-layer head (the teacher's has 3), from scratch, at the big-to-small temperature 1 with
+    half the weight on the labelled images: it learns to agree with its teacher."""
     run_dir, _ = finetuned
     config = quick_config(**{"distill.teacher": run_dir, "distill.student": "model", "model.head_layers": 2,
-                             "distill.alpha": 0.5, "finetune.labels": "10%"})
+                             "distill.alpha": 0.5, "finetune.labels": "10%", "distill.batch_size": 32,
+                             "distill.min_steps": 96, "distill.optimizer.base_lr": 1e-2, "distill.eval_every": 0})
     result = distill(config, tmp_path / "student")
     assert load_checkpoint(tmp_path / "student")["architecture"]["head_layers"] == 2
     assert result.details["temperature"] == 1.0
+    # measured: the loss 2.31 -> 1.44 (the teacher's targets at temperature 1 have an entropy of 1.26), validation
+    # 0.53 and 44 % agreement on test, against 10 % for the untrained student's one constant class
+    assert result.details["last_loss"] < result.details["first_loss"] - 0.4
+    assert result.val.top1 >= 0.3
+    assert _agreement(tmp_path / "student", run_dir, tiny_fashion) >= 0.3
 
 
 def test_teacher_whose_classes_do_not_match_the_data_is_refused(tmp_path, quick_config, finetuned):

@@ -55,28 +55,32 @@ def test_training_on_the_test_split_is_refused(tmp_path, quick_config):
         pretrain(quick_config(**{"data.train_split": "test"}), tmp_path / "run")
 
 
+# Each stage reads the first 200 training images only: what is under test is where the reads happen, not learning.
+LIMIT = {"data.train_limit": 200}
+
+
 def _run_pretrain(quick_config, tmp_path, pretrained, finetuned):
-    pretrain(quick_config(**{"run.knn_every": 0, "pretrain.epochs": 1}), tmp_path / "run")
+    pretrain(quick_config(**LIMIT, **{"run.knn_every": 0, "pretrain.epochs": 1}), tmp_path / "run")
 
 
 def _run_finetune(quick_config, tmp_path, pretrained, finetuned):
-    finetune(quick_config(**{"finetune.pretrained": pretrained, "finetune.labels": "10%", "finetune.epochs": 1}),
-             tmp_path / "run")
+    finetune(quick_config(**LIMIT, **{"finetune.pretrained": pretrained, "finetune.labels": "10%",
+                                      "finetune.epochs": 1}), tmp_path / "run")
 
 
 def _run_supervised(quick_config, tmp_path, pretrained, finetuned):
-    supervised(quick_config(**{"finetune.labels": "10%", "supervised.epochs": 1}), tmp_path / "run")
+    supervised(quick_config(**LIMIT, **{"finetune.labels": "10%", "supervised.epochs": 1}), tmp_path / "run")
 
 
 def _run_distill(quick_config, tmp_path, pretrained, finetuned):
-    distill(quick_config(**{"distill.teacher": finetuned[0]}), tmp_path / "run")
+    distill(quick_config(**LIMIT, **{"distill.teacher": finetuned[0]}), tmp_path / "run")
 
 
 def _evaluation(mode):
     def run(quick_config, tmp_path, pretrained, finetuned):
         checkpoint = finetuned[0] if mode == "classifier" else pretrained
-        evaluate(quick_config(**{"evaluate.mode": mode, "evaluate.checkpoint": checkpoint, "evaluate.labels": "10%",
-                                 "evaluate.linear_epochs": 2}), tmp_path / "run")
+        evaluate(quick_config(**LIMIT, **{"evaluate.mode": mode, "evaluate.checkpoint": checkpoint,
+                                          "evaluate.labels": "10%", "evaluate.linear_epochs": 2}), tmp_path / "run")
     return run
 
 
