@@ -18,8 +18,6 @@ import torch
 
 import ddp_step_helpers as helpers
 from simclrv2.checkpoint import load_checkpoint
-from simclrv2.stages.finetune import finetune
-from simclrv2.stages.pretrain import pretrain
 
 
 def _free_port() -> int:
@@ -111,23 +109,26 @@ def test_two_process_run_is_resumed_and_evaluated_by_a_single_process(tmp_path, 
     final = load_checkpoint(run_dir)
     assert final["step"] == 120 and final["knn_top1"] is not None
 
+    reported = json.loads((run_dir / "result.json").read_text())["details"]
+    assert reported["knn_top1"] > reported["knn_top1_at_init"]  # the resumed run trained on past its checkpoint
+
     evaluated = subprocess.run([sys.executable, "-m", "simclrv2.cli", "evaluate", "--run-dir", str(tmp_path / "knn"),
                                 "--evaluate.mode", "knn", "--evaluate.checkpoint", str(run_dir), *options],
                                capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert (tmp_path / "knn" / "result.json").is_file()
+    # the same bank (every labelled image outside validation), k and temperature as the run's own end-of-run kNN:
+    # one process evaluating the finished weights gets the scores the run reported
+    scores = json.loads((tmp_path / "knn" / "result.json").read_text())
+    assert scores["val"]["top1"] == pytest.approx(reported["knn_top1"], abs=1e-9)
+    assert scores["test"]["top1"] == pytest.approx(reported["test_knn_top1"], abs=1e-9)
 
 
 @pytest.mark.slow
-def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_reads(tmp_path, tiny_fashion):
-    """Fine-tuning and distillation under torchrun: the same label subset as one process, one run directory
-    written by rank 0, and a checkpoint whose single-process evaluation reproduces the reported accuracy."""
-    from conftest import quick_config_values
-
-    pretrained = tmp_path / "pretrain"
-    pretrain(quick_config_values(tiny_fashion, **{"run.knn_every": 0}), pretrained)
-    single = finetune(quick_config_values(tiny_fashion, **{"finetune.pretrained": pretrained,
-                                                           "finetune.labels": "10%"}), tmp_path / "ft1")
+def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_reads(tmp_path, tiny_fashion,
+                                                                                   pretrained, finetuned):
+    """Fine-tuning and distillation under torchrun: the same label subset as one process (the session's shared
+    fine-tuning, conftest.py), one run directory written by rank 0, and a checkpoint whose single-process
+    evaluation reproduces the reported accuracy."""
     options = ["--data.data_dir", str(tiny_fashion), "--model.width_multiplier", "0.125", "--run.progress", "false",
                "--run.precision", "fp32", "--finetune.labels", "10%", "--finetune.batch_size", "16",
                "--finetune.min_steps", "0", "--finetune.crop", "pad", "--distill.student_init", "scratch"]
@@ -148,6 +149,6 @@ def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_re
         assert evaluated.returncode == 0, evaluated.stderr
         assert json.loads((tmp_path / f"eval-{name}" / "result.json").read_text())["test"]["top1"] == reported
     subset = (tmp_path / "ft2" / "labelled_subset.txt").read_text()
-    assert subset == (Path(single.run_dir) / "labelled_subset.txt").read_text()
+    assert subset == (finetuned[0] / "labelled_subset.txt").read_text()
     written = {p.name for p in (tmp_path / "ft2").iterdir()} - {"tensorboard"}  # only with the extra installed
     assert sorted(written) == ["checkpoints", "config.toml", "labelled_subset.txt", "metrics.jsonl", "result.json"]
