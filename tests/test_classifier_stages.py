@@ -195,18 +195,8 @@ def test_a_student_without_the_teachers_pretraining_run_is_one_line(tmp_path, qu
     assert not (tmp_path / "student").exists()
 
 
-@pytest.fixture()
-def denormals_flushed():
-    """A student trained from scratch at temperature 1 fills its backward pass with denormal floats, which x86
-    CPUs handle about 40x slower (measured: 96 steps in 6 minutes instead of 8 s); flushing them to zero leaves
-    every reported digit of the run unchanged."""
-    torch.set_flush_denormal(True)
-    yield
-    torch.set_flush_denormal(False)
-
-
 def test_big_to_small_distillation_trains_a_student_built_from_the_model_section(tmp_path, quick_config, finetuned,
-                                                                                 tiny_fashion, denormals_flushed):
+                                                                                 tiny_fashion):
     """A student with a 2-layer head (the teacher's has 3), from scratch, at the big-to-small temperature 1 with
     half the weight on the labelled images: it learns to agree with its teacher."""
     run_dir, _ = finetuned

@@ -58,6 +58,16 @@ def _session(tmp_path, **overrides):
     return session
 
 
+def test_a_session_flushes_denormals_so_a_student_at_temperature_1_does_not_crawl(tmp_path):
+    torch.set_flush_denormal(False)
+    try:
+        assert torch.tensor([1e-323], dtype=torch.float64).item() != 0.0
+        _session(tmp_path)
+        assert torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def _toy_task(losses: list[float], budget: Budget) -> Task:
     """A one-parameter model whose loss is scripted: the engine's bookkeeping, not learning, is under test."""
     model = nn.Linear(1, 1)

@@ -73,6 +73,13 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def flush_denormals() -> None:
+    """Denormal floats (below ~1e-38) cost x86 CPUs ~40x per operation. A student trained from scratch at
+    distillation temperature 1 fills its backward pass with them (measured: 96 steps took 6 minutes instead of
+    8 s); flushing them to zero changes no reported digit. A no-op where the CPU has no such mode."""
+    torch.set_flush_denormal(True)
+
+
 def generator_for(device: torch.device, seed: int) -> torch.Generator:
     """A generator on the device where augmentation runs, so random draws never cross devices."""
     gen_device = device if device.type == "cuda" else torch.device("cpu")

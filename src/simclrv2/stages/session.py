@@ -35,7 +35,7 @@ from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.provenance import provenance
 from simclrv2.results import RESULT_FILE, ClassificationScores, StageResult
-from simclrv2.runtime import prepare_model, resolve_device, set_threads
+from simclrv2.runtime import flush_denormals, prepare_model, resolve_device, set_threads
 from simclrv2.stages.resume import check_resumable
 from simclrv2.tensorboard import tensorboard_sink
 
@@ -162,6 +162,7 @@ def open_session(stage: str, config: Any, run_dir: str | Path, *, resume: bool, 
     resumed run whose config would make it another experiment. Touches nothing on disk."""
     run = config.run
     set_threads(run.threads)
+    flush_denormals()
     distributed = dist.init_distributed(resolve_device(run.device).type)
     device = resolve_device(run.device)
     if distributed and device.type == "cuda":
