@@ -15,6 +15,7 @@ from simclrv2.errors import Interrupted, SimCLRv2Error
 from simclrv2.stages import engine
 from simclrv2.stages import session as session_module
 from simclrv2.stages.engine import MIN_SENSIBLE_STEPS, Budget, Task, fit
+from simclrv2.stages.resume import config_differences
 from simclrv2.stages.session import Training, open_session
 from simclrv2.stages.signals import StopSignals
 
@@ -277,3 +278,13 @@ def test_a_resumed_session_hands_its_checkpoint_step_to_tensorboard(tmp_path, mo
     session.resume, session.state = True, {"step": 7}  # as open_session leaves a run resumed from last.pt
     session.start()
     assert asked == [None, 7]
+
+
+def test_an_option_added_after_a_run_was_saved_blocks_its_resume_only_when_set_away_from_its_default():
+    saved = {"model": {"depth": 18}}
+    defaults = {"model": {"depth": 18, "tf_pooling": False}}
+    assert config_differences(saved, {"model": {"depth": 18, "tf_pooling": False}}, ("model",), defaults) == []
+    assert config_differences(saved, {"model": {"depth": 18, "tf_pooling": True}}, ("model",), defaults) == [
+        "model.tf_pooling: None -> True"]
+    assert config_differences(saved, {"model": {"depth": 34, "tf_pooling": False}}, ("model",), defaults) == [
+        "model.depth: 18 -> 34"]

@@ -21,12 +21,19 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * _MIX + rank * 1_000_003 + step) % (2**63 - 1)
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any], sections: tuple[str, ...]) -> list[str]:
+def config_differences(saved: dict[str, Any], current: dict[str, Any], sections: tuple[str, ...],
+                       defaults: dict[str, Any] | None = None) -> list[str]:
+    """The identity options whose values differ. An option the saved run does not record (added to the package
+    after it was saved) counts as its ``defaults`` value: the saved run computed what that default computes, so
+    upgrading the package does not strand a half-finished run."""
     diffs = []
     for section in sections:
         old, new = saved.get(section, {}), current.get(section, {})
+        added = (defaults or {}).get(section, {})
         for key in sorted(set(old) | set(new)):
             if f"{section}.{key}" in NOT_IDENTITY:
+                continue
+            if key not in old and key in added and new.get(key) == added[key]:
                 continue
             a, b = old.get(key), new.get(key)
             if isinstance(a, list):
@@ -42,7 +49,8 @@ def check_resumable(payload: dict[str, Any], config: Any, sections: tuple[str, .
     """Refuses to continue a run with a config that would make it a different experiment."""
     if payload.get("stage") != stage:
         raise SimCLRv2Error(f"the checkpoint belongs to stage {payload.get('stage')!r}, not {stage!r}")
-    diffs = config_differences(payload.get("config", {}), config_to_dict(config), sections)
+    defaults = config_to_dict(type(config)())
+    diffs = config_differences(payload.get("config", {}), config_to_dict(config), sections, defaults)
     if diffs:
         raise SimCLRv2Error(
             f"cannot resume: the config differs from the saved run ({'; '.join(diffs[:4])}); "
