@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the shared README writer, importable when run as a module too
+from readme_block import write_readme  # noqa: E402
+
 LIGHTLY_PYTHON = Path.home() / ".cache" / "simclrv2-peers-venv" / "bin" / "python"
 
 
@@ -211,19 +214,6 @@ def table(args: argparse.Namespace, rows: dict[str, dict], size: int) -> str:
     return "\n".join(lines)
 
 
-def write_readme(block_id: str, command: str, text: str) -> None:
-    start, end = f"<!-- {block_id} -->", f"<!-- /{block_id} -->"
-    readme = ROOT / "README.md"
-    content = readme.read_text()
-    block = f"{start}\n`{command}`\n\n{text}\n{end}"
-    if start in content:
-        head, rest = content.split(start, 1)
-        content = head + block + rest.split(end, 1)[1]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block + "\n"
-    readme.write_text(content)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=60_000, help="Fashion-MNIST images in the small folder")
@@ -265,7 +255,7 @@ def main() -> None:
                    f"{args.copies} --workers {args.workers} --steps {args.steps} --batch {args.batch} --readme")
         print(text, flush=True)
         if args.readme:
-            write_readme(f"streaming-benchmark-{size}px", command, text)
+            write_readme(f"streaming-benchmark-{size}px", command, text, ROOT / "README.md")
 
 
 if __name__ == "__main__":

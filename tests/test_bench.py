@@ -94,7 +94,7 @@ def _stream_row(images, loader, auto, fp32, first, rss, peer=None):
     return row
 
 
-def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(monkeypatch, tmp_path):
+def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(tmp_path):
     args = argparse.Namespace(workers=2, batch=64, loader_batch=256, steps=12, copies=10, lightly=True)
     rows = {"small": _stream_row(60000, 1000.0, 80.0, 40.0, 10.0, 1000.0, peer=(500.0, 32.0, 20.0, 3000.0)),
             "10x hard links": _stream_row(600000, 990.0, 79.0, 40.0, 12.0, 1050.0)}
@@ -111,7 +111,6 @@ def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(mon
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- streaming-benchmark-96px -->\nold\n<!-- /streaming-benchmark-96px -->\nrest\n")
-    monkeypatch.setattr(streaming_benchmark, "ROOT", tmp_path)
-    streaming_benchmark.write_readme("streaming-benchmark-96px", "python x.py", "new table")
+    streaming_benchmark.write_readme("streaming-benchmark-96px", "python x.py", "new table", readme)
     assert readme.read_text() == ("intro\n<!-- streaming-benchmark-96px -->\n`python x.py`\n\nnew table\n"
                                   "<!-- /streaming-benchmark-96px -->\nrest\n")
