@@ -38,8 +38,9 @@ from simclrv2.results import StageResult
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
 PARTS = ("size", "distill", "big-to-small", "head", "memory")
-# chosen with the demo's pretraining: the shipped distillation recipe against the candidates it replaced
-EXTRA_PARTS = ("distill-recipes",)
+# recipe choices made with the study's pretraining: the shipped distillation recipe against two candidates, and
+# pretraining's NT-Xent temperature
+EXTRA_PARTS = ("distill-recipes", "temperature")
 
 # Candidates per stage: the same number for both, centred on the shipped width-0.25 recipe (SGD, no scaling).
 FINETUNE_GRID = {"sgd-0.003": 0.003, "sgd-0.01": 0.01, "sgd-0.03": 0.03}
@@ -47,6 +48,8 @@ SUPERVISED_GRID = {"sgd-0.03": 0.03, "sgd-0.1": 0.1, "sgd-0.3": 0.3}
 # (optimiser, lr, distillation temperature): the shipped AdamW at the paper's τ 0.1, AdamW and SGD at τ 1
 DISTILL_GRID = {"adamw-1e-3-t0.1": ("adamw", 1e-3, 0.1), "adamw-1e-3-t1": ("adamw", 1e-3, 1.0),
                 "sgd-0.05-t1": ("sgd", 0.05, 1.0)}
+# NT-Xent temperatures: the paper's 0.1, the demo's 0.2 and the package default 0.5
+TEMPERATURE_GRID = (0.1, 0.2, 0.5)
 
 
 @dataclass(frozen=True)
@@ -94,14 +97,20 @@ class Study:
     def with_(self, config: Config, section: str, **values: Any) -> Config:
         return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)})
 
-    def pretraining(self, width: float, head_layers: int = 3, memory: int = 0) -> Run:
+    def pretraining(self, width: float, head_layers: int = 3, memory: int = 0,
+                    temperature: float | None = None) -> Run:
+        """Seed 0's pretraining; ``temperature`` other than the base config's names its own run."""
         c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers)
         c = self.with_(c, "pretrain", epochs=self.args.pretrain_epochs, memory_size=memory)
         c = self.with_(c, "run", seed=0)
-        name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "") + "-s0"
+        name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "")
+        if temperature is not None and temperature != self.base.pretrain.temperature:
+            c = self.with_(c, "pretrain", temperature=temperature)
+            name += f"-t{temperature}"
         facts = {"width": width, "head_layers": head_layers, "memory": memory, "method": "pretraining",
-                 "pretrain_epochs": self.args.pretrain_epochs, "seed": 0}
-        return Run(name, "pretrain", "", facts, c)
+                 "pretrain_epochs": self.args.pretrain_epochs, "seed": 0,
+                 "pretrain_temperature": c.pretrain.temperature}
+        return Run(name + "-s0", "pretrain", "", facts, c)
 
     def classifier_run(self, stage: str, part: str, pretrained: Run, labels: str, seed: int, recipe: str,
                        lr: float, head_layer: int = 1) -> Run:
@@ -117,7 +126,8 @@ class Study:
         method = "fine-tuned" if stage == "finetune" else "supervised"
         facts = {"width": width, "head_layers": heads, "memory": memory, "method": method, "labels": labels,
                  "seed": seed, "recipe": recipe, "head_layer": head_layer,
-                 "pretrain_epochs": self.args.pretrain_epochs}
+                 "pretrain_epochs": self.args.pretrain_epochs,
+                 "pretrain_temperature": pretrained.facts["pretrain_temperature"]}
         return Run(name, stage, part, facts, c)
 
     def distillation(self, part: str, teacher: Run, epochs: int, student: Run | None = None) -> Run:
@@ -186,6 +196,8 @@ class Study:
             self.memory()
         if "distill-recipes" in parts:
             self.distill_recipes()
+        if "temperature" in parts:
+            self.temperature()
 
     def distill_recipes(self) -> None:
         """Self-distils the chosen fine-tuned network of each width (grid labels, seed 0) with each candidate."""
@@ -200,6 +212,21 @@ class Study:
                 opt = dataclasses.replace(run.config.distill.optimizer, name=optimizer, base_lr=lr)
                 config = self.with_(run.config, "distill", optimizer=opt, temperature=temperature)
                 self.run(Run(f"{run.name}-{name}", "distill", run.part, dict(run.facts, recipe=name), config))
+
+    def temperature(self) -> None:
+        """Pretrains ``--head-width`` at each NT-Xent temperature and fine-tunes each with the fine-tuning recipe
+        chosen at the base temperature, at ``--grid-labels`` and every seed: the choice is the best mean on
+        validation (the pretraining is what varies, so the downstream recipe is held fixed)."""
+        width = self.args.head_width
+        base = self.pretraining(width)
+        self.run(base)
+        recipe, lr = self.chosen("finetune", "size", base)
+        for temperature in TEMPERATURE_GRID:
+            pretrained = self.pretraining(width, temperature=temperature)
+            self.run(pretrained)
+            part = "size" if pretrained.name == base.name else "temperature"  # the base runs are the size part's
+            for seed in self.args.seeds:
+                self.run(self.classifier_run("finetune", part, pretrained, self.args.grid_labels, seed, recipe, lr))
 
     def head_depth(self) -> None:
         recipe, lr = self.chosen("finetune", "size", self.pretraining(self.args.head_width))

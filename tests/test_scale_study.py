@@ -53,6 +53,8 @@ class FakeStages:
             # validation prefers lr 0.01 (fine-tuning) / 0.1 (supervised); test ranks the candidates the other
             # way round, so a choice made on test would be visible
             val = 0.5 + width / 10 - abs(lr - (0.01 if stage == "finetune" else 0.1))
+            if stage == "finetune":  # pretraining at τ 0.1 fine-tunes best
+                val -= abs(config.pretrain.temperature - 0.1) / 10
             test = 1.5 - val + config.run.seed / 100
             details = {"knn_top1": 0.7} if stage == "pretrain" else {}
             result = StageResult(stage, str(run_dir), None, None if stage == "pretrain" else _scores(val),
@@ -144,3 +146,20 @@ def test_distillation_recipes_are_compared_from_the_same_teacher(fake, tmp_path,
     assert len({c.distill.teacher for c in configs}) == 1
     text, *_ = scale_report.report(rows)
     assert "| adamw-1e-3-t0.1 |" in text
+
+
+def test_pretraining_temperature_is_chosen_by_the_fine_tuned_validation_mean(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "temperature")
+    pretrained = {r["run"]: r["pretrain_temperature"] for r in rows if r["method"] == "pretraining"}
+    assert pretrained == {"pretrain-w0.25-h3-s0": 0.2, "pretrain-w0.25-h3-t0.1-s0": 0.1,
+                          "pretrain-w0.25-h3-t0.5-s0": 0.5}
+    swept = [r for r in rows if r["part"] == "temperature"]
+    assert {(r["pretrain_temperature"], r["seed"], r["recipe"]) for r in swept} == {
+        (t, s, "sgd-0.01") for t in (0.1, 0.5) for s in (0, 1)}
+    text, cells, *_ = scale_report.report(rows)
+    assert "(chosen on validation: τ 0.1)" in text
+    assert "| 0.5 |" in text and "| 0.2 |" in text
+    # the swept runs share facts with the size part's cells but must not land in them
+    base = {r["seed"]: r["test_top1"] for r in rows
+            if r["run"].startswith("finetune-w0.25-h3-layer1-1pct-sgd-0.01-s")}
+    assert cells[(0.25, "1%")]["fine-tuned"] == base and len(base) == 2
