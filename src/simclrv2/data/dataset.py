@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,10 @@ class ImageDataset:
         labels = None if self.labels is None else self.labels[index]
         return ImageDataset(images=self.images[index].contiguous(), labels=labels, classes=self.classes,
                             ids=tuple(self.ids[i] for i in index.tolist()), name=self.name)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The images, ``batch_size`` at a time: how evaluation reads them, in memory or streamed."""
+        return (self.images[start:start + batch_size] for start in range(0, len(self), batch_size))
 
     def require_labels(self, purpose: str) -> torch.Tensor:
         """The labels, or an error naming what needed them (unlabeled splits such as STL-10's have none)."""

@@ -38,7 +38,7 @@ _MODES = {1: "L", 3: "RGB"}
 _SIXTEEN_BIT = {"I", "I;16", "I;16L", "I;16B", "I;16N"}  # PNG/TIFF 16-bit grey (older Pillow opens it as "I")
 _GREY = {"1", "L", "LA", "La", "F", *_SIXTEEN_BIT}
 # What Pillow raises on a damaged or foreign file, besides OSError (UnidentifiedImageError, truncated data).
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 _NAMES_SHOWN = 3  # file names quoted in a log line or error
 
 T = TypeVar("T")
@@ -146,20 +146,26 @@ def _eight_bit(img: Image.Image) -> Image.Image:
     return Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8))
 
 
+def square_pixels(img: Image.Image, image_size: int, mode: str) -> np.ndarray:
+    """An opened image as (S, S) or (S, S, 3) uint8: shorter side resized to ``image_size``, centre-cropped.
+    The streamed evaluation images are decoded by this too, so both paths see the same pixels. Raises what
+    Pillow raises on a damaged file (see ``DECODE_ERRORS``)."""
+    img.draft(mode, (image_size, image_size))  # JPEG: decode at a reduced scale, still >= the size
+    img = _eight_bit(img).convert(mode)
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    # One resampling step from the centred square of the source: the crop and the resize at once.
+    img = img.resize((image_size, image_size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side))
+    return np.asarray(img)
+
+
 def decode_image(path: Path, image_size: int, mode: str) -> np.ndarray:
-    """One image as (S, S) or (S, S, 3) uint8: shorter side resized to ``image_size``, centre-cropped."""
+    """One image file as :func:`square_pixels` decodes it."""
     try:
         with Image.open(path) as img:
-            img.draft(mode, (image_size, image_size))  # JPEG: decode at a reduced scale, still >= the size
-            img = _eight_bit(img).convert(mode)
-            w, h = img.size
-            side = min(w, h)
-            left, top = (w - side) / 2, (h - side) / 2
-            # One resampling step from the centred square of the source: the crop and the resize at once.
-            img = img.resize((image_size, image_size), Image.Resampling.BICUBIC,
-                             box=(left, top, left + side, top + side))
-            return np.asarray(img)
-    except _DECODE_ERRORS as err:
+            return square_pixels(img, image_size, mode)
+    except DECODE_ERRORS as err:
         raise SimCLRv2Error(f"cannot read image {path} ({err}); remove or replace the file") from err
 
 
@@ -191,7 +197,7 @@ def probe_image(path: Path) -> Probe | str:
     try:
         with Image.open(path) as img:
             return Probe(img.width, img.height, img.mode)
-    except _DECODE_ERRORS as err:
+    except DECODE_ERRORS as err:
         return str(err) or type(err).__name__
 
 

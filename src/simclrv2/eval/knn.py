@@ -7,7 +7,8 @@ score of class c is  Σ_{i: y_i = c} exp(s_i / τ)  and the prediction is the cl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -112,12 +113,8 @@ def extract_features(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """(N, D) float32 CPU features of uint8 (N, C, H, W) images, one batch at a time.
-
-    Each batch is moved to ``device`` as uint8 (4x less traffic than float) and only there scaled to [0, 1]
-    (docs/recipe.md#augmentation: no normalisation); ``transform`` (e.g. the evaluation centre crop) is then
-    applied, and ``forward`` runs under autocast when ``autocast_dtype`` is given. The caller sets eval
-    mode."""
+    """(N, D) float32 CPU features of uint8 (N, C, H, W) images, ``batch_size`` at a time (see
+    :func:`batch_features`)."""
     if images.dim() != 4 or images.dtype != torch.uint8:
         raise SimCLRv2Error(
             f"extract_features expects uint8 (N, C, H, W) images, got {images.dtype} {tuple(images.shape)}"
@@ -126,11 +123,36 @@ def extract_features(
         raise SimCLRv2Error("no images to extract features from")
     if batch_size < 1:
         raise SimCLRv2Error(f"batch_size must be >= 1, got {batch_size}")
+    batches = (images[start : start + batch_size] for start in range(0, images.shape[0], batch_size))
+    return batch_features(forward, batches, device, transform, autocast_dtype, progress,
+                          total=math.ceil(images.shape[0] / batch_size))
+
+
+@torch.no_grad()
+def batch_features(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[torch.Tensor],
+    device: torch.device | str = "cpu",
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    total: int | None = None,
+) -> torch.Tensor:
+    """(N, D) float32 CPU features of uint8 (B, C, H, W) batches: slices of images in memory, or streamed
+    images decoded batch by batch, so no more than a batch of images is ever held here.
+
+    Each batch is moved to ``device`` as uint8 (4x less traffic than float) and only there scaled to [0, 1]
+    (docs/recipe.md#augmentation: no normalisation); ``transform`` (e.g. the evaluation centre crop) is then
+    applied, and ``forward`` runs under autocast when ``autocast_dtype`` is given. The caller sets eval
+    mode."""
     device = torch.device(device)
     outputs = []
-    starts = range(0, images.shape[0], batch_size)
-    for start in tqdm(starts, desc="features", unit="batch", disable=not progress, leave=False):
-        x = images[start : start + batch_size].to(device, non_blocking=True).float().div_(255)
+    for batch in tqdm(batches, total=total, desc="features", unit="batch", disable=not progress, leave=False):
+        if batch.dim() != 4 or batch.dtype != torch.uint8:
+            raise SimCLRv2Error(
+                f"feature extraction expects uint8 (B, C, H, W) images, got {batch.dtype} {tuple(batch.shape)}"
+            )
+        x = batch.to(device, non_blocking=True).float().div_(255)
         if transform is not None:
             x = transform(x)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -141,4 +163,6 @@ def extract_features(
                 f"{tuple(features.shape)}: pass the pooled encoder output (forward_features)"
             )
         outputs.append(features.float().cpu())
+    if not outputs:
+        raise SimCLRv2Error("no images to extract features from")
     return torch.cat(outputs)

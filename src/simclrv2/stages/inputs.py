@@ -122,14 +122,20 @@ def training_data(data) -> TrainingData:
     if labelled.labels is None:
         empty = torch.zeros(0, dtype=torch.int64)
         return TrainingData(train, labelled, empty, torch.arange(len(labelled)))
-    size = data.resolved_val_size(len(labelled))
-    if size >= len(labelled):
-        raise SimCLRv2Error(f"data.val_size = {size} leaves no labelled training images out of {len(labelled)}; "
+    return TrainingData(train, labelled, *validation_split(labelled.labels, labelled.num_classes, data))
+
+
+def validation_split(labels: torch.Tensor, num_classes: int, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, rest): indices into labelled images, a class-balanced split of ``data.val_size`` and the
+    others. A function of the labels alone, so streamed and in-memory data hold out the same images."""
+    size = data.resolved_val_size(len(labels))
+    if size >= len(labels):
+        raise SimCLRv2Error(f"data.val_size = {size} leaves no labelled training images out of {len(labels)}; "
                             "lower it")
-    if size and size < labelled.num_classes:
+    if size and size < num_classes:
         size = 0
-    val = select_subset(labelled.labels, parse_subset_spec(str(size)), VALIDATION_SEED) if size else (
+    val = select_subset(labels, parse_subset_spec(str(size)), VALIDATION_SEED) if size else (
         torch.zeros(0, dtype=torch.int64))
-    keep = torch.ones(len(labelled), dtype=torch.bool)
+    keep = torch.ones(len(labels), dtype=torch.bool)
     keep[val] = False
-    return TrainingData(train, labelled, val, keep.nonzero().flatten())
+    return val, keep.nonzero().flatten()

@@ -5,7 +5,8 @@ sees 2N images as in the reference) → NT-Xent over all views of all processes 
 ``lr_at(step)``. Small data and its augmentation stay on the training device; nothing per image runs in Python.
 Large image folders and shards are streamed: workers decode each step's images with the crop done at decode
 time, and flip, colour, grey and blur run batched on the device as they do in memory. The kNN
-monitor scores the encoder on the validation split; the test split is read once, at the end.
+monitor scores the encoder on the validation split (streamed images too, decoded batch by batch); the test split
+is read once, at the end.
 """
 
 from __future__ import annotations
@@ -24,18 +25,17 @@ from simclrv2.augment import draw_crop_randoms, simclr_views, simclr_views_from_
 from simclrv2.augment.preview import save_augmentation_preview
 from simclrv2.checkpoint import load_state
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset
 from simclrv2.data.guard import final_evaluation
 from simclrv2.data.streaming import BatchSource, CropDataset, StreamData, choose_stream
-from simclrv2.eval.features import knn_top1_each
 from simclrv2.logs import get_logger
 from simclrv2.losses import nt_xent_loss
 from simclrv2.memory import NegativeQueue, ema_update
 from simclrv2.models.spec import ModelSpec
-from simclrv2.results import KnnRecord, StageResult, metrics_record
+from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, generator_for, resolve_precision
 from simclrv2.stages.engine import Budget, StepTime, Task, fit
-from simclrv2.stages.inputs import TrainingData, load_test, seals_test_split, training_data
+from simclrv2.stages.inputs import seals_test_split, training_data
+from simclrv2.stages.knn_monitor import KnnSets, knn_monitor, memory_knn_sets, streamed_knn_sets, test_queries
 from simclrv2.stages.resume import step_seed
 from simclrv2.stages.session import Session, open_session
 
@@ -43,14 +43,6 @@ STAGE = "pretrain"
 AUGMENTATIONS_FILE = "augmentations.png"  # the report shows it
 # Sections whose change makes a run a different run (resuming it would mix two experiments).
 IDENTITY_SECTIONS = ("data", "model", "augment", "pretrain")
-
-
-@dataclass(frozen=True)
-class KnnSets:
-    """The kNN monitor's memory bank (labelled training images outside validation) and its queries."""
-
-    bank: ImageDataset
-    queries: ImageDataset
 
 
 @seals_test_split
@@ -79,10 +71,10 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     training = session.training(spec.build_simclr(seed=run.seed), budget.batch_size, cfg.optimizer,
                                 global_bn=cfg.global_bn)
     model = training.model
-    knn = _knn_sets(data, run.knn_bank_size) if data is not None else None
-    if data is None:
-        get_logger().info("kNN monitor off: the training images are streamed")
-    knn_init = session.state.get("knn_top1_at_init") if session.state else _knn(config, model, knn, session, 0, 0)[0]
+    knn = (memory_knn_sets(data, run.knn_bank_size) if stream is None
+           else streamed_knn_sets(stream, config.data, run.knn_bank_size))
+    knn_init = (session.state.get("knn_top1_at_init") if session.state
+                else knn_monitor(config, model.encoder, knn, session, STAGE, 0, 0)[0])
     task = Contrastive(
         training, budget, {"kind": "simclr", "architecture": spec.to_dict(), "image_size": train.image_size},
         eval_every=run.knn_every, config=config, session=session, knn=knn, knn_init=knn_init,
@@ -95,8 +87,9 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         f"{training.peak_lr:.3g} ({cfg.optimizer.name}), {device}, {resolve_precision(run.precision, device)}")
     result = fit(task, session, on_step=on_step)
     with final_evaluation():
-        test = load_test(config.data) if knn is not None and dist.is_main() else None  # read once, at the end
-        knn_final, knn_test = _knn(config, model, knn, session, budget.epochs, result.step, test)
+        test = test_queries(config.data, stream) if knn is not None and dist.is_main() else None  # read once
+        knn_final, knn_test = knn_monitor(config, model.encoder, knn, session, STAGE, budget.epochs, result.step,
+                                          test)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,
                "first_loss": result.first_loss, "last_loss": result.last_loss, "architecture": spec.describe()}
     if dist.is_main():
@@ -144,7 +137,7 @@ class Contrastive(Task):
             self.memory.update(*views)
 
     def evaluate(self, epoch: int, step: int) -> None:
-        _knn(self.config, self.training.model, self.knn, self.session, epoch, step)
+        knn_monitor(self.config, self.training.model.encoder, self.knn, self.session, STAGE, epoch, step)
 
     def state(self) -> dict[str, Any]:
         return {**(self.memory.state() if self.memory else {}), "knn_top1_at_init": self.knn_init}
@@ -162,35 +155,6 @@ def _batch_source(stream: StreamData, config: Config, budget: Budget, device: to
     aug = config.augment
     dataset = CropDataset(stream.source, stream.image_size, stream.channels, aug.crop_scale, aug.crop_ratio)
     return BatchSource(dataset, budget.local_batch, budget.steps_per_epoch, plan, stream.workers, device)
-
-
-def _knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
-    """Bank: labelled training images outside validation (``bank_size`` of them, 0: all); queries: validation."""
-    if data.val is None:
-        get_logger().info("kNN monitor off: no labelled validation split (data.val_size = 0 or unlabeled data)")
-        return None
-    pool = data.pool_indices
-    if bank_size and bank_size < len(pool):
-        pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:bank_size]]
-    return KnnSets(data.labelled.subset(pool), data.val)
-
-
-def _knn(config: Config, model, knn: KnnSets | None, session: Session, epoch: int, step: int,
-         test: ImageDataset | None = None) -> tuple[float | None, float | None]:
-    """(validation, test) kNN top-1 of the encoder; test only when given, against the same bank features.
-    Logged on rank 0; the other processes wait at the barrier and get Nones."""
-    scores: dict[str, float] = {}
-    if knn is not None and dist.is_main():
-        run = config.run
-        queries = {"val": knn.queries, **({"test": test} if test is not None else {})}
-        top1 = knn_top1_each(model.encoder, knn.bank, list(queries.values()), session.device, k=run.knn_k,
-                             temperature=run.knn_temperature, batch_size=run.eval_batch_size, precision=run.precision)
-        scores = dict(zip(queries, top1, strict=True))
-        session.log.write(**metrics_record(KnnRecord(step, epoch, scores["val"])), stage=STAGE)
-        get_logger().info(f"kNN top-1 on validation after {epoch} epochs: {scores['val']:.4f}")
-    if knn is not None:
-        dist.barrier()
-    return scores.get("val"), scores.get("test")
 
 
 class _Memory:

@@ -52,8 +52,15 @@ class StepSampler(Sampler):
             yield [(index, randoms[[k, k + b]]) for k, index in enumerate(indices)]
 
 
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode in PIL; torch threads there would only contend for the cores
+def one_thread(_: int) -> None:
+    """A worker's init: workers decode in PIL, so torch threads there would only contend for the cores."""
+    torch.set_num_threads(1)
+
+
+def worker_error(err: SimCLRv2Error) -> SimCLRv2Error:
+    """A worker's error, re-raised by the DataLoader with the worker's traceback, as its one message line."""
+    lines = [line for line in str(err).splitlines() if line.startswith("simclrv2.errors.")]
+    return SimCLRv2Error(lines[-1].split(": ", 1)[-1] if lines else str(err))
 
 
 class BatchSource:
@@ -66,7 +73,7 @@ class BatchSource:
         self.device = device
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=workers,
                                  persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                                 worker_init_fn=_one_thread if workers else None,
+                                 worker_init_fn=one_thread if workers else None,
                                  prefetch_factor=2 if workers else None)
 
     def __call__(self, epoch: int, order: torch.Tensor, first: int) -> Iterator[torch.Tensor]:
@@ -77,9 +84,7 @@ class BatchSource:
                 batch = next(batches)  # (B, 2, C, S, S)
             except StopIteration:
                 return
-            except SimCLRv2Error as err:  # re-raised from a worker with its traceback: keep the message line
-                lines = [line for line in str(err).splitlines() if line.startswith("simclrv2.errors.")]
-                message = lines[-1].split(": ", 1)[-1] if lines else str(err)
-                raise SimCLRv2Error(message) from None
+            except SimCLRv2Error as err:
+                raise worker_error(err) from None
             batch = batch.to(self.device, non_blocking=True)
             yield batch.transpose(0, 1).reshape(-1, *batch.shape[2:])
