@@ -19,8 +19,8 @@ from simclrv2.eval.features import encoder_features
 from simclrv2.eval.knn import knn_accuracy
 from simclrv2.logs import get_logger
 from simclrv2.models.spec import ModelSpec
-from simclrv2.stages.inputs import training_data
-from simclrv2.stages.knn_monitor import NO_VALIDATION, memory_knn_sets, streamed_knn_sets
+from simclrv2.stages.inputs import streamed_training_data, training_data
+from simclrv2.stages.knn_monitor import NO_VALIDATION, knn_sets
 from simclrv2.stages.pretrain import pretrain
 
 SIZE = 36  # above 32 px: the evaluation view centre-crops, as at full size
@@ -55,9 +55,13 @@ def _config(folder, **overrides):
 
 def _sets(config):
     data = config.data
-    memory = memory_knn_sets(training_data(dataclasses.replace(data, stream="memory")), BANK)
+    memory = knn_sets(training_data(dataclasses.replace(data, stream="memory")), BANK)
     stream = choose_stream(data)
-    return memory, streamed_knn_sets(stream, data, BANK), stream
+    return memory, _streamed(config, BANK), stream
+
+
+def _streamed(config, bank_size: int):
+    return knn_sets(streamed_training_data(choose_stream(config.data), config.data), bank_size)
 
 
 def test_streamed_bank_and_queries_are_the_in_memory_images_pixel_for_pixel(folder):
@@ -100,7 +104,7 @@ def test_a_collection_without_labels_keeps_the_streamed_monitor_off(tmp_path, ca
     root = helpers.write_folder(tmp_path / "flat", _images(12))
     config = _config(root)
     with caplog.at_level(logging.INFO, logger=get_logger().name):
-        assert streamed_knn_sets(choose_stream(config.data), config.data, BANK) is None
+        assert _streamed(config, BANK) is None
     assert NO_VALIDATION in caplog.messages
 
 
@@ -111,7 +115,7 @@ def test_a_damaged_image_is_refused_with_its_name(tmp_path, damage):
     path = root / "class0" / "img0000.png"
     path.write_bytes(b"not an image" if damage == "not an image" else path.read_bytes()[:200])
     config = _config(root, **{"data.val_size": "2"})
-    streamed = streamed_knn_sets(choose_stream(config.data), config.data, 0)
+    streamed = _streamed(config, 0)
     with pytest.raises(SimCLRv2Error, match=r"^cannot (read|decode) image \S*img0000\.png .*; remove or replace"):
         [*streamed.bank.batches(4), *streamed.queries.batches(4)]
 
@@ -123,7 +127,7 @@ def test_shards_give_the_folders_bank_and_queries(folder, tmp_path):
     shards = prepare_shards(folder, tmp_path / "shards", shard_size=10)
     _, from_folder, _ = _sets(_config(folder))
     config = _config(shards, **{"data.dataset": "webdataset"})
-    from_shards = streamed_knn_sets(choose_stream(config.data), config.data, BANK)
+    from_shards = _streamed(config, BANK)
     for a, b in ((from_folder.bank, from_shards.bank), (from_folder.queries, from_shards.queries)):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
         assert torch.equal(torch.cat(list(a.batches(16))), torch.cat(list(b.batches(16))))

@@ -23,6 +23,7 @@ from simclrv2.augment.geometry import (
     draw_crop_randoms,
     eval_crop_fraction,
     eval_view,
+    flip_crops,
     resized_crop,
     sample_crop_boxes,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "draw_crop_randoms",
     "eval_crop_fraction",
     "eval_view",
+    "flip_crops",
     "gaussian_blur",
     "gaussian_kernels",
     "jitter_ranges",

@@ -124,6 +124,20 @@ def crop_flip(images: Tensor, generator: torch.Generator, crop_scale: tuple[floa
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
+def flip_crops(crops: Tensor, generator: torch.Generator, flip_prob: float = 0.5,
+               channels_last: bool = False) -> Tensor:
+    """:func:`crop_flip` for views already cropped at decode time with the boxes of ``draw_crop_randoms(B,
+    generator)`` drawn from this step's generator state: those draws are made again here (and dropped), so the
+    flips are those :func:`crop_flip` draws after its crops."""
+    x = as_float_images(crops)
+    check_generator(generator, x.device)
+    check_probability("flip probability", flip_prob)
+    draw_crop_randoms(x.shape[0], generator, x.device)  # the crop draws, already used by the loader
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < flip_prob
+    out = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
 def center_crop(images: Tensor, fraction: float = 0.875, out_size: int | None = None) -> Tensor:
     """Evaluation view (docs/recipe.md#evaluation-view): the central ``fraction``, resized back; none at <= 32 px.
 

@@ -33,9 +33,9 @@ class DataConfig:
     # 10 % of the labelled training images up to 5,000; 0: none). They stay in the unlabeled pool.
     val_size: int = -1
     download: bool = False
-    # Pretraining on image folders and WebDataset shards: "memory" decodes everything up front (fastest for small
-    # data), "stream" decodes and crops each step's images in DataLoader workers, "auto" streams above
-    # stream_above images or when the decoded images would fill a quarter of the RAM.
+    # Pretraining, fine-tuning and the supervised baseline on image folders and WebDataset shards: "memory" decodes
+    # everything up front (fastest for small data), "stream" decodes and crops each step's images in DataLoader
+    # workers, "auto" streams above stream_above images or when the decoded images would fill a quarter of the RAM.
     stream: str = "auto"
     stream_above: int = 100_000
     workers: int = -1  # DataLoader workers of the streaming path (-1: one per CPU core but one, at most 8)

@@ -82,15 +82,19 @@ class ImageDataset:
         return self.labels
 
     def require_classes(self, stage: str) -> torch.Tensor:
-        """The labels, checked to hold at least two classes: a classifier trained on one class scores
-        top-1 1.0 on a test split of that class and has learnt nothing."""
-        labels = self.require_labels(stage)
-        present = labels.unique().tolist()
-        if len(present) < 2:
-            only = f"only class {self.classes[present[0]]!r}" if present else "no class"
-            raise SimCLRv2Error(f"{stage} trains a classifier, which needs images of at least two classes, but "
-                                f"{self.name} has {only}; add a sub-folder of images for each other class")
-        return labels
+        return require_classes(self, stage)
+
+
+def require_classes(dataset, stage: str) -> torch.Tensor:
+    """The labels of ``dataset`` (in memory or streamed), checked to hold at least two classes: a classifier
+    trained on one class scores top-1 1.0 on a test split of that class and has learnt nothing."""
+    labels = dataset.require_labels(stage)
+    present = labels.unique().tolist()
+    if len(present) < 2:
+        only = f"only class {dataset.classes[present[0]]!r}" if present else "no class"
+        raise SimCLRv2Error(f"{stage} trains a classifier, which needs images of at least two classes, but "
+                            f"{dataset.name} has {only}; add a sub-folder of images for each other class")
+    return labels
 
 
 @dataclass(frozen=True)

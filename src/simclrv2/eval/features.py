@@ -1,6 +1,6 @@
 """Frozen-network outputs on a whole dataset: encoder features, kNN accuracy (docs/recipe.md#knn-monitor), logits.
 The dataset is in memory (:class:`~simclrv2.data.ImageDataset`) or streamed
-(:class:`~simclrv2.data.streaming.eval_images.StreamedImages`): both give their images batch by batch."""
+(:class:`~simclrv2.data.streaming.images.StreamedImages`): both give their images batch by batch."""
 
 from __future__ import annotations
 

@@ -15,22 +15,44 @@ import torch.nn.functional as F
 
 from simclrv2.checkpoint import read_pretrained
 from simclrv2.config import Config
+from simclrv2.data import ImageDataset
+from simclrv2.data.streaming import StreamData, choose_stream
+from simclrv2.data.streaming.images import StreamedImages
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
-from simclrv2.stages.inputs import TrainingData, data_for_network, seals_test_split, training_data
+from simclrv2.stages.inputs import (
+    TrainingData,
+    data_for_network,
+    seals_test_split,
+    streamed_training_data,
+    training_data,
+)
 from simclrv2.stages.session import open_session
 
 STAGE = "finetune"
 IDENTITY_SECTIONS = ("data", "finetune")
 
 
-def labelled_data(data_config, labels: str, seed: int, stage: str) -> tuple[TrainingData, torch.Tensor]:
-    """The training data and the indices (into ``data.labelled``) of the stage's labelled subset."""
-    data = training_data(data_config)
+def labelled_data(data_config, labels: str, seed: int, stage: str
+                  ) -> tuple[TrainingData, torch.Tensor, StreamData | None]:
+    """The training data (in memory or streamed, as ``data.stream`` chooses), the indices (into
+    ``data.labelled``) of the stage's labelled subset, and the stream it is read from (None: in memory)."""
+    stream = choose_stream(data_config)
+    data = training_data(data_config) if stream is None else streamed_training_data(stream, data_config)
     data.labelled.require_classes(stage)
-    return data, data.labelled_subset(labels, seed)
+    return data, data.labelled_subset(labels, seed), stream
+
+
+def subset_images(labelled: ImageDataset | StreamedImages, indices: torch.Tensor
+                  ) -> tuple[torch.Tensor | StreamedImages, tuple[ImageDataset | StreamedImages, torch.Tensor]]:
+    """What a classifier stage trains on (the subset's images, or their streamed selection) and what its
+    subset file lists (streamed: only the subset's ids are built)."""
+    if isinstance(labelled, StreamedImages):
+        images = labelled.subset(indices)
+        return images, (images, torch.arange(len(images)))
+    return labelled.images[indices], (labelled, indices)
 
 
 @seals_test_split
@@ -46,15 +68,16 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         raise SimCLRv2Error(f"finetune.head_layer = {cfg.head_layer} but the pretrained head has {spec.head_layers} "
                             f"layers; choose 0..{spec.head_layers}")
     data_config = data_for_network(config.data, spec.in_channels, payload["image_size"])
-    data, indices = labelled_data(data_config, cfg.labels, config.run.seed, STAGE)
+    data, indices, stream = labelled_data(data_config, cfg.labels, config.run.seed, STAGE)
     labelled = data.labelled
     spec.check_data(labelled.channels, f"the pretrained model {cfg.pretrained}")
     spec.check_model_options(config.model, labelled.image_size, f"the pretrained model {cfg.pretrained}")
     labels = labelled.labels[indices].to(session.device)
+    images, listed = subset_images(labelled, indices)
     setup = ClassifierSetup(
         model=Classifier.from_simclr(pretrained, cfg.head_layer, labelled.num_classes), spec=spec,
-        head_layer=cfg.head_layer, classes=labelled.classes, images=labelled.images[indices],
-        loss=lambda logits, index, views: F.cross_entropy(logits, labels[index]), labelled=(labelled, indices),
+        head_layer=cfg.head_layer, classes=labelled.classes, images=images,
+        loss=lambda logits, index, views: F.cross_entropy(logits, labels[index]), labelled=listed, stream=stream,
         details={"labels": cfg.labels, "num_labelled": len(indices), "head_layer": cfg.head_layer,
                  "pretrained": str(cfg.pretrained), "architecture": spec.describe()},
         data_config=data_config, pretrained_run=str(Path(cfg.pretrained).resolve()),

@@ -15,6 +15,8 @@ import torch
 
 from simclrv2.data import ImageDataset, load_dataset
 from simclrv2.data.guard import SealedSplitError, sealed
+from simclrv2.data.streaming import StreamData, folder_index
+from simclrv2.data.streaming.images import StreamedImages
 from simclrv2.data.subsets import parse_subset_spec, select_subset, subset_indices
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
@@ -79,15 +81,16 @@ def load_test(data) -> ImageDataset | None:
 
 @dataclass(frozen=True, eq=False)
 class TrainingData:
-    """All training images (the unlabeled pool) and their labelled part split into validation and the rest."""
+    """All training images (the unlabeled pool) and their labelled part split into validation and the rest;
+    in memory, or streamed (:class:`StreamedImages`: the same selections, decoded when read)."""
 
-    train: ImageDataset
-    labelled: ImageDataset  # the training split itself, or the labelled "train" split beside unlabeled data
+    train: ImageDataset | StreamedImages
+    labelled: ImageDataset | StreamedImages  # the training split, or the labelled "train" split beside unlabeled data
     val_indices: torch.Tensor  # into ``labelled``: held out to choose settings, never fine-tuned on
     pool_indices: torch.Tensor  # into ``labelled``: where label subsets and kNN banks come from
 
     @property
-    def val(self) -> ImageDataset | None:
+    def val(self) -> ImageDataset | StreamedImages | None:
         return self.labelled.subset(self.val_indices) if self.val_indices.numel() else None
 
     def labelled_subset(self, spec: str, seed: int) -> torch.Tensor:
@@ -123,6 +126,35 @@ def training_data(data) -> TrainingData:
         empty = torch.zeros(0, dtype=torch.int64)
         return TrainingData(train, labelled, empty, torch.arange(len(labelled)))
     return TrainingData(train, labelled, *validation_split(labelled.labels, labelled.num_classes, data))
+
+
+def streamed_training_data(stream: StreamData, data) -> TrainingData:
+    """:func:`training_data` of a streamed collection: the same validation split and pool, nothing decoded."""
+    train = StreamedImages(stream.source, torch.arange(len(stream.source)), stream.image_size, stream.channels,
+                           stream.workers, stream.name)
+    labelled = train
+    if train.labels is None and data.dataset == "folder" and data.train_split != "train":
+        try:  # as in memory: the labelled "train" split beside unlabeled images
+            source = folder_index(data.data_dir, "train")
+            labelled = StreamedImages(source, torch.arange(len(source)), stream.image_size, stream.channels,
+                                      stream.workers, "folder/train")
+        except SimCLRv2Error:
+            pass
+    if labelled.labels is None:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return TrainingData(train, labelled, empty, torch.arange(len(labelled)))
+    return TrainingData(train, labelled, *validation_split(labelled.labels, labelled.num_classes, data))
+
+
+def test_split_for(data, stream: StreamData | None) -> ImageDataset | None:
+    """The test split for a stage's final scores (call it inside ``final_evaluation()``), read at the training
+    images' size and channels when they are streamed; None when there is none (shards hold one split)."""
+    if stream is None:
+        return load_test(data)
+    if data.dataset == "webdataset":
+        get_logger().info("no test evaluation: WebDataset shards hold the training images only")
+        return None
+    return load_test(data_for_network(data, stream.channels, stream.image_size))
 
 
 def validation_split(labels: torch.Tensor, num_classes: int, data) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,13 +15,10 @@ import torch
 from simclrv2 import dist
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.data.streaming import ImageSource, StreamData, folder_index
-from simclrv2.data.streaming.eval_images import StreamedImages
-from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import Images, knn_top1_each
 from simclrv2.logs import get_logger
 from simclrv2.results import KnnRecord, metrics_record
-from simclrv2.stages.inputs import TrainingData, data_for_network, load_test, validation_split
+from simclrv2.stages.inputs import TrainingData
 from simclrv2.stages.session import Session
 
 BANK_SEED = 0
@@ -44,40 +41,13 @@ def bank_draw(pool: torch.Tensor, bank_size: int) -> torch.Tensor:
     return pool
 
 
-def memory_knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
-    """Bank and queries of images in memory; None (and one line saying so) without a labelled validation split."""
+def knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
+    """Bank and queries, in memory or streamed; None (and one line saying so) without a labelled validation
+    split."""
     if data.val is None:
         get_logger().info(NO_VALIDATION)
         return None
     return KnnSets(data.labelled.subset(bank_draw(data.pool_indices, bank_size)), data.val)
-
-
-def streamed_knn_sets(stream: StreamData, data, bank_size: int) -> KnnSets | None:
-    """Bank and queries of a streamed collection (``data``: the ``[data]`` section), decoded when scored."""
-    source = _labelled_source(stream, data)
-    if source is None:
-        get_logger().info(NO_VALIDATION)
-        return None
-    val, pool = validation_split(torch.from_numpy(source.labels), len(source.classes), data)
-    if not val.numel():
-        get_logger().info(NO_VALIDATION)
-        return None
-    images = StreamedImages(source, torch.arange(len(source)), stream.image_size, stream.channels, stream.workers,
-                            stream.name)
-    return KnnSets(images.subset(bank_draw(pool, bank_size)), images.subset(val))
-
-
-def _labelled_source(stream: StreamData, data) -> ImageSource | None:
-    """The streamed images if labelled, else (as in memory) a folder's labelled ``train`` split beside them."""
-    if stream.source.labels is not None:
-        return stream.source
-    if data.dataset != "folder" or data.train_split == "train":
-        return None
-    try:
-        source = folder_index(data.data_dir, "train")
-    except SimCLRv2Error:
-        return None
-    return source if source.labels is not None else None
 
 
 def knn_monitor(config: Config, encoder: torch.nn.Module, knn: KnnSets | None, session: Session, stage: str,
@@ -97,13 +67,3 @@ def knn_monitor(config: Config, encoder: torch.nn.Module, knn: KnnSets | None, s
         dist.barrier()
     return scores.get("val"), scores.get("test")
 
-
-def test_queries(data, stream: StreamData | None) -> ImageDataset | None:
-    """The test split for the final kNN score (call it inside ``final_evaluation()``), read at the training
-    images' size and channels; None when there is none (WebDataset shards hold one split)."""
-    if stream is None:
-        return load_test(data)
-    if data.dataset == "webdataset":
-        get_logger().info("no test evaluation: WebDataset shards hold the training images only")
-        return None
-    return load_test(data_for_network(data, stream.channels, stream.image_size))

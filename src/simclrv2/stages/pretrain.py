@@ -34,8 +34,8 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, generator_for, resolve_precision
 from simclrv2.stages.engine import Budget, StepTime, Task, fit
-from simclrv2.stages.inputs import seals_test_split, training_data
-from simclrv2.stages.knn_monitor import KnnSets, knn_monitor, memory_knn_sets, streamed_knn_sets, test_queries
+from simclrv2.stages.inputs import seals_test_split, streamed_training_data, test_split_for, training_data
+from simclrv2.stages.knn_monitor import KnnSets, knn_monitor, knn_sets
 from simclrv2.stages.resume import step_seed
 from simclrv2.stages.session import Session, open_session
 
@@ -57,28 +57,27 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         return StageResult.read(session.run_dir)
     # everything that can fail on bad input happens before writing
     stream = choose_stream(config.data)
-    data = training_data(config.data) if stream is None else None
-    train = stream if stream is not None else data.train
+    data = training_data(config.data) if stream is None else streamed_training_data(stream, config.data)
+    train = data.train
     spec = ModelSpec.from_config(config.model, train.image_size, train.channels)
     budget = Budget.plan(STAGE, len(train), cfg.batch_size, epochs=cfg.epochs,
                          warmup_fraction=cfg.optimizer.warmup_fraction, exact_batch=True)
     session.start()
     device = session.device
-    if dist.is_main() and session.state is None and data is not None:  # streamed data has no tensor to pick from
+    if dist.is_main() and session.state is None and stream is None:  # streamed data has no tensor to pick from
         preview = data.train.images[torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:8]]
         save_augmentation_preview(preview, config.augment, session.run_dir / AUGMENTATIONS_FILE, seed=run.seed)
 
     training = session.training(spec.build_simclr(seed=run.seed), budget.batch_size, cfg.optimizer,
                                 global_bn=cfg.global_bn)
     model = training.model
-    knn = (memory_knn_sets(data, run.knn_bank_size) if stream is None
-           else streamed_knn_sets(stream, config.data, run.knn_bank_size))
+    knn = knn_sets(data, run.knn_bank_size)
     knn_init = (session.state.get("knn_top1_at_init") if session.state
                 else knn_monitor(config, model.encoder, knn, session, STAGE, 0, 0)[0])
     task = Contrastive(
         training, budget, {"kind": "simclr", "architecture": spec.to_dict(), "image_size": train.image_size},
         eval_every=run.knn_every, config=config, session=session, knn=knn, knn_init=knn_init,
-        images=data.train.images.to(device, non_blocking=True) if data is not None else None,
+        images=data.train.images.to(device, non_blocking=True) if stream is None else None,
         source=_batch_source(stream, config, budget, device) if stream is not None else None,
         memory=_Memory.build(model, cfg, spec, device, session.state, run.precision))
     get_logger().info(
@@ -87,7 +86,7 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         f"{training.peak_lr:.3g} ({cfg.optimizer.name}), {device}, {resolve_precision(run.precision, device)}")
     result = fit(task, session, on_step=on_step)
     with final_evaluation():
-        test = test_queries(config.data, stream) if knn is not None and dist.is_main() else None  # read once
+        test = test_split_for(config.data, stream) if knn is not None and dist.is_main() else None  # read once
         knn_final, knn_test = knn_monitor(config, model.encoder, knn, session, STAGE, budget.epochs, result.step,
                                           test)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,

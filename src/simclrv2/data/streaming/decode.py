@@ -36,6 +36,8 @@ class ImageSource(Protocol):
 
     def name(self, i: int) -> str: ...  # for messages: the file, or the shard and key
 
+    def id(self, i: int) -> str: ...  # what label-subset files list: the path in the split, or the shard key
+
 
 def decode_crops(img: Image.Image, randoms: torch.Tensor, size: int, channels: int,
                  scale: tuple[float, float], ratio: tuple[float, float]) -> np.ndarray:

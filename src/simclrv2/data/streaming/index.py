@@ -70,6 +70,9 @@ class FileIndex:
     def name(self, i: int) -> str:
         return str(self.path(i))
 
+    def id(self, i: int) -> str:
+        return self.relative(i)  # the in-memory reader's id of the image
+
 
 def _scan(folder: Path, extensions: frozenset[str], recursive: bool, dirs: list[str], base: Path) -> list[str]:
     """Relative paths of the visible image files under ``folder``, sorted like ``sorted(Path)`` sorts them;

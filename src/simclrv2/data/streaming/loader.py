@@ -2,9 +2,9 @@
 
 For each step from the resume point on, the sampler takes the step's slice of the epoch's (per-process)
 order, draws the step's crop uniforms with a generator seeded as the engine seeds that step, and sends
-``(index, uniforms of its two views)`` pairs to the workers. The sampler's position is the step number, already
-in every checkpoint, so mid-epoch resume is exact; under torchrun the order is the process's own shard, so
-processes read disjoint images.
+``(index, uniforms of its views)`` pairs to the workers (pretraining: two views; a classifier: one). The
+sampler's position is the step number, already in every checkpoint, so mid-epoch resume is exact; under torchrun
+the order is the process's own shard, so processes read disjoint images.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import os
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from simclrv2.data.streaming.decode import CropDataset
 from simclrv2.errors import SimCLRv2Error
 
-# (global step, images in the step) -> (2·images, 202) crop uniforms: first views, then second views
+# (global step, images in the step) -> (views·images, 202) crop uniforms: first views, then second views
 CropPlan = Callable[[int, int], torch.Tensor]
 
 
@@ -28,7 +27,8 @@ def default_workers() -> int:
 
 
 class StepSampler(Sampler):
-    """Yields one list of ``(index, uniforms)`` per step of the current epoch, from ``first`` on."""
+    """Yields one list of ``(index, uniforms)`` per step of the current epoch, from ``first`` on; an image's
+    uniforms are its rows of the step's plan, one per view (view v of image k: row v·B + k)."""
 
     def __init__(self, local_batch: int, steps_per_epoch: int, plan: CropPlan) -> None:
         self.local_batch, self.steps_per_epoch, self.plan = local_batch, steps_per_epoch, plan
@@ -49,7 +49,7 @@ class StepSampler(Sampler):
         for i in range(self.first, self.steps_per_epoch):
             indices = self.order[i * b:(i + 1) * b].tolist()
             randoms = self.plan(self.epoch * self.steps_per_epoch + i, len(indices)).cpu()
-            yield [(index, randoms[[k, k + b]]) for k, index in enumerate(indices)]
+            yield [(index, randoms[k::len(indices)].clone()) for k, index in enumerate(indices)]
 
 
 def one_thread(_: int) -> None:
@@ -64,10 +64,10 @@ def worker_error(err: SimCLRv2Error) -> SimCLRv2Error:
 
 
 class BatchSource:
-    """``source(epoch, order, first)`` iterates the (2B, C, S, S) uint8 crops of steps ``first …`` of
-    ``epoch``, on ``device``: the first B rows are the first views of the batch, the last B the second."""
+    """``source(epoch, order, first)`` iterates the (views·B, C, S, S) uint8 crops of steps ``first …`` of
+    ``epoch``, on ``device``: the first B rows are the first views of the batch, the next B the second."""
 
-    def __init__(self, dataset: CropDataset, local_batch: int, steps_per_epoch: int, plan: CropPlan,
+    def __init__(self, dataset: Dataset, local_batch: int, steps_per_epoch: int, plan: CropPlan,
                  workers: int, device: torch.device) -> None:
         self.sampler = StepSampler(local_batch, steps_per_epoch, plan)
         self.device = device
@@ -81,7 +81,7 @@ class BatchSource:
         batches = iter(self.loader)
         while True:
             try:
-                batch = next(batches)  # (B, 2, C, S, S)
+                batch = next(batches)  # (B, views, C, S, S)
             except StopIteration:
                 return
             except SimCLRv2Error as err:

@@ -119,9 +119,11 @@ class ShardIndex:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}  # descriptors do not travel to spawned workers
 
+    def id(self, i: int) -> str:
+        return bytes(self.keys[self.key_offsets[i]:self.key_offsets[i + 1]]).decode().split("/", 1)[1]
+
     def name(self, i: int) -> str:
-        key = bytes(self.keys[self.key_offsets[i]:self.key_offsets[i + 1]]).decode().split("/", 1)[1]
-        return f"{self.root / self.shards[self.shard_of[i]]}:{key}"
+        return f"{self.root / self.shards[self.shard_of[i]]}:{self.id(i)}"
 
     def read(self, i: int) -> bytes:
         s = int(self.shard_of[i])
