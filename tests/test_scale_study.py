@@ -163,3 +163,36 @@ def test_pretraining_temperature_is_chosen_by_the_fine_tuned_validation_mean(fak
     base = {r["seed"]: r["test_top1"] for r in rows
             if r["run"].startswith("finetune-w0.25-h3-layer1-1pct-sgd-0.01-s")}
     assert cells[(0.25, "1%")]["fine-tuned"] == base and len(base) == 2
+
+
+def _cell(sup: dict, ft: dict, kd: dict | None = None) -> dict:
+    return {"supervised": sup, "fine-tuned": ft, "distilled": kd or {},
+            "gain": scale_report.paired(ft, sup)}
+
+
+def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
+    cells = {(0.25, "1%"): _cell({0: 80, 1: 81}, {0: 80.5, 1: 81.5}),
+             (1.0, "1%"): _cell({0: 82, 1: 83}, {0: 85, 1: 86}),
+             (0.25, "10/class"): _cell({0: 65, 1: 66}, {0: 70, 1: 71}, {0: 72, 1: 73}),
+             (1.0, "10/class"): _cell({0: 66, 1: 67}, {0: 77, 1: 78})}
+    rows = [{"part": "big-to-small", "method": "big-to-small", "width": 0.25, "labels": "1%", "seed": s,
+             "test_top1": 83.0 + s} for s in (0, 1)]
+    rows += [{"part": "head", "method": "fine-tuned", "head_layers": 3, "labels": "10/class", "head_layer": j,
+              "seed": s, "test_top1": 70.0 + j - s / 2} for j in (0, 1, 2, 3) for s in (0, 1)]
+    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
+    assert len(claims) == 6
+    by_name = {c.split(" | ")[0]: c for c in claims}
+    assert by_name["| fine-tuned − supervised grows with width (10/class; widths 0.25, 1; paired by seed)"].endswith(
+        "| +5.0 (n=2) → +11.0 (n=2) | holds |")
+    assert "| +0.5 (n=2) → +3.0 (n=2) | holds |" in claims[1]
+    assert claims[2].endswith("| +4.5 vs +2.0 | holds |")  # 85.5 - 81.0 against 82.5 - 80.5
+    assert claims[3].endswith("| 2.5 ± 0.0 (n=2) | holds |")  # 83/84 against 80.5/81.5
+    assert claims[4].endswith("fine-tuned, width 1 − supervised width 1: 11.0 ± 0.0 (n=2) | holds |")
+    assert claims[5].endswith("| 1.0 ± 0.0 (n=2) | holds |")
+
+    cells[(1.0, "1%")] = _cell({0: 82, 1: 83}, {0: 82, 1: 83})  # no gain at width 1: neither trend nor spread
+    rows = [dict(r, test_top1=r["test_top1"] - 1) if r["part"] == "big-to-small" else r for r in rows]
+    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
+    assert "| +0.5 (n=2) → +0.0 (n=2) | **does not hold** |" in claims[1]
+    assert claims[2].endswith("| +1.5 vs +2.0 | **does not hold** |")
+    assert claims[3].endswith("| 1.5 ± 0.0 (n=2) | **does not hold** |")
