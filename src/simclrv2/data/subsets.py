@@ -174,9 +174,9 @@ def warn_missing_classes(dataset: ImageDataset, indices: torch.Tensor, what: str
 
 
 def _file_indices(dataset: ImageDataset, path: Path) -> torch.Tensor:
-    wanted = read_subset_file(path)
-    position = {image_id: i for i, image_id in enumerate(dataset.ids)}
-    if len(position) != len(dataset.ids):
+    wanted, every = read_subset_file(path), dataset.ids
+    position = {image_id: i for i, image_id in enumerate(every)}
+    if len(position) != len(every):
         raise SimCLRv2Error(f"{dataset.name} has repeated image ids, so a list file cannot name its images")
     unknown = [image_id for image_id in wanted if image_id not in position]
     if unknown:
@@ -219,9 +219,10 @@ def write_subset_file(path: Path, dataset: ImageDataset, indices: torch.Tensor, 
     index = torch.as_tensor(indices).long().flatten().tolist()
     if not index:
         raise SimCLRv2Error("refusing to write an empty label subset")
-    if min(index) < 0 or max(index) >= len(dataset.ids):
-        raise SimCLRv2Error(f"subset indices must lie in [0, {len(dataset.ids)}) for {dataset.name}")
-    ids = [dataset.ids[i] for i in index]
+    every = dataset.ids  # once: a streamed dataset builds its ids on each access
+    if min(index) < 0 or max(index) >= len(every):
+        raise SimCLRv2Error(f"subset indices must lie in [0, {len(every)}) for {dataset.name}")
+    ids = [every[i] for i in index]
     if len(set(ids)) != len(ids):
         raise SimCLRv2Error("the subset lists an image twice; pass each index once")
     bad = next((i for i in ids if not i or i != i.strip() or i.startswith("#") or len(i.splitlines()) > 1),

@@ -4,6 +4,10 @@ A frozen fine-tuned teacher labels every training image with softened prediction
 the **same augmented view** the student sees; the student minimises −Σ_y P_T log P_S (plus, optionally,
 (1 − α)·CE on the labelled subset). The student has the teacher's architecture (self-distillation) or the
 ``[model]`` one (big-to-small), from its own pretrained weights or from scratch.
+
+The images are in memory or streamed, as ``data.stream`` chooses. Either way the teacher's targets are computed
+per batch, never cached per image: each step's view is a fresh random crop and flip, so a cached target would be
+the teacher's prediction for another view than the one the student is trained on.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 
 from simclrv2.checkpoint import read_classifier, read_pretrained
 from simclrv2.config import Config
+from simclrv2.data.streaming import choose_stream
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
 from simclrv2.losses import distillation_objective
@@ -22,7 +27,8 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
-from simclrv2.stages.inputs import data_for_network, seals_test_split, training_data
+from simclrv2.stages.finetune import subset_images
+from simclrv2.stages.inputs import data_for_network, seals_test_split, streamed_training_data, training_data
 from simclrv2.stages.session import open_session
 
 STAGE = "distill"
@@ -70,7 +76,8 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
     teacher_spec, teacher, payload = read_classifier(cfg.teacher)
     head_layer, num_classes = int(payload["head_layer"]), int(payload["num_classes"])
     data_config = data_for_network(config.data, teacher_spec.in_channels, payload["image_size"])
-    data = training_data(data_config)
+    stream = choose_stream(data_config)
+    data = training_data(data_config) if stream is None else streamed_training_data(stream, data_config)
     train, labelled = data.train, data.labelled
     if labelled.labels is not None and num_classes != labelled.num_classes:
         raise SimCLRv2Error(f"the teacher predicts {num_classes} classes but {labelled.name} has "
@@ -80,11 +87,13 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
                                                     train.channels, num_classes, payload.get("pretrained_run", ""))
     temperature = cfg.temperature_for(self_distillation=spec == teacher_spec)
     targets = torch.full((len(train),), -1, dtype=torch.long)  # -1: unlabeled for the (1 - alpha) term
+    listed = None  # the labelled subset's ids, written to the run directory
     if cfg.alpha < 1:
         if train.labels is None:
             raise SimCLRv2Error("distill.alpha < 1 needs labels on the training split; set distill.alpha = 1")
-        chosen = data.labelled_subset(config.finetune.labels, run.seed)
+        chosen = data.labelled_subset(config.finetune.labels, run.seed)  # positions in train (it is labelled)
         targets[chosen] = train.labels[chosen]
+        listed = subset_images(train, chosen)[1] if stream is not None else (train, chosen)
     device = session.device
     targets = targets.to(device)
     # eval mode: BN uses running statistics, so the teacher's targets do not depend on the batch
@@ -97,7 +106,8 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
 
     classes = tuple(payload["classes"])
     setup = ClassifierSetup(
-        model=student, spec=spec, head_layer=head_layer, classes=classes, images=train.images, loss=loss,
+        model=student, spec=spec, head_layer=head_layer, classes=classes,
+        images=train.images if stream is None else train, loss=loss, labelled=listed, stream=stream,
         # the tempered softmax scales the gradients of the parameters LARS does not adapt (classifier, BN,
         # biases) by 1/τ; only trust-ratio-adapted weights are immune to that
         plain_lr_scale=min(1.0, temperature) if cfg.optimizer.name == "lars" else 1.0,
