@@ -115,7 +115,7 @@ def test_a_damaged_image_is_refused_with_its_name(tmp_path, damage):
     path = root / "class0" / "img0000.png"
     path.write_bytes(b"not an image" if damage == "not an image" else path.read_bytes()[:200])
     config = _config(root, **{"data.val_size": "2"})
-    streamed = _streamed(config, 0)
+    streamed = _streamed(config, 1000)  # more than the pool: every image
     with pytest.raises(SimCLRv2Error, match=r"^cannot (read|decode) image \S*img0000\.png .*; remove or replace"):
         [*streamed.bank.batches(4), *streamed.queries.batches(4)]
 
@@ -131,3 +131,13 @@ def test_shards_give_the_folders_bank_and_queries(folder, tmp_path):
     for a, b in ((from_folder.bank, from_shards.bank), (from_folder.queries, from_shards.queries)):
         assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels)
         assert torch.equal(torch.cat(list(a.batches(16))), torch.cat(list(b.batches(16))))
+
+
+def test_an_unbounded_bank_is_refused_on_the_streaming_path_before_the_run_starts(folder, tmp_path):
+    """``run.knn_bank_size = 0`` (all) would hold features of the whole streamed collection; in memory it stays."""
+    config = _config(folder, **{"run.knn_bank_size": "0"})
+    with pytest.raises(SimCLRv2Error, match=r"^run\.knn_bank_size = 0 .*; set run\.knn_bank_size to a count"):
+        pretrain(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    data = training_data(dataclasses.replace(config.data, stream="memory"))
+    assert len(knn_sets(data, 0).bank) == len(data.pool_indices) == 40

@@ -33,9 +33,9 @@ class DataConfig:
     # 10 % of the labelled training images up to 5,000; 0: none). They stay in the unlabeled pool.
     val_size: int = -1
     download: bool = False
-    # Pretraining, fine-tuning and the supervised baseline on image folders and WebDataset shards: "memory" decodes
-    # everything up front (fastest for small data), "stream" decodes and crops each step's images in DataLoader
-    # workers, "auto" streams above stream_above images or when the decoded images would fill a quarter of the RAM.
+    # Every stage on image folders and WebDataset shards: "memory" decodes everything up front (fastest for small
+    # data), "stream" decodes and crops each step's images in DataLoader workers, "auto" streams above
+    # stream_above images or when the decoded images would fill a quarter of the RAM.
     stream: str = "auto"
     stream_above: int = 100_000
     workers: int = -1  # DataLoader workers of the streaming path (-1: one per CPU core but one, at most 8)
@@ -143,7 +143,8 @@ class RunConfig:
     knn_every: int = 5  # pretraining epochs between kNN evaluations on the validation split (0: start and end)
     knn_k: int = 200
     knn_temperature: float = 0.1
-    knn_bank_size: int = 10000  # labelled training images (validation excluded) in the kNN memory bank (0: all)
+    # labelled training images (validation excluded) in the kNN memory bank (0: all, in memory only)
+    knn_bank_size: int = 10000
     eval_batch_size: int = 1024
     checkpoint_every: int = 1  # epochs
     checkpoint_every_steps: int = 0  # also save every N optimiser steps (0: off)

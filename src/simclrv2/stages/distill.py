@@ -18,7 +18,6 @@ import torch
 
 from simclrv2.checkpoint import read_classifier, read_pretrained
 from simclrv2.config import Config
-from simclrv2.data.streaming import choose_stream
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
 from simclrv2.losses import distillation_objective
@@ -28,7 +27,7 @@ from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
 from simclrv2.stages.finetune import subset_images
-from simclrv2.stages.inputs import data_for_network, seals_test_split, streamed_training_data, training_data
+from simclrv2.stages.inputs import data_for_network, seals_test_split, stage_data
 from simclrv2.stages.session import open_session
 
 STAGE = "distill"
@@ -76,8 +75,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
     teacher_spec, teacher, payload = read_classifier(cfg.teacher)
     head_layer, num_classes = int(payload["head_layer"]), int(payload["num_classes"])
     data_config = data_for_network(config.data, teacher_spec.in_channels, payload["image_size"])
-    stream = choose_stream(data_config)
-    data = training_data(data_config) if stream is None else streamed_training_data(stream, data_config)
+    data, stream = stage_data(data_config)
     train, labelled = data.train, data.labelled
     if labelled.labels is not None and num_classes != labelled.num_classes:
         raise SimCLRv2Error(f"the teacher predicts {num_classes} classes but {labelled.name} has "

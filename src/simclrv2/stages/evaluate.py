@@ -5,6 +5,9 @@
 - ``knn``: cosine kNN (k, temperature from ``[run]``) with the labelled images as the memory bank.
 - ``classifier``: accuracy of a fine-tuned, supervised or distilled model.
 Each gives top-1, per-class accuracy and the confusion matrix on both splits.
+
+The images are in memory or streamed, as ``data.stream`` chooses; streamed, every set (the labelled subset, the
+validation split) is decoded batch by batch with the evaluation centre crop, so only features and logits are held.
 """
 
 from __future__ import annotations
@@ -18,20 +21,19 @@ import torch
 from simclrv2 import dist
 from simclrv2.checkpoint import classifier_from, encoder_from, load_checkpoint
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset
 from simclrv2.data.guard import final_evaluation
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.eval.features import classifier_logits, encoder_features
+from simclrv2.eval.features import Images, classifier_logits, encoder_features
 from simclrv2.eval.knn import knn_predict
 from simclrv2.eval.linear_probe import evaluate_linear_probe, fit_linear_probe
 from simclrv2.logs import get_logger
 from simclrv2.models.spec import ModelSpec
 from simclrv2.results import RESULT_FILE, ClassificationScores, StageResult
-from simclrv2.stages.inputs import data_for_network, load_test, seals_test_split, training_data
+from simclrv2.stages.inputs import data_for_network, seals_test_split, stage_data, test_split_for
 from simclrv2.stages.session import Session, open_session
 
 STAGE = "evaluate"
-Predict = Callable[[ImageDataset], torch.Tensor]  # dataset -> (N,) predicted classes
+Predict = Callable[[Images], torch.Tensor]  # dataset (in memory or streamed) -> (N,) predicted classes
 
 
 @seals_test_split
@@ -58,7 +60,7 @@ def _evaluate(config: Config, session: Session) -> StageResult:
     payload = load_checkpoint(cfg.checkpoint)
     spec = ModelSpec.from_dict(payload.get("architecture", {}))
     data_config = data_for_network(config.data, spec.in_channels, payload["image_size"])
-    data = training_data(data_config)
+    data, stream = stage_data(data_config)
     labelled = data.labelled
     labelled.require_labels("evaluation")
     if cfg.mode == "classifier":
@@ -68,7 +70,7 @@ def _evaluate(config: Config, session: Session) -> StageResult:
                                 f"{labelled.num_classes}")
         model = model.to(device)
 
-        def predict(dataset: ImageDataset) -> torch.Tensor:
+        def predict(dataset: Images) -> torch.Tensor:
             return classifier_logits(model, dataset, device, run.eval_batch_size, run.precision).argmax(1)
 
         details = {"head_layer": int(payload["head_layer"])}
@@ -80,7 +82,7 @@ def _evaluate(config: Config, session: Session) -> StageResult:
     val = data.val
     val_scores = _scores(predict, val) if val is not None else None
     with final_evaluation():
-        test = load_test(data_config)  # read once, at the end: nothing above depends on it
+        test = test_split_for(data_config, stream)  # read once, at the end: nothing above depends on it
         test_scores = _scores(predict, test) if test is not None else None
     result = StageResult(stage=cfg.mode if cfg.mode != "classifier" else STAGE, run_dir=str(run_dir),
                          checkpoint=str(cfg.checkpoint), val=val_scores, test=test_scores,
@@ -100,7 +102,7 @@ def _feature_classifier(config: Config, encoder: torch.nn.Module, data, device: 
     indices = data.labelled_subset(cfg.labels, run.seed)
     bank = data.labelled.subset(indices)
 
-    def features(dataset: ImageDataset) -> torch.Tensor:
+    def features(dataset: Images) -> torch.Tensor:
         return encoder_features(encoder, dataset, device, run.eval_batch_size, run.precision)
 
     bank_features = features(bank)
@@ -109,14 +111,14 @@ def _feature_classifier(config: Config, encoder: torch.nn.Module, data, device: 
         probe = fit_linear_probe(bank_features, bank.labels, num_classes, epochs=cfg.linear_epochs,
                                  weight_decay=cfg.linear_weight_decay, seed=run.seed)
 
-        def predict(dataset: ImageDataset) -> torch.Tensor:
+        def predict(dataset: Images) -> torch.Tensor:
             return evaluate_linear_probe(probe, features(dataset)).argmax(1)
     else:
-        def predict(dataset: ImageDataset) -> torch.Tensor:
+        def predict(dataset: Images) -> torch.Tensor:
             return knn_predict(bank_features, bank.labels, features(dataset), num_classes, k=run.knn_k,
                                temperature=run.knn_temperature)
     return predict, {"labels": cfg.labels, "num_labelled": len(indices)}
 
 
-def _scores(predict: Predict, dataset: ImageDataset) -> ClassificationScores:
+def _scores(predict: Predict, dataset: Images) -> ClassificationScores:
     return ClassificationScores.from_predictions(predict(dataset).cpu(), dataset.labels, dataset.classes)

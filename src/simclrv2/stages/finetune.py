@@ -16,19 +16,13 @@ import torch.nn.functional as F
 from simclrv2.checkpoint import read_pretrained
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
-from simclrv2.data.streaming import StreamData, choose_stream
+from simclrv2.data.streaming import StreamData
 from simclrv2.data.streaming.images import StreamedImages
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
-from simclrv2.stages.inputs import (
-    TrainingData,
-    data_for_network,
-    seals_test_split,
-    streamed_training_data,
-    training_data,
-)
+from simclrv2.stages.inputs import TrainingData, data_for_network, seals_test_split, stage_data
 from simclrv2.stages.session import open_session
 
 STAGE = "finetune"
@@ -39,8 +33,7 @@ def labelled_data(data_config, labels: str, seed: int, stage: str
                   ) -> tuple[TrainingData, torch.Tensor, StreamData | None]:
     """The training data (in memory or streamed, as ``data.stream`` chooses), the indices (into
     ``data.labelled``) of the stage's labelled subset, and the stream it is read from (None: in memory)."""
-    stream = choose_stream(data_config)
-    data = training_data(data_config) if stream is None else streamed_training_data(stream, data_config)
+    data, stream = stage_data(data_config)
     data.labelled.require_classes(stage)
     return data, data.labelled_subset(labels, seed), stream
 

@@ -15,7 +15,7 @@ import torch
 
 from simclrv2.data import ImageDataset, load_dataset
 from simclrv2.data.guard import SealedSplitError, sealed
-from simclrv2.data.streaming import StreamData, folder_index
+from simclrv2.data.streaming import StreamData, choose_stream, folder_index
 from simclrv2.data.streaming.images import StreamedImages
 from simclrv2.data.subsets import parse_subset_spec, select_subset, subset_indices
 from simclrv2.errors import SimCLRv2Error
@@ -144,6 +144,13 @@ def streamed_training_data(stream: StreamData, data) -> TrainingData:
         empty = torch.zeros(0, dtype=torch.int64)
         return TrainingData(train, labelled, empty, torch.arange(len(labelled)))
     return TrainingData(train, labelled, *validation_split(labelled.labels, labelled.num_classes, data))
+
+
+def stage_data(data) -> tuple[TrainingData, StreamData | None]:
+    """The training data as ``data.stream`` chooses (one log line says which): in memory, or streamed with the
+    stream it is read from. Every stage reads its images through this one choice."""
+    stream = choose_stream(data)
+    return (training_data(data) if stream is None else streamed_training_data(stream, data)), stream
 
 
 def test_split_for(data, stream: StreamData | None) -> ImageDataset | None:

@@ -15,6 +15,8 @@ import torch
 from simclrv2 import dist
 from simclrv2.config import Config
 from simclrv2.data import ImageDataset
+from simclrv2.data.streaming.images import StreamedImages
+from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import Images, knn_top1_each
 from simclrv2.logs import get_logger
 from simclrv2.results import KnnRecord, metrics_record
@@ -43,7 +45,11 @@ def bank_draw(pool: torch.Tensor, bank_size: int) -> torch.Tensor:
 
 def knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
     """Bank and queries, in memory or streamed; None (and one line saying so) without a labelled validation
-    split."""
+    split. Streamed, ``bank_size`` 0 ("all") is refused: the bank's features would grow with the collection."""
+    if bank_size == 0 and isinstance(data.labelled, StreamedImages):
+        raise SimCLRv2Error(f"run.knn_bank_size = 0 keeps the features of all {len(data.pool_indices)} labelled "
+                            "images of a streamed collection in memory; set run.knn_bank_size to a count (default "
+                            "10000)")
     if data.val is None:
         get_logger().info(NO_VALIDATION)
         return None

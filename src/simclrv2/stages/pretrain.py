@@ -26,7 +26,7 @@ from simclrv2.augment.preview import save_augmentation_preview
 from simclrv2.checkpoint import load_state
 from simclrv2.config import Config
 from simclrv2.data.guard import final_evaluation
-from simclrv2.data.streaming import BatchSource, CropDataset, StreamData, choose_stream
+from simclrv2.data.streaming import BatchSource, CropDataset, StreamData
 from simclrv2.logs import get_logger
 from simclrv2.losses import nt_xent_loss
 from simclrv2.memory import NegativeQueue, ema_update
@@ -34,7 +34,7 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, generator_for, resolve_precision
 from simclrv2.stages.engine import Budget, StepTime, Task, fit
-from simclrv2.stages.inputs import seals_test_split, streamed_training_data, test_split_for, training_data
+from simclrv2.stages.inputs import seals_test_split, stage_data, test_split_for
 from simclrv2.stages.knn_monitor import KnnSets, knn_monitor, knn_sets
 from simclrv2.stages.resume import step_seed
 from simclrv2.stages.session import Session, open_session
@@ -56,12 +56,12 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     if session.finished:
         return StageResult.read(session.run_dir)
     # everything that can fail on bad input happens before writing
-    stream = choose_stream(config.data)
-    data = training_data(config.data) if stream is None else streamed_training_data(stream, config.data)
+    data, stream = stage_data(config.data)
     train = data.train
     spec = ModelSpec.from_config(config.model, train.image_size, train.channels)
     budget = Budget.plan(STAGE, len(train), cfg.batch_size, epochs=cfg.epochs,
                          warmup_fraction=cfg.optimizer.warmup_fraction, exact_batch=True)
+    knn = knn_sets(data, run.knn_bank_size)
     session.start()
     device = session.device
     if dist.is_main() and session.state is None and stream is None:  # streamed data has no tensor to pick from
@@ -71,7 +71,6 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     training = session.training(spec.build_simclr(seed=run.seed), budget.batch_size, cfg.optimizer,
                                 global_bn=cfg.global_bn)
     model = training.model
-    knn = knn_sets(data, run.knn_bank_size)
     knn_init = (session.state.get("knn_top1_at_init") if session.state
                 else knn_monitor(config, model.encoder, knn, session, STAGE, 0, 0)[0])
     task = Contrastive(
