@@ -35,7 +35,7 @@ from simclrv2.stages import supervised as supervised_module
 from simclrv2.stages.distill import distill
 from simclrv2.stages.evaluate import evaluate
 from simclrv2.stages.finetune import finetune
-from simclrv2.stages.inputs import seals_test_split, training_data
+from simclrv2.stages.inputs import seals_test_split, stage_data
 from simclrv2.stages.pretrain import pretrain
 from simclrv2.stages.session import open_session
 from simclrv2.stages.supervised import supervised
@@ -125,7 +125,7 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     session = open_session("pipeline", config, run_dir, resume=resume, overwrite=overwrite)
     main, run_dir = dist.is_main(), session.run_dir
     if not config.data.download:  # missing data is the commonest first error: say so before writing anything
-        find_data_dir(config.data.dataset, config.data.data_dir or None)
+        _find_data(config.data)
     session.create()  # the directory and config.toml
     dist.barrier()
     state_path = run_dir / STATE_FILE
@@ -170,13 +170,25 @@ def pipeline(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     return summary
 
 
+def _find_data(data) -> None:
+    """Raises the reader's one-line error when the configured data is not there."""
+    if data.dataset == "webdataset":
+        from simclrv2.data.streaming.shards import shard_index
+
+        if not data.data_dir:
+            raise SimCLRv2Error("the webdataset dataset reads data.data_dir; set it to the folder of shards")
+        shard_index(data.data_dir)
+    else:
+        find_data_dir(data.dataset, data.data_dir or None)
+
+
 def _say(message: str) -> None:
     get_logger().info(f"[pipeline] {message}")
 
 
 def save_embeddings(config: Config, run_dir: Path) -> None:
-    """Encoder features of some validation images, for the report's 2-D projection."""
-    val = training_data(config.data).val
+    """Encoder features of some validation images (in memory or streamed), for the report's 2-D projection."""
+    val = stage_data(config.data)[0].val
     if val is None:
         _say("no embedding plot: no labelled validation split")
         return
