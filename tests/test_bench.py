@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 _spec = importlib.util.spec_from_file_location(
     "peer_compare", Path(__file__).parents[1] / "benchmarks" / "peer_compare.py")
@@ -114,3 +115,32 @@ def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(tmp
     streaming_benchmark.write_readme("streaming-benchmark-96px", "python x.py", "new table", readme)
     assert readme.read_text() == ("intro\n<!-- streaming-benchmark-96px -->\n`python x.py`\n\nnew table\n"
                                   "<!-- /streaming-benchmark-96px -->\nrest\n")
+
+
+_conv_spec = importlib.util.spec_from_file_location(
+    "conv_shapes", Path(__file__).parents[1] / "benchmarks" / "conv_shapes.py")
+conv_shapes = importlib.util.module_from_spec(_conv_spec)
+sys.modules["conv_shapes"] = conv_shapes  # dataclasses look their module up while the file executes
+_conv_spec.loader.exec_module(conv_shapes)
+
+
+def test_conv_shapes_cover_every_convolution_of_the_encoder_and_its_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from simclrv2.models import resnet
+
+    shapes = conv_shapes.encoder_conv_shapes(0.25, batch=4)
+    assert sum(shapes.values()) == 20  # CIFAR stem, 16 block convolutions, 3 projection shortcuts
+    assert conv_shapes.ConvShape(4, 16, 28, 16, 3, 1, 1, 1) in shapes  # the first stage's 3x3
+    with FlopCounterMode(display=False) as counter:
+        resnet(18, 0.25, cifar_stem=True, in_channels=1)(torch.zeros(4, 1, 28, 28))
+    assert sum(s.gflop * n for s, n in shapes.items()) * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-9)
+
+
+def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak():
+    rows = conv_shapes.rows_for(0.25, batch=2, precision="fp32", layout="channels_last", repeats=1, peak=1.0)
+    assert sum(r["layers"] for r in rows) == 20
+    shares = [r[f"{p}_time_share"] for r in rows for p in conv_shapes.PASSES]
+    assert sum(shares) == pytest.approx(1.0, abs=0.01) and min(shares) >= 0
+    assert all(r["forward_peak_share"] == r["forward_gflops"] for r in rows)  # peak 1 GFLOP/s: share = GFLOP/s
+    assert "| 0.25 | fp32 | channels_last |" in conv_shapes.markdown(rows, {"fp32": 1.0})

@@ -1,0 +1,180 @@
+"""Where a training step loses the machine: every convolution shape of the encoder, timed per pass.
+
+    python benchmarks/conv_shapes.py --width 0.25 1 --precision bf16 fp32 --layout channels_last nchw
+
+For each distinct convolution of the CIFAR-stem ResNet-18 at ``--width`` (shapes found by running the real
+encoder on a pretraining batch: ``--batch`` pairs, so 2x images, at 28 px), times forward, backward-data and
+backward-weights (``aten.convolution_backward`` with one output mask at a time, as autograd calls it) in the
+given dtype and memory layout, and reports GFLOP/s and the share of this machine's GEMM peak for that dtype
+(measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). The last column per pass is the
+share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
+a Markdown table; ``--out`` also writes the lines to a file.
+
+Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
+and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from simclrv2.models import resnet
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
+PASSES = ("forward", "backward-data", "backward-weights")
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One convolution call: input (N, C, H, W), weight (K, C/groups, R, S), stride, padding, groups."""
+
+    batch: int
+    in_channels: int
+    size: int
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    groups: int
+
+    @property
+    def out_size(self) -> int:
+        return (self.size + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def gflop(self) -> float:
+        """Multiply-adds x 2 of one pass; forward, backward-data and backward-weights each cost the same."""
+        macs = (self.batch * self.out_channels * self.out_size**2 * self.in_channels // self.groups
+                * self.kernel**2)
+        return 2 * macs / 1e9
+
+    def label(self) -> str:
+        return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
+                f"@{self.size}px")
+
+
+def encoder_conv_shapes(width: float, batch: int, size: int = 28, in_channels: int = 1) -> Counter[ConvShape]:
+    """Every convolution the encoder runs on ``batch`` images, with how many layers share each shape."""
+    encoder = resnet(18, width, cifar_stem=True, in_channels=in_channels)
+    shapes: Counter[ConvShape] = Counter()
+
+    def record(module: nn.Conv2d, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
+        n, c, h, _ = inputs[0].shape
+        shapes[ConvShape(n, c, h, module.out_channels, module.kernel_size[0], module.stride[0], module.padding[0],
+                         module.groups)] += 1
+
+    hooks = [m.register_forward_hook(record) for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        encoder(torch.zeros(batch, in_channels, size, size))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format, repeats: int) -> dict[str, float]:
+    """Seconds of each pass, with activations, weights and output gradients all in ``layout``."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape.batch, shape.in_channels, shape.size, shape.size, generator=gen).to(dtype)
+    w = torch.randn(shape.out_channels, shape.in_channels // shape.groups, shape.kernel, shape.kernel,
+                    generator=gen).to(dtype)
+    grad = torch.randn(shape.batch, shape.out_channels, shape.out_size, shape.out_size, generator=gen).to(dtype)
+    x, w, grad = (t.contiguous(memory_format=layout) for t in (x, w, grad))
+    args = ([shape.stride] * 2, [shape.padding] * 2, [1, 1], False, [0, 0], shape.groups)
+    backward = torch.ops.aten.convolution_backward
+    return {
+        "forward": _best_seconds(lambda: torch.ops.aten.convolution(x, w, None, *args), repeats),
+        "backward-data": _best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
+        "backward-weights": _best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
+    }
+
+
+def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Best GFLOP/s of an n^3 matmul in ``dtype``: the machine's ceiling that the convolutions are held to."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    return 2 * n**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int, peak: float) -> list[dict]:
+    shapes = encoder_conv_shapes(width, 2 * batch)
+    rows = []
+    for shape, layers in shapes.items():
+        seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats)
+        rows.append({"width": width, "precision": precision, "layout": layout, "shape": shape.label(),
+                     "layers": layers, "gflop": round(shape.gflop, 3),
+                     **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in PASSES},
+                     **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in PASSES}})
+    total = sum(r["layers"] * r[f"{p}_ms"] for r in rows for p in PASSES)
+    for r in rows:
+        for p in PASSES:
+            r[f"{p}_peak_share"] = round(r[f"{p}_gflops"] / peak, 3)
+            r[f"{p}_time_share"] = round(r["layers"] * r[f"{p}_ms"] / total, 3)
+    return rows
+
+
+def markdown(rows: list[dict], peaks: dict[str, float]) -> str:
+    lines = [f"GEMM peak here: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}. "
+             "Per pass: ms, share of the dtype's GEMM peak, share of the step's convolution time.", "",
+             "| width | dtype | layout | shape | layers | " + " | ".join(PASSES) + " |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[f'{p}_ms']:.1f} ms, {r[f'{p}_peak_share']:.0%}, {r[f'{p}_time_share']:.0%}" for p in PASSES]
+        lines.append(f"| {r['width']:g} | {r['precision']} | {r['layout']} | {r['shape']} | {r['layers']} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, nargs="+", default=[0.25, 1.0])
+    parser.add_argument("--precision", nargs="+", choices=tuple(DTYPES), default=["bf16", "fp32"])
+    parser.add_argument("--layout", nargs="+", choices=tuple(LAYOUTS), default=["channels_last"])
+    parser.add_argument("--batch", type=int, default=256, help="pairs per step (the encoder sees 2x images)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    peaks = {p: gemm_peak_gflops(DTYPES[p]) for p in args.precision}
+    header = {"bench": "conv_shapes", "cpu": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
+    print(json.dumps(header), flush=True)
+    rows = []
+    for width in args.width:
+        for precision in args.precision:
+            for layout in args.layout:
+                for row in rows_for(width, args.batch, precision, layout, args.repeats, peaks[precision]):
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
+    print(markdown(rows, peaks))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
