@@ -21,7 +21,7 @@ from simclrv2.data.guard import final_evaluation
 from simclrv2.data.streaming import BatchSource, CropDataset
 from simclrv2.data.streaming.images import SquareDataset, StreamedImages, WholeImages
 from simclrv2.data.subsets import write_subset_file
-from simclrv2.eval.features import classifier_logits
+from simclrv2.eval.features import Images, classifier_logits
 from simclrv2.logs import get_logger
 from simclrv2.models import Classifier
 from simclrv2.models.spec import ModelSpec
@@ -110,7 +110,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
         val_scores = _scores(model, data.val, setup.classes, session) if data.val is not None else None
         with final_evaluation():
             # read once, after everything is decided
-            test = test_split_for(setup.data_config or session.config.data, setup.stream)
+            test = test_split_for(setup.data_config or session.config.data, setup.stream, setup.classes)
             test_scores = _scores(model, test, setup.classes, session) if test is not None else None
     outcome = session.conclude(task, fitted.step, details, val=val_scores, test=test_scores)
     if dist.is_main():
@@ -198,7 +198,7 @@ def _batch_source(images: StreamedImages, cfg: Any, budget: Budget, session: Ses
     return BatchSource(dataset, budget.local_batch, budget.steps_per_epoch, plan, images.workers, device)
 
 
-def _scores(model: nn.Module, dataset: ImageDataset, classes: tuple[str, ...], session: Session
+def _scores(model: nn.Module, dataset: Images, classes: tuple[str, ...], session: Session
             ) -> ClassificationScores:
     run = session.run
     logits = classifier_logits(model, dataset, session.device, run.eval_batch_size, run.precision)

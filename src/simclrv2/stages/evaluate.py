@@ -82,7 +82,8 @@ def _evaluate(config: Config, session: Session) -> StageResult:
     val = data.val
     val_scores = _scores(predict, val) if val is not None else None
     with final_evaluation():
-        test = test_split_for(data_config, stream)  # read once, at the end: nothing above depends on it
+        # read once, at the end: nothing above depends on it
+        test = test_split_for(data_config, stream, labelled.classes)
         test_scores = _scores(predict, test) if test is not None else None
     result = StageResult(stage=cfg.mode if cfg.mode != "classifier" else STAGE, run_dir=str(run_dir),
                          checkpoint=str(cfg.checkpoint), val=val_scores, test=test_scores,

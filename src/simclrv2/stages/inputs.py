@@ -17,6 +17,7 @@ from simclrv2.data import ImageDataset, load_dataset
 from simclrv2.data.guard import SealedSplitError, sealed
 from simclrv2.data.streaming import StreamData, choose_stream, folder_index
 from simclrv2.data.streaming.images import StreamedImages
+from simclrv2.data.streaming.index import with_classes
 from simclrv2.data.subsets import parse_subset_spec, select_subset, subset_indices
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
@@ -153,15 +154,27 @@ def stage_data(data) -> tuple[TrainingData, StreamData | None]:
     return (training_data(data) if stream is None else streamed_training_data(stream, data)), stream
 
 
-def test_split_for(data, stream: StreamData | None) -> ImageDataset | None:
-    """The test split for a stage's final scores (call it inside ``final_evaluation()``), read at the training
-    images' size and channels when they are streamed; None when there is none (shards hold one split)."""
+def test_split_for(data, stream: StreamData | None, classes: tuple[str, ...]) -> ImageDataset | StreamedImages | None:
+    """The test split for a stage's final scores (call it inside ``final_evaluation()``), its labels those of
+    the training ``classes`` by name; None when there is none (shards hold one split). Streamed training
+    images: the test split is streamed too, decoded batch by batch at their size and channels."""
     if stream is None:
         return load_test(data)
     if data.dataset == "webdataset":
         get_logger().info("no test evaluation: WebDataset shards hold the training images only")
         return None
-    return load_test(data_for_network(data, stream.channels, stream.image_size))
+    try:
+        source = folder_index(data.data_dir, data.test_split)
+    except SealedSplitError:
+        raise  # read before the final evaluation: the stage's fault, not a folder without a test split
+    except SimCLRv2Error as exc:
+        get_logger().info(f"no test evaluation: {exc}")
+        return None
+    if source.labels is None:
+        return None
+    # a damaged test image is refused with its name when its batch is decoded, as in streamed training
+    return StreamedImages(with_classes(source, classes), torch.arange(len(source)), stream.image_size,
+                          stream.channels, stream.workers, f"folder/{data.test_split}")
 
 
 def validation_split(labels: torch.Tensor, num_classes: int, data) -> tuple[torch.Tensor, torch.Tensor]:

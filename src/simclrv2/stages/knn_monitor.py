@@ -14,7 +14,6 @@ import torch
 
 from simclrv2 import dist
 from simclrv2.config import Config
-from simclrv2.data import ImageDataset
 from simclrv2.data.streaming.images import StreamedImages
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import Images, knn_top1_each
@@ -57,7 +56,7 @@ def knn_sets(data: TrainingData, bank_size: int) -> KnnSets | None:
 
 
 def knn_monitor(config: Config, encoder: torch.nn.Module, knn: KnnSets | None, session: Session, stage: str,
-                epoch: int, step: int, test: ImageDataset | None = None) -> tuple[float | None, float | None]:
+                epoch: int, step: int, test: Images | None = None) -> tuple[float | None, float | None]:
     """(validation, test) kNN top-1 of the encoder; test only when given, against the same bank features.
     Logged on rank 0; the other processes wait at the barrier and get Nones."""
     scores: dict[str, float] = {}

@@ -85,7 +85,8 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
         f"{training.peak_lr:.3g} ({cfg.optimizer.name}), {device}, {resolve_precision(run.precision, device)}")
     result = fit(task, session, on_step=on_step)
     with final_evaluation():
-        test = test_split_for(config.data, stream) if knn is not None and dist.is_main() else None  # read once
+        read_test = knn is not None and dist.is_main()  # read once
+        test = test_split_for(config.data, stream, data.labelled.classes) if read_test else None
         knn_final, knn_test = knn_monitor(config, model.encoder, knn, session, STAGE, budget.epochs, result.step,
                                           test)
     details = {"knn_top1": knn_final, "knn_top1_at_init": knn_init, "pairs_per_s": result.items_per_s,

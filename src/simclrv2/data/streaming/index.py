@@ -9,6 +9,7 @@ name is not noticed (its pixels are read at each step anyway).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable
@@ -72,6 +73,20 @@ class FileIndex:
 
     def id(self, i: int) -> str:
         return self.relative(i)  # the in-memory reader's id of the image
+
+
+def with_classes(index: FileIndex, classes: tuple[str, ...]) -> FileIndex:
+    """``index`` labelled by ``classes`` (the training classes), matched by folder name: a test split that lacks a
+    class, or lists its classes otherwise, still means by label k the k-th training class. A class unknown to
+    training is refused (no prediction could be right). An unlabeled index, or no ``classes``, is kept as it is."""
+    if index.labels is None or not classes or index.classes == tuple(classes):
+        return index
+    unknown = [name for name in index.classes if name not in classes]
+    if unknown:
+        raise SimCLRv2Error(f"{index.root / unknown[0]} is a class that the training images do not have; train "
+                            "and test must use the same class folders")
+    renumber = np.asarray([classes.index(name) for name in index.classes], dtype=np.int64)
+    return dataclasses.replace(index, labels=renumber[index.labels], classes=tuple(classes))
 
 
 def _scan(folder: Path, extensions: frozenset[str], recursive: bool, dirs: list[str], base: Path) -> list[str]:
