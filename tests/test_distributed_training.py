@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import ddp_step_helpers as helpers
-from simclrv2.checkpoint import load_checkpoint
+import streaming_helpers
+from simclrv2.checkpoint import load_checkpoint, read_metrics
 
 
 def _free_port() -> int:
@@ -152,3 +153,47 @@ def test_two_process_finetune_and_distill_write_one_run_that_a_single_process_re
     assert subset == (finetuned[0] / "labelled_subset.txt").read_text()
     written = {p.name for p in (tmp_path / "ft2").iterdir()} - {"tensorboard"}  # only with the extra installed
     assert sorted(written) == ["checkpoints", "config.toml", "labelled_subset.txt", "metrics.jsonl", "result.json"]
+
+
+def test_two_process_streamed_finetune_equals_one_process_on_the_global_batch(tmp_path, monkeypatch):
+    """Streamed fine-tuning under torchrun: each process decodes its own part of every step (the strided shard of
+    the epoch's permutation), global BN and DDP's averaging make the step one process takes on the global batch,
+    so the losses and weights are the single-process run's. The views are made deterministic (the whole image,
+    no flip) because each process draws its crops from its own stream by design."""
+    folder = tmp_path / "folder"
+    streaming_helpers.write_folder(folder / "train", streaming_helpers.smooth_images(64, 16), classes=4)
+    streaming_helpers.write_folder(folder / "test", streaming_helpers.smooth_images(8, 16, seed=1), classes=4)
+    options = ["--data.dataset", "folder", "--data.data_dir", str(folder), "--data.image_size", "16",
+               "--data.channels", "3", "--data.val_size", "8", "--data.workers", "0", "--model.width_multiplier",
+               "0.125", "--model.proj_dim", "16", "--run.device", "cpu", "--run.precision", "fp32",
+               "--run.progress", "false", "--run.knn_every", "0", "--run.log_every", "1"]
+    pretrained = tmp_path / "pretrain"
+    cli = [sys.executable, "-m", "simclrv2.cli"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the file index's cache
+    done = subprocess.run([*cli, "pretrain", "--run-dir", str(pretrained), "--data.stream", "memory",
+                           "--pretrain.batch_size", "8", "--pretrain.epochs", "1", *options],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    finetune = ["finetune", "--finetune.pretrained", str(pretrained), "--finetune.labels", "8/class",
+                "--finetune.batch_size", "16", "--finetune.epochs", "3", "--finetune.min_steps", "0",
+                "--finetune.crop", "resized", "--finetune.crop_scale", "1.0,1.0", "--finetune.flip_prob", "0",
+                "--data.stream", "stream", *options]
+    one = subprocess.run([*cli, *finetune, "--run-dir", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    job = _torchrun([*finetune, "--run-dir", str(tmp_path / "two")])
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 0, output
+    assert "streaming 64 images" in output
+
+    def losses(run: str) -> list[float]:
+        return [r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["event"] == "train"]
+
+    assert len(losses("two")) == 6  # 32 labels, batch 16, 3 epochs
+    assert losses("two") == pytest.approx(losses("one"), rel=1e-5)
+    single, double = (load_checkpoint(tmp_path / run / "checkpoints" / "final.pt")["model"] for run in ("one", "two"))
+    for name, weight in single.items():
+        torch.testing.assert_close(double[name].float(), weight.float(), rtol=1e-4, atol=1e-5, msg=name)
+    results = [json.loads((tmp_path / run / "result.json").read_text()) for run in ("one", "two")]
+    assert results[0]["test"]["confusion"] == results[1]["test"]["confusion"]
