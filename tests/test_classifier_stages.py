@@ -256,3 +256,18 @@ def test_self_distillation_from_pretrained_weights_stays_stable_at_the_pretraini
     assert len(losses) >= 2
     # measured: 10-19 here; with the classifier at the full rate the logits explode and losses reach 150-900
     assert max(losses) < 40
+
+
+@pytest.mark.parametrize("stage", ["finetune", "distill"])
+def test_finetune_and_distill_hand_every_step_time_to_on_step(tmp_path, quick_config, pretrained, finetuned, stage):
+    """As pretraining does: benchmarks time a classifier stage through ``on_step``, one StepTime per step."""
+    times = []
+    if stage == "finetune":
+        config = quick_config(**{"finetune.pretrained": pretrained, "finetune.labels": "10%", "finetune.epochs": 1,
+                                 "finetune.min_steps": 0})
+        result = finetune(config, tmp_path / "run", on_step=times.append)
+    else:
+        config = quick_config(**{"distill.teacher": finetuned[0], "distill.epochs": 1, "distill.batch_size": 64})
+        result = distill(config, tmp_path / "run", on_step=times.append)
+    assert [t.step for t in times] == list(range(1, result.details["steps"] + 1))
+    assert all(t.step_s >= t.model_s > 0 for t in times)

@@ -27,7 +27,7 @@ from simclrv2.models import Classifier
 from simclrv2.models.spec import ModelSpec
 from simclrv2.results import ClassificationScores, EvalRecord, StageResult, metrics_record
 from simclrv2.runtime import autocast, generator_for
-from simclrv2.stages.engine import Budget, Task, fit
+from simclrv2.stages.engine import Budget, StepTime, Task, fit
 from simclrv2.stages.inputs import TrainingData, test_split_for
 from simclrv2.stages.resume import step_seed
 from simclrv2.stages.session import Session
@@ -74,9 +74,10 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: TrainingData,
-                     recorded_config: Any = None) -> StageResult:
+                     recorded_config: Any = None, on_step: Callable[[StepTime], None] | None = None) -> StageResult:
     """Trains ``setup.model`` with the stage section ``cfg`` (budget, views, optimiser), then scores it on
-    validation and on the test split; writes final.pt and result.json."""
+    validation and on the test split; writes final.pt and result.json. ``on_step`` receives every step's
+    :class:`~simclrv2.stages.engine.StepTime`, as in pretraining."""
     stage, opt = session.stage, cfg.optimizer
     streamed = isinstance(setup.images, StreamedImages)
     image_size = setup.images.image_size if streamed else setup.images.shape[-1]
@@ -101,7 +102,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
     get_logger().info(f"{stage}: {budget.num_examples} images, {budget.epochs} epochs of {budget.steps_per_epoch} "
                       f"steps ({budget.total_steps} steps), batch {budget.batch_size}, {opt.name} peak lr "
                       f"{training.peak_lr:.3g}")
-    fitted = fit(task, session)
+    fitted = fit(task, session, on_step=on_step)
     details = {**setup.details, "steps": fitted.step, "epochs": budget.epochs, "first_loss": fitted.first_loss,
                "last_loss": fitted.last_loss, "skipped_steps": fitted.skipped_steps,
                "weight_movement": None if session.state is not None else weight_movement(model, start_weights)}

@@ -12,6 +12,7 @@ the teacher's prediction for another view than the one the student is trained on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, prepare_model
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
+from simclrv2.stages.engine import StepTime
 from simclrv2.stages.finetune import subset_images
 from simclrv2.stages.inputs import data_for_network, seals_test_split, stage_data
 from simclrv2.stages.session import open_session
@@ -63,8 +65,10 @@ def student_for(config: Config, teacher_spec: ModelSpec, head_layer: int, image_
 
 
 @seals_test_split
-def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
-    """Distils ``distill.teacher`` into a student on all training images (labels unused unless alpha < 1)."""
+def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+            on_step: Callable[[StepTime], None] | None = None) -> StageResult:
+    """Distils ``distill.teacher`` into a student on all training images (labels unused unless alpha < 1);
+    ``on_step`` times every step (:class:`~simclrv2.stages.engine.StepTime`), as in pretraining."""
     cfg, run = config.distill, config.run
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
                            identity_sections=IDENTITY_SECTIONS)
@@ -114,7 +118,7 @@ def distill(config: Config, run_dir: str | Path, resume: bool = False, overwrite
                  "student_init": cfg.student_init, "student_pretrained": student_pretrained},
         data_config=data_config, pretrained_run=student_pretrained,
     )
-    outcome = train_classifier(session, setup, cfg, data)
+    outcome = train_classifier(session, setup, cfg, data, on_step=on_step)
     _compare_with_teacher(outcome, cfg.teacher)
     return outcome
 

@@ -8,6 +8,7 @@ trains on the labelled subset, drawn outside the validation split.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import Classifier
 from simclrv2.results import StageResult
 from simclrv2.stages.classify import ClassifierSetup, train_classifier
+from simclrv2.stages.engine import StepTime
 from simclrv2.stages.inputs import TrainingData, data_for_network, seals_test_split, stage_data
 from simclrv2.stages.session import open_session
 
@@ -49,8 +51,10 @@ def subset_images(labelled: ImageDataset | StreamedImages, indices: torch.Tensor
 
 
 @seals_test_split
-def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False) -> StageResult:
-    """Fine-tunes ``finetune.pretrained`` on ``finetune.labels`` from head layer ``finetune.head_layer``."""
+def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+             on_step: Callable[[StepTime], None] | None = None) -> StageResult:
+    """Fine-tunes ``finetune.pretrained`` on ``finetune.labels`` from head layer ``finetune.head_layer``;
+    ``on_step`` times every step (:class:`~simclrv2.stages.engine.StepTime`), as in pretraining."""
     cfg = config.finetune
     session = open_session(STAGE, config, run_dir, resume=resume, overwrite=overwrite,
                            identity_sections=IDENTITY_SECTIONS)
@@ -75,4 +79,5 @@ def finetune(config: Config, run_dir: str | Path, resume: bool = False, overwrit
                  "pretrained": str(cfg.pretrained), "architecture": spec.describe()},
         data_config=data_config, pretrained_run=str(Path(cfg.pretrained).resolve()),
     )
-    return train_classifier(session, setup, cfg, data, dataclasses.replace(config, model=spec.model_config()))
+    return train_classifier(session, setup, cfg, data, dataclasses.replace(config, model=spec.model_config()),
+                            on_step=on_step)
