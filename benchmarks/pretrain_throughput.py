@@ -81,7 +81,7 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=float, nargs="+", default=[0.25, 1.0])
-    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"],
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32", "bf16-math"],
                    help="auto: bf16 where the CPU has native bf16 kernels (AVX-512 BF16/AMX), else fp32")
     p.add_argument("--head-layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=256)

@@ -207,3 +207,30 @@ def test_golden_loss_curve_that_learns(tmp_path, quick_config):
     assert len(losses) == len(expected)
     assert losses[:PINNED_STEPS] == pytest.approx(expected[:PINNED_STEPS], rel=2e-3, abs=2e-3)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3  # this run learns, not only the recorded one
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no native bf16 on this CPU")
+def test_bf16_math_stays_within_the_bf16_paths_distance_from_fp32(tmp_path, quick_config):
+    """``run.precision = "bf16-math"`` changes numerics on purpose (fp32 convolutions multiply in bf16): its loss
+    curve must differ from fp32's (the mode is on) and stay as close to it as bf16 autocast's curve is; a later
+    fp32 stage turns the mode off again."""
+    threads = torch.get_num_threads()
+    curves = {}
+    try:
+        for precision in ("fp32", "bf16", "bf16-math", "fp32"):
+            config = quick_config(**{"run.precision": precision, "run.threads": 1, "run.knn_every": 0,
+                                     "run.log_every": 1, "pretrain.epochs": 2, "pretrain.batch_size": 32,
+                                     "pretrain.optimizer.name": "adamw", "pretrain.optimizer.base_lr": 0.005,
+                                     "pretrain.optimizer.lr_scaling": "none"})
+            run_dir = tmp_path / f"{precision}-{len(curves)}"
+            pretrain(config, run_dir)
+            curves[f"{precision}-{len(curves)}"] = torch.tensor(
+                [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"])
+            assert torch.backends.mkldnn.conv.fp32_precision == ("bf16" if precision == "bf16-math" else "none")
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.conv.fp32_precision = torch.backends.mkldnn.matmul.fp32_precision = "none"
+    fp32, bf16, math, fp32_again = curves.values()
+    assert torch.equal(fp32, fp32_again)  # the mode was really off for the last run
+    assert not torch.equal(math, fp32)
+    assert (math - fp32).abs().max() <= 2 * (bf16 - fp32).abs().max() + 1e-3

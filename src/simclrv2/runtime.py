@@ -45,10 +45,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     when bf16 will be slow, since that is a legitimate experiment but rarely what a user wants)."""
     if precision == "auto":
         return "bf16" if bf16_is_fast(device) else "fp32"
-    if precision == "bf16" and not bf16_is_fast(device):
+    if precision == "bf16-math" and device.type != "cpu":
+        raise SimCLRv2Error(f"run.precision = 'bf16-math' is a CPU mode (oneDNN fpmath); on {device.type} use "
+                            "'bf16' or 'fp32'")
+    if precision in ("bf16", "bf16-math") and not bf16_is_fast(device):
         warnings.warn(f"bf16 has no fast kernels on this {device.type}; run.precision = 'fp32' or 'auto' is faster",
                       stacklevel=2)
     return precision
+
+
+def set_fp32_math(precision: str) -> None:
+    """``bf16-math`` lets oneDNN run fp32 convolutions and matmuls on bf16 hardware (bf16 products, fp32 sums);
+    every other precision restores exact fp32 kernels. The setting is process-wide, so each stage sets it from
+    its own config when it starts, in the forward and the backward pass alike."""
+    mode = "bf16" if precision == "bf16-math" else "none"
+    torch.backends.mkldnn.conv.fp32_precision = mode
+    torch.backends.mkldnn.matmul.fp32_precision = mode
 
 
 @contextlib.contextmanager

@@ -133,7 +133,9 @@ class RunConfig:
 
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # bf16 autocast where the hardware runs it fast (GPU; CPU with AVX-512 BF16/AMX), else fp32
+    # auto: bf16 autocast where the hardware runs it fast (GPU; CPU with AVX-512 BF16/AMX), else fp32.
+    # bf16-math (CPU, opt-in): fp32 tensors whose convolutions and matmuls multiply in bf16 (oneDNN fpmath mode)
+    precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
@@ -158,7 +160,7 @@ class RunConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
             f"run.device = {self.device!r} is not one of: auto, cpu, cuda, cuda:N, mps",
         )
-        _check_choice("run", "precision", self.precision, ("auto", "bf16", "fp32"))
+        _check_choice("run", "precision", self.precision, ("auto", "bf16", "fp32", "bf16-math"))
         _check(self.threads >= 0, "run.threads must be >= 0 (0 keeps torch's default)")
         _check(self.log_every >= 1, "run.log_every must be >= 1")
         _check(self.knn_every >= 0, "run.knn_every must be >= 0")

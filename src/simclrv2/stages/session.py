@@ -35,7 +35,14 @@ from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.provenance import provenance
 from simclrv2.results import RESULT_FILE, ClassificationScores, StageResult
-from simclrv2.runtime import flush_denormals, prepare_model, resolve_device, set_threads
+from simclrv2.runtime import (
+    flush_denormals,
+    prepare_model,
+    resolve_device,
+    resolve_precision,
+    set_fp32_math,
+    set_threads,
+)
 from simclrv2.stages.resume import check_resumable
 from simclrv2.tensorboard import tensorboard_sink
 
@@ -167,6 +174,7 @@ def open_session(stage: str, config: Any, run_dir: str | Path, *, resume: bool, 
     device = resolve_device(run.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank())
+    set_fp32_math(resolve_precision(run.precision, device))
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     session = Session(stage, run_dir, config, run, device, distributed, resume, overwrite)
