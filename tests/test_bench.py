@@ -144,3 +144,26 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak():
     assert sum(shares) == pytest.approx(1.0, abs=0.01) and min(shares) >= 0
     assert all(r["forward_peak_share"] == r["forward_gflops"] for r in rows)  # peak 1 GFLOP/s: share = GFLOP/s
     assert "| 0.25 | fp32 | channels_last |" in conv_shapes.markdown(rows, {"fp32": 1.0})
+
+
+def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals():
+    def stages(finetune, distill):
+        return {"finetune": {"first_step_s": finetune[0], "peak_rss_mb": finetune[1]},
+                "distill": {"first_step_s": distill[0], "peak_rss_mb": distill[1]}}
+
+    args = argparse.Namespace(workers=2, batch=64, loader_batch=256, steps=12, copies=10, lightly=False,
+                              labels="60/class")
+    rows = {"small": {"images": 60000, "ours": {"stages": stages((4.0, 1000.0), (6.0, 2000.0))}},
+            "10x hard links": {"images": 600000, "ours": {"stages": stages((5.0, 1050.0), (16.5, 2300.0))}}}
+    text = streaming_benchmark.table(args, rows, 96)
+    assert "| folder | measure |" not in text  # pretraining was not measured: no table of it, no lightly
+    assert "ours only (lightly is measured beside pretraining)" in text.splitlines()[0]
+    body = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith(("| finetune", "| distill"))]
+    assert body == [["finetune", "small (60,000 images)", "4.0 s", "1000.0 MB"],
+                    ["finetune", "10x hard links (600,000 images)", "5.0 s", "1050.0 MB"],
+                    ["distill", "small (60,000 images)", "6.0 s", "2000.0 MB"],
+                    ["distill", "10x hard links (600,000 images)", "16.5 s", "2300.0 MB"]]
+    assert "to the 10x one: finetune +5.0%, distill +15.0% (over) (goal: < 10%)." in text
+    assert "Slowest first step: distill on the 10x hard links folder, 16.5 s (goal: <= 15 s each: missed)." in text
+    assert "finetune on 60/class labels" in text
