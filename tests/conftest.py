@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny dataset in the real Fashion-MNIST file format, a config for quick runs, the runs the
-stages write on it (one pretraining, one fine-tuning: every test module reads the same ones), and a recorder of
-the splits the reader opens."""
+stages write on it (one pretraining, one fine-tuning: every test module reads the same ones), a recorder of the
+splits the reader opens, and a cache folder of the test's own for the streaming tests."""
 
 from __future__ import annotations
 
@@ -83,6 +83,14 @@ def quick_config_values(data_dir: Path, **overrides):
 @pytest.fixture()
 def quick_config(tiny_fashion):
     return lambda **overrides: quick_config_values(tiny_fashion, **overrides)
+
+
+@pytest.fixture()
+def own_cache(tmp_path, monkeypatch):
+    """XDG_CACHE_HOME inside the test's folder: the streamed file index's cache is never another test's. The
+    streaming test modules ask for it with ``pytestmark = pytest.mark.usefixtures("own_cache")``; it goes through
+    the test's monkeypatch, so ``monkeypatch.undo()`` undoes it too."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")

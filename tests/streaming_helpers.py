@@ -1,14 +1,28 @@
-"""Tiny image folders for the streaming tests, and the body of the two-process sharding test."""
+"""Tiny image folders, configs and run readers for the streaming tests, and the body of the two-process sharding
+test."""
 
 from __future__ import annotations
 
 import os
+import signal
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+import simclrv2.stages.classify as classify_module
+from simclrv2.checkpoint import load_checkpoint, read_metrics
+from simclrv2.config import Config, load_config
+from simclrv2.errors import Interrupted
+
+TINY_RUN = {"data.dataset": "folder", "data.channels": "3", "data.val_size": "8", "data.workers": "0",
+            "model.width_multiplier": "0.125", "model.proj_dim": "16", "run.knn_every": "0", "run.progress": "false",
+            "run.precision": "fp32"}
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -25,6 +39,75 @@ def write_folder(root: Path, images: np.ndarray, classes: int = 0, fmt: str = "p
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(folder / f"img{i:04d}.{fmt}")
     return root
+
+
+def tall_images(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 48, 40, 3) smooth images: 48 high, 40 wide, so decoding centre-crops a square."""
+    return smooth_images(n, 48, seed)[:, :, 4:44]
+
+
+def write_splits(root: Path, train: np.ndarray, test: np.ndarray | None = None) -> Path:
+    """``root/train`` and, given its images, ``root/test``: each spread round-robin over four class folders."""
+    write_folder(root / "train", train, classes=4)
+    if test is not None:
+        write_folder(root / "test", test, classes=4)
+    return root
+
+
+def tiny_config(data_dir: Path, size: int, values: dict) -> Config:
+    """A width-0.125 network (proj_dim 16) on the image folder ``data_dir`` at ``size`` px: RGB, 8 validation
+    images, no workers, fp32, no progress bar, no kNN monitor; then ``values`` (the module's and the test's)."""
+    values = {**TINY_RUN, "data.data_dir": data_dir, "data.image_size": size, **values}
+    return load_config(None, {k: str(v) for k, v in values.items()})
+
+
+def losses(run_dir: Path) -> list[float]:
+    """Every training loss a run logged, in order."""
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
+
+
+def signal_at_call(monkeypatch, module: ModuleType, name: str, call: int) -> None:
+    """Call number ``call`` of ``module.name`` raises SIGTERM first, as a pre-emption mid-run would."""
+    real, calls = getattr(module, name), {"n": 0}
+
+    def stopping(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, stopping)
+
+
+def classifier_views(stage: Callable, config: Config, run_dir: Path, monkeypatch) -> torch.Tensor:
+    """Every step's (B, C, S, S) training views of a classifier stage's run (supervised, distill)."""
+    seen = []
+    for name in ("crop_flip", "flip_crops"):
+        real = getattr(classify_module, name)
+        monkeypatch.setattr(classify_module, name, lambda *a, real=real, **k: seen.append(real(*a, **k)) or seen[-1])
+    stage(config, run_dir)
+    monkeypatch.undo()
+    return torch.stack(seen)
+
+
+def assert_resume_after_a_signal_at_step_2_is_exact(stage: Callable, config: Config, crop: str, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    """A classifier stage (supervised, distill) run straight, then stopped by SIGTERM as it makes step 2's views
+    (``crop``: "pad" or "resized") and resumed: the straight run's losses and final weights, bit for bit."""
+    stage(config, tmp_path / "straight")
+    signal_at_call(monkeypatch, classify_module, "pad_crop_flip" if crop == "pad" else "flip_crops", 2)
+    with pytest.raises(Interrupted, match="--resume"):
+        stage(config, tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2
+    monkeypatch.undo()
+    stage(config, tmp_path / "resumed", resume=True)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def identity_images(n: int, size: int) -> np.ndarray:

@@ -4,16 +4,11 @@ cut at decode time), exact resume after a signal mid-epoch, and a damaged image 
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 
-import simclrv2.stages.classify as classify_module
 import streaming_helpers as helpers
-from simclrv2.checkpoint import load_checkpoint, read_metrics
-from simclrv2.config import load_config
-from simclrv2.errors import Interrupted, SimCLRv2Error
+from simclrv2.errors import SimCLRv2Error
 from simclrv2.results import StageResult
 from simclrv2.stages.finetune import finetune
 from simclrv2.stages.pretrain import pretrain
@@ -21,38 +16,21 @@ from simclrv2.stages.supervised import supervised
 
 SIZE = 16  # <= 32 px: "auto" is the pad-4 crop
 
+pytestmark = pytest.mark.usefixtures("own_cache")
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-classify")
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
-    helpers.write_folder(root / "test", helpers.smooth_images(8, SIZE, seed=1), classes=4)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return helpers.write_splits(tmp_path_factory.mktemp("stream-classify"), helpers.smooth_images(48, SIZE),
+                                helpers.smooth_images(8, SIZE, seed=1))
 
 
 def _config(folder, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(SIZE),
-              "data.channels": "3", "data.val_size": "8", "data.workers": "0", "model.width_multiplier": "0.125",
-              "model.proj_dim": "16", "finetune.labels": "6/class", "supervised.batch_size": "8",
-              "supervised.epochs": "2", "supervised.min_steps": "0", "finetune.batch_size": "8",
-              "finetune.epochs": "2", "finetune.min_steps": "0", "pretrain.batch_size": "8", "pretrain.epochs": "1",
-              "run.knn_every": "0", "run.progress": "false", "run.precision": "fp32", "run.log_every": "1",
-              "augment.blur_min_side": "8"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
-
-
-def _losses(run_dir) -> list[float]:
-    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"]
-
-
-def _weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
+    return helpers.tiny_config(folder, SIZE, {
+        "finetune.labels": "6/class", "supervised.batch_size": "8", "supervised.epochs": "2",
+        "supervised.min_steps": "0", "finetune.batch_size": "8", "finetune.epochs": "2", "finetune.min_steps": "0",
+        "pretrain.batch_size": "8", "pretrain.epochs": "1", "run.log_every": "1", "augment.blur_min_side": "8",
+        **overrides})
 
 
 def test_streamed_supervised_with_the_pad_crop_is_the_in_memory_run(folder, tmp_path):
@@ -60,9 +38,9 @@ def test_streamed_supervised_with_the_pad_crop_is_the_in_memory_run(folder, tmp_
     losses, weights and scores (the subset file too)."""
     memory = supervised(_config(folder, **{"data.stream": "memory"}), tmp_path / "memory")
     streamed = supervised(_config(folder, **{"data.stream": "stream"}), tmp_path / "stream")
-    assert len(_losses(tmp_path / "stream")) == 6  # 24 labels, batch 8, 2 epochs
-    assert _losses(tmp_path / "stream") == pytest.approx(_losses(tmp_path / "memory"), abs=1e-6)
-    a, b = _weights(tmp_path / "memory"), _weights(tmp_path / "stream")
+    assert len(helpers.losses(tmp_path / "stream")) == 6  # 24 labels, batch 8, 2 epochs
+    assert helpers.losses(tmp_path / "stream") == pytest.approx(helpers.losses(tmp_path / "memory"), abs=1e-6)
+    a, b = helpers.final_weights(tmp_path / "memory"), helpers.final_weights(tmp_path / "stream")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     assert streamed.val.top1 == memory.val.top1 and streamed.test.top1 == memory.test.top1
     subset = "labelled_subset.txt"
@@ -70,25 +48,16 @@ def test_streamed_supervised_with_the_pad_crop_is_the_in_memory_run(folder, tmp_
     assert lines[0] == lines[1]
 
 
-def _views(config, run_dir, monkeypatch) -> torch.Tensor:
-    """Every step's (B, C, S, S) training views of a supervised run."""
-    seen = []
-    for name in ("crop_flip", "flip_crops"):
-        real = getattr(classify_module, name)
-        monkeypatch.setattr(classify_module, name, lambda *a, real=real, **k: seen.append(real(*a, **k)) or seen[-1])
-    supervised(config, run_dir)
-    monkeypatch.undo()
-    return torch.stack(seen)
-
-
 def test_streamed_random_resized_crops_are_the_in_memory_views_for_the_same_seed(folder, tmp_path, monkeypatch):
     """The crops cut at decode time are the in-memory boxes, flipped alike, but for PIL's resampling of the
     same boxes; another seed draws other views."""
     resized = {"supervised.crop": "resized"}
-    memory = _views(_config(folder, **{"data.stream": "memory", **resized}), tmp_path / "memory", monkeypatch)
-    streamed = _views(_config(folder, **{"data.stream": "stream", **resized}), tmp_path / "stream", monkeypatch)
-    other = _views(_config(folder, **{"data.stream": "stream", "run.seed": 1, **resized}), tmp_path / "other",
-                   monkeypatch)
+    memory = helpers.classifier_views(supervised, _config(folder, **{"data.stream": "memory", **resized}),
+                                      tmp_path / "memory", monkeypatch)
+    streamed = helpers.classifier_views(supervised, _config(folder, **{"data.stream": "stream", **resized}),
+                                        tmp_path / "stream", monkeypatch)
+    other = helpers.classifier_views(supervised, _config(folder, **{"data.stream": "stream", "run.seed": 1, **resized}),
+                                     tmp_path / "other", monkeypatch)
     assert memory.shape == streamed.shape == (6, 8, 3, SIZE, SIZE)
     assert (streamed - memory).abs().mean() < 0.02
     assert (other - memory).abs().mean() > 5 * (streamed - memory).abs().mean()
@@ -100,32 +69,15 @@ def test_streamed_finetuning_is_the_in_memory_finetuning(folder, tmp_path):
     tuned = {"finetune.pretrained": str(tmp_path / "pretrained")}
     memory = finetune(_config(folder, **{"data.stream": "memory", **tuned}), tmp_path / "memory")
     streamed = finetune(_config(folder, **{"data.stream": "stream", **tuned}), tmp_path / "stream")
-    assert _losses(tmp_path / "stream") == pytest.approx(_losses(tmp_path / "memory"), abs=1e-6)
+    assert helpers.losses(tmp_path / "stream") == pytest.approx(helpers.losses(tmp_path / "memory"), abs=1e-6)
     assert streamed.val.top1 == memory.val.top1 and isinstance(streamed, StageResult)
 
 
 @pytest.mark.parametrize("crop", ["pad", "resized"])
 def test_a_signal_mid_epoch_and_resume_are_exact_when_streamed(folder, tmp_path, monkeypatch, crop):
     config = _config(folder, **{"data.stream": "stream", "supervised.crop": crop})
-    supervised(config, tmp_path / "straight")
-    views = "pad_crop_flip" if crop == "pad" else "flip_crops"
-    real, calls = getattr(classify_module, views), {"n": 0}
-
-    def stop_at_step_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            signal.raise_signal(signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(classify_module, views, stop_at_step_2)
-    with pytest.raises(Interrupted, match="--resume"):
-        supervised(config, tmp_path / "resumed")
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2  # mid-epoch (3 a epoch)
-    monkeypatch.undo()
-    supervised(config, tmp_path / "resumed", resume=True)
-    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # step 2 is mid-epoch: 3 steps an epoch
+    helpers.assert_resume_after_a_signal_at_step_2_is_exact(supervised, config, crop, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("crop", ["pad", "resized"])

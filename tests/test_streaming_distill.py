@@ -4,30 +4,27 @@ labelled subset of ``alpha < 1`` chosen by id, exact resume after a signal mid-e
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
 
 import simclrv2.stages.classify as classify_module
 import simclrv2.stages.distill as distill_module
 import streaming_helpers as helpers
-from simclrv2.checkpoint import load_checkpoint, read_classifier, read_metrics
-from simclrv2.config import load_config
-from simclrv2.errors import Interrupted, SimCLRv2Error
+from simclrv2.checkpoint import read_classifier
+from simclrv2.errors import SimCLRv2Error
 from simclrv2.stages.distill import distill
 from simclrv2.stages.supervised import supervised
 
 SIZE = 16  # <= 32 px: "auto" is the pad-4 crop
 SUBSET = "labelled_subset.txt"
 
+pytestmark = pytest.mark.usefixtures("own_cache")
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-distill")
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
-    helpers.write_folder(root / "test", helpers.smooth_images(8, SIZE, seed=1), classes=4)
-    return root
+    return helpers.write_splits(tmp_path_factory.mktemp("stream-distill"), helpers.smooth_images(48, SIZE),
+                                helpers.smooth_images(8, SIZE, seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +35,12 @@ def teacher(folder, tmp_path_factory):
     return run_dir
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
 def _config(folder, teacher, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(SIZE),
-              "data.channels": "3", "data.val_size": "8", "data.workers": "0", "model.width_multiplier": "0.125",
-              "model.proj_dim": "16", "finetune.labels": "6/class", "supervised.batch_size": "8",
-              "supervised.epochs": "2", "supervised.min_steps": "0", "distill.teacher": str(teacher or ""),
-              "distill.student_init": "scratch", "distill.alpha": "0.5", "distill.batch_size": "8",
-              "distill.epochs": "2", "distill.min_steps": "0", "run.knn_every": "0", "run.progress": "false",
-              "run.precision": "fp32", "run.log_every": "1"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
-
-
-def _losses(run_dir) -> list[float]:
-    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"]
-
-
-def _weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
+    return helpers.tiny_config(folder, SIZE, {
+        "finetune.labels": "6/class", "supervised.batch_size": "8", "supervised.epochs": "2",
+        "supervised.min_steps": "0", "distill.teacher": teacher or "", "distill.student_init": "scratch",
+        "distill.alpha": "0.5", "distill.batch_size": "8", "distill.epochs": "2", "distill.min_steps": "0",
+        "run.log_every": "1", **overrides})
 
 
 def _ids(run_dir) -> list[str]:
@@ -72,9 +52,9 @@ def test_streamed_distillation_with_the_pad_crop_is_the_in_memory_run(folder, te
     the same labelled subset for the (1 − alpha) term."""
     memory = distill(_config(folder, teacher, **{"data.stream": "memory"}), tmp_path / "memory")
     streamed = distill(_config(folder, teacher, **{"data.stream": "stream"}), tmp_path / "stream")
-    assert len(_losses(tmp_path / "stream")) == 12  # every training image, validation too: 6 steps of 8, twice
-    assert _losses(tmp_path / "stream") == pytest.approx(_losses(tmp_path / "memory"), abs=1e-6)
-    a, b = _weights(tmp_path / "memory"), _weights(tmp_path / "stream")
+    assert len(helpers.losses(tmp_path / "stream")) == 12  # every training image, validation too: 6 steps of 8, twice
+    assert helpers.losses(tmp_path / "stream") == pytest.approx(helpers.losses(tmp_path / "memory"), abs=1e-6)
+    a, b = helpers.final_weights(tmp_path / "memory"), helpers.final_weights(tmp_path / "stream")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     assert streamed.val.top1 == memory.val.top1 and streamed.test.top1 == memory.test.top1
     assert len(_ids(tmp_path / "stream")) == 24 and _ids(tmp_path / "stream") == _ids(tmp_path / "memory")
@@ -88,26 +68,15 @@ def test_the_labelled_subset_of_a_list_file_is_found_by_id_in_the_stream(folder,
     assert _ids(tmp_path / "run") == sorted(listed)
 
 
-def _views(config, run_dir, monkeypatch) -> torch.Tensor:
-    """Every step's (B, C, S, S) training views of a distillation run."""
-    seen = []
-    for name in ("crop_flip", "flip_crops"):
-        real = getattr(classify_module, name)
-        monkeypatch.setattr(classify_module, name, lambda *a, real=real, **k: seen.append(real(*a, **k)) or seen[-1])
-    distill(config, run_dir)
-    monkeypatch.undo()
-    return torch.stack(seen)
-
-
 def test_streamed_random_resized_crops_are_the_in_memory_views_for_the_same_seed(folder, teacher, tmp_path,
                                                                                  monkeypatch):
     resized = {"distill.crop": "resized"}
-    memory = _views(_config(folder, teacher, **{"data.stream": "memory", **resized}), tmp_path / "memory",
-                    monkeypatch)
-    streamed = _views(_config(folder, teacher, **{"data.stream": "stream", **resized}), tmp_path / "stream",
-                      monkeypatch)
-    other = _views(_config(folder, teacher, **{"data.stream": "stream", "run.seed": 1, **resized}),
-                   tmp_path / "other", monkeypatch)
+    memory = helpers.classifier_views(distill, _config(folder, teacher, **{"data.stream": "memory", **resized}),
+                                      tmp_path / "memory", monkeypatch)
+    streamed = helpers.classifier_views(distill, _config(folder, teacher, **{"data.stream": "stream", **resized}),
+                                        tmp_path / "stream", monkeypatch)
+    reseeded = _config(folder, teacher, **{"data.stream": "stream", "run.seed": 1, **resized})
+    other = helpers.classifier_views(distill, reseeded, tmp_path / "other", monkeypatch)
     assert memory.shape == streamed.shape == (12, 8, 3, SIZE, SIZE)
     assert (streamed - memory).abs().mean() < 0.02
     assert (other - memory).abs().mean() > 5 * (streamed - memory).abs().mean()
@@ -139,25 +108,8 @@ def test_the_teacher_sees_the_students_view_of_each_step(folder, teacher, tmp_pa
 @pytest.mark.parametrize("crop", ["pad", "resized"])
 def test_a_signal_mid_epoch_and_resume_are_exact_when_streamed(folder, teacher, tmp_path, monkeypatch, crop):
     config = _config(folder, teacher, **{"data.stream": "stream", "distill.crop": crop})
-    distill(config, tmp_path / "straight")
-    views = "pad_crop_flip" if crop == "pad" else "flip_crops"
-    real, calls = getattr(classify_module, views), {"n": 0}
-
-    def stop_at_step_2(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            signal.raise_signal(signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(classify_module, views, stop_at_step_2)
-    with pytest.raises(Interrupted, match="--resume"):
-        distill(config, tmp_path / "resumed")
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2  # mid-epoch (6 a epoch)
-    monkeypatch.undo()
-    distill(config, tmp_path / "resumed", resume=True)
-    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # step 2 is mid-epoch: 6 steps an epoch
+    helpers.assert_resume_after_a_signal_at_step_2_is_exact(distill, config, crop, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("crop", ["pad", "resized"])

@@ -9,7 +9,6 @@ import logging
 import pytest
 
 import streaming_helpers as helpers
-from simclrv2.config import load_config
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
 from simclrv2.stages.evaluate import evaluate
@@ -18,17 +17,13 @@ from simclrv2.stages.supervised import supervised
 
 SIZE = 36  # above 32 px: the evaluation view centre-crops, as at full size
 
-
-def _images(n: int, seed: int = 0):
-    return helpers.smooth_images(n, 48, seed)[:, :, 4:44]  # 48 high, 40 wide: decoding centre-crops a square
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-evaluate")
-    helpers.write_folder(root / "train", _images(48), classes=4)
-    helpers.write_folder(root / "test", _images(12, seed=1), classes=4)
-    return root
+    return helpers.write_splits(tmp_path_factory.mktemp("stream-evaluate"), helpers.tall_images(48),
+                                helpers.tall_images(12, seed=1))
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +35,12 @@ def runs(folder, tmp_path_factory):
     return {"linear": root / "pretrain", "knn": root / "pretrain", "classifier": root / "supervised"}
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
 def _config(folder, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(SIZE),
-              "data.channels": "3", "data.val_size": "8", "data.workers": "0", "model.width_multiplier": "0.125",
-              "model.proj_dim": "16", "pretrain.batch_size": "8", "pretrain.epochs": "1", "finetune.labels": "6/class",
-              "supervised.batch_size": "8", "supervised.epochs": "1", "supervised.min_steps": "0",
-              "evaluate.labels": "5/class", "evaluate.linear_epochs": "20", "run.knn_every": "0", "run.knn_k": "3",
-              "run.progress": "false", "run.precision": "fp32", "run.eval_batch_size": "5",
-              "augment.blur_min_side": "8"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
+    return helpers.tiny_config(folder, SIZE, {
+        "pretrain.batch_size": "8", "pretrain.epochs": "1", "finetune.labels": "6/class", "supervised.batch_size": "8",
+        "supervised.epochs": "1", "supervised.min_steps": "0", "evaluate.labels": "5/class",
+        "evaluate.linear_epochs": "20", "run.knn_k": "3", "run.eval_batch_size": "5", "augment.blur_min_side": "8",
+        **overrides})
 
 
 def _evaluate(folder, runs, mode, run_dir, **overrides):
@@ -87,8 +73,7 @@ def test_shards_give_the_folders_validation_scores_and_no_test_scores(folder, ru
 @pytest.mark.parametrize("mode", ["knn", "classifier"])
 def test_a_damaged_image_is_refused_with_its_name(runs, tmp_path, mode):
     """Every image of one class is cut short, so validation (class-balanced) holds some whatever the draw."""
-    root = tmp_path / "bad"
-    helpers.write_folder(root / "train", _images(48), classes=4)
+    root = helpers.write_splits(tmp_path / "bad", helpers.tall_images(48))
     for path in (root / "train" / "class0").iterdir():
         path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(SimCLRv2Error, match=r"^cannot (read|decode) image \S*class0/img\d+\.png .*; remove or replace"):

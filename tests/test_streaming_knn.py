@@ -12,7 +12,6 @@ import torch
 
 import streaming_helpers as helpers
 from simclrv2.checkpoint import load_checkpoint, network_from, read_metrics
-from simclrv2.config import load_config
 from simclrv2.data.streaming import choose_stream
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.eval.features import encoder_features
@@ -26,31 +25,19 @@ from simclrv2.stages.pretrain import pretrain
 SIZE = 36  # above 32 px: the evaluation view centre-crops, as at full size
 BANK = 20  # of the 40 images outside validation: the bank's draw matters
 
-
-def _images(n: int, seed: int = 0):
-    return helpers.smooth_images(n, 48, seed)[:, :, 4:44]  # 48 high, 40 wide: decoding centre-crops a square
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-knn")
-    helpers.write_folder(root / "train", _images(48), classes=4)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return helpers.write_splits(tmp_path_factory.mktemp("stream-knn"), helpers.tall_images(48))
 
 
 def _config(folder, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(SIZE),
-              "data.channels": "3", "data.val_size": "8", "data.workers": "0", "data.stream": "stream",
-              "model.width_multiplier": "0.125", "model.proj_dim": "16", "pretrain.batch_size": "8",
-              "pretrain.epochs": "1", "run.progress": "false", "run.precision": "fp32", "run.knn_every": "1",
-              "run.knn_k": "1", "run.knn_bank_size": str(BANK), "run.log_every": "1", "augment.blur_min_side": "8"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
+    return helpers.tiny_config(folder, SIZE, {
+        "data.stream": "stream", "pretrain.batch_size": "8", "pretrain.epochs": "1", "run.knn_every": "1",
+        "run.knn_k": "1", "run.knn_bank_size": BANK, "run.log_every": "1", "augment.blur_min_side": "8",
+        **overrides})
 
 
 def _sets(config):
@@ -101,7 +88,7 @@ def test_streamed_pretraining_logs_the_in_memory_knn_score_of_its_weights(folder
 
 
 def test_a_collection_without_labels_keeps_the_streamed_monitor_off(tmp_path, caplog):
-    root = helpers.write_folder(tmp_path / "flat", _images(12))
+    root = helpers.write_folder(tmp_path / "flat", helpers.tall_images(12))
     config = _config(root)
     with caplog.at_level(logging.INFO, logger=get_logger().name):
         assert _streamed(config, BANK) is None
@@ -111,7 +98,7 @@ def test_a_collection_without_labels_keeps_the_streamed_monitor_off(tmp_path, ca
 @pytest.mark.parametrize("damage", ["not an image", "truncated"])
 def test_a_damaged_image_is_refused_with_its_name(tmp_path, damage):
     """As pretraining's streamed crops do: one line naming the file (the header unreadable, or the pixels)."""
-    root = helpers.write_folder(tmp_path / "bad", _images(12), classes=2)
+    root = helpers.write_folder(tmp_path / "bad", helpers.tall_images(12), classes=2)
     path = root / "class0" / "img0000.png"
     path.write_bytes(b"not an image" if damage == "not an image" else path.read_bytes()[:200])
     config = _config(root, **{"data.val_size": "2"})

@@ -8,7 +8,6 @@ import logging
 import pytest
 
 import streaming_helpers as helpers
-from simclrv2.config import load_config
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.logs import get_logger
 from simclrv2.results import PipelineSummary
@@ -17,32 +16,23 @@ from simclrv2.stages.pipeline import pipeline
 SIZE = 16
 STAGES = 6  # pretrain, finetune, supervised, linear eval, distill, and the pipeline's embeddings
 
+pytestmark = pytest.mark.usefixtures("own_cache")
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-pipeline")
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
-    helpers.write_folder(root / "test", helpers.smooth_images(8, SIZE, seed=1), classes=4)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return helpers.write_splits(tmp_path_factory.mktemp("stream-pipeline"), helpers.smooth_images(48, SIZE),
+                                helpers.smooth_images(8, SIZE, seed=1))
 
 
 def _config(data_dir, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(data_dir), "data.image_size": str(SIZE),
-              "data.channels": "3", "data.val_size": "8", "data.workers": "0", "data.stream": "stream",
-              "model.width_multiplier": "0.125", "model.proj_dim": "16", "pretrain.batch_size": "8",
-              "pretrain.epochs": "1", "pipeline.label_fractions": "6/class", "pipeline.head_layers": "1",
-              "pipeline.embedding_samples": "8", "finetune.batch_size": "8", "finetune.epochs": "1",
-              "finetune.min_steps": "0", "supervised.batch_size": "8", "supervised.epochs": "1",
-              "supervised.min_steps": "0", "distill.batch_size": "8", "distill.epochs": "1", "distill.min_steps": "0",
-              "evaluate.linear_epochs": "5", "run.knn_every": "0", "run.knn_bank_size": "16", "run.progress": "false",
-              "run.precision": "fp32", "augment.blur_min_side": "8"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
+    return helpers.tiny_config(data_dir, SIZE, {
+        "data.stream": "stream", "pretrain.batch_size": "8", "pretrain.epochs": "1",
+        "pipeline.label_fractions": "6/class", "pipeline.head_layers": "1", "pipeline.embedding_samples": "8",
+        "finetune.batch_size": "8", "finetune.epochs": "1", "finetune.min_steps": "0", "supervised.batch_size": "8",
+        "supervised.epochs": "1", "supervised.min_steps": "0", "distill.batch_size": "8", "distill.epochs": "1",
+        "distill.min_steps": "0", "evaluate.linear_epochs": "5", "run.knn_bank_size": "16",
+        "augment.blur_min_side": "8", **overrides})
 
 
 def _run(config, run_dir, caplog) -> tuple[PipelineSummary, list[str]]:

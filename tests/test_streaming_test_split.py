@@ -9,7 +9,6 @@ from PIL import Image
 
 import simclrv2.stages.inputs as inputs_module
 import streaming_helpers as helpers
-from simclrv2.config import load_config
 from simclrv2.data.streaming import folder_index
 from simclrv2.data.streaming.index import with_classes
 from simclrv2.errors import SimCLRv2Error
@@ -17,6 +16,8 @@ from simclrv2.stages.evaluate import evaluate
 from simclrv2.stages.supervised import supervised
 
 SIZE = 16  # <= 32 px: "auto" is the pad-4 crop, so streamed training is the in-memory training exactly
+
+pytestmark = pytest.mark.usefixtures("own_cache")
 
 
 def _write_test(root, classes: tuple[str, ...], per_class: int = 3, seed: int = 1):
@@ -32,8 +33,7 @@ def _write_test(root, classes: tuple[str, ...], per_class: int = 3, seed: int = 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Four training classes; the test split lacks class1, so its own folder order numbers class2 as 1."""
-    root = tmp_path_factory.mktemp("stream-test-split")
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
+    root = helpers.write_splits(tmp_path_factory.mktemp("stream-test-split"), helpers.smooth_images(48, SIZE))
     return _write_test(root, ("class0", "class2", "class3"), per_class=4)
 
 
@@ -45,19 +45,10 @@ def classifier(folder, tmp_path_factory):
     return run_dir
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
 def _config(folder, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(SIZE),
-              "data.channels": "3", "data.val_size": "8", "data.workers": "0", "model.width_multiplier": "0.125",
-              "model.proj_dim": "16", "finetune.labels": "6/class", "supervised.batch_size": "8",
-              "supervised.epochs": "2", "supervised.min_steps": "0", "evaluate.mode": "classifier",
-              "run.knn_every": "0", "run.progress": "false", "run.precision": "fp32", "run.eval_batch_size": "5"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
+    return helpers.tiny_config(folder, SIZE, {
+        "finetune.labels": "6/class", "supervised.batch_size": "8", "supervised.epochs": "2",
+        "supervised.min_steps": "0", "evaluate.mode": "classifier", "run.eval_batch_size": "5", **overrides})
 
 
 def _refuse_test_in_memory(monkeypatch):
@@ -101,8 +92,7 @@ def test_a_streamed_classifier_stage_scores_the_streamed_test_split_as_in_memory
 
 
 def test_a_streamed_test_class_unknown_to_training_is_refused(folder, classifier, tmp_path):
-    root = tmp_path / "extra"
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
+    root = helpers.write_splits(tmp_path / "extra", helpers.smooth_images(48, SIZE))
     _write_test(root, ("class0", "class4"))
     with pytest.raises(SimCLRv2Error, match=r"test/class4 is a class that the training images do not have"):
         evaluate(_config(root, **{"data.stream": "stream", "evaluate.checkpoint": classifier}), tmp_path / "run")
@@ -111,8 +101,7 @@ def test_a_streamed_test_class_unknown_to_training_is_refused(folder, classifier
 def test_a_damaged_test_image_is_refused_with_its_name(classifier, tmp_path):
     """Streamed training refuses a damaged image (its step's batch cannot be made without it); the test split
     streamed follows that rule rather than scoring on fewer images than the folder holds."""
-    root = tmp_path / "bad"
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
+    root = helpers.write_splits(tmp_path / "bad", helpers.smooth_images(48, SIZE))
     _write_test(root, ("class0", "class1"))
     damaged = root / "test" / "class1" / "test001.png"
     damaged.write_bytes(damaged.read_bytes()[:100])

@@ -4,7 +4,6 @@ signal mid-epoch, and disjoint reads by two gloo processes (folder and shards)."
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import socket
 
 import pytest
@@ -12,37 +11,25 @@ import torch
 
 import simclrv2.stages.pretrain as pretrain_module
 import streaming_helpers as helpers
-from simclrv2.checkpoint import load_checkpoint, read_metrics
-from simclrv2.config import load_config
+from simclrv2.checkpoint import load_checkpoint
 from simclrv2.errors import Interrupted
 from simclrv2.stages.pretrain import pretrain
 
 SIZE = 16
 
+pytestmark = pytest.mark.usefixtures("own_cache")
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream-train")
-    helpers.write_folder(root / "train", helpers.smooth_images(48, SIZE), classes=4)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return helpers.write_splits(tmp_path_factory.mktemp("stream-train"), helpers.smooth_images(48, SIZE))
 
 
 def _config(folder, **overrides):
-    values = {"data.dataset": "folder", "data.data_dir": str(folder), "data.image_size": str(SIZE),
-              "data.val_size": "0", "data.workers": "0", "model.width_multiplier": "0.125", "model.proj_dim": "16",
-              "pretrain.batch_size": "8", "pretrain.epochs": "2", "run.progress": "false", "run.precision": "fp32",
-              "run.knn_every": "0", "run.log_every": "1", "augment.blur_min_side": "8"}
-    values.update({k: str(v) for k, v in overrides.items()})
-    return load_config(None, values)
-
-
-def _losses(run_dir) -> list[float]:
-    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["event"] == "train"]
+    return helpers.tiny_config(folder, SIZE, {
+        "data.channels": "0",  # the folder's own (RGB)
+        "data.val_size": "0", "pretrain.batch_size": "8", "pretrain.epochs": "2", "run.log_every": "1",
+        "augment.blur_min_side": "8", **overrides})
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -58,29 +45,18 @@ def test_streamed_pretraining_has_the_in_memory_losses_for_the_same_seed(folder,
     pretrain(_config(folder, **{"data.stream": "memory", **still}), tmp_path / "memory")
     pretrain(_config(folder, **{"data.stream": "stream", **still}), tmp_path / "stream")
     pretrain(_config(folder, **{"data.stream": "stream", "run.seed": 1, **still}), tmp_path / "other-seed")
-    memory, streamed, other = (torch.tensor(_losses(tmp_path / name)) for name in ("memory", "stream", "other-seed"))
+    runs = ("memory", "stream", "other-seed")
+    memory, streamed, other = (torch.tensor(helpers.losses(tmp_path / name)) for name in runs)
     assert len(memory) == len(streamed) == 12
     assert (streamed - memory).abs().max() < 1e-2
     assert (other - memory).abs().mean() > 5e-2  # another seed: other views, other losses
-
-
-def _stop_with(monkeypatch, at_call: int) -> None:
-    real, calls = pretrain_module.simclr_views_from_crops, {"n": 0}
-
-    def views(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == at_call:
-            signal.raise_signal(signal.SIGTERM)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pretrain_module, "simclr_views_from_crops", views)
 
 
 @pytest.mark.slow
 def test_a_signal_mid_epoch_and_resume_are_exact_on_the_streaming_path(folder, tmp_path, monkeypatch):
     config = _config(folder, **{"data.stream": "stream", "data.workers": "1"})
     straight = pretrain(config, tmp_path / "straight")
-    _stop_with(monkeypatch, at_call=4)
+    helpers.signal_at_call(monkeypatch, pretrain_module, "simclr_views_from_crops", 4)
     with pytest.raises(Interrupted, match="--resume"):
         pretrain(config, tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4  # mid-epoch (6 a epoch)
@@ -89,7 +65,7 @@ def test_a_signal_mid_epoch_and_resume_are_exact_on_the_streaming_path(folder, t
     pretrain(_config(folder, **{"data.stream": "stream", "data.workers": "2"}), tmp_path / "resumed", resume=True)
     assert _same_weights(load_checkpoint(straight.checkpoint)["model"],
                          load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt")["model"])
-    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    assert helpers.losses(tmp_path / "resumed") == helpers.losses(tmp_path / "straight")
 
 
 def _free_port() -> int:
