@@ -110,10 +110,13 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
 
 
 def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n^3 matmul in ``dtype``: the machine's ceiling that the convolutions are held to."""
+    """Best GFLOP/s of an n^3 matmul in ``dtype``: the machine's ceiling that the convolutions are held to. The
+    product goes into one preallocated tensor, as in the shared bench's gemm_peak.py: a fresh 8-16 MB result per
+    call is mmap-ed and page-faulted by glibc every time, which measured half the peak on one machine."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
-    return 2 * n**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
+    out = torch.empty(n, n, dtype=dtype)
+    return 2 * n**3 / _best_seconds(lambda: torch.matmul(a, b, out=out), repeats) / 1e9
 
 
 def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int, peak: float) -> list[dict]:
@@ -125,12 +128,19 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
                      "layers": layers, "gflop": round(shape.gflop, 3),
                      **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in PASSES},
                      **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in PASSES}})
-    total = sum(r["layers"] * r[f"{p}_ms"] for r in rows for p in PASSES)
+    stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
+    stem["backward-data_paid"] = False  # backward-data, so the step's total leaves it out
+    total = sum(_paid_ms(r, p) for r in rows for p in PASSES)
     for r in rows:
         for p in PASSES:
             r[f"{p}_peak_share"] = round(r[f"{p}_gflops"] / peak, 3)
-            r[f"{p}_time_share"] = round(r["layers"] * r[f"{p}_ms"] / total, 3)
+            r[f"{p}_time_share"] = round(_paid_ms(r, p) / total, 3)
     return rows
+
+
+def _paid_ms(row: dict, phase: str) -> float:
+    """Milliseconds a training step spends in ``phase`` of every layer of this shape."""
+    return 0.0 if row.get(f"{phase}_paid", True) is False else row["layers"] * row[f"{phase}_ms"]
 
 
 def markdown(rows: list[dict], peaks: dict[str, float]) -> str:

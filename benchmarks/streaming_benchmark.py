@@ -290,6 +290,12 @@ def table(args: argparse.Namespace, rows: dict[str, dict], size: int) -> str:
     return "\n".join(lines)
 
 
+def readme_block_id(size: int, stages: list[str]) -> str:
+    """Pretraining's table and the classifier stages' table are separate blocks, so a run of either leaves the
+    other's numbers (perhaps from another machine) in place."""
+    return f"streaming-benchmark-{size}px" + ("" if "pretrain" in stages else "-stages")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=60_000, help="Fashion-MNIST images in the small folder")
@@ -351,7 +357,7 @@ def main() -> None:
                    f"{' '.join(args.stages)} --labels {args.labels} --readme")
         print(text, flush=True)
         if args.readme:
-            write_readme(f"streaming-benchmark-{size}px", command, text, ROOT / "README.md")
+            write_readme(readme_block_id(size, args.stages), command, text, ROOT / "README.md")
 
 
 if __name__ == "__main__":

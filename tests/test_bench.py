@@ -142,6 +142,8 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak():
     assert sum(r["layers"] for r in rows) == 20
     shares = [r[f"{p}_time_share"] for r in rows for p in conv_shapes.PASSES]
     assert sum(shares) == pytest.approx(1.0, abs=0.01) and min(shares) >= 0
+    assert rows[0]["shape"].startswith("1->") and rows[0]["backward-data_time_share"] == 0  # the stem's input
+    assert [r.get("backward-data_paid", True) for r in rows].count(False) == 1
     assert all(r["forward_peak_share"] == r["forward_gflops"] for r in rows)  # peak 1 GFLOP/s: share = GFLOP/s
     assert "| 0.25 | fp32 | channels_last |" in conv_shapes.markdown(rows, {"fp32": 1.0})
 
@@ -167,3 +169,8 @@ def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals(
     assert "to the 10x one: finetune +5.0%, distill +15.0% (over) (goal: < 10%)." in text
     assert "Slowest first step: distill on the 10x hard links folder, 16.5 s (goal: <= 15 s each: missed)." in text
     assert "finetune on 60/class labels" in text
+
+
+def test_a_classifier_stages_only_run_writes_its_own_readme_block():
+    assert streaming_benchmark.readme_block_id(96, ["pretrain", "finetune"]) == "streaming-benchmark-96px"
+    assert streaming_benchmark.readme_block_id(96, ["finetune", "distill"]) == "streaming-benchmark-96px-stages"
