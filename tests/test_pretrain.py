@@ -219,7 +219,7 @@ def test_bf16_math_stays_within_the_bf16_paths_distance_from_fp32(tmp_path, quic
     try:
         for precision in ("fp32", "bf16", "bf16-math", "fp32"):
             config = quick_config(**{"run.precision": precision, "run.threads": 1, "run.knn_every": 0,
-                                     "run.log_every": 1, "pretrain.epochs": 2, "pretrain.batch_size": 32,
+                                     "run.log_every": 1, "pretrain.epochs": 1, "pretrain.batch_size": 32,
                                      "pretrain.optimizer.name": "adamw", "pretrain.optimizer.base_lr": 0.005,
                                      "pretrain.optimizer.lr_scaling": "none"})
             run_dir = tmp_path / f"{precision}-{len(curves)}"
