@@ -69,6 +69,17 @@ def test_a_session_flushes_denormals_so_a_student_at_temperature_1_does_not_craw
         torch.set_flush_denormal(False)
 
 
+def test_bf16_math_on_a_torch_without_the_setting_is_a_clear_error_and_other_precisions_go_on(monkeypatch):
+    from types import SimpleNamespace
+
+    from simclrv2.runtime import set_fp32_math
+
+    monkeypatch.setattr(torch.backends, "mkldnn", SimpleNamespace())
+    set_fp32_math("fp32")  # nothing to switch off
+    with pytest.raises(SimCLRv2Error, match="bf16-math' needs a torch with"):
+        set_fp32_math("bf16-math")
+
+
 def _toy_task(losses: list[float], budget: Budget) -> Task:
     """A one-parameter model whose loss is scripted: the engine's bookkeeping, not learning, is under test."""
     model = nn.Linear(1, 1)

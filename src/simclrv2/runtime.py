@@ -58,9 +58,14 @@ def set_fp32_math(precision: str) -> None:
     """``bf16-math`` lets oneDNN run fp32 convolutions and matmuls on bf16 hardware (bf16 products, fp32 sums);
     every other precision restores exact fp32 kernels. The setting is process-wide, so each stage sets it from
     its own config when it starts, in the forward and the backward pass alike."""
-    mode = "bf16" if precision == "bf16-math" else "none"
-    torch.backends.mkldnn.conv.fp32_precision = mode
-    torch.backends.mkldnn.matmul.fp32_precision = mode
+    backends = [getattr(torch.backends.mkldnn, kind, None) for kind in ("conv", "matmul")]
+    if not all(hasattr(backend, "fp32_precision") for backend in backends):  # a torch older than the setting
+        if precision == "bf16-math":
+            raise SimCLRv2Error(f"run.precision = 'bf16-math' needs a torch with torch.backends.mkldnn.conv."
+                                f"fp32_precision (this is {torch.__version__}); upgrade torch or use 'bf16' or 'fp32'")
+        return
+    for backend in backends:
+        backend.fp32_precision = "bf16" if precision == "bf16-math" else "none"
 
 
 @contextlib.contextmanager
