@@ -11,7 +11,7 @@ import simclrv2.stages.inputs as inputs_module
 import streaming_helpers as helpers
 from simclrv2.data.streaming import folder_index
 from simclrv2.data.streaming.index import with_classes
-from simclrv2.errors import SimCLRv2Error
+from simclrv2.errors import SimCLRv2Error, UnknownClassError
 from simclrv2.stages.evaluate import evaluate
 from simclrv2.stages.supervised import supervised
 
@@ -91,11 +91,23 @@ def test_a_streamed_classifier_stage_scores_the_streamed_test_split_as_in_memory
     assert streamed.test.confusion == memory.test.confusion and streamed.test.top1 == memory.test.top1
 
 
-def test_a_streamed_test_class_unknown_to_training_is_refused(folder, classifier, tmp_path):
+@pytest.mark.parametrize("path", ["memory", "stream"])
+def test_a_test_class_unknown_to_training_is_refused_by_evaluation(path, classifier, tmp_path):
+    """In memory as streamed: refused with its name, never skipped as "no test evaluation"."""
     root = helpers.write_splits(tmp_path / "extra", helpers.smooth_images(48, SIZE))
     _write_test(root, ("class0", "class4"))
-    with pytest.raises(SimCLRv2Error, match=r"test/class4 is a class that the training images do not have"):
-        evaluate(_config(root, **{"data.stream": "stream", "evaluate.checkpoint": classifier}), tmp_path / "run")
+    with pytest.raises(UnknownClassError, match=r"test/class4 is a class that .* not have"):
+        evaluate(_config(root, **{"data.stream": path, "evaluate.checkpoint": classifier}), tmp_path / "run")
+
+
+@pytest.mark.parametrize("path", ["memory", "stream"])
+def test_a_test_class_unknown_to_training_is_refused_before_a_stage_trains(path, tmp_path):
+    """The refusal comes before the first step, so hours of training cannot end in it."""
+    root = helpers.write_splits(tmp_path / "extra", helpers.smooth_images(48, SIZE))
+    _write_test(root, ("class0", "class4"))
+    with pytest.raises(UnknownClassError, match=r"^\S*test/class4 is a class that the training images do not have"):
+        supervised(_config(root, **{"data.stream": path}), tmp_path / "run")
+    assert not list((tmp_path / "run").rglob("*.pt")) and not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_a_damaged_test_image_is_refused_with_its_name(classifier, tmp_path):

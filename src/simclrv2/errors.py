@@ -14,3 +14,8 @@ class Interrupted(SimCLRv2Error):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class UnknownClassError(SimCLRv2Error):
+    """The test split has a class the training images lack: no prediction could be right, so the split is
+    refused (in memory and streamed alike), never treated as a missing split to step around."""

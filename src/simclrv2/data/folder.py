@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from simclrv2.data.dataset import ImageDataset
-from simclrv2.errors import SimCLRv2Error
+from simclrv2.errors import SimCLRv2Error, UnknownClassError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,11 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
 
 
+def class_folder_names(folder: Path) -> list[str]:
+    """The names of ``folder``'s visible sub-folders (its classes, when it is labelled), nothing else read."""
+    return [d.name for d in _class_dirs(folder)]
+
+
 def split_folder(root: Path, split: str) -> Path:
     """``root/train`` or ``root/test`` when present; otherwise the folder itself holds the training images."""
     if not root.is_dir():
@@ -122,7 +127,7 @@ def list_images(root: Path, split: str) -> FolderListing:
         names = [d.name for d in _class_dirs(root / "train")]
         extra = sorted({d.name for d in classes} - set(names))
         if extra:
-            raise SimCLRv2Error(f"{folder / extra[0]} is a class that {root / 'train'} does not have; "
+            raise UnknownClassError(f"{folder / extra[0]} is a class that {root / 'train'} does not have; "
                                 "train and test must use the same class folders")
     paths: list[Path] = []
     labels: list[int] = []

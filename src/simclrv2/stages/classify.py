@@ -28,7 +28,7 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import ClassificationScores, EvalRecord, StageResult, metrics_record
 from simclrv2.runtime import autocast, generator_for
 from simclrv2.stages.engine import Budget, StepTime, Task, fit
-from simclrv2.stages.inputs import TrainingData, test_split_for
+from simclrv2.stages.inputs import TrainingData, check_test_classes, test_split_for
 from simclrv2.stages.resume import step_seed
 from simclrv2.stages.session import Session
 
@@ -83,6 +83,7 @@ def train_classifier(session: Session, setup: ClassifierSetup, cfg: Any, data: T
     image_size = setup.images.image_size if streamed else setup.images.shape[-1]
     budget = Budget.plan(stage, len(setup.images), cfg.batch_size, epochs=cfg.epochs, min_steps=cfg.min_steps,
                          warmup_fraction=opt.warmup_fraction)
+    check_test_classes(setup.data_config or session.config.data, setup.classes)
     files = {SUBSET_FILE: lambda path: write_subset_file(path, *setup.labelled)} if setup.labelled else {}
     session.start(recorded_config, files)
     start_weights = _weights(setup.model)

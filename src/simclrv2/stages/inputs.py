@@ -9,17 +9,19 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import torch
 
 from simclrv2.data import ImageDataset, load_dataset
+from simclrv2.data.folder import class_folder_names
 from simclrv2.data.guard import SealedSplitError, sealed
 from simclrv2.data.streaming import StreamData, choose_stream, folder_index
 from simclrv2.data.streaming.images import StreamedImages
 from simclrv2.data.streaming.index import with_classes
 from simclrv2.data.subsets import parse_subset_spec, select_subset, subset_indices
-from simclrv2.errors import SimCLRv2Error
+from simclrv2.errors import SimCLRv2Error, UnknownClassError
 from simclrv2.logs import get_logger
 
 # the validation split does not change with run.seed, so seeds vary the labelled subset and the initialisation
@@ -72,12 +74,27 @@ def load_test(data) -> ImageDataset | None:
     """The test split for the final evaluation, or None when the dataset has no labelled one."""
     try:
         test = load_split(data, data.test_split)
-    except SealedSplitError:
-        raise  # read before the final evaluation: the stage's fault, not a dataset without a test split
+    except (SealedSplitError, UnknownClassError):
+        raise  # the stage's fault, or a broken test split: neither is a dataset without one
     except SimCLRv2Error as exc:
         get_logger().info(f"no test evaluation: {exc}")
         return None
     return test if test.labels is not None else None
+
+
+def check_test_classes(data, classes: tuple[str, ...]) -> None:
+    """Refuses a folder test split with a class the training images lack *before* the stage trains, so the
+    final evaluation cannot fail after hours of training. Only the class folders' names are listed: no test
+    image is read, so the sealed split stays closed."""
+    if data.dataset != "folder" or not classes:
+        return
+    test = Path(data.data_dir) / data.test_split
+    if data.test_split == data.train_split or not test.is_dir():
+        return
+    unknown = [name for name in class_folder_names(test) if name not in classes]
+    if unknown:
+        raise UnknownClassError(f"{test / unknown[0]} is a class that the training images do not have; train "
+                                "and test must use the same class folders")
 
 
 @dataclass(frozen=True, eq=False)

@@ -34,7 +34,7 @@ from simclrv2.models.spec import ModelSpec
 from simclrv2.results import StageResult
 from simclrv2.runtime import autocast, generator_for, resolve_precision
 from simclrv2.stages.engine import Budget, StepTime, Task, fit
-from simclrv2.stages.inputs import seals_test_split, stage_data, test_split_for
+from simclrv2.stages.inputs import check_test_classes, seals_test_split, stage_data, test_split_for
 from simclrv2.stages.knn_monitor import KnnSets, knn_monitor, knn_sets
 from simclrv2.stages.resume import step_seed
 from simclrv2.stages.session import Session, open_session
@@ -62,6 +62,8 @@ def pretrain(config: Config, run_dir: str | Path, resume: bool = False, overwrit
     budget = Budget.plan(STAGE, len(train), cfg.batch_size, epochs=cfg.epochs,
                          warmup_fraction=cfg.optimizer.warmup_fraction, exact_batch=True)
     knn = knn_sets(data, run.knn_bank_size)
+    if knn is not None:  # the final kNN scores the test split
+        check_test_classes(config.data, data.labelled.classes)
     session.start()
     device = session.device
     if dist.is_main() and session.state is None and stream is None:  # streamed data has no tensor to pick from

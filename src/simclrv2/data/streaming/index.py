@@ -23,7 +23,7 @@ from simclrv2.atomic import atomic_path
 from simclrv2.data.folder import split_folder
 from simclrv2.data.guard import check_read
 from simclrv2.data.locate import cache_dir
-from simclrv2.errors import SimCLRv2Error
+from simclrv2.errors import SimCLRv2Error, UnknownClassError
 from simclrv2.logs import get_logger
 
 INDEX_VERSION = 1
@@ -83,7 +83,7 @@ def with_classes(index: FileIndex, classes: tuple[str, ...]) -> FileIndex:
         return index
     unknown = [name for name in index.classes if name not in classes]
     if unknown:
-        raise SimCLRv2Error(f"{index.root / unknown[0]} is a class that the training images do not have; train "
+        raise UnknownClassError(f"{index.root / unknown[0]} is a class that the training images do not have; train "
                             "and test must use the same class folders")
     renumber = np.asarray([classes.index(name) for name in index.classes], dtype=np.int64)
     return dataclasses.replace(index, labels=renumber[index.labels], classes=tuple(classes))
