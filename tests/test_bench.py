@@ -174,3 +174,38 @@ def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals(
 def test_a_classifier_stages_only_run_writes_its_own_readme_block():
     assert streaming_benchmark.readme_block_id(96, ["pretrain", "finetune"]) == "streaming-benchmark-96px"
     assert streaming_benchmark.readme_block_id(96, ["finetune", "distill"]) == "streaming-benchmark-96px-stages"
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workers_and_main_process_augment_to_the_same_views(tmp_path):
+    """The placement benchmark compares speed only because both placements draw the same views."""
+    from PIL import Image
+
+    placement = _load_benchmark("augment_placement")
+    pixels = torch.randint(0, 256, (12, 40, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for i, image in enumerate(pixels):
+        (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
+        Image.fromarray(image.numpy()).save(tmp_path / f"c{i % 2}" / f"{i}.png")
+    main, workers = (list(placement.batches(tmp_path, 36, p, 1, 4, 2)) for p in placement.PLACEMENTS)
+    assert len(main) == len(workers) == 2 and main[0].shape == (8, 3, 36, 36)
+    assert all(torch.equal(a, b) for a, b in zip(main, workers, strict=True))
+    assert not torch.equal(main[0], main[1])  # two steps, two sets of views
+
+
+def test_stream_parity_table_pairs_stages_by_name_and_judges_both_goals():
+    parity = _load_benchmark("stream_parity")
+    memory = {"stages": {"fine-tuned (1%)": 0.812, "supervised (1%)": 0.80}, "knn_final": 0.75}
+    stream = {"stages": {"fine-tuned (1%)": 0.806, "supervised (1%)": 0.809, "linear (1%)": 0.7}, "knn_final": 0.738}
+    table, verdicts = parity.parity_table({"memory": memory, "stream": stream})
+    assert "| fine-tuned (1%) | 81.20 | 80.60 | -0.60 |" in table and "linear" not in table
+    assert "| pretraining kNN monitor (final) | 75.00 | 73.80 | -1.20 |" in table
+    assert verdicts == ["Largest stage gap 0.90 points (goal: within 0.5): not met.",
+                        "kNN monitor gap 1.20 points (goal: within 1.0): not met."]
+    close = {"stages": {"fine-tuned (1%)": 0.81, "supervised (1%)": 0.801}, "knn_final": 0.745}
+    assert all(v.endswith(": met.") for v in parity.parity_table({"memory": memory, "stream": close})[1])
