@@ -89,7 +89,7 @@ def quick_config(tiny_fashion):
 def own_cache(tmp_path, monkeypatch):
     """XDG_CACHE_HOME inside the test's folder: the streamed file index's cache is never another test's. The
     streaming test modules ask for it with ``pytestmark = pytest.mark.usefixtures("own_cache")``; it goes through
-    the test's monkeypatch, so ``monkeypatch.undo()`` undoes it too."""
+    the test's monkeypatch, so a test scopes its other patches with ``monkeypatch.context()`` (an undo() drops it)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 

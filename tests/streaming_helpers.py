@@ -86,11 +86,11 @@ def signal_at_call(monkeypatch, module: ModuleType, name: str, call: int) -> Non
 def classifier_views(stage: Callable, config: Config, run_dir: Path, monkeypatch) -> torch.Tensor:
     """Every step's (B, C, S, S) training views of a classifier stage's run (supervised, distill)."""
     seen = []
-    for name in ("crop_flip", "flip_crops"):
-        real = getattr(classify_module, name)
-        monkeypatch.setattr(classify_module, name, lambda *a, real=real, **k: seen.append(real(*a, **k)) or seen[-1])
-    stage(config, run_dir)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # scoped: an undo() would also drop the test's own XDG_CACHE_HOME
+        for name in ("crop_flip", "flip_crops"):
+            real = getattr(classify_module, name)
+            patch.setattr(classify_module, name, lambda *a, real=real, **k: seen.append(real(*a, **k)) or seen[-1])
+        stage(config, run_dir)
     return torch.stack(seen)
 
 
@@ -99,11 +99,10 @@ def assert_resume_after_a_signal_at_step_2_is_exact(stage: Callable, config: Con
     """A classifier stage (supervised, distill) run straight, then stopped by SIGTERM as it makes step 2's views
     (``crop``: "pad" or "resized") and resumed: the straight run's losses and final weights, bit for bit."""
     stage(config, tmp_path / "straight")
-    signal_at_call(monkeypatch, classify_module, "pad_crop_flip" if crop == "pad" else "flip_crops", 2)
-    with pytest.raises(Interrupted, match="--resume"):
+    with monkeypatch.context() as patch, pytest.raises(Interrupted, match="--resume"):
+        signal_at_call(patch, classify_module, "pad_crop_flip" if crop == "pad" else "flip_crops", 2)
         stage(config, tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2
-    monkeypatch.undo()
     stage(config, tmp_path / "resumed", resume=True)
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
     a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")

@@ -56,11 +56,10 @@ def test_streamed_pretraining_has_the_in_memory_losses_for_the_same_seed(folder,
 def test_a_signal_mid_epoch_and_resume_are_exact_on_the_streaming_path(folder, tmp_path, monkeypatch):
     config = _config(folder, **{"data.stream": "stream", "data.workers": "1"})
     straight = pretrain(config, tmp_path / "straight")
-    helpers.signal_at_call(monkeypatch, pretrain_module, "simclr_views_from_crops", 4)
-    with pytest.raises(Interrupted, match="--resume"):
+    with monkeypatch.context() as patch, pytest.raises(Interrupted, match="--resume"):
+        helpers.signal_at_call(patch, pretrain_module, "simclr_views_from_crops", 4)
         pretrain(config, tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 4  # mid-epoch (6 a epoch)
-    monkeypatch.undo()
     # another worker count is the same run: it changes speed, not what is computed
     pretrain(_config(folder, **{"data.stream": "stream", "data.workers": "2"}), tmp_path / "resumed", resume=True)
     assert _same_weights(load_checkpoint(straight.checkpoint)["model"],
