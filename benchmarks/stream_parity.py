@@ -97,7 +97,8 @@ def main() -> None:
                                     for row in rows.values()))
     table, verdicts = parity_table(rows)
     text = (f"{cpu_model()}; {args.images:,} Fashion-MNIST training images as {args.size} px RGB JPEGs in class "
-            f"folders; `simclrv2 pipeline --config demo` with pretraining {args.pretrain_epochs} epochs, fine-tuning "
+            f"folders; `simclrv2 pipeline --config demo` with pretraining {args.pretrain_epochs} "
+            f"epoch{'s' if args.pretrain_epochs != 1 else ''}, fine-tuning "
             f"from head layer 1, kNN bank {args.knn_bank:,}, {args.workers} DataLoader worker(s) when streamed; "
             f"seed 0, one run per path. Validation top-1 (%):\n\n{table}\n\n" + " ".join(verdicts))
     print(text)
