@@ -128,7 +128,7 @@ def list_images(root: Path, split: str) -> FolderListing:
         extra = sorted({d.name for d in classes} - set(names))
         if extra:
             raise UnknownClassError(f"{folder / extra[0]} is a class that {root / 'train'} does not have; "
-                                "train and test must use the same class folders")
+                                    "train and test must use the same class folders")
     paths: list[Path] = []
     labels: list[int] = []
     for class_dir in classes:
