@@ -19,3 +19,10 @@ class Interrupted(SimCLRv2Error):
 class UnknownClassError(SimCLRv2Error):
     """The test split has a class the training images lack: no prediction could be right, so the split is
     refused (in memory and streamed alike), never treated as a missing split to step around."""
+
+    @classmethod
+    def of_folder(cls, class_folder: object, train_folder: object | None = None) -> UnknownClassError:
+        """The one message for it: the test class folder, and the train folder when the classes came from one."""
+        lacking = f"{train_folder} does" if train_folder is not None else "the training images do"
+        return cls(f"{class_folder} is a class that {lacking} not have; train and test must use the same class "
+                   "folders")

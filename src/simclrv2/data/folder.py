@@ -127,8 +127,7 @@ def list_images(root: Path, split: str) -> FolderListing:
         names = [d.name for d in _class_dirs(root / "train")]
         extra = sorted({d.name for d in classes} - set(names))
         if extra:
-            raise UnknownClassError(f"{folder / extra[0]} is a class that {root / 'train'} does not have; "
-                                    "train and test must use the same class folders")
+            raise UnknownClassError.of_folder(folder / extra[0], root / "train")
     paths: list[Path] = []
     labels: list[int] = []
     for class_dir in classes:

@@ -93,8 +93,7 @@ def check_test_classes(data, classes: tuple[str, ...]) -> None:
         return
     unknown = [name for name in class_folder_names(test) if name not in classes]
     if unknown:
-        raise UnknownClassError(f"{test / unknown[0]} is a class that the training images do not have; train "
-                                "and test must use the same class folders")
+        raise UnknownClassError.of_folder(test / unknown[0])
 
 
 @dataclass(frozen=True, eq=False)

@@ -83,8 +83,7 @@ def with_classes(index: FileIndex, classes: tuple[str, ...]) -> FileIndex:
         return index
     unknown = [name for name in index.classes if name not in classes]
     if unknown:
-        raise UnknownClassError(f"{index.root / unknown[0]} is a class that the training images do not have; train "
-                                "and test must use the same class folders")
+        raise UnknownClassError.of_folder(index.root / unknown[0])
     renumber = np.asarray([classes.index(name) for name in index.classes], dtype=np.int64)
     return dataclasses.replace(index, labels=renumber[index.labels], classes=tuple(classes))
 
