@@ -114,10 +114,21 @@ def pretrain_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def head_rows(rows: list[dict]) -> list[dict]:
+    """The head part's fine-tuned runs, found by their facts: its 3-layer head, layer-1 runs are the size part's
+    runs at the head width (same pretraining, recipe and name), recorded under "size"."""
+    head = [r for r in rows if r["part"] == "head"]
+    if not head:
+        return []
+    width, recipe = head[0]["width"], head[0]["recipe"]
+    return [r for r in rows if r["part"] in ("head", "size") and r["method"] == "fine-tuned" and r["width"] == width
+            and r["recipe"] == recipe and not r["memory"]]
+
+
 def head_table(rows: list[dict], subsets: list[str]) -> str:
     lines = ["| head layers | fine-tuned from layer | " + " | ".join(subsets) + " |",
              "|---|---|" + "---|" * len(subsets)]
-    head = [r for r in rows if r["part"] == "head"]
+    head = head_rows(rows)
     for heads in sorted({r["head_layers"] for r in head}):
         for layer in range(heads + 1):
             cells = [mean_sd(list(by_seed(head, head_layers=heads, head_layer=layer, labels=s).values()))
@@ -202,7 +213,7 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
                        f"{_verdict(statistics.fmean(gain) >= 2)} |")
     if "10/class" in subsets:
         out += _best_pipeline_claim(rows, cells, widths)
-    head = [r for r in rows if r["part"] == "head" and r["head_layers"] == 3 and r.get("labels") == "10/class"]
+    head = [r for r in head_rows(rows) if r["head_layers"] == 3 and r.get("labels") == "10/class"]
     layer_gain = paired(by_seed(head, head_layer=1), by_seed(head, head_layer=0))
     if layer_gain:
         out.append(f"| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class) ≥ 0 | layer 1 best, "

@@ -8,14 +8,16 @@ Parts (``--parts``, in this order): ``size`` pretrains each width for the same `
 supervised and a fine-tuning recipe per width on validation (``--grid-labels``, seed ``--seeds[0]``, the same
 number of candidates for both), then runs supervised only and fine-tuned from head layer 1 with the chosen
 recipes at every subset and seed; ``distill`` self-distils each fine-tuned network (``--distill-epochs``);
-``big-to-small`` distils the widest self-distilled network into a width-0.25 student; ``head`` pretrains with
-2, 3 and 4 head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory
-of ``--memory-size`` negatives. One pretraining per configuration (seed 0) serves every seed downstream;
+``big-to-small`` self-distils the best fine-tuned network wider than 0.25 (chosen on validation: the width whose
+fine-tuning grid scored best) and distils that into a width-0.25 student; ``head`` pretrains with
+``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
+memory of ``--memory-size`` negatives. One pretraining per configuration (seed 0) serves every seed downstream;
 seeds change the label subset, the classifier's initialisation and the augmentations.
 
-Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun. After every run
-the per-run results (validation and test top-1 of each, never used to choose on test) are rewritten to
-``--results`` (one JSON object per line), the file that scale_report.py and the README read.
+Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
+whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
+results (validation and test top-1 of each, never used to choose on test) are merged into ``--results`` (one
+JSON object per line), the file that scale_report.py and the README read.
 """
 
 from __future__ import annotations
@@ -149,24 +151,54 @@ class Study:
 
     # -- parts ----------------------------------------------------------------------------------------------
 
+    def grid_scores(self, stage: str, pretrained: Run) -> dict[str, float]:
+        """Validation top-1 (%) of each grid candidate at ``--grid-labels``, seed ``--seeds[0]``: read from
+        ``--results`` when every candidate is recorded there, else run (with the pretraining first)."""
+        grid = FINETUNE_GRID if stage == "finetune" else SUPERVISED_GRID
+        runs = {recipe: self.classifier_run(stage, "recipe", pretrained, self.args.grid_labels, self.args.seeds[0],
+                                            recipe, lr) for recipe, lr in grid.items()}
+        recorded = read_results(self.args.results)
+        if all(recorded.get(run.name, {}).get("val_top1") is not None for run in runs.values()):
+            return {recipe: recorded[run.name]["val_top1"] for recipe, run in runs.items()}
+        self.run(pretrained)
+        return {recipe: 100 * (self.run(run).val_top1 or 0.0) for recipe, run in runs.items()}
+
     def chosen(self, stage: str, part: str, pretrained: Run) -> tuple[str, float]:
         """The grid's best candidate on validation at ``--grid-labels``, seed ``--seeds[0]``."""
         grid = FINETUNE_GRID if stage == "finetune" else SUPERVISED_GRID
-        scores = {}
-        for recipe, lr in grid.items():
-            run = self.classifier_run(stage, "recipe", pretrained, self.args.grid_labels, self.args.seeds[0],
-                                      recipe, lr)
-            scores[recipe] = self.run(run).val_top1 or 0.0
+        scores = self.grid_scores(stage, pretrained)
         best = max(scores, key=scores.get)
         get_logger().info(f"study: {stage} recipe at width {pretrained.facts['width']}: {best} ({scores})")
         return best, grid[best]
 
-    def size(self) -> Iterator[tuple[float, Run]]:
-        """Yields (width, fine-tuned run) for every width, subset and seed (the teachers of later parts)."""
+    def fine_tuned(self, width: float, labels: str, seed: int) -> Run:
+        """The size part's fine-tuned network (chosen recipe, head layer 1), run when not finished."""
+        pretrained = self.pretraining(width)
+        recipe, lr = self.chosen("finetune", "size", pretrained)
+        self.run(pretrained)
+        run = self.classifier_run("finetune", "size", pretrained, labels, seed, recipe, lr)
+        self.run(run)
+        return run
+
+    def teacher_width(self) -> float:
+        """The width above 0.25 whose fine-tuning grid reached the best validation top-1 (the paper's "best large
+        teacher", chosen without test)."""
+        wider = [w for w in self.args.widths if w > 0.25]
+        if not wider:
+            raise SystemExit("big-to-small needs a width above 0.25 in --widths")
+        best = {w: max(self.grid_scores("finetune", self.pretraining(w)).values()) for w in wider}
+        width = max(best, key=best.get)
+        get_logger().info(f"study: big-to-small teacher width {width:g} (fine-tuning validation {best})")
+        return width
+
+    def size(self, supervised: bool = True) -> Iterator[tuple[float, Run]]:
+        """Yields (width, fine-tuned run) for every width, subset and seed (the teachers of later parts);
+        ``supervised`` False leaves out the supervised-only runs, which no later part needs."""
         for width in self.args.widths:
             pretrained = self.pretraining(width)
             self.run(pretrained)
-            recipes = {stage: self.chosen(stage, "size", pretrained) for stage in ("supervised", "finetune")}
+            stages = ("supervised", "finetune") if supervised else ("finetune",)
+            recipes = {stage: self.chosen(stage, "size", pretrained) for stage in stages}
             for labels in self.args.subsets:
                 for seed in self.args.seeds:
                     for stage, (recipe, lr) in recipes.items():
@@ -177,19 +209,13 @@ class Study:
 
     def run_all(self) -> None:
         parts = set(self.args.parts)
-        teachers = list(self.size()) if parts & {"size", "distill", "big-to-small"} else []
-        self_distilled: dict[tuple[float, str, int], Run] = {}
-        if parts & {"distill", "big-to-small"}:
-            for width, teacher in teachers:
+        teachers = list(self.size("size" in parts)) if parts & {"size", "distill"} else []
+        if "distill" in parts:
+            for _, teacher in teachers:
                 for epochs in self.args.distill_epochs:
-                    run = self.distillation("distill", teacher, epochs)
-                    self.run(run)
-                    self_distilled[(width, teacher.facts["labels"], teacher.facts["seed"])] = run
+                    self.run(self.distillation("distill", teacher, epochs))
         if "big-to-small" in parts:
-            widest, small = max(self.args.widths), self.pretraining(0.25)
-            for (width, _, _), teacher in self_distilled.items():
-                if width == widest and widest > 0.25:
-                    self.run(self.distillation("big-to-small", teacher, max(self.args.distill_epochs), small))
+            self.big_to_small()
         if "head" in parts:
             self.head_depth()
         if "memory" in parts:
@@ -198,6 +224,17 @@ class Study:
             self.distill_recipes()
         if "temperature" in parts:
             self.temperature()
+
+    def big_to_small(self) -> None:
+        """The best large teacher, self-distilled first as the paper does, distilled into a width-0.25 student
+        that starts from its own pretraining, at every subset and seed."""
+        width, small, epochs = self.teacher_width(), self.pretraining(0.25), max(self.args.distill_epochs)
+        self.run(small)
+        for labels in self.args.subsets:
+            for seed in self.args.seeds:
+                self_distilled = self.distillation("distill", self.fine_tuned(width, labels, seed), epochs)
+                self.run(self_distilled)
+                self.run(self.distillation("big-to-small", self_distilled, epochs, small))
 
     def distill_recipes(self) -> None:
         """Self-distils the chosen fine-tuned network of each width (grid labels, seed 0) with each candidate."""
@@ -230,7 +267,7 @@ class Study:
 
     def head_depth(self) -> None:
         recipe, lr = self.chosen("finetune", "size", self.pretraining(self.args.head_width))
-        for heads in (2, 3, 4):
+        for heads in self.args.head_depths:
             pretrained = self.pretraining(self.args.head_width, heads)
             self.run(pretrained)
             for labels in self.args.subsets:
@@ -262,13 +299,24 @@ def row(run: Run, result: StageResult, out: Path) -> dict[str, Any]:
     return record
 
 
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """Run name -> its line of the results file (empty when there is none yet)."""
+    if not path.exists():
+        return {}
+    return {r["run"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
 def write_results(done: Iterator[tuple[Run, StageResult]] | Any, out: Path, path: Path) -> None:
-    """Merges this invocation's runs into ``path`` (runs of earlier invocations are kept)."""
-    rows = {}
-    if path.exists():
-        rows = {r["run"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+    """Merges this invocation's runs into ``path`` (runs of earlier invocations are kept). A run keeps the part
+    it was first recorded under, unless that was only "recipe" (a grid candidate later chosen): another part
+    reusing a finished run must not move it out of the table it was made for."""
+    rows = read_results(path)
     for run, result in done:
-        rows[run.name] = row(run, result, out)
+        record = row(run, result, out)
+        earlier = rows.get(run.name, {}).get("part", "recipe")
+        if earlier != "recipe" and record["part"] != earlier:
+            record["part"] = earlier
+        rows[run.name] = record
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))
@@ -288,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-epochs", type=int, nargs="+", default=[2])
     parser.add_argument("--head-width", type=float, default=0.25)
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")
     parser.add_argument("--memory-size", type=int, default=4096)
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--results", type=Path, default=RESULTS)

@@ -100,22 +100,54 @@ def test_finished_runs_are_reused_on_a_rerun(fake, tmp_path):
 
 
 def test_distillation_starts_each_student_from_its_own_pretraining(fake, tmp_path, monkeypatch):
-    configs = []
+    configs = {}
     fake_distill = scale_study.STAGES["distill"]
-    monkeypatch.setitem(scale_study.STAGES, "distill",
-                        lambda config, run_dir, resume=False: configs.append(config) or fake_distill(config, run_dir))
+    monkeypatch.setitem(scale_study.STAGES, "distill", lambda config, run_dir, resume=False:
+                        configs.setdefault(Path(run_dir).name, config) and fake_distill(config, run_dir))
     rows = _study(tmp_path, "--parts", "size", "distill", "big-to-small")
-    self_distilled = [c for c in configs if c.distill.student == "teacher"]
-    big_to_small = [c for c in configs if c.distill.student == "model"]
-    assert len(self_distilled) == 2 * 2 * 2  # widths x subsets x seeds
+    self_distilled = [c for c in configs.values() if c.distill.student == "teacher"]
+    big_to_small = [c for c in configs.values() if c.distill.student == "model"]
+    assert len(self_distilled) == 2 * 2 * 2  # widths x subsets x seeds; big-to-small reuses the width-0.5 ones
     for c in self_distilled:
         assert Path(c.distill.student_pretrained).name == f"pretrain-w{c.model.width_multiplier}-h3-s0"
-    assert len(big_to_small) == 2 * 2  # the widest width's self-distilled networks, each subset and seed
+    assert len(big_to_small) == 2 * 2  # the chosen teacher width's self-distilled networks, each subset and seed
     for c in big_to_small:
         assert c.model.width_multiplier == 0.25
         assert Path(c.distill.student_pretrained).name == "pretrain-w0.25-h3-s0"
         assert Path(c.distill.teacher).name.startswith("distill-finetune-w0.5-")
     assert {r["method"] for r in rows if r["run"].startswith("distill")} == {"distilled", "big-to-small"}
+
+
+def test_big_to_small_takes_the_teacher_width_with_the_best_fine_tuning_validation(fake, tmp_path, monkeypatch):
+    """Wider is not assumed better: with width 1's grid scoring below width 0.5's on validation, the teacher is
+    width 0.5, its grid read from the results file, and width 1 is never pretrained."""
+    results = tmp_path / "results.jsonl"
+    recorded = [{"run": f"finetune-w{w}-h3-layer1-1pct-{recipe}-s0", "part": "recipe", "val_top1": val}
+                for w, best in ((0.5, 82.1), (1.0, 81.3)) for recipe, val in
+                (("sgd-0.003", best - 1), ("sgd-0.01", best), ("sgd-0.03", best - 0.5))]
+    results.write_text("".join(json.dumps(r) + "\n" for r in recorded))
+    teachers = []
+    fake_distill = scale_study.STAGES["distill"]
+    monkeypatch.setitem(scale_study.STAGES, "distill", lambda config, run_dir, resume=False:
+                        teachers.append(Path(config.distill.teacher).name) or fake_distill(config, run_dir))
+    scale_study.main(["--widths", "0.25", "0.5", "1", "--subsets", "1%", "--seeds", "0", "--parts", "big-to-small",
+                      "--out", str(tmp_path / "runs"), "--results", str(results)])
+    assert teachers == ["finetune-w0.5-h3-layer1-1pct-sgd-0.01-s0",
+                        "distill-finetune-w0.5-h3-layer1-1pct-sgd-0.01-s0-e2"]
+    assert ("pretrain", "pretrain-w1.0-h3-s0") not in fake.calls
+    assert not any(stage == "supervised" for stage, _ in fake.calls)
+    assert sum(name.startswith("finetune-w0.5") for _, name in fake.calls) == 1  # the grid was read, not rerun
+
+
+def test_a_reused_run_keeps_the_part_it_was_recorded_under(fake, tmp_path):
+    """The head part's layer-1 run of the 3-layer head is the size part's run; rerunning the head part must
+    not move it out of the size table (a chosen grid candidate, recorded as "recipe", does move)."""
+    rows = {r["run"]: r["part"] for r in _study(tmp_path, "--parts", "size")}
+    assert rows["finetune-w0.25-h3-layer1-1pct-sgd-0.01-s0"] == "size"
+    assert rows["finetune-w0.25-h3-layer1-1pct-sgd-0.003-s0"] == "recipe"
+    rows = {r["run"]: r["part"] for r in _study(tmp_path, "--parts", "head", "--head-depths", "3")}
+    assert rows["finetune-w0.25-h3-layer1-10-per-class-sgd-0.01-s0"] == "size"
+    assert rows["finetune-w0.25-h3-layer0-10-per-class-sgd-0.01-s0"] == "head"
 
 
 def test_head_depth_fine_tunes_from_every_layer(fake, tmp_path):
@@ -177,8 +209,9 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
              (1.0, "10/class"): _cell({0: 66, 1: 67}, {0: 77, 1: 78})}
     rows = [{"part": "big-to-small", "method": "big-to-small", "width": 0.25, "labels": "1%", "seed": s,
              "test_top1": 83.0 + s} for s in (0, 1)]
-    rows += [{"part": "head", "method": "fine-tuned", "head_layers": 3, "labels": "10/class", "head_layer": j,
-              "seed": s, "test_top1": 70.0 + j - s / 2} for j in (0, 1, 2, 3) for s in (0, 1)]
+    rows += [{"part": "size" if j == 1 else "head", "method": "fine-tuned", "width": 0.25, "recipe": "sgd-0.01",
+              "memory": 0, "head_layers": 3, "labels": "10/class", "head_layer": j, "seed": s,
+              "test_top1": 70.0 + j - s / 2} for j in (0, 1, 2, 3) for s in (0, 1)]
     claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
     assert len(claims) == 6
     by_name = {c.split(" | ")[0]: c for c in claims}
