@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.models.conv import Conv2d
 from simclrv2.models.selective_kernel import AvgPoolShortcut, SelectiveKernelConv
 from simclrv2.models.tf_pooling import stem_pool
 
@@ -23,7 +24,7 @@ STEM_CHANNELS = 64
 
 def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
     padding = kernel_size // 2
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
+    return Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> list[nn.Module]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from simclrv2.models.conv import Conv2d
 from simclrv2.models.tf_pooling import resnet_d_pool
 
 MIN_GATE_DIM = 32  # the reference's floor on the gate's hidden width; keeps narrow stages from a 1-wide gate
@@ -33,7 +34,7 @@ class SelectiveKernelConv(nn.Module):
     def __init__(self, in_channels: int, channels: int, stride: int, sk_ratio: float) -> None:
         super().__init__()
         self.channels = channels
-        self.conv = nn.Conv2d(in_channels, 2 * channels, 3, stride=stride, padding=1, bias=False)
+        self.conv = Conv2d(in_channels, 2 * channels, 3, stride=stride, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(2 * channels)
         hidden = gate_dim(channels, sk_ratio)
         self.gate = nn.Sequential(
