@@ -6,8 +6,10 @@ For each distinct convolution of the CIFAR-stem ResNet-18 at ``--width`` (shapes
 encoder on a pretraining batch: ``--batch`` pairs, so 2x images, at 28 px), times forward, backward-data and
 backward-weights (``aten.convolution_backward`` with one output mask at a time, as autograd calls it) in the
 given dtype and memory layout, and reports GFLOP/s and the share of this machine's GEMM peak for that dtype
-(measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). The last column per pass is the
-share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
+(measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). On maps small enough for the
+encoder's Conv2d to take its weight gradient as one GEMM (``simclrv2.models.conv``), that GEMM is timed too
+(backward-weights-gemm) and counts in the step instead of oneDNN's backward-weights. The last column per pass is
+the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
 a Markdown table; ``--out`` also writes the lines to a file.
 
 Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
@@ -28,11 +30,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simclrv2.models import resnet
+from simclrv2.models import conv, resnet
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
-PASSES = ("forward", "backward-data", "backward-weights")
+PASSES = ("forward", "backward-data", "backward-weights", "backward-weights-gemm")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class ConvShape:
         macs = (self.batch * self.out_channels * self.out_size**2 * self.in_channels // self.groups
                 * self.kernel**2)
         return 2 * macs / 1e9
+
+    @property
+    def gemm_weight_grad(self) -> bool:
+        """Whether the encoder's Conv2d takes this shape's weight gradient as one GEMM (on CPU)."""
+        return self.groups == 1 and self.out_size**2 <= conv.GEMM_WEIGHT_GRAD_MAX_AREA
 
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
@@ -92,8 +99,10 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format, repeats: int) -> dict[str, float]:
-    """Seconds of each pass, with activations, weights and output gradients all in ``layout``."""
+def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format,
+                repeats: int) -> dict[str, float | None]:
+    """Seconds of each pass, with activations, weights and output gradients all in ``layout`` (None for the GEMM
+    weight gradient where the encoder does not take it)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.in_channels, shape.size, shape.size, generator=gen).to(dtype)
     w = torch.randn(shape.out_channels, shape.in_channels // shape.groups, shape.kernel, shape.kernel,
@@ -102,10 +111,15 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
     x, w, grad = (t.contiguous(memory_format=layout) for t in (x, w, grad))
     args = ([shape.stride] * 2, [shape.padding] * 2, [1, 1], False, [0, 0], shape.groups)
     backward = torch.ops.aten.convolution_backward
+
+    def gemm() -> torch.Tensor:
+        return conv.weight_grad_by_gemm(x, grad, shape.kernel, shape.stride, shape.padding)
+
     return {
         "forward": _best_seconds(lambda: torch.ops.aten.convolution(x, w, None, *args), repeats),
         "backward-data": _best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
         "backward-weights": _best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
+        "backward-weights-gemm": _best_seconds(gemm, repeats) if shape.gemm_weight_grad else None,
     }
 
 
@@ -124,15 +138,18 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
     rows = []
     for shape, layers in shapes.items():
         seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats)
+        measured = [p for p in PASSES if seconds[p] is not None]
         rows.append({"width": width, "precision": precision, "layout": layout, "shape": shape.label(),
                      "layers": layers, "gflop": round(shape.gflop, 3),
-                     **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in PASSES},
-                     **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in PASSES}})
+                     **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in measured},
+                     **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in measured}})
+        # the step pays one of the two weight gradients: the GEMM where the encoder takes it
+        rows[-1]["backward-weights_paid" if shape.gemm_weight_grad else "backward-weights-gemm_paid"] = False
     stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
     stem["backward-data_paid"] = False  # backward-data, so the step's total leaves it out
     total = sum(_paid_ms(r, p) for r in rows for p in PASSES)
     for r in rows:
-        for p in PASSES:
+        for p in (p for p in PASSES if f"{p}_ms" in r):
             r[f"{p}_peak_share"] = round(r[f"{p}_gflops"] / peak, 3)
             r[f"{p}_time_share"] = round(_paid_ms(r, p) / total, 3)
     return rows
@@ -140,16 +157,17 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
 
 def _paid_ms(row: dict, phase: str) -> float:
     """Milliseconds a training step spends in ``phase`` of every layer of this shape."""
-    return 0.0 if row.get(f"{phase}_paid", True) is False else row["layers"] * row[f"{phase}_ms"]
+    return 0.0 if row.get(f"{phase}_paid", True) is False else row["layers"] * row.get(f"{phase}_ms", 0.0)
 
 
 def markdown(rows: list[dict], peaks: dict[str, float]) -> str:
     lines = [f"GEMM peak here: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}. "
              "Per pass: ms, share of the dtype's GEMM peak, share of the step's convolution time.", "",
              "| width | dtype | layout | shape | layers | " + " | ".join(PASSES) + " |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|" + "---|" * len(PASSES)]
     for r in rows:
-        cells = [f"{r[f'{p}_ms']:.1f} ms, {r[f'{p}_peak_share']:.0%}, {r[f'{p}_time_share']:.0%}" for p in PASSES]
+        cells = [f"{r[f'{p}_ms']:.1f} ms, {r[f'{p}_peak_share']:.0%}, {r[f'{p}_time_share']:.0%}"
+                 if f"{p}_ms" in r else "–" for p in PASSES]
         lines.append(f"| {r['width']:g} | {r['precision']} | {r['layout']} | {r['shape']} | {r['layers']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
