@@ -7,7 +7,7 @@ encoder on a pretraining batch: ``--batch`` pairs, so 2x images, at 28 px), time
 backward-weights (``aten.convolution_backward`` with one output mask at a time, as autograd calls it) in the
 given dtype and memory layout, and reports GFLOP/s and the share of this machine's GEMM peak for that dtype
 (measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). On maps small enough for the
-encoder's Conv2d to take its weight gradient as one GEMM (``simclrv2.models.conv``), that GEMM is timed too
+encoder's Conv2d to take its weight gradient as one GEMM (``simclrv2.models.conv``; bf16 only), that GEMM is timed too
 (backward-weights-gemm) and counts in the step instead of oneDNN's backward-weights. The last column per pass is
 the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
 a Markdown table; ``--out`` also writes the lines to a file.
@@ -63,7 +63,7 @@ class ConvShape:
 
     @property
     def gemm_weight_grad(self) -> bool:
-        """Whether the encoder's Conv2d takes this shape's weight gradient as one GEMM (on CPU)."""
+        """Whether the encoder's Conv2d takes this shape's weight gradient as one GEMM (on CPU, in bf16/fp16)."""
         return self.groups == 1 and self.out_size**2 <= conv.GEMM_WEIGHT_GRAD_MAX_AREA
 
     def label(self) -> str:
@@ -119,7 +119,8 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
         "forward": _best_seconds(lambda: torch.ops.aten.convolution(x, w, None, *args), repeats),
         "backward-data": _best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
         "backward-weights": _best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
-        "backward-weights-gemm": _best_seconds(gemm, repeats) if shape.gemm_weight_grad else None,
+        "backward-weights-gemm": (_best_seconds(gemm, repeats)
+                                  if shape.gemm_weight_grad and dtype in conv.REDUCED_PRECISION else None),
     }
 
 
@@ -144,7 +145,8 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
                      **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in measured},
                      **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in measured}})
         # the step pays one of the two weight gradients: the GEMM where the encoder takes it
-        rows[-1]["backward-weights_paid" if shape.gemm_weight_grad else "backward-weights-gemm_paid"] = False
+        gemm = seconds["backward-weights-gemm"] is not None
+        rows[-1]["backward-weights_paid" if gemm else "backward-weights-gemm_paid"] = False
     stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
     stem["backward-data_paid"] = False  # backward-data, so the step's total leaves it out
     total = sum(_paid_ms(r, p) for r in rows for p in PASSES)

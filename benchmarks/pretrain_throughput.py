@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from simclrv2.config import load_config
-from simclrv2.models import count_parameters
+from simclrv2.models import conv, count_parameters
 from simclrv2.models.spec import ModelSpec
 from simclrv2.runtime import resolve_precision
 from simclrv2.stages.engine import StepTime
@@ -89,6 +89,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="first steps not counted (at least 1 with --compile)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
+    p.add_argument("--weight-grad", choices=["auto", "onednn"], default="auto",
+                   help="onednn: turn off the encoder's GEMM weight gradient on small maps (simclrv2.models.conv) "
+                        "to measure what it gives")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
     p.add_argument("--peer-bench", type=Path, default=None,
                    help="the shared peer harness folder (lightly 1.6.0); omit to measure only ours")
@@ -97,6 +100,8 @@ def main() -> None:
     args = p.parse_args()
     # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
+    if args.weight_grad == "onednn":
+        conv.GEMM_WEIGHT_GRAD_MAX_AREA = 0  # this process only: an A/B switch of the benchmark, not an option
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     ours, peers = [], []
     for width in args.width:
@@ -104,8 +109,8 @@ def main() -> None:
             steps = args.steps or (20 if width < 1 else 10)
             result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
                              not args.no_channels_last, args.compile)
-            result.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                          python=platform.python_version())
+            result.update(weight_grad=args.weight_grad, torch=torch.__version__,
+                          torch_threads=torch.get_num_threads(), python=platform.python_version())
             ours.append(result)
             print(json.dumps(result), flush=True)
         if not_ready is None:  # right after ours at the same width: the machine drifts between runs

@@ -1,11 +1,13 @@
 """A 2-D convolution whose weight gradient on small feature maps is one matrix multiply.
 
-On CPUs, oneDNN's backward-weights kernel runs far below the machine's GEMM peak when the output map is tiny
-(ResNet's last stage on 28-32 px inputs works on 4×4 maps): measured on a 2-core AMX Xeon at batch 512 in bf16,
-~270 GFLOP/s against ~900 for the same product written as (Co, N·Ho·Wo) @ (N·Ho·Wo, k·k·Ci), while forward and
-backward-data run at ~1,000 (``benchmarks/conv_shapes.py --weight-grad``). So for such maps the weight gradient
-is that GEMM over the input's patches; forward and the input gradient stay oneDNN's. Parameters, state dict and
-numerics (fp32 sums of the same products) are those of :class:`torch.nn.Conv2d`.
+On CPUs, oneDNN's bf16 backward-weights kernel runs far below the machine's GEMM peak when the output map is
+tiny (ResNet's last stage on 28-32 px inputs works on 4×4 maps): on a 2-core AMX Xeon at batch 512, ~290 GFLOP/s
+against ~860 for the same product written as (Co, N·Ho·Wo) @ (N·Ho·Wo, k·k·Ci) over the input's patches, while
+forward and backward-data run at ~900 (``benchmarks/conv_shapes.py``, which times both). On 7×7 maps and larger,
+and in fp32, oneDNN's kernel is as fast or faster. So in bf16/fp16 on CPU, for maps of at most
+``GEMM_WEIGHT_GRAD_MAX_AREA`` pixels, the weight gradient is that GEMM; forward and the input gradient stay
+oneDNN's. Parameters, state dict and numerics (fp32 sums of the same products, rounded to the same dtype) are
+those of :class:`torch.nn.Conv2d`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The largest output map (Ho·Wo) whose weight gradient is computed as one GEMM. 4×4 is where it pays on the
-# machines measured; 8×8 maps are already faster in oneDNN (see the module docstring).
+# The largest output map (Ho·Wo) whose weight gradient is computed as one GEMM: 4×4 is where it pays on the
+# machine measured; 7×7 maps are already faster in oneDNN (see the module docstring).
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 GEMM_WEIGHT_GRAD_MAX_AREA = 16
 
 
@@ -59,11 +62,13 @@ class _GemmWeightGradConv(torch.autograd.Function):
 
 
 class Conv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` (same parameters and checkpoints) that takes the GEMM weight gradient on CPU
-    when the output map is at most ``GEMM_WEIGHT_GRAD_MAX_AREA`` pixels and the weight needs a gradient."""
+    """:class:`torch.nn.Conv2d` (same parameters and checkpoints) that takes the GEMM weight gradient on CPU in
+    bf16/fp16 when the output map is at most ``GEMM_WEIGHT_GRAD_MAX_AREA`` pixels and the weight needs a
+    gradient."""
 
-    def _gemm_weight_grad(self, x: Tensor) -> bool:
-        if not (x.device.type == "cpu" and self.weight.requires_grad and torch.is_grad_enabled()):
+    def _gemm_weight_grad(self, x: Tensor, dtype: torch.dtype) -> bool:
+        if not (x.device.type == "cpu" and dtype in REDUCED_PRECISION and self.weight.requires_grad
+                and torch.is_grad_enabled()):
             return False
         if self.groups != 1 or self.dilation != (1, 1) or self.bias is not None or self.padding_mode != "zeros":
             return False
@@ -74,11 +79,11 @@ class Conv2d(nn.Conv2d):
         return ho * wo <= GEMM_WEIGHT_GRAD_MAX_AREA
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._gemm_weight_grad(x):
+        autocast = torch.is_autocast_enabled("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if autocast and x.dtype != torch.float64 else x.dtype
+        if not self._gemm_weight_grad(x, dtype):
             return super().forward(x)
-        weight = self.weight
-        if torch.is_autocast_enabled("cpu"):  # cast as autocast would for conv2d; the Function runs outside it
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight = x.to(dtype), weight.to(dtype)
+        # cast as autocast would for conv2d; the Function then runs outside autocast
+        x, weight = x.to(dtype), self.weight.to(dtype)
         with torch.autocast("cpu", enabled=False):
             return _GemmWeightGradConv.apply(x, weight, self.stride[0], self.padding[0])
