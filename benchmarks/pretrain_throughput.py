@@ -43,7 +43,7 @@ from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer 
 
 
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
-            warmup: int, channels_last: bool, compile_model: bool = False) -> dict:
+            warmup: int, channels_last: bool, compile_model: bool = False, keep_freed_memory: bool = True) -> dict:
     """One configuration: ``simclrv2 pretrain`` for ``warmup + steps`` steps, its steps timed by the engine."""
     config = load_config(None, {
         "data.dataset": "fashion-mnist", "data.data_dir": data_dir or "", "data.val_size": "0",
@@ -52,6 +52,7 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
         "augment.grayscale_prob": "0", "pretrain.epochs": "1", "pretrain.batch_size": str(batch),
         "pretrain.temperature": "0.5", "run.device": "cpu", "run.precision": precision,
         "run.channels_last": str(channels_last).lower(), "run.compile": str(compile_model).lower(),
+        "run.keep_freed_memory": str(keep_freed_memory).lower(),
         "run.progress": "false", "run.tensorboard": "false", "run.knn_every": "0", "run.log_every": "1000000"})
     times: list[StepTime] = []
     with tempfile.TemporaryDirectory() as run_dir:
@@ -68,6 +69,7 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
         "precision": resolve_precision(precision, torch.device("cpu")),
         "channels_last": channels_last,
         "compile": compile_model,
+        "keep_freed_memory": keep_freed_memory,
         "compile_s": round(times[0].step_s, 1) if compile_model else 0.0,  # the first step compiles
         "batch": batch,
         "steps": len(timed),
@@ -92,6 +94,9 @@ def main() -> None:
     p.add_argument("--weight-grad", choices=["auto", "onednn"], default="auto",
                    help="onednn: turn off the encoder's GEMM weight gradient on small maps (simclrv2.models.conv) "
                         "to measure what it gives")
+    p.add_argument("--no-keep-freed-memory", action="store_true",
+                   help="run.keep_freed_memory = false: glibc's default allocation, to measure what it gives (it "
+                        "lasts for the process, so compare separate invocations)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
     p.add_argument("--peer-bench", type=Path, default=None,
                    help="the shared peer harness folder (lightly 1.6.0); omit to measure only ours")
@@ -108,7 +113,7 @@ def main() -> None:
         for precision in args.precision:
             steps = args.steps or (20 if width < 1 else 10)
             result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
-                             not args.no_channels_last, args.compile)
+                             not args.no_channels_last, args.compile, not args.no_keep_freed_memory)
             result.update(weight_grad=args.weight_grad, torch=torch.__version__,
                           torch_threads=torch.get_num_threads(), python=platform.python_version())
             ours.append(result)

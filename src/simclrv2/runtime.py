@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import warnings
 from collections.abc import Iterator
@@ -88,6 +90,23 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def keep_freed_memory() -> bool:
+    """Serve large CPU tensors from glibc's heap and keep freed memory there for the next step.
+
+    By default glibc maps every allocation above 32 MB afresh (``mmap``) and unmaps it on free, so each large
+    activation and gradient of every step is page-faulted in again: on a 2-core Xeon this held elementwise ops
+    (ReLU, BatchNorm, residual adds) to ~7 GB/s instead of ~30 and cost a width-1 bf16 step 20 % of its time.
+    With mmap off (``M_MMAP_MAX`` 0) and trimming off, the memory of one step is reused by the next; the
+    process keeps its peak memory until it exits, as training does anyway. Returns whether it applied: only
+    glibc has these settings (elsewhere, e.g. macOS or musl, nothing changes)."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def flush_denormals() -> None:

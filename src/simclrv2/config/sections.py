@@ -139,6 +139,8 @@ class RunConfig:
     channels_last: bool = True
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # CPU: large tensors from the heap, freed memory kept for the next step (glibc; runtime.keep_freed_memory)
+    keep_freed_memory: bool = True
     progress: bool = True  # a progress bar when the output is a terminal
     log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
     tensorboard: bool = True  # also write TensorBoard scalars to RUN/tensorboard when tensorboard is installed

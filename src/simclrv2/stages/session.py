@@ -37,6 +37,7 @@ from simclrv2.provenance import provenance
 from simclrv2.results import RESULT_FILE, ClassificationScores, StageResult
 from simclrv2.runtime import (
     flush_denormals,
+    keep_freed_memory,
     prepare_model,
     resolve_device,
     resolve_precision,
@@ -175,6 +176,8 @@ def open_session(stage: str, config: Any, run_dir: str | Path, *, resume: bool, 
     if distributed and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank())
     set_fp32_math(resolve_precision(run.precision, device))
+    if device.type == "cpu" and run.keep_freed_memory:
+        keep_freed_memory()
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     session = Session(stage, run_dir, config, run, device, distributed, resume, overwrite)
