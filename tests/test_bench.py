@@ -218,3 +218,20 @@ def test_stream_parity_table_pairs_stages_by_name_and_judges_both_goals():
                         "kNN monitor gap 1.20 points (goal: within 1.0): not met."]
     close = {"stages": {"fine-tuned (1%)": 0.81, "supervised (1%)": 0.801}, "knn_final": 0.745}
     assert all(v.endswith(": met.") for v in parity.parity_table({"memory": memory, "stream": close})[1])
+
+
+_profile_spec = importlib.util.spec_from_file_location(
+    "step_profile", Path(__file__).parents[1] / "benchmarks" / "step_profile.py")
+step_profile = importlib.util.module_from_spec(_profile_spec)
+_profile_spec.loader.exec_module(step_profile)
+
+
+def test_step_profile_shares_out_one_training_step_by_operator(capsys):
+    step_profile.main(["--width", "0.25", "--batch", "2", "--precision", "fp32", "--no-keep-freed-memory",
+                       "--rows", "40"])
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert record["keep_freed_memory"] is False and record["step_s"] > 0
+    names = {op["name"] for op in record["ops"]}
+    assert {"aten::convolution_backward", "aten::native_batch_norm_backward"} <= names
+    assert 0.95 <= sum(op["share"] for op in record["ops"]) <= 1.0 + 1e-6  # 40 rows: (nearly) every operator
+    assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps")) > 0
