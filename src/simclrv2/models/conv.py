@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 # The largest output map (Ho·Wo) whose weight gradient is computed as one GEMM: 4×4 is where it pays on the
 # machine measured; 7×7 maps are already faster in oneDNN (see the module docstring).
-REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 GEMM_WEIGHT_GRAD_MAX_AREA = 16
+# The dtypes it is used in: in fp32 oneDNN's weight gradient measured as fast.
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def weight_grad_by_gemm(x: Tensor, grad_out: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
