@@ -62,9 +62,22 @@ def grid_rows(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
     return {key: sorted(rs, key=lambda r: r["recipe"]) for key, rs in sorted(grids.items())}
 
 
+STAGE_METHOD = {"finetune": "fine-tuned", "supervised": "supervised"}
+
+
+def choice_rows(rows: list[dict]) -> dict[tuple[float, str], dict]:
+    """(width, method) -> the study's recorded choice for the size part's network (3-layer head, no memory)."""
+    return {(r["width"], STAGE_METHOD[r["stage"]]): r for r in rows
+            if r["method"] == "choice" and r["head_layers"] == 3 and not r["memory"]}
+
+
 def chosen_recipes(rows: list[dict]) -> dict[tuple[float, str], str]:
-    """(width, method) -> the candidate with the best validation top-1, as the study chose it."""
-    return {key: max(candidates, key=lambda r: r["val_top1"])["recipe"] for key, candidates in grid_rows(rows).items()}
+    """(width, method) -> the recipe the study chose on validation: its recorded choice, else (results written
+    before choices were recorded) the grid candidate with the best validation top-1."""
+    chosen = {key: max(candidates, key=lambda r: r["val_top1"])["recipe"]
+              for key, candidates in grid_rows(rows).items()}
+    chosen.update({key: r["recipe"] for key, r in choice_rows(rows).items()})
+    return chosen
 
 
 def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tuple[str, dict]:
@@ -87,10 +100,16 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
 
 
 def recipe_table(rows: list[dict]) -> str:
-    grid = [r for candidates in grid_rows(rows).values() for r in candidates]
+    """Every candidate's validation top-1 as the choice saw it (a recorded choice keeps the scores it was made on,
+    even where a candidate was later rerun), the chosen one in bold."""
+    scores = {key: {r["recipe"]: r["val_top1"] for r in candidates} for key, candidates in grid_rows(rows).items()}
+    scores.update({key: r["scores"] for key, r in choice_rows(rows).items()})
+    chosen = chosen_recipes(rows)
     lines = ["| width | stage | candidate | validation top-1 |", "|---|---|---|---|"]
-    for r in sorted(grid, key=lambda r: (r["width"], r["method"], r["recipe"])):
-        lines.append(f"| {r['width']:g} | {r['method']} | {r['recipe']} | {r['val_top1']:.1f} |")
+    for (width, method), candidates in sorted(scores.items()):
+        for recipe, val in sorted(candidates.items()):
+            mark = "**" if chosen.get((width, method)) == recipe else ""
+            lines.append(f"| {width:g} | {method} | {mark}{recipe}{mark} | {val:.1f} |")
     return "\n".join(lines)
 
 

@@ -164,11 +164,23 @@ class Study:
         return {recipe: 100 * (self.run(run).val_top1 or 0.0) for recipe, run in runs.items()}
 
     def chosen(self, stage: str, part: str, pretrained: Run) -> tuple[str, float]:
-        """The grid's best candidate on validation at ``--grid-labels``, seed ``--seeds[0]``."""
+        """The grid's best candidate on validation at ``--grid-labels``, seed ``--seeds[0]``, chosen once: the
+        choice and the scores it was made on are recorded in ``--results`` (a "choice" line) and read from there
+        afterwards, so a later rerun of a candidate (say, from a pretraining redone on another machine) cannot
+        switch the recipe halfway through the seeds."""
         grid = FINETUNE_GRID if stage == "finetune" else SUPERVISED_GRID
+        name = f"choice-{stage}-{pretrained.name}"
+        recorded = read_results(self.args.results).get(name)
+        if recorded is not None:
+            return recorded["recipe"], grid[recorded["recipe"]]
         scores = self.grid_scores(stage, pretrained)
         best = max(scores, key=scores.get)
         get_logger().info(f"study: {stage} recipe at width {pretrained.facts['width']}: {best} ({scores})")
+        facts = {k: pretrained.facts[k] for k in ("width", "head_layers", "memory", "pretrain_temperature")}
+        choice = {"run": name, "part": "choice", "method": "choice", "stage": stage, **facts,
+                  "labels": self.args.grid_labels, "seed": self.args.seeds[0], "recipe": best,
+                  "val_top1": scores[best], "test_top1": None, "scores": scores}
+        write_rows([choice], self.args.results)
         return best, grid[best]
 
     def fine_tuned(self, width: float, labels: str, seed: int) -> Run:
@@ -311,12 +323,20 @@ def write_results(done: Iterator[tuple[Run, StageResult]] | Any, out: Path, path
     it was first recorded under, unless that was only "recipe" (a grid candidate later chosen): another part
     reusing a finished run must not move it out of the table it was made for."""
     rows = read_results(path)
+    records = []
     for run, result in done:
         record = row(run, result, out)
         earlier = rows.get(run.name, {}).get("part", "recipe")
         if earlier != "recipe" and record["part"] != earlier:
             record["part"] = earlier
-        rows[run.name] = record
+        records.append(record)
+    write_rows(records, path)
+
+
+def write_rows(records: list[dict[str, Any]], path: Path) -> None:
+    """Merges ``records`` into ``path`` by run name, atomically."""
+    rows = read_results(path)
+    rows.update({r["run"]: r for r in records})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows.values()))

@@ -229,3 +229,25 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
     assert "| +0.5 (n=2) → +0.0 (n=2) | **does not hold** |" in claims[1]
     assert claims[2].endswith("| +1.5 vs +2.0 | **does not hold** |")
     assert claims[3].endswith("| 1.5 ± 0.0 (n=2) | **does not hold** |")
+
+
+def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tmp_path):
+    """Run directories lost (another machine), the chosen candidate rerun from a new pretraining scores lower on
+    validation: the recorded choice stands for every later seed, and the report shows the scores it was made on."""
+    import shutil
+
+    rows = _study(tmp_path, "--parts", "size", "--widths", "0.25")
+    choice = next(r for r in rows if r["run"] == "choice-finetune-pretrain-w0.25-h3-s0")
+    assert choice["recipe"] == "sgd-0.01" and set(choice["scores"]) == set(scale_study.FINETUNE_GRID)
+    results = tmp_path / "results.jsonl"
+    lowered = [dict(r, val_top1=1.0) if r["run"] == "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s0" else r for r in rows]
+    results.write_text("".join(json.dumps(r) + "\n" for r in lowered))
+    shutil.rmtree(tmp_path / "runs")
+    fake.calls.clear()
+    scale_study.main(["--widths", "0.25", "--subsets", "1%", "--seeds", "0", "1", "2", "--parts", "size",
+                      "--out", str(tmp_path / "runs"), "--results", str(results)])
+    assert {name for stage, name in fake.calls if stage == "finetune"} == {
+        f"finetune-w0.25-h3-layer1-1pct-sgd-0.01-s{seed}" for seed in (0, 1, 2)}
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert scale_report.chosen_recipes(rows)[(0.25, "fine-tuned")] == "sgd-0.01"
+    assert f"| **sgd-0.01** | {choice['scores']['sgd-0.01']:.1f} |" in scale_report.recipe_table(rows)
