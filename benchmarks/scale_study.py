@@ -163,6 +163,11 @@ class Study:
         self.run(pretrained)
         return {recipe: 100 * (self.run(run).val_top1 or 0.0) for recipe, run in runs.items()}
 
+    def choice_scores(self, stage: str, pretrained: Run) -> dict[str, float]:
+        """The grid's validation scores the recorded choice was made on, else the grid's scores now."""
+        self.chosen(stage, "size", pretrained)
+        return read_results(self.args.results)[f"choice-{stage}-{pretrained.name}"]["scores"]
+
     def chosen(self, stage: str, part: str, pretrained: Run) -> tuple[str, float]:
         """The grid's best candidate on validation at ``--grid-labels``, seed ``--seeds[0]``, chosen once: the
         choice and the scores it was made on are recorded in ``--results`` (a "choice" line) and read from there
@@ -198,7 +203,7 @@ class Study:
         wider = [w for w in self.args.widths if w > 0.25]
         if not wider:
             raise SystemExit("big-to-small needs a width above 0.25 in --widths")
-        best = {w: max(self.grid_scores("finetune", self.pretraining(w)).values()) for w in wider}
+        best = {w: max(self.choice_scores("finetune", self.pretraining(w)).values()) for w in wider}
         width = max(best, key=best.get)
         get_logger().info(f"study: big-to-small teacher width {width:g} (fine-tuning validation {best})")
         return width
