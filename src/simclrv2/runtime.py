@@ -96,8 +96,9 @@ def keep_freed_memory() -> bool:
     """Serve large CPU tensors from glibc's heap and keep freed memory there for the next step.
 
     By default glibc maps every allocation above 32 MB afresh (``mmap``) and unmaps it on free, so each large
-    activation and gradient of every step is page-faulted in again: on a 2-core Xeon this held elementwise ops
-    (ReLU, BatchNorm, residual adds) to ~7 GB/s instead of ~30 and cost a width-1 bf16 step 20 % of its time.
+    activation and gradient of every step is page-faulted in again: on a 2-core Xeon this held memory-bound
+    passes (ReLU's backward, copies, adds) to 6-9 GB/s instead of 23-33 and made a width-1 step a quarter slower
+    (``benchmarks/step_profile.py``, ``benchmarks/pretrain_throughput.py --no-keep-freed-memory``).
     With mmap off (``M_MMAP_MAX`` 0) and trimming off, the memory of one step is reused by the next; the
     process keeps its peak memory until it exits, as training does anyway. Returns whether it applied: only
     glibc has these settings (elsewhere, e.g. macOS or musl, nothing changes)."""
