@@ -89,7 +89,7 @@ def encoder_conv_shapes(width: float, batch: int, size: int = 28, in_channels: i
     return shapes
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -116,10 +116,10 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
         return conv.weight_grad_by_gemm(x, grad, shape.kernel, shape.stride, shape.padding)
 
     return {
-        "forward": _best_seconds(lambda: torch.ops.aten.convolution(x, w, None, *args), repeats),
-        "backward-data": _best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
-        "backward-weights": _best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
-        "backward-weights-gemm": (_best_seconds(gemm, repeats)
+        "forward": best_seconds(lambda: torch.ops.aten.convolution(x, w, None, *args), repeats),
+        "backward-data": best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
+        "backward-weights": best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
+        "backward-weights-gemm": (best_seconds(gemm, repeats)
                                   if shape.gemm_weight_grad and dtype in conv.REDUCED_PRECISION else None),
     }
 
@@ -131,7 +131,7 @@ def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> fl
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
     out = torch.empty(n, n, dtype=dtype)
-    return 2 * n**3 / _best_seconds(lambda: torch.matmul(a, b, out=out), repeats) / 1e9
+    return 2 * n**3 / best_seconds(lambda: torch.matmul(a, b, out=out), repeats) / 1e9
 
 
 def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int, peak: float) -> list[dict]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
-from collections.abc import Callable
+import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -24,15 +24,10 @@ from torch.profiler import ProfilerActivity, profile
 from simclrv2.models import resnet
 from simclrv2.runtime import keep_freed_memory
 
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from conv_shapes import best_seconds  # noqa: E402
 
-def _best_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+REPEATS = 5  # best of, for the memory-bound passes
 
 
 def bandwidth(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, float]:
@@ -40,10 +35,10 @@ def bandwidth(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, float]:
     grad = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
     out = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last).relu()
     size = grad.numel() * grad.element_size()
-    return {"relu_backward_gbps": round(3 * size / _best_seconds(
-                lambda: torch.ops.aten.threshold_backward(grad, out, 0)) / 1e9, 1),
-            "copy_gbps": round(2 * size / _best_seconds(grad.clone) / 1e9, 1),
-            "add_gbps": round(3 * size / _best_seconds(lambda: grad.add(out)) / 1e9, 1)}
+    return {"relu_backward_gbps": round(3 * size / best_seconds(
+                lambda: torch.ops.aten.threshold_backward(grad, out, 0), REPEATS) / 1e9, 1),
+            "copy_gbps": round(2 * size / best_seconds(grad.clone, REPEATS) / 1e9, 1),
+            "add_gbps": round(3 * size / best_seconds(lambda: grad.add(out), REPEATS) / 1e9, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             features = model(images)
         features.float().square().mean().backward()
 
-    step_s = _best_seconds(step, repeats=3)
+    step_s = best_seconds(step, 3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
