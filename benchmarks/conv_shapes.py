@@ -6,11 +6,13 @@ For each distinct convolution of the CIFAR-stem ResNet-18 at ``--width`` (shapes
 encoder on a pretraining batch: ``--batch`` pairs, so 2x images, at 28 px), times forward, backward-data and
 backward-weights (``aten.convolution_backward`` with one output mask at a time, as autograd calls it) in the
 given dtype and memory layout, and reports GFLOP/s and the share of this machine's GEMM peak for that dtype
-(measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). On maps small enough for the
-encoder's Conv2d to take its weight gradient as one GEMM (``simclrv2.models.conv``; bf16 only), that GEMM is timed too
-(backward-weights-gemm) and counts in the step instead of oneDNN's backward-weights. The last column per pass is
+(measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). Where the encoder's Conv2d runs a
+pass as a GEMM over the input's patches (``simclrv2.models.conv.GEMM_RULES``: small output maps, wide GEMMs, bf16 only),
+that GEMM is timed too (forward-gemm, backward-data-gemm, backward-weights-gemm, the last from the patches forward
+kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass. The last column per pass is
 the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
-a Markdown table; ``--out`` also writes the lines to a file.
+a Markdown table; ``--out`` also writes the lines to a file. Freed memory is kept for reuse, as training sessions
+do (``run.keep_freed_memory``): otherwise glibc maps each large output afresh and its page faults are timed.
 
 Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
 and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine.
@@ -31,10 +33,12 @@ import torch
 from torch import nn
 
 from simclrv2.models import conv, resnet
+from simclrv2.runtime import keep_freed_memory
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
-PASSES = ("forward", "backward-data", "backward-weights", "backward-weights-gemm")
+ONEDNN_PASSES = ("forward", "backward-data", "backward-weights")
+PASSES = (*ONEDNN_PASSES, *(f"{p}-gemm" for p in ONEDNN_PASSES))
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,11 @@ class ConvShape:
         return 2 * macs / 1e9
 
     @property
-    def gemm_weight_grad(self) -> bool:
-        """Whether the encoder's Conv2d takes this shape's weight gradient as one GEMM (on CPU, in bf16/fp16)."""
-        return self.groups == 1 and self.out_size**2 <= conv.GEMM_WEIGHT_GRAD_MAX_AREA
+    def gemm_passes(self) -> frozenset[str]:
+        """The passes the encoder's Conv2d runs as GEMMs for this shape (on CPU, in bf16/fp16)."""
+        if self.groups != 1:
+            return frozenset()
+        return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels)
 
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
@@ -100,9 +106,9 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format,
-                repeats: int) -> dict[str, float | None]:
-    """Seconds of each pass, with activations, weights and output gradients all in ``layout`` (None for the GEMM
-    weight gradient where the encoder does not take it)."""
+                repeats: int) -> dict[str, float]:
+    """Seconds of each oneDNN pass, with activations, weights and output gradients all in ``layout``, and of each
+    GEMM pass the encoder takes for this shape in this dtype."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.in_channels, shape.size, shape.size, generator=gen).to(dtype)
     w = torch.randn(shape.out_channels, shape.in_channels // shape.groups, shape.kernel, shape.kernel,
@@ -111,17 +117,26 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
     x, w, grad = (t.contiguous(memory_format=layout) for t in (x, w, grad))
     args = ([shape.stride] * 2, [shape.padding] * 2, [1, 1], False, [0, 0], shape.groups)
     backward = torch.ops.aten.convolution_backward
-
-    def gemm() -> torch.Tensor:
-        return conv.weight_grad_by_gemm(x, grad, shape.kernel, shape.stride, shape.padding)
-
-    return {
+    seconds = {
         "forward": best_seconds(lambda: torch.ops.aten.convolution(x, w, None, *args), repeats),
         "backward-data": best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
         "backward-weights": best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
-        "backward-weights-gemm": (best_seconds(gemm, repeats)
-                                  if shape.gemm_weight_grad and dtype in conv.REDUCED_PRECISION else None),
     }
+    gemms = shape.gemm_passes if dtype in conv.REDUCED_PRECISION else frozenset()
+    k, s, p = shape.kernel, shape.stride, shape.padding
+    if "forward" in gemms:
+        seconds["forward-gemm"] = best_seconds(lambda: conv.conv_by_gemm(x, w, s, p), repeats)
+    if "backward-data" in gemms:
+        seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_gemm(grad, w, p), repeats)
+    if "backward-weights" in gemms:
+        if "forward" in gemms:  # the patches are those forward made
+            cols = conv.patches(x, k, s, p)
+            seconds["backward-weights-gemm"] = best_seconds(
+                lambda: conv.weight_grad_from_patches(grad, cols, w.shape), repeats)
+        else:
+            seconds["backward-weights-gemm"] = best_seconds(lambda: conv.weight_grad_by_gemm(x, grad, k, s, p),
+                                                            repeats)
+    return seconds
 
 
 def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -139,16 +154,17 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
     rows = []
     for shape, layers in shapes.items():
         seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats)
-        measured = [p for p in PASSES if seconds[p] is not None]
+        measured = [p for p in PASSES if p in seconds]
         rows.append({"width": width, "precision": precision, "layout": layout, "shape": shape.label(),
                      "layers": layers, "gflop": round(shape.gflop, 3),
                      **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in measured},
                      **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in measured}})
-        # the step pays one of the two weight gradients: the GEMM where the encoder takes it
-        gemm = seconds["backward-weights-gemm"] is not None
-        rows[-1]["backward-weights_paid" if gemm else "backward-weights-gemm_paid"] = False
+        # the step pays one of the two forms of each pass: the GEMM where the encoder takes it
+        for onednn in ONEDNN_PASSES:
+            if f"{onednn}-gemm" in seconds:
+                rows[-1][f"{onednn}_paid"] = False
     stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
-    stem["backward-data_paid"] = False  # backward-data, so the step's total leaves it out
+    stem["backward-data_paid"] = stem["backward-data-gemm_paid"] = False  # backward-data, so the step leaves it out
     total = sum(_paid_ms(r, p) for r in rows for p in PASSES)
     for r in rows:
         for p in (p for p in PASSES if f"{p}_ms" in r):
@@ -188,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    keep_freed_memory()
     peaks = {p: gemm_peak_gflops(DTYPES[p]) for p in args.precision}
     header = {"bench": "conv_shapes", "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "torch": torch.__version__,

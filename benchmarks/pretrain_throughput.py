@@ -41,6 +41,10 @@ from simclrv2.stages.pretrain import pretrain
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
+# A/B switches of --gemm-rules: the package's rules, none (oneDNN throughout), and the weight gradient on 4x4
+# maps alone
+GEMM_RULE_SETS = {"default": conv.GEMM_RULES, "none": (), "weight-grad-4px": (("backward-weights", 16, 1),)}
+
 
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
             warmup: int, channels_last: bool, compile_model: bool = False, keep_freed_memory: bool = True) -> dict:
@@ -91,9 +95,10 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="first steps not counted (at least 1 with --compile)")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
-    p.add_argument("--weight-grad", choices=["auto", "onednn"], default="auto",
-                   help="onednn: turn off the encoder's GEMM weight gradient on small maps (simclrv2.models.conv) "
-                        "to measure what it gives")
+    p.add_argument("--gemm-rules", choices=tuple(GEMM_RULE_SETS), default="default",
+                   help="which convolution passes run as GEMMs over patches (simclrv2.models.conv.GEMM_RULES): "
+                        "none is oneDNN throughout, weight-grad-4px the weight gradient on 4x4 maps only (the "
+                        "rule before the others were measured), to measure what they give")
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="run.keep_freed_memory = false: glibc's default allocation, to measure what it gives (it "
                         "lasts for the process, so compare separate invocations)")
@@ -105,8 +110,8 @@ def main() -> None:
     args = p.parse_args()
     # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
-    if args.weight_grad == "onednn":
-        conv.GEMM_WEIGHT_GRAD_MAX_AREA = 0  # this process only: an A/B switch of the benchmark, not an option
+    # this process only: an A/B switch of the benchmark, not an option
+    conv.GEMM_RULES = GEMM_RULE_SETS[args.gemm_rules]
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     ours, peers = [], []
     for width in args.width:
@@ -114,7 +119,7 @@ def main() -> None:
             steps = args.steps or (20 if width < 1 else 10)
             result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
                              not args.no_channels_last, args.compile, not args.no_keep_freed_memory)
-            result.update(weight_grad=args.weight_grad, torch=torch.__version__,
+            result.update(gemm_rules=args.gemm_rules, torch=torch.__version__,
                           torch_threads=torch.get_num_threads(), python=platform.python_version())
             ours.append(result)
             print(json.dumps(result), flush=True)

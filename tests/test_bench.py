@@ -142,19 +142,27 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak():
     assert sum(r["layers"] for r in rows) == 20
     shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
     assert sum(shares) == pytest.approx(1.0, abs=0.01) and min(shares) >= 0
-    assert not any("backward-weights-gemm_ms" in r for r in rows)  # fp32 keeps oneDNN's weight gradient
-    rows = conv_shapes.rows_for(0.25, batch=2, precision="bf16", layout="channels_last", repeats=1, peak=1.0)
+    assert not any(k.endswith("-gemm_ms") for r in rows for k in r)  # fp32 keeps oneDNN's passes
+    rows = conv_shapes.rows_for(1.0, batch=2, precision="bf16", layout="channels_last", repeats=1, peak=1.0)
     shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
     assert sum(shares) == pytest.approx(1.0, abs=0.01)
-    # the last stage works on 4x4 maps: in bf16 the step pays the GEMM weight gradient there, oneDNN's elsewhere
-    small = [r for r in rows if "backward-weights-gemm_ms" in r]
-    assert {r["shape"].split("@")[1] for r in small} == {"7px", "4px"} and len(small) == 3  # 3x3/2, 1x1/2, 3x3
-    assert all(r["backward-weights_time_share"] == 0 and r["backward-weights-gemm_time_share"] > 0 for r in small)
-    assert all("backward-weights-gemm_ms" not in r for r in rows if r not in small)
+    # the last stages work on 7x7 and 4x4 output maps: in bf16 the step pays the GEMMs the rules pick there
+    by_shape = {r["shape"]: r for r in rows}
+    assert {k for k, r in by_shape.items() if "backward-weights-gemm_ms" in r} == {
+        "128->256 3x3/2 @14px", "256->256 3x3/1 @7px", "128->256 1x1/2 @14px",  # 7x7 outputs, 256 columns
+        "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px"}  # 4x4 outputs
+    assert {k for k, r in by_shape.items() if "forward-gemm_ms" in r} == {
+        "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px"}
+    assert {k for k, r in by_shape.items() if "backward-data-gemm_ms" in r} == {"512->512 3x3/1 @4px"}
+    for r in rows:
+        for p in conv_shapes.ONEDNN_PASSES:
+            gemm = f"{p}-gemm_ms" in r
+            assert (r[f"{p}_time_share"] == 0) == (gemm or (r is rows[0] and p == "backward-data")), (r["shape"], p)
+            assert not gemm or r[f"{p}-gemm_time_share"] > 0
     assert rows[0]["shape"].startswith("1->") and rows[0]["backward-data_time_share"] == 0  # the stem's input
-    assert [r.get("backward-data_paid", True) for r in rows].count(False) == 1
+    assert [r.get("backward-data_paid", True) for r in rows].count(False) == 2  # the stem and the GEMM one
     assert all(r["forward_peak_share"] == r["forward_gflops"] for r in rows)  # peak 1 GFLOP/s: share = GFLOP/s
-    assert "| 0.25 | bf16 | channels_last |" in conv_shapes.markdown(rows, {"bf16": 1.0})
+    assert "| 1 | bf16 | channels_last |" in conv_shapes.markdown(rows, {"bf16": 1.0})
 
 
 def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals():

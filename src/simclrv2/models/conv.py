@@ -1,13 +1,22 @@
-"""A 2-D convolution whose weight gradient on small feature maps is one matrix multiply.
+"""A 2-D convolution that runs passes as GEMMs over the input's patches where oneDNN's CPU kernels are slow.
 
-On CPUs, oneDNN's bf16 backward-weights kernel runs far below the machine's GEMM peak when the output map is
-tiny (ResNet's last stage on 28-32 px inputs works on 4×4 maps): on a 2-core AMX Xeon at batch 512, ~290 GFLOP/s
-against ~860 for the same product written as (Co, N·Ho·Wo) @ (N·Ho·Wo, k·k·Ci) over the input's patches, while
-forward and backward-data run at ~900 (``benchmarks/conv_shapes.py``, which times both). On 7×7 maps and larger,
-and in fp32, oneDNN's kernel is as fast or faster. So in bf16/fp16 on CPU, for maps of at most
-``GEMM_WEIGHT_GRAD_MAX_AREA`` pixels, the weight gradient is that GEMM; forward and the input gradient stay
-oneDNN's. Parameters, state dict and numerics (fp32 sums of the same products, rounded to the same dtype) are
-those of :class:`torch.nn.Conv2d`.
+On CPUs, oneDNN's bf16 convolutions fall far below the machine's GEMM peak on the tiny maps of ResNet's last
+stages at 28-32 px inputs. On a 2-core AMX Xeon at batch 512 (``benchmarks/conv_shapes.py`` times every pass
+both ways), a 512->512 3×3 conv on 4×4 maps took 40 ms forward, 41 ms backward-data and 138 ms backward-weights
+in oneDNN against 26, 35 and 25 ms as GEMMs over its patches (an im2col laid out channels-last, so a
+channels_last input is copied in runs of its channels). The copy of the patches costs the same per output column
+of the GEMM whatever the channel count, so the GEMM pays only when that product is wide: at 256 channels on 4×4
+maps oneDNN's forward was faster, while its weight gradient was slower at every width. ``GEMM_RULES`` holds what
+was measured; a pass runs as a GEMM, in bf16/fp16 on CPU, where a rule covers it:
+
+- forward ``patches @ W^T``;
+- backward-data (stride 1) as the forward of the output gradient with the flipped, transposed kernel; stride 2
+  keeps oneDNN's, since its GEMM form would sum nine bf16-rounded overlapping parts;
+- backward-weights ``grad^T @ patches``, from the patches forward made when forward is a GEMM too.
+
+Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
+and state dict are those of :class:`torch.nn.Conv2d`, and anything else (fp32, GPUs, groups, dilation, bias,
+larger maps) is :class:`torch.nn.Conv2d` itself.
 """
 
 from __future__ import annotations
@@ -18,73 +27,157 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The largest output map (Ho·Wo) whose weight gradient is computed as one GEMM: 4×4 is where it pays on the
-# machine measured; 7×7 maps are already faster in oneDNN (see the module docstring).
-GEMM_WEIGHT_GRAD_MAX_AREA = 16
-# The dtypes it is used in: in fp32 oneDNN's weight gradient measured as fast.
+# (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
+# Ci for the input gradient): where the GEMM measured faster than oneDNN (module docstring).
+GEMM_RULES: tuple[tuple[str, int, int], ...] = (
+    ("forward", 16, 512),
+    ("backward-data", 16, 512),
+    ("backward-weights", 16, 1),
+    ("backward-weights", 49, 256),
+)
+# The dtypes they apply in: in fp32 oneDNN measured as fast.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def weight_grad_by_gemm(x: Tensor, grad_out: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
-    """dL/dW of ``conv2d(x, W, stride, padding)`` (square kernel, no dilation, one group) as one GEMM.
-
-    The patches are gathered channels-last (N, Ho, Wo, kh, kw, Ci), so a channels_last ``x`` is read in order.
-    Returns the gradient in W's shape (Co, Ci, kh, kw), laid out channels-last like the encoder's weights.
-    """
+def patches(x: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """The im2col matrix of ``x`` (N, Ci, H, W): one row per output pixel, (N·Ho·Wo, kh·kw·Ci), the kernel
+    offsets outer and the channels inner, so a channels_last ``x`` is copied in runs of Ci."""
     n, ci = x.shape[:2]
-    co, ho, wo = grad_out.shape[1:]
     padded = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # N, H + 2p, W + 2p, Ci
-    patches = padded.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # N, Ho, Wo, Ci, kh, kw
-    patches = patches[:, :ho, :wo].permute(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, kernel_size * kernel_size * ci)
-    grad = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, co)
-    return (grad.t() @ patches).view(co, kernel_size, kernel_size, ci).permute(0, 3, 1, 2)
+    windows = padded.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # N, Ho, Wo, Ci, kh, kw
+    ho, wo = windows.shape[1:3]
+    return windows.permute(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, kernel_size * kernel_size * ci)
 
 
-class _GemmWeightGradConv(torch.autograd.Function):
-    """conv2d with oneDNN's forward and input gradient and :func:`weight_grad_by_gemm` for the weight's."""
+def _weight_matrix(weight: Tensor) -> Tensor:
+    """(Co, Ci, kh, kw) as (Co, kh·kw·Ci), the column order of :func:`patches` (a view for channels_last)."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """(N, C, H, W) as (N·H·W, C): a view when ``t`` is channels_last."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _from_rows(rows: Tensor, n: int, h: int, w: int) -> Tensor:
+    """(N·H·W, C) rows as an (N, C, H, W) tensor laid out channels_last (a view)."""
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def weight_grad_from_patches(grad_out: Tensor, cols: Tensor, weight_shape: torch.Size) -> Tensor:
+    """dL/dW = grad^T @ patches, in W's shape (Co, Ci, kh, kw) and channels-last like the encoder's weights
+    (grad^T is copied first: the GEMM on a transposed operand measured 40 % slower)."""
+    co, ci, kh, kw = weight_shape
+    return (_rows(grad_out).t().contiguous() @ cols).view(co, kh, kw, ci).permute(0, 3, 1, 2)
+
+
+def weight_grad_by_gemm(x: Tensor, grad_out: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
+    """dL/dW of ``conv2d(x, W, stride, padding)`` (square kernel, no dilation, one group) as one GEMM over the
+    input's patches."""
+    weight_shape = torch.Size((grad_out.shape[1], x.shape[1], kernel_size, kernel_size))
+    return weight_grad_from_patches(grad_out, patches(x, kernel_size, stride, padding), weight_shape)
+
+
+def conv_by_gemm(x: Tensor, weight: Tensor, stride: int, padding: int) -> tuple[Tensor, Tensor]:
+    """``conv2d(x, weight, stride, padding)`` as patches @ W^T, channels_last; also returns the patches, which
+    the weight gradient reuses."""
+    k = weight.shape[-1]
+    cols = patches(x, k, stride, padding)
+    ho, wo = ((size + 2 * padding - k) // stride + 1 for size in x.shape[-2:])
+    return _from_rows(cols @ _weight_matrix(weight).t(), x.shape[0], ho, wo), cols
+
+
+def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """dL/dx of a stride-1 ``conv2d(x, weight, padding=padding)``: the transposed convolution of stride 1 is the
+    convolution of the output gradient with the kernel flipped and its channels swapped."""
+    k = weight.shape[-1]
+    flipped = weight.flip(2, 3).transpose(0, 1)
+    return conv_by_gemm(grad_out, flipped, 1, k - 1 - padding)[0]
+
+
+def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int) -> frozenset[str]:
+    """Which passes of a bf16/fp16 CPU convolution run as GEMMs. ``GEMM_RULES`` is read at call time
+    (benchmarks switch it for an A/B)."""
+    columns = {"forward": out_channels, "backward-data": in_channels, "backward-weights": out_channels}
+    passes = {name for name, max_area, min_columns in GEMM_RULES
+              if out_area <= max_area and columns[name] >= min_columns}
+    if stride != 1:  # as a GEMM, stride 2's input gradient would sum bf16-rounded overlapping parts
+        passes.discard("backward-data")
+    return frozenset(passes)
+
+
+def _input_grad_by_onednn(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, None, (stride, stride), (padding, padding),
+                                               (1, 1), False, (0, 0), 1, (True, False, False))[0]
+
+
+def _weight_grad_by_onednn(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, None, (stride, stride), (padding, padding),
+                                               (1, 1), False, (0, 0), 1, (False, True, False))[1]
+
+
+class _PatchGemmConv(torch.autograd.Function):
+    """conv2d whose ``passes`` run as GEMMs over patches and the others as oneDNN's kernels. Keeps for backward
+    only what those need: the patches when forward made them, x where a pass reads it."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(x, weight, None, stride, padding)
+    def forward(ctx: Any, x: Tensor, weight: Tensor, stride: int, padding: int, passes: frozenset[str]) -> Tensor:
+        cols = None
+        if "forward" in passes:
+            out, cols = conv_by_gemm(x, weight, stride, padding)
+        else:
+            out = F.conv2d(x, weight, None, stride, padding)
+        needs_x = "backward-data" not in passes or cols is None
+        ctx.save_for_backward(cols, weight, x if needs_x else None)
+        ctx.stride, ctx.padding, ctx.passes = stride, padding, passes
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        x, weight = ctx.saved_tensors
-        s, p = ctx.stride, ctx.padding
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        cols, weight, x = ctx.saved_tensors
+        s, p, passes = ctx.stride, ctx.padding, ctx.passes
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, (s, s), (p, p), (1, 1), False, (0, 0), 1, (True, False, False))[0]
+            grad_x = (input_grad_by_gemm(grad_out, weight, p) if "backward-data" in passes
+                      else _input_grad_by_onednn(grad_out, x, weight, s, p))
         if ctx.needs_input_grad[1]:
-            grad_w = weight_grad_by_gemm(x, grad_out, weight.shape[-1], s, p)
-        return grad_x, grad_w, None, None
+            if "backward-weights" not in passes:
+                grad_w = _weight_grad_by_onednn(grad_out, x, weight, s, p)
+            elif cols is not None:
+                grad_w = weight_grad_from_patches(grad_out, cols, weight.shape)
+            else:
+                grad_w = weight_grad_by_gemm(x, grad_out, weight.shape[-1], s, p)
+        return grad_x, grad_w, None, None, None
 
 
 class Conv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` (same parameters and checkpoints) that takes the GEMM weight gradient on CPU in
-    bf16/fp16 when the output map is at most ``GEMM_WEIGHT_GRAD_MAX_AREA`` pixels and the weight needs a
-    gradient."""
+    """:class:`torch.nn.Conv2d` (same parameters and checkpoints) whose passes run as GEMMs over patches on CPU
+    in bf16/fp16 where ``GEMM_RULES`` says they are faster than oneDNN's."""
 
-    def _gemm_weight_grad(self, x: Tensor, dtype: torch.dtype) -> bool:
-        if not (x.device.type == "cpu" and dtype in REDUCED_PRECISION and self.weight.requires_grad
-                and torch.is_grad_enabled()):
-            return False
+    def _gemm_passes(self, x: Tensor, dtype: torch.dtype) -> frozenset[str]:
+        """The passes of this call that run as GEMMs (only those that will run: no backward without grad)."""
+        if x.device.type != "cpu" or dtype not in REDUCED_PRECISION or x.dim() != 4:
+            return frozenset()
         if self.groups != 1 or self.dilation != (1, 1) or self.bias is not None or self.padding_mode != "zeros":
-            return False
+            return frozenset()
         k, (s, s_w), (p, p_w) = self.kernel_size, self.stride, self.padding
-        if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w:
-            return False
+        if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w or p >= k[0]:
+            return frozenset()
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
-        return ho * wo <= GEMM_WEIGHT_GRAD_MAX_AREA
+        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels)
+        if not torch.is_grad_enabled():
+            passes -= {"backward-data", "backward-weights"}
+        elif not self.weight.requires_grad:
+            passes -= {"backward-weights"}
+        return passes
 
     def forward(self, x: Tensor) -> Tensor:
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast and x.dtype != torch.float64 else x.dtype
-        if not self._gemm_weight_grad(x, dtype):
+        passes = self._gemm_passes(x, dtype)
+        if not passes or passes == {"backward-data"} and not x.requires_grad:
             return super().forward(x)
         # cast as autocast would for conv2d; the Function then runs outside autocast
         x, weight = x.to(dtype), self.weight.to(dtype)
         with torch.autocast("cpu", enabled=False):
-            return _GemmWeightGradConv.apply(x, weight, self.stride[0], self.padding[0])
+            return _PatchGemmConv.apply(x, weight, self.stride[0], self.padding[0], passes)

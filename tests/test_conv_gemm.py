@@ -1,0 +1,213 @@
+"""The encoder's Conv2d: on small CPU maps in bf16 its passes are GEMMs over the input's patches; everything it
+computes must equal torch.nn.Conv2d's (checked against float64 references), and it must fall back where the
+GEMMs do not apply."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from simclrv2.models import conv
+from simclrv2.models.conv import Conv2d, conv_by_gemm, gemm_passes, input_grad_by_gemm, weight_grad_by_gemm
+from simclrv2.models.resnet import resnet
+
+GEOMETRIES = [(3, 1, 1, 4), (3, 2, 1, 8), (3, 2, 1, 7), (1, 2, 0, 8), (3, 1, 0, 5), (3, 1, 1, 9), (1, 1, 0, 3)]
+
+
+def _layouts(*tensors: torch.Tensor):
+    yield tensors
+    yield tuple(t.contiguous(memory_format=torch.channels_last) for t in tensors)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), GEOMETRIES)
+def test_conv_by_gemm_equals_conv2d_and_is_channels_last(kernel, stride, padding, size):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    weight = torch.randn(7, 5, kernel, kernel, dtype=torch.float64)
+    expected = F.conv2d(x, weight, stride=stride, padding=padding)
+    for x_, weight_ in _layouts(x, weight):
+        got, cols = conv_by_gemm(x_, weight_, stride, padding)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert cols.shape == (3 * expected.shape[-2] * expected.shape[-1], kernel * kernel * 5)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"), GEOMETRIES)
+def test_weight_grad_by_gemm_equals_the_convolution_weight_gradient(kernel, stride, padding, size):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    weight = torch.randn(7, 5, kernel, kernel, dtype=torch.float64)
+    grad_out = torch.randn_like(F.conv2d(x, weight, stride=stride, padding=padding))
+    expected = torch.nn.grad.conv2d_weight(x, weight.shape, grad_out, stride=stride, padding=padding)
+    for x_, grad_out_ in _layouts(x, grad_out):
+        got = weight_grad_by_gemm(x_, grad_out_, kernel, stride, padding)
+        assert got.shape == weight.shape
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("kernel", "padding", "size"), [(3, 1, 4), (3, 0, 5), (1, 0, 3), (3, 1, 9)])
+def test_input_grad_by_gemm_equals_the_convolution_input_gradient(kernel, padding, size):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    weight = torch.randn(7, 5, kernel, kernel, dtype=torch.float64)
+    grad_out = torch.randn_like(F.conv2d(x, weight, padding=padding))
+    expected = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, padding=padding)
+    for grad_out_, weight_ in _layouts(grad_out, weight):
+        torch.testing.assert_close(input_grad_by_gemm(grad_out_, weight_, padding), expected, rtol=1e-10,
+                                   atol=1e-10)
+
+
+def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_two_input_grads_in_onednn(
+        monkeypatch):
+    every = {"forward", "backward-data", "backward-weights"}
+    assert gemm_passes(1, 16, 512, 512) == every  # width 1's last stage
+    assert gemm_passes(2, 16, 256, 512) == every - {"backward-data"}  # stride 2's input gradient stays oneDNN's
+    assert gemm_passes(1, 16, 256, 256) == gemm_passes(1, 16, 64, 64) == {"backward-weights"}  # narrower ones
+    assert gemm_passes(1, 49, 256, 256) == gemm_passes(2, 49, 128, 256) == {"backward-weights"}
+    assert gemm_passes(1, 49, 128, 128) == gemm_passes(1, 64, 512, 512) == frozenset()
+    monkeypatch.setattr(conv, "GEMM_RULES", ())
+    assert gemm_passes(1, 16, 512, 512) == frozenset()  # read at call time: the benchmarks' A/B switch
+
+
+@pytest.fixture
+def narrow_rules(monkeypatch):
+    """The default rules without their channel minimums, so that small test modules take every path."""
+    monkeypatch.setattr(conv, "GEMM_RULES", tuple((name, area, 1) for name, area, _ in conv.GEMM_RULES))
+
+
+def _pair(stride: int = 1) -> tuple[nn.Conv2d, Conv2d]:
+    torch.manual_seed(1)
+    reference = nn.Conv2d(16, 24, 3, stride=stride, padding=1, bias=False)
+    ours = Conv2d(16, 24, 3, stride=stride, padding=1, bias=False)
+    ours.load_state_dict(reference.state_dict())  # same parameters, same checkpoints
+    return reference, ours
+
+
+def _grads(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, autocast: bool = True):
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    y.backward(grad_out)
+    return y, x.grad, module.weight.grad
+
+
+MIXES = [{"forward", "backward-data", "backward-weights"}, {"forward", "backward-weights"}, {"backward-weights"},
+         {"backward-data"}, set()]
+
+
+@pytest.mark.parametrize(("stride", "passes"),  # stride 2's input gradient is never a GEMM
+                         [(1, p) for p in MIXES] + [(2, p) for p in MIXES if "backward-data" not in p])
+def test_every_mix_of_gemm_and_onednn_passes_gives_nn_conv2d_outputs_and_gradients_in_fp32(stride, passes):
+    reference, ours = _pair(stride)
+    x = torch.randn(6, 16, 4 * stride, 4 * stride).to(memory_format=torch.channels_last)
+    grad_out = torch.randn(6, 24, 4, 4)
+    y_ref, gx_ref, gw_ref = _grads(reference, x, grad_out, autocast=False)
+    x_ours = x.clone().requires_grad_()
+    y = conv._PatchGemmConv.apply(x_ours, ours.weight, stride, 1, frozenset(passes))
+    y.backward(grad_out)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_ours.grad, gx_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, gw_ref, rtol=1e-5, atol=1e-5)
+
+
+def _relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    return ((got.double() - exact).abs().max() / exact.abs().max()).item()
+
+
+@pytest.mark.parametrize(("stride", "out_size", "passes"),
+                         [(1, 4, {"forward", "backward-data", "backward-weights"}),
+                          (2, 4, {"forward", "backward-weights"}),
+                          (1, 7, {"backward-weights"}), (2, 7, {"backward-weights"})])
+def test_under_bf16_autocast_small_maps_take_the_gemms_with_autocast_dtypes_and_oneDNN_accuracy(
+        narrow_rules, stride, out_size, passes):
+    reference, ours = _pair(stride)
+    size = out_size * stride - (stride - 1) * (out_size % 2 == 1)  # 7 px out of 13 px at stride 2
+    x = torch.randn(8, 16, size, size)
+    grad_out = torch.randn(8, 24, out_size, out_size)
+    y_ref, gx_ref, gw_ref = _grads(reference, x, grad_out)
+    y, gx, gw = _grads(ours, x, grad_out)
+    assert y.grad_fn.name() == "_PatchGemmConvBackward" and y.grad_fn.passes == passes
+    assert (y.dtype, gx.dtype, gw.dtype) == (y_ref.dtype, gx_ref.dtype, gw_ref.dtype) == \
+        (torch.bfloat16, torch.float32, torch.float32)
+    x64, w64, g64 = x.double(), reference.weight.double(), grad_out.double()
+    exact = {"y": F.conv2d(x64, w64, stride=stride, padding=1),
+             "gx": torch.nn.grad.conv2d_input(x.shape, w64, g64, stride=stride, padding=1),
+             "gw": torch.nn.grad.conv2d_weight(x64, w64.shape, g64, stride=stride, padding=1)}
+    # oneDNN and the GEMMs both round fp32 sums of bf16 products once: within a few bf16 steps of float64
+    for name, got, theirs in (("y", y, y_ref), ("gx", gx, gx_ref), ("gw", gw, gw_ref)):
+        assert _relative_error(got, exact[name]) < 2e-2, name
+        assert _relative_error(theirs, exact[name]) < 2e-2, name
+
+
+def test_bf16_modules_take_the_gemms_without_autocast(narrow_rules):
+    _, ours = _pair()
+    ours = ours.to(torch.bfloat16)
+    y = ours(torch.randn(2, 16, 4, 4, dtype=torch.bfloat16))
+    assert y.grad_fn.name() == "_PatchGemmConvBackward" and y.dtype == torch.bfloat16
+
+
+def test_only_passes_that_will_run_are_gemms_and_fp32_and_large_maps_are_nn_conv2d(narrow_rules):
+    reference, ours = _pair()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(torch.randn(2, 16, 8, 8)).grad_fn.name() == "ConvolutionBackward0"  # 64 output pixels
+        x = torch.randn(2, 16, 4, 4)
+        with torch.no_grad():  # inference keeps the GEMM forward
+            y = ours(x)
+            assert y.grad_fn is None and y.dtype == torch.bfloat16
+            torch.testing.assert_close(y, reference(x))
+    assert ours(torch.randn(2, 16, 4, 4)).grad_fn.name() == "ConvolutionBackward0"  # fp32: oneDNN is as fast
+    ours.weight.requires_grad_(False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # a frozen weight needs no weight gradient: 7x7 maps had nothing else as a GEMM
+        assert ours(torch.randn(2, 16, 7, 7, requires_grad=True)).grad_fn.name() == "ConvolutionBackward0"
+        x = torch.randn(2, 16, 4, 4, requires_grad=True)
+        y = ours(x)
+        assert y.grad_fn.passes == {"forward", "backward-data"}
+        y.float().sum().backward()
+    assert x.grad is not None and ours.weight.grad is None
+
+
+def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_where_a_pass_reads_it(narrow_rules):
+    """Stride 1 with every pass a GEMM needs no input: x is not kept alive beside its (9x larger) patches."""
+    _, ours = _pair(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(torch.randn(2, 16, 4, 4))
+    assert [None if t is None else tuple(t.shape) for t in y.grad_fn.saved_tensors] == \
+        [(2 * 16, 9 * 16), (24, 16, 3, 3), None]
+    _, ours = _pair(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(torch.randn(2, 16, 8, 8))  # stride 2: oneDNN's input gradient reads x
+    assert [None if t is None else tuple(t.shape) for t in y.grad_fn.saved_tensors] == \
+        [(2 * 16, 9 * 16), (24, 16, 3, 3), (2, 16, 8, 8)]
+
+
+def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, monkeypatch):
+    """The whole encoder at 32 px under bf16 autocast (its last stages work on 8x8 and 4x4 maps, so every GEMM
+    path runs): its gradients stay as close to float64's as those computed with oneDNN alone."""
+    def gradients(autocast: bool = True, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = resnet(18, width_multiplier=0.25, cifar_stem=True)
+        for module in model.modules():  # residual BN scales start at zero, which would stop their branch's grads
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.uniform_(module.weight, 0.5, 1.5)
+        model = model.to(dtype)
+        x = torch.randn(4, 3, 32, 32).to(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(x)
+        # a fixed random direction: a sum of squares of BN outputs would be nearly constant, its gradient noise
+        direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        (out.to(dtype) * direction).sum().backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    exact = gradients(autocast=False, dtype=torch.float64)
+    with_gemms = gradients()
+    monkeypatch.setattr(conv, "GEMM_RULES", ())
+    onednn = gradients()
+    assert with_gemms.keys() == onednn.keys() == exact.keys()
+    assert any(not torch.equal(with_gemms[n], onednn[n]) for n in exact)  # the GEMM paths did run
+    trained = list(exact)
+    ours = torch.tensor([((with_gemms[n].double() - exact[n]).norm() / exact[n].norm()).item() for n in trained])
+    theirs = torch.tensor([((onednn[n].double() - exact[n]).norm() / exact[n].norm()).item() for n in trained])
+    assert ours.mean() < 1.5 * theirs.mean(), (ours.mean(), theirs.mean())
