@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from simclrv2.models import conv, resnet
+from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     keep_freed_memory()
     peaks = {p: gemm_peak_gflops(DTYPES[p]) for p in args.precision}
-    header = {"bench": "conv_shapes", "cpu": platform.processor() or platform.machine(),
+    header = {"bench": "conv_shapes", **cpu_kind(),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
     print(json.dumps(header), flush=True)

@@ -34,6 +34,7 @@ import torch
 from simclrv2.config import load_config
 from simclrv2.models import conv, count_parameters
 from simclrv2.models.spec import ModelSpec
+from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import resolve_precision
 from simclrv2.stages.engine import StepTime
 from simclrv2.stages.pretrain import pretrain
@@ -119,7 +120,7 @@ def main() -> None:
             steps = args.steps or (20 if width < 1 else 10)
             result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
                              not args.no_channels_last, args.compile, not args.no_keep_freed_memory)
-            result.update(gemm_rules=args.gemm_rules, torch=torch.__version__,
+            result.update(gemm_rules=args.gemm_rules, **cpu_kind(), torch=torch.__version__,
                           torch_threads=torch.get_num_threads(), python=platform.python_version())
             ours.append(result)
             print(json.dumps(result), flush=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from simclrv2.models import resnet
+from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               "ops": [{"name": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
                        "share": round(e.self_cpu_time_total / total, 3)} for e in ops[:args.rows]],
               **bandwidth((2 * args.batch, stem_channels, 28, 28), dtype),
-              "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+              **cpu_kind(), "torch": torch.__version__,
               "threads": torch.get_num_threads()}
     print(json.dumps(record))
     for op in record["ops"]:

@@ -66,6 +66,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide how fast a step can be: bf16 matrix units (AMX), bf16 vector dot products, AVX-512
+BF16_RELEVANT_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """The CPU's name, which of ``BF16_RELEVANT_FLAGS`` it reports (Linux), and ``ONEDNN_MAX_CPU_ISA`` when set,
+    since that caps oneDNN's kernels below what the CPU has (how the AVX-512-BF16 path is timed on an AMX CPU)."""
+    flags: set[str] = set()
+    try:
+        with cpuinfo.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass  # not Linux: no flags
+    return {"cpu_model": cpu_model(), "cpu_flags": [f for f in BF16_RELEVANT_FLAGS if f in flags],
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
