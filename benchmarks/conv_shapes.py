@@ -105,10 +105,11 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format,
-                repeats: int) -> dict[str, float]:
+def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format, repeats: int,
+                gemms: frozenset[str], reuse_patches: bool) -> dict[str, float]:
     """Seconds of each oneDNN pass, with activations, weights and output gradients all in ``layout``, and of each
-    GEMM pass the encoder takes for this shape in this dtype."""
+    pass in ``gemms`` as a GEMM (the weight gradient from patches already made when ``reuse_patches``: the
+    encoder keeps forward's where forward is a GEMM)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.in_channels, shape.size, shape.size, generator=gen).to(dtype)
     w = torch.randn(shape.out_channels, shape.in_channels // shape.groups, shape.kernel, shape.kernel,
@@ -122,14 +123,13 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
         "backward-data": best_seconds(lambda: backward(grad, x, w, None, *args, [True, False, False]), repeats),
         "backward-weights": best_seconds(lambda: backward(grad, x, w, None, *args, [False, True, False]), repeats),
     }
-    gemms = shape.gemm_passes if dtype in conv.REDUCED_PRECISION else frozenset()
     k, s, p = shape.kernel, shape.stride, shape.padding
     if "forward" in gemms:
         seconds["forward-gemm"] = best_seconds(lambda: conv.conv_by_gemm(x, w, s, p), repeats)
     if "backward-data" in gemms:
         seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_gemm(grad, w, p), repeats)
     if "backward-weights" in gemms:
-        if "forward" in gemms:  # the patches are those forward made
+        if reuse_patches:
             cols = conv.patches(x, k, s, p)
             seconds["backward-weights-gemm"] = best_seconds(
                 lambda: conv.weight_grad_from_patches(grad, cols, w.shape), repeats)
@@ -149,11 +149,22 @@ def gemm_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> fl
     return 2 * n**3 / best_seconds(lambda: torch.matmul(a, b, out=out), repeats) / 1e9
 
 
-def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int, peak: float) -> list[dict]:
+def candidate_gemm_passes(shape: ConvShape) -> frozenset[str]:
+    """Every pass that could run as a GEMM on this shape, rules aside: on output maps up to 7x7 (what
+    ``--candidates`` times, to choose ``GEMM_RULES`` from)."""
+    if shape.groups != 1 or shape.out_size**2 > 49:
+        return frozenset()
+    return frozenset({"forward", "backward-weights"} | ({"backward-data"} if shape.stride == 1 else set()))
+
+
+def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int, peak: float,
+             candidates: bool = False) -> list[dict]:
     shapes = encoder_conv_shapes(width, 2 * batch)
     rows = []
     for shape, layers in shapes.items():
-        seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats)
+        taken = shape.gemm_passes if DTYPES[precision] in conv.REDUCED_PRECISION else frozenset()
+        timed = taken | candidate_gemm_passes(shape) if candidates else taken
+        seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats, timed, "forward" in taken)
         measured = [p for p in PASSES if p in seconds]
         rows.append({"width": width, "precision": precision, "layout": layout, "shape": shape.label(),
                      "layers": layers, "gflop": round(shape.gflop, 3),
@@ -161,8 +172,10 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
                      **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in measured}})
         # the step pays one of the two forms of each pass: the GEMM where the encoder takes it
         for onednn in ONEDNN_PASSES:
-            if f"{onednn}-gemm" in seconds:
+            if onednn in taken:
                 rows[-1][f"{onednn}_paid"] = False
+            elif f"{onednn}-gemm" in seconds:
+                rows[-1][f"{onednn}-gemm_paid"] = False
     stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
     stem["backward-data_paid"] = stem["backward-data-gemm_paid"] = False  # backward-data, so the step leaves it out
     total = sum(_paid_ms(r, p) for r in rows for p in PASSES)
@@ -199,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256, help="pairs per step (the encoder sees 2x images)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--candidates", action="store_true",
+                        help="also time as GEMMs the passes the rules leave to oneDNN on maps up to 7x7 (not "
+                             "counted in the step): the evidence GEMM_RULES is chosen from")
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -214,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     for width in args.width:
         for precision in args.precision:
             for layout in args.layout:
-                for row in rows_for(width, args.batch, precision, layout, args.repeats, peaks[precision]):
+                for row in rows_for(width, args.batch, precision, layout, args.repeats, peaks[precision],
+                                    args.candidates):
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     if args.out:

@@ -137,7 +137,10 @@ def test_conv_shapes_cover_every_convolution_of_the_encoder_and_its_flops():
     assert sum(s.gflop * n for s, n in shapes.items()) * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-9)
 
 
-def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak():
+def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monkeypatch):
+    from simclrv2.models import conv
+
+    monkeypatch.setattr(conv, "onednn_uses_amx", lambda isa_cap=None: True)  # the rules' CPU kind, on any CI host
     rows = conv_shapes.rows_for(0.25, batch=2, precision="fp32", layout="channels_last", repeats=1, peak=1.0)
     assert sum(r["layers"] for r in rows) == 20
     shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
@@ -159,6 +162,13 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak():
             gemm = f"{p}-gemm_ms" in r
             assert (r[f"{p}_time_share"] == 0) == (gemm or (r is rows[0] and p == "backward-data")), (r["shape"], p)
             assert not gemm or r[f"{p}-gemm_time_share"] > 0
+    # --candidates times the passes the rules leave to oneDNN too, without counting them in the step
+    candidates = {r["shape"]: r for r in conv_shapes.rows_for(1.0, batch=2, precision="bf16", layout="channels_last",
+                                                               repeats=1, peak=1.0, candidates=True)}
+    seven = candidates["256->256 3x3/1 @7px"]
+    assert {"forward-gemm_ms", "backward-data-gemm_ms"} <= seven.keys() and seven["forward-gemm_time_share"] == 0
+    assert seven["forward_time_share"] > 0 and seven["backward-weights_time_share"] == 0
+    assert "forward-gemm_ms" not in candidates["128->128 3x3/1 @14px"]  # 14x14 outputs: no candidate
     assert rows[0]["shape"].startswith("1->") and rows[0]["backward-data_time_share"] == 0  # the stem's input
     assert [r.get("backward-data_paid", True) for r in rows].count(False) == 2  # the stem and the GEMM one
     assert all(r["forward_peak_share"] == r["forward_gflops"] for r in rows)  # peak 1 GFLOP/s: share = GFLOP/s

@@ -59,8 +59,14 @@ def test_input_grad_by_gemm_equals_the_convolution_input_gradient(kernel, paddin
                                    atol=1e-10)
 
 
+@pytest.fixture
+def amx(monkeypatch):
+    """A CPU whose oneDNN runs AMX, where the rules apply (CI machines may lack it)."""
+    monkeypatch.setattr(conv, "onednn_uses_amx", lambda isa_cap=None: True)
+
+
 def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_two_input_grads_in_onednn(
-        monkeypatch):
+        amx, monkeypatch):
     every = {"forward", "backward-data", "backward-weights"}
     assert gemm_passes(1, 16, 512, 512) == every  # width 1's last stage
     assert gemm_passes(2, 16, 256, 512) == every - {"backward-data"}  # stride 2's input gradient stays oneDNN's
@@ -71,8 +77,31 @@ def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_t
     assert gemm_passes(1, 16, 512, 512) == frozenset()  # read at call time: the benchmarks' A/B switch
 
 
+def test_without_amx_in_onednn_every_pass_stays_onednn(monkeypatch):
+    """Measured with oneDNN held to AVX-512-BF16 on an AMX CPU: the GEMMs made the step slower there."""
+    seen = []
+    monkeypatch.setattr(conv, "onednn_uses_amx", lambda isa_cap=None: seen.append(isa_cap) or False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert gemm_passes(1, 16, 512, 512) == frozenset() and seen == ["AVX512_CORE_BF16"]
+
+
+@pytest.mark.parametrize(("has_amx", "cap", "expected"),
+                         [(True, None, True), (True, "ALL", True), (True, "avx512_core_amx", True),
+                          (True, "AVX10_1_512_AMX_FP16", True), (True, "AVX512_CORE_BF16", False),
+                          (True, "AVX2", False), (False, None, False), (False, "ALL", False)])
+def test_onednn_uses_amx_where_the_cpu_has_it_and_no_isa_cap_holds_it_back(monkeypatch, has_amx, cap, expected):
+    from simclrv2 import runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_amx)
+    runtime.onednn_uses_amx.cache_clear()
+    try:
+        assert runtime.onednn_uses_amx(cap) is expected
+    finally:
+        runtime.onednn_uses_amx.cache_clear()
+
+
 @pytest.fixture
-def narrow_rules(monkeypatch):
+def narrow_rules(amx, monkeypatch):
     """The default rules without their channel minimums, so that small test modules take every path."""
     monkeypatch.setattr(conv, "GEMM_RULES", tuple((name, area, 1) for name, area, _ in conv.GEMM_RULES))
 

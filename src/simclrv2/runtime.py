@@ -36,6 +36,19 @@ def _bf16_is_fast(device_type: str) -> bool:
     return False
 
 
+# ONEDNN_MAX_CPU_ISA values that leave oneDNN its AMX kernels (its other values name an ISA below AMX)
+_ISA_CAPS_WITH_AMX = ("ALL", "DEFAULT")
+
+
+@functools.cache
+def onednn_uses_amx(isa_cap: str | None = None) -> bool:
+    """Whether oneDNN's bf16 kernels here run on AMX tiles: the CPU has them and ``isa_cap`` (the process's
+    ``ONEDNN_MAX_CPU_ISA``, read by oneDNN once at start) does not hold oneDNN below them."""
+    if not torch.cpu._is_amx_tile_supported():
+        return False
+    return isa_cap is None or isa_cap.upper() in _ISA_CAPS_WITH_AMX or "AMX" in isa_cap.upper()
+
+
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 convolutions run on native kernels here. On a CPU without AVX-512 BF16/AMX, oneDNN has no
     bf16 path and PyTorch falls back to a reference convolution that is 10-20x slower than fp32."""

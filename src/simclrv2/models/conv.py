@@ -4,10 +4,11 @@ On CPUs, oneDNN's bf16 convolutions fall far below the machine's GEMM peak on th
 stages at 28-32 px inputs. On a 2-core AMX Xeon at batch 512 (``benchmarks/conv_shapes.py`` times every pass
 both ways), a 512->512 3×3 conv on 4×4 maps took 40 ms forward, 41 ms backward-data and 138 ms backward-weights
 in oneDNN against 26, 35 and 25 ms as GEMMs over its patches (an im2col laid out channels-last, so a
-channels_last input is copied in runs of its channels). The copy of the patches costs the same per output column
-of the GEMM whatever the channel count, so the GEMM pays only when that product is wide: at 256 channels on 4×4
-maps oneDNN's forward was faster, while its weight gradient was slower at every width. ``GEMM_RULES`` holds what
-was measured; a pass runs as a GEMM, in bf16/fp16 on CPU, where a rule covers it:
+channels_last input is copied in runs of its channels). The patches cost a copy of nine times the input whatever
+the product's width, so the GEMM pays only where that width is large: at 256 channels on 4×4 maps oneDNN's
+forward was faster, while its weight gradient was slower at every width. ``GEMM_RULES`` holds what
+was measured; a pass runs as a GEMM, in bf16/fp16 on a CPU where oneDNN runs AMX, where a rule covers it
+(on oneDNN's AVX-512-BF16 kernels, the same CPU capped below AMX, the GEMMs measured slower):
 
 - forward ``patches @ W^T``;
 - backward-data (stride 1) as the forward of the output gradient with the flipped, transposed kernel; stride 2
@@ -23,9 +24,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from simclrv2.runtime import onednn_uses_amx
 
 # (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
 # Ci for the input gradient): where the GEMM measured faster than oneDNN (module docstring).
@@ -96,8 +101,11 @@ def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor
 
 
 def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int) -> frozenset[str]:
-    """Which passes of a bf16/fp16 CPU convolution run as GEMMs. ``GEMM_RULES`` is read at call time
-    (benchmarks switch it for an A/B)."""
+    """Which passes of a bf16/fp16 CPU convolution run as GEMMs: none unless oneDNN runs on AMX, where the rules
+    were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs made width 1's step 8 % slower).
+    ``GEMM_RULES`` is read at call time (benchmarks switch it for an A/B)."""
+    if not onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA")):
+        return frozenset()
     columns = {"forward": out_channels, "backward-data": in_channels, "backward-weights": out_channels}
     passes = {name for name, max_area, min_columns in GEMM_RULES
               if out_area <= max_area and columns[name] >= min_columns}
