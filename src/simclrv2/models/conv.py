@@ -22,9 +22,8 @@ larger maps) is :class:`torch.nn.Conv2d` itself.
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -94,10 +93,15 @@ def conv_by_gemm(x: Tensor, weight: Tensor, stride: int, padding: int) -> tuple[
 
 def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor:
     """dL/dx of a stride-1 ``conv2d(x, weight, padding=padding)``: the transposed convolution of stride 1 is the
-    convolution of the output gradient with the kernel flipped and its channels swapped."""
-    k = weight.shape[-1]
-    flipped = weight.flip(2, 3).transpose(0, 1)
-    return conv_by_gemm(grad_out, flipped, 1, k - 1 - padding)[0]
+    convolution of the output gradient with the kernel flipped and its channels swapped, so it is the output
+    gradient's patches @ M with M[(i, j, co), ci] = W[co, ci, k-1-i, k-1-j]. M is built with copies that move whole
+    runs of Ci (channels-last W), not a transpose of W."""
+    co, ci, k, _ = weight.shape
+    flipped = _weight_matrix(weight).view(co, k * k, ci).flip(1)  # kernel offsets reversed
+    m = flipped.transpose(0, 1).reshape(k * k * co, ci)
+    n, _, ho, wo = grad_out.shape
+    cols = patches(grad_out, k, 1, k - 1 - padding)
+    return _from_rows(cols @ m, n, ho + k - 1 - 2 * padding, wo + k - 1 - 2 * padding)
 
 
 def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int) -> frozenset[str]:
