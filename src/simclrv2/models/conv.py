@@ -2,8 +2,8 @@
 
 On CPUs, oneDNN's bf16 convolutions fall far below the machine's GEMM peak on the tiny maps of ResNet's last
 stages at 28-32 px inputs. On a 2-core AMX Xeon at batch 512 (``benchmarks/conv_shapes.py`` times every pass
-both ways), a 512->512 3×3 conv on 4×4 maps took 40 ms forward, 41 ms backward-data and 138 ms backward-weights
-in oneDNN against 26, 35 and 25 ms as GEMMs over its patches (an im2col laid out channels-last, so a
+both ways), a 512->512 3×3 conv on 4×4 maps took 44 ms forward, 45 ms backward-data and 150 ms backward-weights
+in oneDNN against 25, 27 and 27 ms as GEMMs over its patches (an im2col laid out channels-last, so a
 channels_last input is copied in runs of its channels). The patches cost a copy of nine times the input whatever
 the product's width, so the GEMM pays only where that width is large: at 256 channels on 4×4 maps oneDNN's
 forward was faster, while its weight gradient was slower at every width. ``GEMM_RULES`` holds what
