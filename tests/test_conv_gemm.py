@@ -4,6 +4,10 @@ GEMMs do not apply."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -62,7 +66,7 @@ def test_input_grad_by_gemm_equals_the_convolution_input_gradient(kernel, paddin
 @pytest.fixture
 def amx(monkeypatch):
     """A CPU whose oneDNN runs AMX, where the rules apply (CI machines may lack it)."""
-    monkeypatch.setattr(conv, "onednn_uses_amx", lambda isa_cap=None: True)
+    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", True)
 
 
 def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_two_input_grads_in_onednn(
@@ -79,10 +83,28 @@ def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_t
 
 def test_without_amx_in_onednn_every_pass_stays_onednn(monkeypatch):
     """Measured with oneDNN held to AVX-512-BF16 on an AMX CPU: the GEMMs made the step slower there."""
-    seen = []
-    monkeypatch.setattr(conv, "onednn_uses_amx", lambda isa_cap=None: seen.append(isa_cap) or False)
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert gemm_passes(1, 16, 512, 512) == frozenset() and seen == ["AVX512_CORE_BF16"]
+    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
+    assert gemm_passes(1, 16, 512, 512) == frozenset()
+
+
+def test_the_amx_answer_follows_the_isa_cap_the_process_started_with():
+    code = "from simclrv2.models import conv; print(conv.ONEDNN_USES_AMX)"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+    capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert capped.stdout.strip() == "False"  # whatever this CPU has
+
+
+def test_torch_compile_traces_the_encoder_without_graph_breaks(amx):
+    """A graph break at every convolution made the compiled step 8x slower (recompiles past dynamo's limit)."""
+    model = resnet(18, width_multiplier=0.25, cifar_stem=True)
+    torch._dynamo.reset()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            explanation = torch._dynamo.explain(model)(torch.randn(4, 3, 32, 32))
+    finally:
+        torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
 
 
 @pytest.mark.parametrize(("has_amx", "cap", "expected"),
@@ -93,11 +115,7 @@ def test_onednn_uses_amx_where_the_cpu_has_it_and_no_isa_cap_holds_it_back(monke
     from simclrv2 import runtime
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: has_amx)
-    runtime.onednn_uses_amx.cache_clear()
-    try:
-        assert runtime.onednn_uses_amx(cap) is expected
-    finally:
-        runtime.onednn_uses_amx.cache_clear()
+    assert runtime.onednn_uses_amx(cap) is expected
 
 
 @pytest.fixture
@@ -122,8 +140,8 @@ def _grads(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor, autocast:
     return y, x.grad, module.weight.grad
 
 
-MIXES = [{"forward", "backward-data", "backward-weights"}, {"forward", "backward-weights"}, {"backward-weights"},
-         {"backward-data"}, set()]
+MIXES = [{"forward", "backward-data", "backward-weights"}, {"forward", "backward-weights"},
+         {"forward", "backward-data"}, {"forward"}, {"backward-weights"}, {"backward-data"}, set()]
 
 
 @pytest.mark.parametrize(("stride", "passes"),  # stride 2's input gradient is never a GEMM
@@ -194,6 +212,7 @@ def test_only_passes_that_will_run_are_gemms_and_fp32_and_large_maps_are_nn_conv
         x = torch.randn(2, 16, 4, 4, requires_grad=True)
         y = ours(x)
         assert y.grad_fn.passes == {"forward", "backward-data"}
+        assert [t is None for t in y.grad_fn.saved_tensors] == [True, False, True]  # no patches, no x: the weight
         y.float().sum().backward()
     assert x.grad is not None and ours.weight.grad is None
 
@@ -207,9 +226,11 @@ def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_wher
         [(2 * 16, 9 * 16), (24, 16, 3, 3), None]
     _, ours = _pair(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ours(torch.randn(2, 16, 8, 8))  # stride 2: oneDNN's input gradient reads x
+        y = ours(torch.randn(2, 16, 8, 8, requires_grad=True))  # stride 2: oneDNN's input gradient reads x
+        no_input_grad = ours(torch.randn(2, 16, 8, 8))  # the images of a first layer: x is not needed
     assert [None if t is None else tuple(t.shape) for t in y.grad_fn.saved_tensors] == \
         [(2 * 16, 9 * 16), (24, 16, 3, 3), (2, 16, 8, 8)]
+    assert no_input_grad.grad_fn.saved_tensors[2] is None
 
 
 def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, monkeypatch):

@@ -40,7 +40,6 @@ def _bf16_is_fast(device_type: str) -> bool:
 _ISA_CAPS_WITH_AMX = ("ALL", "DEFAULT")
 
 
-@functools.cache
 def onednn_uses_amx(isa_cap: str | None = None) -> bool:
     """Whether oneDNN's bf16 kernels here run on AMX tiles: the CPU has them and ``isa_cap`` (the process's
     ``ONEDNN_MAX_CPU_ISA``, read by oneDNN once at start) does not hold oneDNN below them."""

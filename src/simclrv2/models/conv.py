@@ -41,6 +41,9 @@ GEMM_RULES: tuple[tuple[str, int, int], ...] = (
 )
 # The dtypes they apply in: in fp32 oneDNN measured as fast.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+# Whether oneDNN runs AMX in this process, read once at import as oneDNN reads its ISA cap once: a constant, so
+# that torch.compile traces Conv2d without a graph break (a call into the CPU check breaks the graph at every conv).
+ONEDNN_USES_AMX = onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def patches(x: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
@@ -108,7 +111,7 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int)
     """Which passes of a bf16/fp16 CPU convolution run as GEMMs: none unless oneDNN runs on AMX, where the rules
     were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs made width 1's step 8 % slower).
     ``GEMM_RULES`` is read at call time (benchmarks switch it for an A/B)."""
-    if not onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA")):
+    if not ONEDNN_USES_AMX:
         return frozenset()
     columns = {"forward": out_channels, "backward-data": in_channels, "backward-weights": out_channels}
     passes = {name for name, max_area, min_columns in GEMM_RULES
@@ -130,7 +133,8 @@ def _weight_grad_by_onednn(grad_out: Tensor, x: Tensor, weight: Tensor, stride: 
 
 class _PatchGemmConv(torch.autograd.Function):
     """conv2d whose ``passes`` run as GEMMs over patches and the others as oneDNN's kernels. Keeps for backward
-    only what those need: the patches when forward made them, x where a pass reads it."""
+    only what the gradients it will compute need: forward's patches for a GEMM weight gradient, x where a pass
+    reads it."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, stride: int, padding: int, passes: frozenset[str]) -> Tensor:
@@ -139,8 +143,12 @@ class _PatchGemmConv(torch.autograd.Function):
             out, cols = conv_by_gemm(x, weight, stride, padding)
         else:
             out = F.conv2d(x, weight, None, stride, padding)
-        needs_x = "backward-data" not in passes or cols is None
-        ctx.save_for_backward(cols, weight, x if needs_x else None)
+        needs_grad_x, needs_grad_w = ctx.needs_input_grad[:2]
+        gemm_grad_x = needs_grad_x and "backward-data" in passes
+        gemm_grad_w = needs_grad_w and "backward-weights" in passes
+        keep_cols = gemm_grad_w and cols is not None
+        needs_x = (needs_grad_x and not gemm_grad_x) or (needs_grad_w and not keep_cols)
+        ctx.save_for_backward(cols if keep_cols else None, weight, x if needs_x else None)
         ctx.stride, ctx.padding, ctx.passes = stride, padding, passes
         return out
 
