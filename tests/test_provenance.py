@@ -86,11 +86,14 @@ def test_cpu_kind_names_the_bf16_features_and_an_isa_cap(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16 xsave\n")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
     kind = provenance_module.cpu_kind(cpuinfo)
     assert kind["cpu_flags"] == ["amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2"]
     assert kind["onednn_max_cpu_isa"] == "AVX512_CORE_BF16" and kind["cpu_model"]
+    assert kind["mkl_enable_instructions"] == "AVX2"
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("MKL_ENABLE_INSTRUCTIONS")
     cpuinfo.write_text("flags\t\t: fpu sse2 avx2\n")
     assert provenance_module.cpu_kind(cpuinfo) | {"cpu_model": ""} == {
-        "cpu_model": "", "cpu_flags": ["avx2"], "onednn_max_cpu_isa": None}
+        "cpu_model": "", "cpu_flags": ["avx2"], "onednn_max_cpu_isa": None, "mkl_enable_instructions": None}
     assert provenance_module.cpu_kind(tmp_path / "missing")["cpu_flags"] == []

@@ -71,8 +71,9 @@ BF16_RELEVANT_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
 
 
 def cpu_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
-    """The CPU's name, which of ``BF16_RELEVANT_FLAGS`` it reports (Linux), and ``ONEDNN_MAX_CPU_ISA`` when set,
-    since that caps oneDNN's kernels below what the CPU has (how the AVX-512-BF16 path is timed on an AMX CPU)."""
+    """The CPU's name, which of ``BF16_RELEVANT_FLAGS`` it reports (Linux), and ``ONEDNN_MAX_CPU_ISA`` and
+    ``MKL_ENABLE_INSTRUCTIONS`` when set, since they cap oneDNN's and MKL's kernels below what the CPU has (how
+    the AVX-512-BF16 and AVX2 paths are timed on an AMX CPU)."""
     flags: set[str] = set()
     try:
         with cpuinfo.open(encoding="utf-8", errors="replace") as f:
@@ -83,7 +84,8 @@ def cpu_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     except OSError:
         pass  # not Linux: no flags
     return {"cpu_model": cpu_model(), "cpu_flags": [f for f in BF16_RELEVANT_FLAGS if f in flags],
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS")}
 
 
 def device_name(device: torch.device) -> str:
