@@ -121,14 +121,11 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int)
     return frozenset(passes)
 
 
-def _input_grad_by_onednn(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+def _grad_by_onednn(which: int, grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    """oneDNN's input (``which`` 0) or weight (1) gradient alone, as autograd asks for it."""
+    mask = (which == 0, which == 1, False)
     return torch.ops.aten.convolution_backward(grad_out, x, weight, None, (stride, stride), (padding, padding),
-                                               (1, 1), False, (0, 0), 1, (True, False, False))[0]
-
-
-def _weight_grad_by_onednn(grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
-    return torch.ops.aten.convolution_backward(grad_out, x, weight, None, (stride, stride), (padding, padding),
-                                               (1, 1), False, (0, 0), 1, (False, True, False))[1]
+                                               (1, 1), False, (0, 0), 1, mask)[which]
 
 
 class _PatchGemmConv(torch.autograd.Function):
@@ -159,10 +156,10 @@ class _PatchGemmConv(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = (input_grad_by_gemm(grad_out, weight, p) if "backward-data" in passes
-                      else _input_grad_by_onednn(grad_out, x, weight, s, p))
+                      else _grad_by_onednn(0, grad_out, x, weight, s, p))
         if ctx.needs_input_grad[1]:
             if "backward-weights" not in passes:
-                grad_w = _weight_grad_by_onednn(grad_out, x, weight, s, p)
+                grad_w = _grad_by_onednn(1, grad_out, x, weight, s, p)
             elif cols is not None:
                 grad_w = weight_grad_from_patches(grad_out, cols, weight.shape)
             else:
@@ -185,9 +182,9 @@ class Conv2d(nn.Conv2d):
             return frozenset()
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
         passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels)
-        if not torch.is_grad_enabled():
-            passes -= {"backward-data", "backward-weights"}
-        elif not self.weight.requires_grad:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            passes -= {"backward-data"}
+        if not (torch.is_grad_enabled() and self.weight.requires_grad):
             passes -= {"backward-weights"}
         return passes
 
@@ -195,7 +192,7 @@ class Conv2d(nn.Conv2d):
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast and x.dtype != torch.float64 else x.dtype
         passes = self._gemm_passes(x, dtype)
-        if not passes or passes == {"backward-data"} and not x.requires_grad:
+        if not passes:
             return super().forward(x)
         # cast as autocast would for conv2d; the Function then runs outside autocast
         x, weight = x.to(dtype), self.weight.to(dtype)
