@@ -48,7 +48,8 @@ GEMM_RULE_SETS = {"default": conv.GEMM_RULES, "none": (), "weight-grad-4px": (("
 
 
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
-            warmup: int, channels_last: bool, compile_model: bool = False, keep_freed_memory: bool = True) -> dict:
+            warmup: int, channels_last: bool, compile_model: bool = False, keep_freed_memory: bool = True,
+            fused_kernels: bool = True) -> dict:
     """One configuration: ``simclrv2 pretrain`` for ``warmup + steps`` steps, its steps timed by the engine."""
     config = load_config(None, {
         "data.dataset": "fashion-mnist", "data.data_dir": data_dir or "", "data.val_size": "0",
@@ -57,7 +58,7 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
         "augment.grayscale_prob": "0", "pretrain.epochs": "1", "pretrain.batch_size": str(batch),
         "pretrain.temperature": "0.5", "run.device": "cpu", "run.precision": precision,
         "run.channels_last": str(channels_last).lower(), "run.compile": str(compile_model).lower(),
-        "run.keep_freed_memory": str(keep_freed_memory).lower(),
+        "run.keep_freed_memory": str(keep_freed_memory).lower(), "run.fused_kernels": str(fused_kernels).lower(),
         "run.progress": "false", "run.tensorboard": "false", "run.knn_every": "0", "run.log_every": "1000000"})
     times: list[StepTime] = []
     with tempfile.TemporaryDirectory() as run_dir:
@@ -75,6 +76,7 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
         "channels_last": channels_last,
         "compile": compile_model,
         "keep_freed_memory": keep_freed_memory,
+        "fused_kernels": fused_kernels,
         "compile_s": round(times[0].step_s, 1) if compile_model else 0.0,  # the first step compiles
         "batch": batch,
         "steps": len(timed),
@@ -103,6 +105,9 @@ def main() -> None:
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="run.keep_freed_memory = false: glibc's default allocation, to measure what it gives (it "
                         "lasts for the process, so compare separate invocations)")
+    p.add_argument("--no-fused-kernels", action="store_true",
+                   help="run.fused_kernels = false: PyTorch's separate BatchNorm, add and ReLU ops, to measure what "
+                        "the fused kernels (simclrv2.models.bn_relu) give")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the usual search)")
     p.add_argument("--peer-bench", type=Path, default=None,
                    help="the shared peer harness folder (lightly 1.6.0); omit to measure only ours")
@@ -119,7 +124,8 @@ def main() -> None:
         for precision in args.precision:
             steps = args.steps or (20 if width < 1 else 10)
             result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
-                             not args.no_channels_last, args.compile, not args.no_keep_freed_memory)
+                             not args.no_channels_last, args.compile, not args.no_keep_freed_memory,
+                             not args.no_fused_kernels)
             result.update(gemm_rules=args.gemm_rules, **cpu_kind(), torch=torch.__version__,
                           torch_threads=torch.get_num_threads(), python=platform.python_version())
             ours.append(result)

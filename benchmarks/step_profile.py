@@ -2,6 +2,7 @@
 
     python benchmarks/step_profile.py --width 1 --precision bf16            # run.keep_freed_memory on (default)
     python benchmarks/step_profile.py --width 1 --precision bf16 --no-keep-freed-memory
+    python benchmarks/step_profile.py --width 1 --precision bf16 --no-fused-kernels    # PyTorch's BN and ReLU
 
 Times forward + backward of the CIFAR-stem ResNet-18 on a pretraining batch (``--batch`` pairs, so 2x images at
 28 px, channels_last, bf16 autocast or fp32) under torch.profiler, and prints the operators' self time with the
@@ -21,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from simclrv2.models import resnet
+from simclrv2.models.bn_relu import use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
@@ -47,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--batch", type=int, default=256, help="pairs per step (the encoder sees 2x images)")
     parser.add_argument("--no-keep-freed-memory", action="store_true", help="glibc's default allocation")
+    parser.add_argument("--no-fused-kernels", action="store_true",
+                        help="PyTorch's separate BatchNorm, add and ReLU ops instead of simclrv2.models.bn_relu's")
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args(argv)
     applied = False if args.no_keep_freed_memory else keep_freed_memory()
+    fused = use_fused_kernels(not args.no_fused_kernels)  # as a CPU session does with run.fused_kernels
     torch.set_flush_denormal(True)
     model = resnet(18, args.width, cifar_stem=True, in_channels=1).to(memory_format=torch.channels_last)
     images = torch.randn(2 * args.batch, 1, 28, 28).to(memory_format=torch.channels_last)
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     stem_channels = round(64 * args.width)
     record = {"bench": "step_profile", "width": args.width, "precision": args.precision, "batch": args.batch,
-              "keep_freed_memory": applied, "step_s": round(step_s, 4),
+              "keep_freed_memory": applied, "fused_kernels": fused, "step_s": round(step_s, 4),
               "ops": [{"name": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
                        "share": round(e.self_cpu_time_total / total, 3)} for e in ops[:args.rows]],
               **bandwidth((2 * args.batch, stem_channels, 28, 28), dtype),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 from simclrv2.errors import SimCLRv2Error
+from simclrv2.models.bn_relu import FusingSequential
 from simclrv2.models.conv import Conv2d
 from simclrv2.models.selective_kernel import AvgPoolShortcut, SelectiveKernelConv
 from simclrv2.models.tf_pooling import stem_pool
@@ -55,14 +55,16 @@ def _shortcut(in_channels: int, out_channels: int, stride: int, sk_ratio: float,
 
 
 class _ResidualBlock(nn.Module):
-    """relu(residual(x) + shortcut(x)); subclasses build the two paths."""
+    """relu(residual(x) + shortcut(x)); subclasses build the two paths. The residual path's BatchNorm-ReLU pairs,
+    and its last BatchNorm with the add and the ReLU, run as fused CPU kernels where they can
+    (:mod:`simclrv2.models.bn_relu`)."""
 
     expansion = 1
-    residual: nn.Sequential
+    residual: FusingSequential
     shortcut: nn.Module
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.residual(x) + self.shortcut(x))
+        return self.residual.forward_add_relu(x, self.shortcut(x))
 
 
 class BasicBlock(_ResidualBlock):
@@ -73,7 +75,7 @@ class BasicBlock(_ResidualBlock):
     def __init__(self, in_channels: int, channels: int, stride: int, sk_ratio: float,
                  tf_pooling: bool = False) -> None:
         super().__init__()
-        self.residual = nn.Sequential(
+        self.residual = FusingSequential(
             *_spatial_conv(in_channels, channels, stride, sk_ratio),
             _conv(channels, channels, 3),
             _zero_bn(channels),
@@ -90,7 +92,7 @@ class Bottleneck(_ResidualBlock):
                  tf_pooling: bool = False) -> None:
         super().__init__()
         out_channels = channels * self.expansion
-        self.residual = nn.Sequential(
+        self.residual = FusingSequential(
             *_conv_bn_relu(in_channels, channels, 1),
             *_spatial_conv(channels, channels, stride, sk_ratio),
             _conv(channels, out_channels, 1),
@@ -114,11 +116,11 @@ def scaled_channels(base: float, width_multiplier: float) -> int:
 
 
 def _stem(in_channels: int, width_multiplier: float, sk_ratio: float, cifar_stem: bool,
-          tf_pooling: bool) -> nn.Sequential:
+          tf_pooling: bool) -> FusingSequential:
     out = scaled_channels(STEM_CHANNELS, width_multiplier)
     if cifar_stem:
         # Small images keep their resolution: one 3×3 stride-1 conv and no max-pool, with or without SK.
-        return nn.Sequential(*_conv_bn_relu(in_channels, out, 3))
+        return FusingSequential(*_conv_bn_relu(in_channels, out, 3))
     if sk_ratio > 0:
         # ResNet-D stem (He et al., 2018): three 3×3 convs, the first strided, in place of the 7×7: a deeper,
         # more non-linear stem; widths 64w/2, 64w/2, 64w as in the authors' code.
@@ -130,7 +132,7 @@ def _stem(in_channels: int, width_multiplier: float, sk_ratio: float, cifar_stem
         ]
     else:
         layers = _conv_bn_relu(in_channels, out, 7, 2)
-    return nn.Sequential(*layers, stem_pool(tf_pooling))
+    return FusingSequential(*layers, stem_pool(tf_pooling))
 
 
 class ResNet(nn.Module):

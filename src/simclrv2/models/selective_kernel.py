@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from simclrv2.models.bn_relu import batch_norm_relu
 from simclrv2.models.conv import Conv2d
 from simclrv2.models.tf_pooling import resnet_d_pool
 
@@ -45,7 +46,7 @@ class SelectiveKernelConv(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        streams = torch.relu(self.bn(self.conv(x)))  # (B, 2C, H, W)
+        streams = batch_norm_relu(self.conv(x), self.bn)  # (B, 2C, H, W); fused on CPU where it can be
         a, b = streams.chunk(2, dim=1)  # (B, C, H, W) each
         context = (a + b).mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
         logits = self.gate(context)  # (B, 2C, 1, 1)

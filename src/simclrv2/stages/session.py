@@ -31,6 +31,7 @@ from simclrv2.checkpoint import (
 )
 from simclrv2.config import RunConfig, config_to_dict, to_toml
 from simclrv2.logs import get_logger
+from simclrv2.models.bn_relu import use_fused_kernels
 from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.provenance import provenance
@@ -178,8 +179,10 @@ def open_session(stage: str, config: Any, run_dir: str | Path, *, resume: bool, 
     set_fp32_math(resolve_precision(run.precision, device))
     if device.type == "cpu" and run.keep_freed_memory:
         keep_freed_memory()
+    use_fused_kernels(device.type == "cpu" and run.fused_kernels)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    dist.barrier()  # every process has checked before the main one may write the run (Session.create)
     session = Session(stage, run_dir, config, run, device, distributed, resume, overwrite)
     final, last = session.checkpoints / "final.pt", session.checkpoints / "last.pt"
     if resume and final.is_file():

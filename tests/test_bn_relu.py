@@ -1,0 +1,254 @@
+"""Fused BatchNorm → (+ shortcut) → ReLU (simclrv2.models.bn_relu): every output, gradient and running statistic
+against a float64 reference built from PyTorch's own ops, at least as accurate as PyTorch's float32/bf16 path;
+the same model, parameters and state dict as before; the fallbacks where the kernel does not apply."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from simclrv2.config import load_config
+from simclrv2.models import bn_relu
+from simclrv2.models.bn_relu import FusingSequential, batch_norm_relu, build_kernels, use_fused_kernels
+from simclrv2.models.global_bn import GlobalBatchNorm2d
+from simclrv2.models.resnet import resnet
+from simclrv2.stages import session
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler to build the fused kernels")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    built = build_kernels()
+    assert built is not None, "the kernels failed to build (see the warning above)"
+    return built
+
+
+@pytest.fixture
+def fused(kernels):
+    """The fused path on for one test, and back to the state it found afterwards."""
+    before = dict(bn_relu._KERNELS)
+    bn_relu._KERNELS["active"] = kernels
+    yield kernels
+    bn_relu._KERNELS.clear()
+    bn_relu._KERNELS.update(before)
+
+
+@pytest.fixture
+def unfused():
+    before = dict(bn_relu._KERNELS)
+    bn_relu._KERNELS.pop("active", None)
+    yield
+    bn_relu._KERNELS.clear()
+    bn_relu._KERNELS.update(before)
+
+
+def _reference(x, weight, bias, residual):
+    """float64 relu(batch_norm(x) + residual) in training mode, with its leaf tensors for the gradients."""
+    leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
+    r = None if residual is None else residual.detach().double().requires_grad_()
+    y = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.0, 1e-5)
+    y = (y + r if r is not None else y).relu()
+    return y, leaves + ([r] if r is not None else [])
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def _run(x, bn, residual, grad):
+    """Output and gradients (x, weight, bias[, residual]) of batch_norm_relu with whichever path is on."""
+    x = x.detach().requires_grad_()
+    r = None if residual is None else residual.detach().requires_grad_()
+    out = batch_norm_relu(x, bn, r)
+    out.backward(grad)
+    grads = [x.grad, bn.weight.grad, bn.bias.grad] + ([r.grad] if r is not None else [])
+    return out, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("shape", [(6, 24, 5, 5), (32, 64, 7, 7), (3, 3, 4, 4)])
+def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dtype, with_residual, shape):
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    x = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=cl)
+    residual = torch.randn(shape).to(dtype).contiguous(memory_format=cl) if with_residual else None
+    grad = torch.randn(shape).to(dtype).contiguous(memory_format=cl)
+    bn = nn.BatchNorm2d(shape[1])
+    with torch.no_grad():
+        bn.weight.uniform_(-1.5, 1.5)
+        bn.bias.normal_()
+    expected, leaves = _reference(x, bn.weight, bn.bias, residual)
+    expected.backward(grad.double())
+
+    errors = {}
+    for name in ("fused", "pytorch"):
+        layer = copy.deepcopy(bn)
+        bn_relu._KERNELS["active"] = kernels
+        if name == "pytorch":
+            bn_relu._KERNELS.pop("active")
+        out, grads = _run(x, layer, residual, grad)
+        bn_relu._KERNELS.pop("active", None)
+        assert out.dtype == dtype and out.is_contiguous(memory_format=cl)
+        assert all(g.dtype == t.dtype for g, t in zip(grads, [x, bn.weight, bn.bias, residual], strict=False))
+        references = [expected, *(leaf.grad for leaf in leaves)]
+        errors[name] = [_relative_error(t, e) for t, e in zip([out, *grads], references, strict=True)]
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    for fused_error, pytorch_error in zip(errors["fused"], errors["pytorch"], strict=True):
+        assert fused_error <= max(2 * pytorch_error, tolerance), errors
+
+
+def test_running_statistics_and_counter_follow_batchnorm2d(fused):
+    torch.manual_seed(1)
+    for momentum in (0.1, None):  # exponential, and the cumulative average of momentum=None
+        ours, theirs = nn.BatchNorm2d(8, momentum=momentum), nn.BatchNorm2d(8, momentum=momentum)
+        for _ in range(3):
+            x = (torch.randn(4, 8, 6, 6) * 3 + 2).contiguous(memory_format=torch.channels_last)
+            batch_norm_relu(x, ours)
+            theirs(x)
+        assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
+        torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours.running_var, theirs.running_var, rtol=1e-5, atol=1e-6)
+
+
+def test_variance_of_a_channel_with_a_large_mean_does_not_cancel(fused):
+    """Sums of x and x^2 in float would lose the spread of values around 1000; the kernel shifts by a pivot."""
+    torch.manual_seed(2)
+    x = (1000 + 0.01 * torch.randn(64, 4, 8, 8)).contiguous(memory_format=torch.channels_last)
+    bn = nn.BatchNorm2d(4, momentum=1.0)  # running_var becomes the batch's unbiased variance
+    batch_norm_relu(x, bn)
+    expected = x.double().var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(bn.running_var.double(), expected, rtol=1e-3, atol=0)
+
+
+def test_fusing_sequential_runs_the_kernel_for_each_bn_relu_pair(fused, monkeypatch):
+    calls = []
+    real = fused.forward
+    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(real, calls))
+    block = FusingSequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                             nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
+                             nn.BatchNorm2d(8), nn.Identity())  # a BN not followed by ReLU runs as itself
+    block = block.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    expected = nn.Sequential(*block)(x)  # plain Sequential: the same modules, unfused
+    got = block(x)
+    assert len(calls) == 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert list(block.state_dict()) == list(nn.Sequential(*block).state_dict())
+
+
+class _Spy:
+    """Stands for the kernels module, counting forward calls."""
+
+    def __init__(self, real_forward, calls):
+        self._real, self._calls = real_forward, calls
+        self.backward = bn_relu._KERNELS["active"].backward
+
+    def forward(self, *args):
+        self._calls.append(args[0].shape)
+        return self._real(*args)
+
+
+@pytest.mark.parametrize("case", ["eval", "nchw", "float64", "global_bn", "no_running_stats", "residual_dtype"])
+def test_falls_back_to_pytorch_where_the_kernel_does_not_apply(fused, monkeypatch, case):
+    calls = []
+    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(fused.forward, calls))
+    torch.manual_seed(3)
+    bn = nn.BatchNorm2d(4)
+    x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    residual = None
+    if case == "eval":
+        bn.eval()
+    elif case == "nchw":
+        x = torch.randn(2, 4, 5, 5)
+    elif case == "float64":
+        x, bn = x.double(), bn.double()
+    elif case == "global_bn":
+        bn = GlobalBatchNorm2d(4)
+    elif case == "no_running_stats":
+        bn = nn.BatchNorm2d(4, track_running_stats=False)
+    elif case == "residual_dtype":
+        residual = torch.randn(2, 4, 5, 5).bfloat16().contiguous(memory_format=torch.channels_last)
+    expected_bn = copy.deepcopy(bn)
+    got = batch_norm_relu(x, bn, residual)
+    y = expected_bn(x)
+    expected = torch.relu(y + residual) if residual is not None else torch.relu(y)
+    assert calls == []
+    torch.testing.assert_close(got, expected)
+
+
+def test_under_torch_compile_the_encoder_traces_pytorch_ops_without_graph_breaks(fused):
+    model = resnet(18, 0.125, cifar_stem=True, in_channels=1).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize(("depth", "sk_ratio"), [(18, 0.0), (18, 0.0625), (50, 0.0)])
+def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth, sk_ratio):
+    """One fp32 training step of whole encoders (BasicBlock, SK, Bottleneck) against the same step in float64:
+    outputs, all gradients together and the running statistics are as close fused as with PyTorch's ops."""
+    torch.manual_seed(4)
+    model = resnet(depth, 0.25, sk_ratio=sk_ratio, cifar_stem=True, in_channels=1)
+    model = model.to(memory_format=torch.channels_last)
+    for module in model.modules():  # every block's residual branch contributes (its last γ starts at 0)
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+
+    def step(active, dtype):
+        bn_relu._KERNELS["active"] = active
+        copy_ = copy.deepcopy(model).to(dtype)
+        out = copy_(x.to(dtype))
+        out.square().mean().backward()
+        bn_relu._KERNELS.pop("active")
+        grads = torch.cat([p.grad.flatten() for p in copy_.parameters()])
+        buffers = torch.cat([b.flatten() for b in copy_.buffers() if b.is_floating_point()])
+        return [out, grads, buffers]
+
+    reference = step(None, torch.float64)  # float64 is never fused: PyTorch's ops throughout
+    fused, pytorch = step(kernels, torch.float32), step(None, torch.float32)
+    for got, baseline, expected in zip(fused, pytorch, reference, strict=True):
+        assert _relative_error(got, expected) <= max(2 * _relative_error(baseline, expected), 1e-6)
+
+
+def test_use_fused_kernels_switches_the_path_and_reports_it(kernels, unfused):
+    assert use_fused_kernels(True) is True and bn_relu.active_kernels() is kernels
+    assert use_fused_kernels(False) is False and bn_relu.active_kernels() is None
+
+
+def test_without_a_compiler_the_layers_run_unfused_with_one_warning(monkeypatch, unfused, caplog):
+    monkeypatch.setattr(bn_relu, "_KERNELS", {})
+    monkeypatch.setattr(bn_relu.shutil, "which", lambda name: None)
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        assert use_fused_kernels(True) is False
+    assert bn_relu.active_kernels() is None
+    assert [r.getMessage() for r in caplog.records if "C++ compiler" in r.getMessage()]
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch, unfused, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Error building extension 'x'\ndetails")
+
+    monkeypatch.setattr(bn_relu, "_KERNELS", {})
+    monkeypatch.setattr("torch.utils.cpp_extension.load", broken)
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        assert use_fused_kernels(True) is False
+    assert any("failed to build (Error building extension 'x')" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("device", "wanted", "expected"), [("cpu", True, True), ("cpu", False, False)])
+def test_a_session_sets_the_path_from_its_config(monkeypatch, tmp_path, device, wanted, expected):
+    calls = []
+    monkeypatch.setattr(session, "use_fused_kernels", lambda enabled: calls.append(enabled) or enabled)
+    config = load_config("demo", {"run.device": device, "run.fused_kernels": str(wanted).lower()})
+    session.open_session("pretrain", config, tmp_path / "run", resume=False, overwrite=False)
+    assert calls == [expected]
