@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -253,3 +254,18 @@ def test_step_profile_shares_out_one_training_step_by_operator(capsys):
     assert {"aten::convolution_backward", "aten::native_batch_norm_backward"} <= names
     assert 0.95 <= sum(op["share"] for op in record["ops"]) <= 1.0 + 1e-6  # 40 rows: (nearly) every operator
     assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps")) > 0
+
+
+_bn_relu_spec = importlib.util.spec_from_file_location(
+    "bn_relu_shapes", Path(__file__).parents[1] / "benchmarks" / "bn_relu_shapes.py")
+bn_relu_shapes = importlib.util.module_from_spec(_bn_relu_spec)
+_bn_relu_spec.loader.exec_module(bn_relu_shapes)
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_bn_relu_shapes_times_both_paths_for_every_stage(capsys):
+    assert bn_relu_shapes.main(["--width", "0.125", "--batch", "2", "--precision", "fp32", "--repeats", "1"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["channels"], r["size"], r["shortcut"]) for r in records] == [
+        (c, s, shortcut) for c, s in ((8, 28), (16, 14), (32, 7), (64, 4)) for shortcut in (False, True)]
+    assert all(r["pytorch_ms"] > 0 and r["fused_ms"] > 0 and r["fused_gbps"] > 0 for r in records)

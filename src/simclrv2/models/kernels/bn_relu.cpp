@@ -53,6 +53,7 @@ void channel_sums(int64_t rows, int64_t channels, Body body, std::vector<double>
       float* a = block_a.data();
       float* b = block_b.data();
       for (int64_t row = start; row < stop; ++row) body(row, a, b);
+      #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
       for (int64_t c = 0; c < channels; ++c) {
         part_a[c] += a[c];
         part_b[c] += b[c];
@@ -75,8 +76,9 @@ void batch_stats(const T* x, int64_t rows, int64_t channels, float* mean, float*
   for (int64_t c = 0; c < channels; ++c) pivot[c] = to_float(x[c]);
   const float* p = pivot.data();
   std::vector<double> sum, sum_sq;
-  channel_sums(rows, channels, [&](int64_t row, float* a, float* b) {
-    const T* in = x + row * channels;
+  channel_sums(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
+    const T* __restrict__ in = x + row * channels;
+    #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
     for (int64_t c = 0; c < channels; ++c) {
       const float d = to_float(in[c]) - p[c];
       a[c] += d;
@@ -90,43 +92,44 @@ void batch_stats(const T* x, int64_t rows, int64_t channels, float* mean, float*
   }
 }
 
-template <typename T>
+// One pass: out = max(x * scale + shift [+ residual], 0). The residual is a template parameter so that each
+// inner loop is branch-free and vectorises.
+template <bool kResidual, typename T>
 void scale_shift_relu(const T* x, const T* residual, T* out, int64_t rows, int64_t channels,
                       const float* scale, const float* shift) {
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+    const float* __restrict__ sc = scale;
+    const float* __restrict__ sh = shift;
     for (int64_t row = begin; row < end; ++row) {
-      const T* in = x + row * channels;
-      T* o = out + row * channels;
-      if (residual != nullptr) {
-        const T* r = residual + row * channels;
-        for (int64_t c = 0; c < channels; ++c) {
-          const float v = to_float(in[c]) * scale[c] + shift[c] + to_float(r[c]);
-          store(o + c, v <= 0.f ? 0.f : v);
-        }
-      } else {
-        for (int64_t c = 0; c < channels; ++c) {
-          const float v = to_float(in[c]) * scale[c] + shift[c];
-          store(o + c, v <= 0.f ? 0.f : v);
-        }
+      const T* __restrict__ in = x + row * channels;
+      const T* __restrict__ r = kResidual ? residual + row * channels : nullptr;
+      T* __restrict__ o = out + row * channels;
+      #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
+      for (int64_t c = 0; c < channels; ++c) {
+        float v = to_float(in[c]) * sc[c] + sh[c];
+        if constexpr (kResidual) v += to_float(r[c]);
+        store(o + c, v <= 0.f ? 0.f : v);
       }
     }
   });
 }
 
-template <typename T>
+template <bool kResidual, typename T>
 void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_t channels, const float* mean,
                    const float* invstd, const float* weight, T* grad_x, T* grad_residual, float* grad_weight,
                    float* grad_bias) {
   // ReLU's gradient is kept where the output is positive, as PyTorch's threshold_backward does.
   std::vector<double> sum_g, sum_g_xhat;
-  channel_sums(rows, channels, [&](int64_t row, float* a, float* b) {
-    const T* g = grad + row * channels;
-    const T* y = out + row * channels;
-    const T* in = x + row * channels;
+  channel_sums(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
+    const T* __restrict__ g = grad + row * channels;
+    const T* __restrict__ y = out + row * channels;
+    const T* __restrict__ in = x + row * channels;
+    const float* __restrict__ m = mean;
+    #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
     for (int64_t c = 0; c < channels; ++c) {
       const float kept = to_float(y[c]) <= 0.f ? 0.f : to_float(g[c]);
       a[c] += kept;
-      b[c] += kept * (to_float(in[c]) - mean[c]);
+      b[c] += kept * (to_float(in[c]) - m[c]);
     }
   }, sum_g, sum_g_xhat);
   std::vector<float> mean_g(channels), proj(channels), gain(channels);
@@ -137,20 +140,22 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
     proj[c] = static_cast<float>(sum_g_xhat[c] / rows) * invstd[c] * invstd[c];
     gain[c] = weight[c] * invstd[c];
   }
-  const float* mg = mean_g.data();
-  const float* pj = proj.data();
-  const float* gn = gain.data();
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+    const float* __restrict__ mg = mean_g.data();
+    const float* __restrict__ pj = proj.data();
+    const float* __restrict__ gn = gain.data();
+    const float* __restrict__ m = mean;
     for (int64_t row = begin; row < end; ++row) {
-      const T* g = grad + row * channels;
-      const T* y = out + row * channels;
-      const T* in = x + row * channels;
-      T* gx = grad_x + row * channels;
-      T* gr = grad_residual == nullptr ? nullptr : grad_residual + row * channels;
+      const T* __restrict__ g = grad + row * channels;
+      const T* __restrict__ y = out + row * channels;
+      const T* __restrict__ in = x + row * channels;
+      T* __restrict__ gx = grad_x + row * channels;
+      T* __restrict__ gr = kResidual ? grad_residual + row * channels : nullptr;
+      #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
       for (int64_t c = 0; c < channels; ++c) {
         const float kept = to_float(y[c]) <= 0.f ? 0.f : to_float(g[c]);
-        store(gx + c, (kept - mg[c] - (to_float(in[c]) - mean[c]) * pj[c]) * gn[c]);
-        if (gr != nullptr) store(gr + c, kept);
+        store(gx + c, (kept - mg[c] - (to_float(in[c]) - m[c]) * pj[c]) * gn[c]);
+        if constexpr (kResidual) store(gr + c, kept);
       }
     }
   });
@@ -195,8 +200,14 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, c
       scale.data_ptr<float>()[c] = w.data_ptr<float>()[c] * inv;
       shift.data_ptr<float>()[c] = b.data_ptr<float>()[c] - mean.data_ptr<float>()[c] * w.data_ptr<float>()[c] * inv;
     }
-    scale_shift_relu(x.data_ptr<scalar_t>(), res == nullptr ? nullptr : res->data_ptr<scalar_t>(),
-                     out.data_ptr<scalar_t>(), rows, channels, scale.data_ptr<float>(), shift.data_ptr<float>());
+    if (res != nullptr) {
+      scale_shift_relu<true>(x.data_ptr<scalar_t>(), res->data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
+                             channels, scale.data_ptr<float>(), shift.data_ptr<float>());
+    } else {
+      scale_shift_relu<false>(x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+                              out.data_ptr<scalar_t>(), rows, channels, scale.data_ptr<float>(),
+                              shift.data_ptr<float>());
+    }
   };
   if (x.scalar_type() == at::kFloat) run(float{}); else run(at::BFloat16{});
   return {out, mean, var, invstd};
@@ -219,10 +230,16 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const at::Tensor& o
   auto grad_bias = at::empty({channels}, x.options().dtype(at::kFloat));
   auto run = [&](auto tag) {
     using scalar_t = decltype(tag);
-    backward_impl(grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), rows, channels,
-                  mean.data_ptr<float>(), invstd.data_ptr<float>(), w.data_ptr<float>(),
-                  grad_x.data_ptr<scalar_t>(), with_residual ? grad_residual.data_ptr<scalar_t>() : nullptr,
-                  grad_weight.data_ptr<float>(), grad_bias.data_ptr<float>());
+    const auto call = [&](auto kernel, scalar_t* grad_res) {
+      kernel(grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), rows, channels,
+             mean.data_ptr<float>(), invstd.data_ptr<float>(), w.data_ptr<float>(), grad_x.data_ptr<scalar_t>(),
+             grad_res, grad_weight.data_ptr<float>(), grad_bias.data_ptr<float>());
+    };
+    if (with_residual) {
+      call(backward_impl<true, scalar_t>, grad_residual.data_ptr<scalar_t>());
+    } else {
+      call(backward_impl<false, scalar_t>, static_cast<scalar_t*>(nullptr));
+    }
   };
   if (x.scalar_type() == at::kFloat) run(float{}); else run(at::BFloat16{});
   return {grad_x, grad_weight, grad_bias, grad_residual};

@@ -1,0 +1,91 @@
+"""Fused BatchNorm → (+ shortcut) → ReLU against PyTorch's separate ops, per activation shape of the encoder.
+
+    python benchmarks/bn_relu_shapes.py --width 1 0.25 --precision bf16 fp32
+
+For each distinct BatchNorm-ReLU shape of the CIFAR-stem ResNet-18 on a pretraining batch (``--batch`` pairs, so
+2x images at 28 px, channels_last), times forward + backward of ``relu(bn(x))`` and of ``relu(bn(x) + shortcut)``
+both ways (best of ``--repeats``), and prints each as milliseconds and as the GB/s the fused pass count implies
+(forward 3 passes, backward 5, one more each with the shortcut), beside a plain copy's GB/s on the same tensor.
+Freed memory is kept for reuse, as a training session does. Needs an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from simclrv2.models import bn_relu
+from simclrv2.models.bn_relu import batch_norm_relu, use_fused_kernels
+from simclrv2.provenance import cpu_kind
+from simclrv2.runtime import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from conv_shapes import best_seconds  # noqa: E402
+
+STAGES = ((64, 28), (128, 14), (256, 7), (512, 4))  # base channels and map size of each stage at 28 px
+
+
+def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_shortcut: bool, repeats: int,
+               kernels) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    shape = (batch, channels, size, size)
+    x, grad, shortcut = (torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+                         for _ in range(3))
+    bn = nn.BatchNorm2d(channels)
+
+    def step() -> None:
+        inp = x.detach().requires_grad_()
+        residual = shortcut.detach().requires_grad_() if with_shortcut else None
+        batch_norm_relu(inp, bn, residual).backward(grad)
+
+    seconds = {}
+    for name, active in (("pytorch", None), ("fused", kernels)):
+        bn_relu._KERNELS.pop("active", None)
+        if active is not None:
+            bn_relu._KERNELS["active"] = active
+        seconds[name] = best_seconds(step, repeats)
+    size_bytes = x.numel() * x.element_size()
+    passes = 8 + (2 if with_shortcut else 0)  # the shortcut is read in forward, its gradient written in backward
+    return {"channels": channels, "size": size, "shortcut": with_shortcut,
+            "pytorch_ms": round(seconds["pytorch"] * 1e3, 2), "fused_ms": round(seconds["fused"] * 1e3, 2),
+            "speedup": round(seconds["pytorch"] / seconds["fused"], 2),
+            "fused_gbps": round(passes * size_bytes / seconds["fused"] / 1e9, 1),
+            "copy_gbps": round(2 * size_bytes / best_seconds(x.clone, repeats) / 1e9, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--precision", nargs="+", choices=["bf16", "fp32"], default=["bf16"])
+    parser.add_argument("--batch", type=int, default=256, help="pairs per step (the encoder sees 2x images)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    keep_freed_memory()
+    torch.set_flush_denormal(True)
+    if not use_fused_kernels(True):
+        print("the fused kernels are unavailable here (see the warning above)", file=sys.stderr)
+        return 1
+    kernels = bn_relu.active_kernels()
+    for width in args.width:
+        for precision in args.precision:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            for base, size in STAGES:
+                channels = max(1, round(base * width))
+                for with_shortcut in (False, True):
+                    record = {"bench": "bn_relu_shapes", "width": width, "precision": precision,
+                              "batch": args.batch,
+                              **time_shape(2 * args.batch, channels, size, dtype, with_shortcut, args.repeats,
+                                           kernels),
+                              **cpu_kind(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+                    print(json.dumps(record), flush=True)
+    bn_relu._KERNELS.pop("active", None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
