@@ -4,8 +4,8 @@
 
 For each distinct BatchNorm-ReLU shape of the CIFAR-stem ResNet-18 on a pretraining batch (``--batch`` pairs, so
 2x images at 28 px, channels_last), times forward + backward of ``relu(bn(x))`` and of ``relu(bn(x) + shortcut)``
-both ways (best of ``--repeats``), and prints each as milliseconds and as the GB/s the fused pass count implies
-(forward 3 passes, backward 5, one more each with the shortcut), beside a plain copy's GB/s on the same tensor.
+both ways (best of ``--repeats``), and prints each as milliseconds and as the GB/s the fused kernels' passes over
+memory imply (forward 3 and backward 5; with the shortcut 4 and 8), beside a plain copy's GB/s on the same tensor.
 Freed memory is kept for reuse, as a training session does. Needs an otherwise idle machine.
 """
 
@@ -50,7 +50,8 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
             bn_relu._KERNELS["active"] = active
         seconds[name] = best_seconds(step, repeats)
     size_bytes = x.numel() * x.element_size()
-    passes = 8 + (2 if with_shortcut else 0)  # the shortcut is read in forward, its gradient written in backward
+    # with the shortcut: read in forward; in backward the saved output is read twice and the shortcut's gradient written
+    passes = 12 if with_shortcut else 8
     return {"channels": channels, "size": size, "shortcut": with_shortcut,
             "pytorch_ms": round(seconds["pytorch"] * 1e3, 2), "fused_ms": round(seconds["fused"] * 1e3, 2),
             "speedup": round(seconds["pytorch"] / seconds["fused"], 2),

@@ -1,11 +1,12 @@
 """Training-mode BatchNorm → (+ shortcut) → ReLU as one compiled CPU kernel.
 
 On a CPU these layers move memory and do almost no arithmetic, so their cost is the number of passes over each
-activation. PyTorch runs BatchNorm, the residual add, ReLU and their backward ops separately, 12-13 passes per
-activation; ``kernels/bn_relu.cpp`` does the forward in three (statistics, then normalise-add-ReLU) and the
-backward in five, with float32 arithmetic on float32 or bfloat16 tensors. It is built once per machine (a C++
-compiler, ~30 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with ``run.fused_kernels``
-on; without a compiler the layers run as before, with a one-line warning.
+activation. PyTorch runs BatchNorm, ReLU and their backward ops separately, 13-14 passes per activation (16-17 with
+the residual add); ``kernels/bn_relu.cpp`` does the forward in three (statistics, then normalise-add-ReLU; four
+with a residual) and the backward in five (eight with a residual, whose mask comes from the saved output), with
+float32 arithmetic on float32 or bfloat16 tensors. It is built once per machine (a C++ compiler, ~30 s, cached by
+torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with ``run.fused_kernels`` on; without a compiler the
+layers run as before, with a one-line warning.
 
 The fused path changes nothing else: the same modules, parameters, running statistics and state-dict keys, so
 checkpoints, the TF import and global BatchNorm see an ordinary ``nn.BatchNorm2d`` followed by ``nn.ReLU``.
@@ -96,19 +97,21 @@ class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, eps: float,
                 kernels: ModuleType) -> tuple[Tensor, Tensor, Tensor]:
-        out, mean, var, invstd = kernels.forward(x, weight, bias, residual, eps)
-        ctx.save_for_backward(out, x, mean, invstd, weight)
-        ctx.kernels = kernels
+        out, mean, var, invstd, scale, shift = kernels.forward(x, weight, bias, residual, eps)
         ctx.with_residual = residual is not None
+        # Without a residual the backward recomputes ReLU's mask from x; with one it reads the output.
+        saved_out = (out,) if ctx.with_residual else ()
+        ctx.save_for_backward(x, mean, invstd, weight, scale, shift, *saved_out)
+        ctx.kernels = kernels
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
-        out, x, mean, invstd, weight = ctx.saved_tensors
+        x, mean, invstd, weight, scale, shift, *saved_out = ctx.saved_tensors
         grad_x, grad_weight, grad_bias, grad_residual = ctx.kernels.backward(
-            grad_out, out, x, mean, invstd, weight, ctx.with_residual)
+            grad_out, saved_out[0] if saved_out else None, x, mean, invstd, weight, scale, shift, ctx.with_residual)
         return grad_x, grad_weight, grad_bias, (grad_residual if ctx.with_residual else None), None, None
 
 
