@@ -185,11 +185,40 @@ def test_falls_back_to_pytorch_where_the_kernel_does_not_apply(fused, monkeypatc
     torch.testing.assert_close(got, expected)
 
 
-def test_under_torch_compile_the_encoder_traces_pytorch_ops_without_graph_breaks(fused):
+def test_torch_compile_traces_the_encoder_with_the_kernels_in_one_graph(fused):
     model = resnet(18, 0.125, cifar_stem=True, in_channels=1).to(memory_format=torch.channels_last)
     x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
+    targets = [str(node.target) for graph in explanation.graphs for node in graph.graph.nodes]
+    assert sum("bn_relu_forward" in target for target in targets) == 17  # the stem and two per block
+
+
+def test_a_compiled_training_step_runs_the_kernels_and_matches_eager(fused, monkeypatch):
+    """Through AOTAutograd (the ``aot_eager`` backend: no C++ compile) the operators' fake shapes and their
+    autograd formula must give what eager gives, and the kernels must really run."""
+    torch._dynamo.reset()
+    calls = []
+    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(fused.forward, calls))
+    torch.manual_seed(5)
+    model = resnet(18, 0.125, cifar_stem=True, in_channels=1).to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    results = []
+    for compiled in (False, True):
+        copy_ = copy.deepcopy(model)
+        run = torch.compile(copy_, backend="aot_eager", fullgraph=True) if compiled else copy_
+        out = run(x)
+        out.square().mean().backward()
+        results.append((out, [p.grad for p in copy_.parameters()], list(copy_.buffers())))
+    assert len(calls) == 2 * 17  # the stem and two per block, eager then compiled
+    (out_e, grads_e, buffers_e), (out_c, grads_c, buffers_c) = results
+    torch.testing.assert_close(out_c, out_e)
+    for got, expected in zip(grads_c + buffers_c, grads_e + buffers_e, strict=True):
+        torch.testing.assert_close(got, expected)
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize(("depth", "sk_ratio"), [(18, 0.0), (18, 0.0625), (50, 0.0)])

@@ -11,8 +11,8 @@ layers run as before, with a one-line warning.
 The fused path changes nothing else: the same modules, parameters, running statistics and state-dict keys, so
 checkpoints, the TF import and global BatchNorm see an ordinary ``nn.BatchNorm2d`` followed by ``nn.ReLU``.
 It is taken only where it is exact to use: training mode on CPU, channels_last float32/bfloat16 tensors, a
-plain affine ``nn.BatchNorm2d`` that tracks running statistics, and not inside ``torch.compile`` (which fuses
-on its own terms).
+plain affine ``nn.BatchNorm2d`` that tracks running statistics. The kernels are PyTorch operators
+(``torch.ops.simclrv2``), so a model under ``torch.compile`` keeps them and inductor fuses what lies around them.
 """
 
 from __future__ import annotations
@@ -91,47 +91,72 @@ def active_kernels() -> ModuleType | None:
     return _KERNELS.get("active")
 
 
-class _BatchNormReLU(torch.autograd.Function):
-    """relu(batch_norm(x) [+ residual]) with batch statistics; returns (output, batch mean, biased variance)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, eps: float,
-                kernels: ModuleType) -> tuple[Tensor, Tensor, Tensor]:
-        out, mean, var, invstd, scale, shift = kernels.forward(x, weight, bias, residual, eps)
-        ctx.with_residual = residual is not None
-        # Without a residual the backward recomputes ReLU's mask from x; with one it reads the output.
-        saved_out = (out,) if ctx.with_residual else ()
-        ctx.save_for_backward(x, mean, invstd, weight, scale, shift, *saved_out)
-        ctx.kernels = kernels
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
-        x, mean, invstd, weight, scale, shift, *saved_out = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias, grad_residual = ctx.kernels.backward(
-            grad_out, saved_out[0] if saved_out else None, x, mean, invstd, weight, scale, shift, ctx.with_residual)
-        return grad_x, grad_weight, grad_bias, (grad_residual if ctx.with_residual else None), None, None
+# The kernels as PyTorch operators (torch.library), so that torch.compile traces them as calls it keeps, with shapes
+# from the fake versions below, and autograd differentiates them through _backward.
+_FORWARD_SCHEMA = "(Tensor x, Tensor weight, Tensor bias, Tensor? residual, float eps) -> (Tensor, Tensor, Tensor, " \
+                  "Tensor, Tensor, Tensor)"
+_BACKWARD_SCHEMA = "(Tensor grad, Tensor? out, Tensor x, Tensor mean, Tensor invstd, Tensor weight, Tensor scale, " \
+                   "Tensor shift, bool with_residual) -> (Tensor, Tensor, Tensor, Tensor)"
 
 
-def _fusable(x: Tensor, bn: nn.Module, residual: Tensor | None) -> ModuleType | None:
-    """The kernels if this call may use them (see the module docstring), else None."""
-    kernels = active_kernels()
-    if kernels is None or not bn.training or type(bn) is not nn.BatchNorm2d:
-        return None
-    if torch.compiler.is_compiling() or torch.jit.is_scripting():
-        return None
+@torch.library.custom_op("simclrv2::bn_relu_forward", mutates_args=(), schema=_FORWARD_SCHEMA)
+def _forward_op(x, weight, bias, residual, eps):
+    """(output, batch mean, biased variance, invstd, scale, shift) of relu(batch_norm(x) [+ residual])."""
+    return tuple(active_kernels().forward(x, weight, bias, residual, eps))
+
+
+@_forward_op.register_fake
+def _(x, weight, bias, residual, eps):
+    stats = tuple(x.new_empty(x.shape[1], dtype=torch.float32) for _ in range(5))
+    return (torch.empty_like(x, memory_format=torch.channels_last), *stats)
+
+
+@torch.library.custom_op("simclrv2::bn_relu_backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def _backward_op(grad, out, x, mean, invstd, weight, scale, shift, with_residual):
+    """(grad x, grad weight, grad bias, grad residual: empty without one)."""
+    grad_x, grad_weight, grad_bias, grad_residual = active_kernels().backward(
+        grad, out, x, mean, invstd, weight, scale, shift, with_residual)
+    return grad_x, grad_weight, grad_bias, grad_residual if with_residual else x.new_empty(0)
+
+
+@_backward_op.register_fake
+def _(grad, out, x, mean, invstd, weight, scale, shift, with_residual):
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    grad_residual = torch.empty_like(x, memory_format=torch.channels_last) if with_residual else x.new_empty(0)
+    return grad_x, weight.new_empty(weight.shape, dtype=torch.float32), \
+        weight.new_empty(weight.shape, dtype=torch.float32), grad_residual
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, _bias, residual, _eps = inputs
+    out, mean, _var, invstd, scale, shift = output
+    ctx.with_residual = residual is not None
+    # Without a residual the backward recomputes ReLU's mask from x; with one it reads the output.
+    ctx.save_for_backward(x, mean, invstd, weight, scale, shift, *((out,) if ctx.with_residual else ()))
+
+
+def _backward(ctx, grad_out, *_grad_stats):
+    x, mean, invstd, weight, scale, shift, *saved_out = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias, grad_residual = torch.ops.simclrv2.bn_relu_backward(
+        grad_out, saved_out[0] if saved_out else None, x, mean, invstd, weight, scale, shift, ctx.with_residual)
+    return grad_x, grad_weight, grad_bias, (grad_residual if ctx.with_residual else None), None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _fusable(x: Tensor, bn: nn.Module, residual: Tensor | None) -> bool:
+    """Whether this call may use the kernels (see the module docstring)."""
+    if active_kernels() is None or not bn.training or type(bn) is not nn.BatchNorm2d or torch.jit.is_scripting():
+        return False
     if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
-        return None
+        return False
     if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16):
-        return None
+        return False
     if not x.is_contiguous(memory_format=torch.channels_last) or x.numel() // x.shape[1] < 2:
-        return None
-    if residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype
-                                 or not residual.is_contiguous(memory_format=torch.channels_last)):
-        return None
-    return kernels
+        return False
+    return residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                and residual.is_contiguous(memory_format=torch.channels_last))
 
 
 def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
@@ -145,11 +170,10 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: 
 
 def batch_norm_relu(x: Tensor, bn: nn.BatchNorm2d, residual: Tensor | None = None) -> Tensor:
     """``relu(bn(x) + residual)`` (or ``relu(bn(x))``), fused where it can be, else PyTorch's ops."""
-    kernels = _fusable(x, bn, residual)
-    if kernels is None:
+    if not _fusable(x, bn, residual):
         y = bn(x)
         return torch.relu(y + residual) if residual is not None else torch.relu_(y)
-    out, mean, var = _BatchNormReLU.apply(x, bn.weight, bn.bias, residual, bn.eps, kernels)
+    out, mean, var, *_ = torch.ops.simclrv2.bn_relu_forward(x, bn.weight, bn.bias, residual, bn.eps)
     _update_running_stats(bn, mean, var, x.numel() // x.shape[1])
     return out
 
