@@ -34,9 +34,10 @@ SOURCE = Path(__file__).with_name("kernels") / "bn_relu.cpp"
 _FLAGS = ["-O3", "-march=native", "-fopenmp"] + (
     ["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
 
-# This process's switch, like torch.backends' flags: "built" caches the compiled library, "active" is the library
-# while the current session has the kernels on (each session sets it from run.fused_kernels).
-_KERNELS: dict[str, ModuleType] = {}
+# This process's switch, like torch.backends' flags: "built" caches the compiled library (None: it could not be
+# built, so later sessions neither retry nor warn again), "active" is the library while the current session has the
+# kernels on (each session sets it from run.fused_kernels).
+_KERNELS: dict[str, ModuleType | None] = {}
 
 
 def _build_name() -> str:
@@ -61,15 +62,17 @@ def build_kernels() -> ModuleType | None:
     if shutil.which("c++") is None and shutil.which("g++") is None:
         log.warning("fused BatchNorm-ReLU kernels unavailable: no C++ compiler (install g++, or set "
                     "run.fused_kernels = false to silence this); using PyTorch's separate ops")
+        _KERNELS["built"] = None
         return None
     from torch.utils.cpp_extension import load
 
     log.info("fused BatchNorm-ReLU CPU kernels: loading (the first time on a machine compiles them, ~30 s)")
     try:
         module = load(_build_name(), [str(SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"])
-    except (RuntimeError, OSError, ImportError) as error:
+    except Exception as error:  # any failure to build or load means the unfused path, said once
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.warning(f"fused BatchNorm-ReLU kernels failed to build ({first_line}); using PyTorch's separate ops")
+        _KERNELS["built"] = None
         return None
     _KERNELS["built"] = module
     return module
