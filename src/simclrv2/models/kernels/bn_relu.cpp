@@ -37,9 +37,9 @@ inline void store(at::BFloat16* out, float v) {  // round to nearest even, as Py
   out->x = (v != v) ? static_cast<uint16_t>(0x7FC0) : rounded;
 }
 
-// Per-channel sums over rows of f(row, c), in double; `Body(row_pointer_index, c, acc_a, acc_b)` adds to two
-// float accumulators. Threads keep their own partial sums, added in thread order: the result does not depend
-// on scheduling.
+// Two per-channel sums over all rows, in double: `body(row, a, b)` adds one row's terms to the float accumulators
+// a[c] and b[c]. Threads keep their own partial sums, added in thread order, so a given thread count gives the same
+// result every time.
 template <typename Body>
 void channel_sums(int64_t rows, int64_t channels, Body body, std::vector<double>& sum_a, std::vector<double>& sum_b) {
   const int threads = at::get_num_threads();
@@ -55,7 +55,7 @@ void channel_sums(int64_t rows, int64_t channels, Body body, std::vector<double>
       float* a = block_a.data();
       float* b = block_b.data();
       for (int64_t row = start; row < stop; ++row) body(row, a, b);
-      #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
+      #pragma GCC ivdep  // distinct arrays: the thread's partial sums and this block's
       for (int64_t c = 0; c < channels; ++c) {
         part_a[c] += a[c];
         part_b[c] += b[c];
