@@ -229,8 +229,8 @@ class FusingSequential(nn.Sequential):
         index = 0
         while index < len(modules):
             module = modules[index]
-            follows_relu = index + 1 < len(modules) and type(modules[index + 1]) is nn.ReLU
-            if follows_relu and type(module) is nn.BatchNorm2d:
+            relu_follows = index + 1 < len(modules) and type(modules[index + 1]) is nn.ReLU
+            if relu_follows and type(module) is nn.BatchNorm2d:
                 x = batch_norm_relu(x, module)
                 index += 2
                 continue
