@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simclrv2.models import bn_relu
 from simclrv2.models.bn_relu import batch_norm_relu, use_fused_kernels
+from simclrv2.models.resnet import scaled_channels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
@@ -30,8 +30,7 @@ from conv_shapes import best_seconds  # noqa: E402
 STAGES = ((64, 28), (128, 14), (256, 7), (512, 4))  # base channels and map size of each stage at 28 px
 
 
-def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_shortcut: bool, repeats: int,
-               kernels) -> dict:
+def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_shortcut: bool, repeats: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     shape = (batch, channels, size, size)
     x, grad, shortcut = (torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -44,10 +43,8 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
         batch_norm_relu(inp, bn, residual).backward(grad)
 
     seconds = {}
-    for name, active in (("pytorch", None), ("fused", kernels)):
-        bn_relu._KERNELS.pop("active", None)
-        if active is not None:
-            bn_relu._KERNELS["active"] = active
+    for name in ("pytorch", "fused"):
+        use_fused_kernels(name == "fused")  # the process switch a session sets; the build is cached
         seconds[name] = best_seconds(step, repeats)
     size_bytes = x.numel() * x.element_size()
     # with the shortcut: read in forward; in backward the saved output is read twice and the shortcut's gradient written
@@ -71,20 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     if not use_fused_kernels(True):
         print("the fused kernels are unavailable here (see the warning above)", file=sys.stderr)
         return 1
-    kernels = bn_relu.active_kernels()
     for width in args.width:
         for precision in args.precision:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             for base, size in STAGES:
-                channels = max(1, round(base * width))
+                channels = scaled_channels(base, width)
                 for with_shortcut in (False, True):
                     record = {"bench": "bn_relu_shapes", "width": width, "precision": precision,
                               "batch": args.batch,
-                              **time_shape(2 * args.batch, channels, size, dtype, with_shortcut, args.repeats,
-                                           kernels),
+                              **time_shape(2 * args.batch, channels, size, dtype, with_shortcut, args.repeats),
                               **cpu_kind(), "torch": torch.__version__, "threads": torch.get_num_threads()}
                     print(json.dumps(record), flush=True)
-    bn_relu._KERNELS.pop("active", None)
+    use_fused_kernels(False)
     return 0
 
 
