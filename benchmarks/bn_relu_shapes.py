@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simclrv2.models.bn_relu import batch_norm_relu, use_fused_kernels
+from simclrv2.models.bn_relu import batch_norm_relu
+from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.models.resnet import scaled_channels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from simclrv2.models import conv, resnet
+from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
@@ -65,12 +66,11 @@ class ConvShape:
                 * self.kernel**2)
         return 2 * macs / 1e9
 
-    @property
-    def gemm_passes(self) -> frozenset[str]:
-        """The passes the encoder's Conv2d runs as GEMMs for this shape (on CPU, in bf16/fp16)."""
+    def gemm_passes(self, dtype: torch.dtype) -> frozenset[str]:
+        """The passes the encoder's Conv2d runs as GEMMs for this shape on CPU in ``dtype``."""
         if self.groups != 1:
             return frozenset()
-        return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels)
+        return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype)
 
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
@@ -162,7 +162,7 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
     shapes = encoder_conv_shapes(width, 2 * batch)
     rows = []
     for shape, layers in shapes.items():
-        taken = shape.gemm_passes if DTYPES[precision] in conv.REDUCED_PRECISION else frozenset()
+        taken = shape.gemm_passes(DTYPES[precision])
         timed = taken | candidate_gemm_passes(shape) if candidates else taken
         seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats, timed, "forward" in taken)
         measured = [p for p in PASSES if p in seconds]
@@ -215,14 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", action="store_true",
                         help="also time as GEMMs the passes the rules leave to oneDNN on maps up to 7x7 (not "
                              "counted in the step): the evidence GEMM_RULES is chosen from")
+    parser.add_argument("--no-fused-kernels", action="store_true",
+                        help="the GEMMs' patches and transposes by PyTorch's copies instead of the compiled kernels "
+                             "(run.fused_kernels = false)")
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     keep_freed_memory()
+    fused = use_fused_kernels(not args.no_fused_kernels)  # as a CPU session does with run.fused_kernels
     peaks = {p: gemm_peak_gflops(DTYPES[p]) for p in args.precision}
-    header = {"bench": "conv_shapes", **cpu_kind(),
+    header = {"bench": "conv_shapes", "fused_kernels": fused, **cpu_kind(),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
     print(json.dumps(header), flush=True)

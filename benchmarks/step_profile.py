@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from simclrv2.models import resnet
-from simclrv2.models.bn_relu import use_fused_kernels
+from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import shutil
 import struct
 from pathlib import Path
 
@@ -179,3 +180,39 @@ def assert_test_split_read_only_in_final_evaluations(reads: list[SplitRead], eva
     test_reads = [r for r in reads if r.split == "test"]
     assert len(test_reads) == evaluations and all(r.in_final_evaluation for r in test_reads), reads
     assert any(r.split == "train" and not r.in_final_evaluation for r in reads), reads
+
+
+@pytest.fixture(scope="session")
+def kernels():
+    """The compiled CPU kernels (simclrv2.models.cpu_kernels); tests that need them skip without a C++ compiler."""
+    from simclrv2.models.cpu_kernels import build_kernels
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler to build the compiled CPU kernels")
+    built = build_kernels()
+    assert built is not None, "the kernels failed to build (see the warning above)"
+    return built
+
+
+@pytest.fixture
+def fused(kernels):
+    """The compiled kernels on for one test, and the switch back as it was afterwards."""
+    from simclrv2.models import cpu_kernels
+
+    before = dict(cpu_kernels._KERNELS)
+    cpu_kernels._KERNELS["active"] = kernels
+    yield kernels
+    cpu_kernels._KERNELS.clear()
+    cpu_kernels._KERNELS.update(before)
+
+
+@pytest.fixture
+def unfused():
+    """The compiled kernels off for one test (PyTorch's ops), and the switch back as it was afterwards."""
+    from simclrv2.models import cpu_kernels
+
+    before = dict(cpu_kernels._KERNELS)
+    cpu_kernels._KERNELS.pop("active", None)
+    yield
+    cpu_kernels._KERNELS.clear()
+    cpu_kernels._KERNELS.update(before)

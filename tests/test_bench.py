@@ -154,9 +154,10 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monk
     by_shape = {r["shape"]: r for r in rows}
     assert {k for k, r in by_shape.items() if "backward-weights-gemm_ms" in r} == {
         "128->256 3x3/2 @14px", "256->256 3x3/1 @7px", "128->256 1x1/2 @14px",  # 7x7 outputs, 256 columns
-        "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px"}  # 4x4 outputs
+        "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px",  # 4x4 outputs
+        "1->64 3x3/1 @28px"}  # the one-channel stem, in every dtype
     assert {k for k, r in by_shape.items() if "forward-gemm_ms" in r} == {
-        "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px"}
+        "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px", "1->64 3x3/1 @28px"}
     assert {k for k, r in by_shape.items() if "backward-data-gemm_ms" in r} == {"512->512 3x3/1 @4px"}
     for r in rows:
         for p in conv_shapes.ONEDNN_PASSES:

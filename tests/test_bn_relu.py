@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 
 import pytest
 import torch
@@ -14,39 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from simclrv2.config import load_config
-from simclrv2.models import bn_relu
-from simclrv2.models.bn_relu import FusingSequential, batch_norm_relu, build_kernels, use_fused_kernels
+from simclrv2.models import bn_relu, cpu_kernels
+from simclrv2.models.bn_relu import FusingSequential, batch_norm_relu
+from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.models.global_bn import GlobalBatchNorm2d
 from simclrv2.models.resnet import resnet
 from simclrv2.stages import session
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler to build the fused kernels")
-    built = build_kernels()
-    assert built is not None, "the kernels failed to build (see the warning above)"
-    return built
-
-
-@pytest.fixture
-def fused(kernels):
-    """The fused path on for one test, and back to the state it found afterwards."""
-    before = dict(bn_relu._KERNELS)
-    bn_relu._KERNELS["active"] = kernels
-    yield kernels
-    bn_relu._KERNELS.clear()
-    bn_relu._KERNELS.update(before)
-
-
-@pytest.fixture
-def unfused():
-    before = dict(bn_relu._KERNELS)
-    bn_relu._KERNELS.pop("active", None)
-    yield
-    bn_relu._KERNELS.clear()
-    bn_relu._KERNELS.update(before)
 
 
 def _reference(x, weight, bias, residual):
@@ -91,11 +63,11 @@ def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dty
     errors = {}
     for name in ("fused", "pytorch"):
         layer = copy.deepcopy(bn)
-        bn_relu._KERNELS["active"] = kernels
+        cpu_kernels._KERNELS["active"] = kernels
         if name == "pytorch":
-            bn_relu._KERNELS.pop("active")
+            cpu_kernels._KERNELS.pop("active")
         out, grads = _run(x, layer, residual, grad)
-        bn_relu._KERNELS.pop("active", None)
+        cpu_kernels._KERNELS.pop("active", None)
         assert out.dtype == dtype and out.is_contiguous(memory_format=cl)
         assert all(g.dtype == t.dtype for g, t in zip(grads, [x, bn.weight, bn.bias, residual], strict=False))
         references = [expected, *(leaf.grad for leaf in leaves)]
@@ -130,7 +102,7 @@ def test_variance_of_a_channel_with_a_large_mean_does_not_cancel(fused):
 
 def test_fusing_sequential_runs_the_kernel_for_each_bn_relu_pair(fused, monkeypatch):
     calls = []
-    real = fused.forward
+    real = fused.bn_relu_forward
     monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(real, calls))
     block = FusingSequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
                              nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
@@ -149,9 +121,9 @@ class _Spy:
 
     def __init__(self, real_forward, calls):
         self._real, self._calls = real_forward, calls
-        self.backward = bn_relu._KERNELS["active"].backward
+        self.bn_relu_backward = cpu_kernels._KERNELS["active"].bn_relu_backward
 
-    def forward(self, *args):
+    def bn_relu_forward(self, *args):
         self._calls.append(args[0].shape)
         return self._real(*args)
 
@@ -159,7 +131,7 @@ class _Spy:
 @pytest.mark.parametrize("case", ["eval", "nchw", "float64", "global_bn", "no_running_stats", "residual_dtype"])
 def test_falls_back_to_pytorch_where_the_kernel_does_not_apply(fused, monkeypatch, case):
     calls = []
-    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(fused.forward, calls))
+    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(fused.bn_relu_forward, calls))
     torch.manual_seed(3)
     bn = nn.BatchNorm2d(4)
     x = torch.randn(2, 4, 5, 5).contiguous(memory_format=torch.channels_last)
@@ -198,7 +170,7 @@ def test_a_compiled_training_step_runs_the_kernels_and_matches_eager(fused, monk
     autograd formula must give what eager gives, and the kernels must really run."""
     torch._dynamo.reset()
     calls = []
-    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(fused.forward, calls))
+    monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(fused.bn_relu_forward, calls))
     torch.manual_seed(5)
     model = resnet(18, 0.125, cifar_stem=True, in_channels=1).to(memory_format=torch.channels_last)
     for module in model.modules():
@@ -233,11 +205,11 @@ def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth,
     x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 
     def step(active, dtype):
-        bn_relu._KERNELS["active"] = active
+        cpu_kernels._KERNELS["active"] = active
         copy_ = copy.deepcopy(model).to(dtype)
         out = copy_(x.to(dtype))
         out.square().mean().backward()
-        bn_relu._KERNELS.pop("active")
+        cpu_kernels._KERNELS.pop("active")
         grads = torch.cat([p.grad.flatten() for p in copy_.parameters()])
         buffers = torch.cat([b.flatten() for b in copy_.buffers() if b.is_floating_point()])
         return [out, grads, buffers]
@@ -249,16 +221,16 @@ def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth,
 
 
 def test_use_fused_kernels_switches_the_path_and_reports_it(kernels, unfused):
-    assert use_fused_kernels(True) is True and bn_relu.active_kernels() is kernels
-    assert use_fused_kernels(False) is False and bn_relu.active_kernels() is None
+    assert use_fused_kernels(True) is True and cpu_kernels.active_kernels() is kernels
+    assert use_fused_kernels(False) is False and cpu_kernels.active_kernels() is None
 
 
 def test_without_a_compiler_the_layers_run_unfused_with_one_warning(monkeypatch, unfused, caplog):
-    monkeypatch.setattr(bn_relu, "_KERNELS", {})
-    monkeypatch.setattr(bn_relu.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cpu_kernels, "_KERNELS", {})
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: None)
     with caplog.at_level(logging.WARNING, logger="simclrv2"):
         assert use_fused_kernels(True) is False
-    assert bn_relu.active_kernels() is None
+    assert cpu_kernels.active_kernels() is None
     assert [r.getMessage() for r in caplog.records if "C++ compiler" in r.getMessage()]
 
 
@@ -266,14 +238,14 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, unfused, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("Error building extension 'x'\ndetails")
 
-    monkeypatch.setattr(bn_relu, "_KERNELS", {})
-    monkeypatch.setattr(bn_relu.shutil, "which", lambda name: "/usr/bin/" + name)  # a compiler, as far as it knows
+    monkeypatch.setattr(cpu_kernels, "_KERNELS", {})
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: "/usr/bin/" + name)  # a compiler, as far as it knows
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken)
     with caplog.at_level(logging.WARNING, logger="simclrv2"):
         assert use_fused_kernels(True) is False
         assert use_fused_kernels(True) is False  # the next session neither rebuilds nor warns again
     assert [r.getMessage() for r in caplog.records if "failed to build" in r.getMessage()] == [
-        "fused BatchNorm-ReLU kernels failed to build (Error building extension 'x'); using PyTorch's separate ops"]
+        "compiled CPU kernels failed to build (Error building extension 'x'); using PyTorch's ops"]
 
 
 @pytest.mark.parametrize(("device", "wanted", "expected"), [("cpu", True, True), ("cpu", False, False)])

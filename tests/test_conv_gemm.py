@@ -63,6 +63,84 @@ def test_input_grad_by_gemm_equals_the_convolution_input_gradient(kernel, paddin
                                    atol=1e-10)
 
 
+# (channels, height, width, kernel, stride, padding): the encoder's shapes, a one-channel stem, odd and
+# non-square maps, a 5x5 kernel with two rows of padding and none.
+PATCH_GEOMETRIES = [(16, 4, 4, 3, 1, 1), (8, 7, 7, 3, 2, 1), (1, 9, 6, 3, 1, 1), (3, 5, 8, 5, 1, 2),
+                    (5, 6, 6, 1, 2, 0), (4, 5, 5, 3, 1, 0), (2, 3, 3, 3, 1, 2)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("channels", "height", "width", "kernel", "stride", "padding"), PATCH_GEOMETRIES)
+def test_the_compiled_patches_are_pytorchs_patches(kernels, unfused, dtype, channels, height, width, kernel, stride,
+                                                   padding):
+    x = torch.randn(3, channels, height, width).to(dtype).contiguous(memory_format=torch.channels_last)
+    expected = conv.patches(x, kernel, stride, padding)  # the kernels are off: PyTorch's views and copy
+    got = kernels.patches(x, kernel, stride, padding)
+    assert got.is_contiguous() and got.dtype == dtype
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(70, 33), (1, 5), (64, 64), (130, 9)])
+def test_the_compiled_transpose_is_pytorchs(kernels, dtype, shape):
+    a = torch.randn(shape).to(dtype)
+    got = kernels.transpose(a)
+    assert got.is_contiguous() and torch.equal(got, a.t())
+
+
+def test_the_compiled_kernels_refuse_what_they_cannot_lay_out(kernels):
+    with pytest.raises(RuntimeError, match="channels_last"):
+        kernels.patches(torch.randn(2, 3, 4, 4), 3, 1, 1)  # NCHW
+    with pytest.raises(RuntimeError, match="padding"):
+        kernels.patches(torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last), 3, 1, 3)
+    with pytest.raises(RuntimeError, match="2-D"):
+        kernels.transpose(torch.randn(4, 5).t())
+
+
+def test_the_module_uses_the_compiled_patches_and_transpose_where_they_are_on(fused, monkeypatch):
+    calls = []
+    spy = type("Spy", (), {"patches": lambda self, *a: calls.append("patches") or fused.patches(*a),
+                           "transpose": lambda self, a: calls.append("transpose") or fused.transpose(a)})()
+    monkeypatch.setattr(conv, "active_kernels", lambda: spy)
+    x = torch.randn(2, 16, 4, 4).bfloat16().contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 24, 4, 4).bfloat16().contiguous(memory_format=torch.channels_last)
+    conv.weight_grad_by_gemm(x, grad, 3, 1, 1)
+    assert calls == ["patches", "transpose"]
+    conv.patches(x.contiguous(), 3, 1, 1)  # NCHW, and float64 below: PyTorch's copies
+    conv.patches(x.double().contiguous(memory_format=torch.channels_last), 3, 1, 1)
+    assert calls == ["patches", "transpose"]
+
+
+def test_a_one_channel_stem_runs_forward_and_weight_gradient_as_gemms_in_every_dtype_on_every_cpu(monkeypatch):
+    """oneDNN's kernels for one input channel measured 3-5x slower than the GEMMs on AMX, AVX-512-BF16 and AVX2."""
+    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
+    stem = {"forward", "backward-weights"}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert gemm_passes(1, 784, 1, 64, dtype) == gemm_passes(1, 1024, 1, 128, dtype) == stem
+    assert gemm_passes(1, 784, 1, 16, torch.float32) == frozenset()  # few outputs: measured even
+    assert gemm_passes(2, 196, 1, 64, torch.float32) == frozenset()  # only stride 1 was measured
+    assert gemm_passes(1, 784, 3, 64, torch.float32) == frozenset()  # RGB: oneDNN was faster
+    assert gemm_passes(1, 784, 1, 64, torch.float64) == frozenset()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_one_channel_fp32_stem_equals_nn_conv2d(request, compiled):
+    request.getfixturevalue("fused" if compiled else "unfused")
+    torch.manual_seed(0)
+    reference = nn.Conv2d(1, 64, 3, padding=1, bias=False)
+    ours = Conv2d(1, 64, 3, padding=1, bias=False)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(6, 1, 9, 7).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(6, 64, 9, 7)
+    y = ours(x)
+    assert y.grad_fn.name() == "_PatchGemmConvBackward" and y.grad_fn.passes == {"forward", "backward-weights"}
+    y.backward(grad_out)
+    expected = F.conv2d(x.double(), reference.weight.double(), padding=1)
+    expected_grad = torch.nn.grad.conv2d_weight(x.double(), reference.weight.shape, grad_out.double(), padding=1)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad.double(), expected_grad, rtol=1e-5, atol=1e-4)
+
+
 @pytest.fixture
 def amx(monkeypatch):
     """A CPU whose oneDNN runs AMX, where the rules apply (CI machines may lack it)."""
@@ -233,17 +311,25 @@ def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_wher
     assert no_input_grad.grad_fn.saved_tensors[2] is None
 
 
-def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, monkeypatch):
+@pytest.mark.parametrize(("in_channels", "compiled"), [(3, False), (1, True)])
+def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, monkeypatch, request, in_channels,
+                                                                compiled):
     """The whole encoder at 32 px under bf16 autocast (its last stages work on 8x8 and 4x4 maps, so every GEMM
-    path runs): its gradients stay as close to float64's as those computed with oneDNN alone."""
+    path runs): its gradients stay as close to float64's as those computed with oneDNN alone. With one input
+    channel and the compiled kernels on (channels_last), the stem is a GEMM too and the patches and transposes
+    are the kernels'."""
+    request.getfixturevalue("fused" if compiled else "unfused")
+    monkeypatch.setattr(conv, "SINGLE_CHANNEL_MIN_OUT", 1)  # width 0.25's 16-channel stem takes it too
+    layout = torch.channels_last if compiled else torch.contiguous_format
+
     def gradients(autocast: bool = True, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        model = resnet(18, width_multiplier=0.25, cifar_stem=True)
+        model = resnet(18, width_multiplier=0.25, cifar_stem=True, in_channels=in_channels)
         for module in model.modules():  # residual BN scales start at zero, which would stop their branch's grads
             if isinstance(module, nn.BatchNorm2d):
                 nn.init.uniform_(module.weight, 0.5, 1.5)
-        model = model.to(dtype)
-        x = torch.randn(4, 3, 32, 32).to(dtype)
+        model = model.to(dtype).to(memory_format=layout)
+        x = torch.randn(4, in_channels, 32, 32).to(dtype).contiguous(memory_format=layout)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(x)
         # a fixed random direction: a sum of squares of BN outputs would be nearly constant, its gradient noise
@@ -254,6 +340,7 @@ def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, mo
     exact = gradients(autocast=False, dtype=torch.float64)
     with_gemms = gradients()
     monkeypatch.setattr(conv, "GEMM_RULES", ())
+    monkeypatch.setattr(conv, "SINGLE_CHANNEL_MIN_OUT", 10**6)
     onednn = gradients()
     assert with_gemms.keys() == onednn.keys() == exact.keys()
     assert any(not torch.equal(with_gemms[n], onednn[n]) for n in exact)  # the GEMM paths did run

@@ -5,8 +5,9 @@ activation. PyTorch runs BatchNorm, ReLU and their backward ops separately, 13-1
 the residual add); ``kernels/bn_relu.cpp`` does the forward in three (statistics, then normalise-add-ReLU; four
 with a residual) and the backward in five (eight with a residual, whose mask comes from the saved output), with
 float32 arithmetic on float32 or bfloat16 tensors. It is built once per machine (a C++ compiler, ~30 s, cached by
-torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with ``run.fused_kernels`` on; without a compiler the
-layers run as before, with a one-line warning.
+torch in ``TORCH_EXTENSIONS_DIR``, with the package's other CPU kernels: :mod:`simclrv2.models.cpu_kernels`) when a
+CPU session starts with ``run.fused_kernels`` on; without a compiler the layers run as before, with a one-line
+warning.
 
 The fused path changes nothing else: the same modules, parameters, running statistics and state-dict keys, so
 checkpoints, the TF import and global BatchNorm see an ordinary ``nn.BatchNorm2d`` followed by ``nn.ReLU``.
@@ -17,82 +18,10 @@ plain affine ``nn.BatchNorm2d`` that tracks running statistics. The kernels are 
 
 from __future__ import annotations
 
-import hashlib
-import platform
-import shutil
-from pathlib import Path
-from types import ModuleType
-
 import torch
 from torch import Tensor, nn
 
-from simclrv2.logs import get_logger
-
-SOURCE = Path(__file__).with_name("kernels") / "bn_relu.cpp"
-# Built where it runs, for the host's vector units; on x86 with AVX-512, its 512-bit registers (gcc prefers 256 by
-# default): the bf16 backward was faster with them on an AVX-512 Xeon.
-_FLAGS = ["-O3", "-march=native", "-fopenmp"] + (
-    ["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
-
-# This process's switch, like torch.backends' flags: "built" caches the compiled library (None: it could not be
-# built, so later sessions neither retry nor warn again), "active" is the library while the current session has the
-# kernels on (each session sets it from run.fused_kernels).
-_KERNELS: dict[str, ModuleType | None] = {}
-
-
-def _build_name() -> str:
-    """Unique per source, compiler flags, torch version and CPU: a home directory shared by machines with other
-    vector units (a cluster's NFS) must not load a library compiled with ``-march=native`` elsewhere."""
-    from simclrv2.provenance import cpu_kind  # provenance imports models; importing here avoids the cycle
-
-    digest = hashlib.sha256()
-    digest.update(SOURCE.read_bytes())
-    digest.update(" ".join(_FLAGS).encode())
-    digest.update(torch.__version__.encode())
-    digest.update(repr(sorted(cpu_kind().items())).encode())
-    return f"simclrv2_bn_relu_{digest.hexdigest()[:12]}"
-
-
-def build_kernels() -> ModuleType | None:
-    """Compile (or load the cached build of) the fused kernels; None, with a warning saying why, where that is
-    impossible. Does not switch them on (:func:`use_fused_kernels` does)."""
-    if "built" in _KERNELS:
-        return _KERNELS["built"]
-    log = get_logger()
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        log.warning("fused BatchNorm-ReLU kernels unavailable: no C++ compiler (install g++, or set "
-                    "run.fused_kernels = false to silence this); using PyTorch's separate ops")
-        _KERNELS["built"] = None
-        return None
-    from torch.utils.cpp_extension import load
-
-    log.info("fused BatchNorm-ReLU CPU kernels: loading (the first time on a machine compiles them, ~30 s)")
-    try:
-        module = load(_build_name(), [str(SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"])
-    except Exception as error:  # any failure to build or load means the unfused path, said once
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.warning(f"fused BatchNorm-ReLU kernels failed to build ({first_line}); using PyTorch's separate ops")
-        _KERNELS["built"] = None
-        return None
-    _KERNELS["built"] = module
-    return module
-
-
-def use_fused_kernels(enabled: bool) -> bool:
-    """Switch the fused path on (building the kernels if need be) or off for this process; returns whether it is
-    on. Training sessions call it with ``run.fused_kernels`` on CPU (and False elsewhere)."""
-    kernels = build_kernels() if enabled else None
-    if kernels is None:
-        _KERNELS.pop("active", None)
-        return False
-    _KERNELS["active"] = kernels
-    return True
-
-
-def active_kernels() -> ModuleType | None:
-    """The kernels if the fused path is on; never builds (a forward pass must not start a compiler)."""
-    return _KERNELS.get("active")
-
+from simclrv2.models.cpu_kernels import active_kernels
 
 # Eager training calls the kernels through _BatchNormReLU (an autograd.Function: little Python per call). Under
 # torch.compile they are PyTorch operators (torch.library), which dynamo traces as calls it keeps, with shapes from
@@ -106,7 +35,7 @@ _BACKWARD_SCHEMA = "(Tensor grad, Tensor? out, Tensor x, Tensor mean, Tensor inv
 @torch.library.custom_op("simclrv2::bn_relu_forward", mutates_args=(), schema=_FORWARD_SCHEMA)
 def _forward_op(x, weight, bias, residual, eps):
     """(output, batch mean, biased variance, invstd, scale, shift) of relu(batch_norm(x) [+ residual])."""
-    return tuple(active_kernels().forward(x, weight, bias, residual, eps))
+    return tuple(active_kernels().bn_relu_forward(x, weight, bias, residual, eps))
 
 
 @_forward_op.register_fake
@@ -118,7 +47,7 @@ def _(x, weight, bias, residual, eps):
 @torch.library.custom_op("simclrv2::bn_relu_backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
 def _backward_op(grad, out, x, mean, invstd, weight, scale, shift, with_residual):
     """(grad x, grad weight, grad bias, grad residual: empty without one)."""
-    grad_x, grad_weight, grad_bias, grad_residual = active_kernels().backward(
+    grad_x, grad_weight, grad_bias, grad_residual = active_kernels().bn_relu_backward(
         grad, out, x, mean, invstd, weight, scale, shift, with_residual)
     return grad_x, grad_weight, grad_bias, grad_residual if with_residual else x.new_empty(0)
 
@@ -163,7 +92,7 @@ class _BatchNormReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor | None, eps: float):
-        output = tuple(active_kernels().forward(x, weight, bias, residual, eps))
+        output = tuple(active_kernels().bn_relu_forward(x, weight, bias, residual, eps))
         _save_for_backward(ctx, x, weight, residual, output)
         ctx.mark_non_differentiable(output[1], output[2])
         return output[0], output[1], output[2]
@@ -171,7 +100,7 @@ class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor, _grad_mean: Tensor, _grad_var: Tensor):
-        return *_gradients(ctx, grad_out, active_kernels().backward), None
+        return *_gradients(ctx, grad_out, active_kernels().bn_relu_backward), None
 
 
 def _fusable(x: Tensor, bn: nn.Module, residual: Tensor | None) -> bool:

@@ -15,9 +15,14 @@ was measured; a pass runs as a GEMM, in bf16/fp16 on a CPU where oneDNN runs AMX
   keeps oneDNN's, since its GEMM form would sum nine bf16-rounded overlapping parts;
 - backward-weights ``grad^T @ patches``, from the patches forward made when forward is a GEMM too.
 
+A one-channel stem (grayscale images) is the exception: oneDNN is slow for one input channel in every dtype on
+every CPU kind measured, so its forward and weight gradient are GEMMs in fp32 too (``SINGLE_CHANNEL_MIN_OUT``). The
+patches and the gradient's transpose are the compiled kernels' (:mod:`simclrv2.models.cpu_kernels`) where they are
+on, PyTorch's copies otherwise.
+
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
-and state dict are those of :class:`torch.nn.Conv2d`, and anything else (fp32, GPUs, groups, dilation, bias,
-larger maps) is :class:`torch.nn.Conv2d` itself.
+and state dict are those of :class:`torch.nn.Conv2d`, and anything else (fp32 beyond the stem, GPUs, groups,
+dilation, bias, larger maps) is :class:`torch.nn.Conv2d` itself.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclrv2.models.cpu_kernels import active_kernels
 from simclrv2.runtime import onednn_uses_amx
 
 # (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
@@ -41,14 +47,35 @@ GEMM_RULES: tuple[tuple[str, int, int], ...] = (
 )
 # The dtypes they apply in: in fp32 oneDNN measured as fast.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+# A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
+# runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
+# 512 on an AMX Xeon, oneDNN's kernels took 38 ms for the two passes in bf16, 31 ms in bf16 held to AVX-512-BF16 and
+# 45-59 ms in fp32 (AVX-512, AVX2), the GEMMs 7-15 ms with the compiled patches; at 16 outputs the two were even
+# and with three input channels oneDNN was faster.
+SINGLE_CHANNEL_MIN_OUT = 64
+# The dtypes the GEMM path and its compiled re-layouts handle.
+GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Whether oneDNN runs AMX in this process, read once at import as oneDNN reads its ISA cap once: a constant, so
 # that torch.compile traces Conv2d without a graph break (a call into the CPU check breaks the graph at every conv).
 ONEDNN_USES_AMX = onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
+def _kernels_for(t: Tensor):
+    """The compiled re-layout kernels where they apply to ``t`` (on, eager, a CPU channels_last tensor), else None:
+    under torch.compile the PyTorch ops below trace into the graph, a call into the extension would break it."""
+    kernels = active_kernels()
+    if kernels is None or t.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return kernels if t.dtype in GEMM_DTYPES else None
+
+
 def patches(x: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
     """The im2col matrix of ``x`` (N, Ci, H, W): one row per output pixel, (N·Ho·Wo, kh·kw·Ci), the kernel
-    offsets outer and the channels inner, so a channels_last ``x`` is copied in runs of Ci."""
+    offsets outer and the channels inner, so a channels_last ``x`` is copied in runs of Ci (by the compiled kernel
+    where it is on: one copy per window row, no padded copy first; 2.5-3x faster than these views' copy)."""
+    kernels = _kernels_for(x)
+    if kernels is not None and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return kernels.patches(x, kernel_size, stride, padding)
     n, ci = x.shape[:2]
     padded = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # N, H + 2p, W + 2p, Ci
     windows = padded.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # N, Ho, Wo, Ci, kh, kw
@@ -71,11 +98,27 @@ def _from_rows(rows: Tensor, n: int, h: int, w: int) -> Tensor:
     return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
+def _transposed(rows: Tensor) -> Tensor:
+    """A (R, C) matrix as a contiguous (C, R) one: PyTorch's strided copy moves bf16 at ~2-5 GB/s, the compiled
+    kernel's tiles 2-3x faster."""
+    kernels = _kernels_for(rows)
+    if kernels is not None and rows.is_contiguous():
+        return kernels.transpose(rows)
+    return rows.t().contiguous()
+
+
 def weight_grad_from_patches(grad_out: Tensor, cols: Tensor, weight_shape: torch.Size) -> Tensor:
-    """dL/dW = grad^T @ patches, in W's shape (Co, Ci, kh, kw) and channels-last like the encoder's weights
-    (grad^T is copied first: the GEMM on a transposed operand measured 40 % slower)."""
+    """dL/dW = grad^T @ patches, in W's shape (Co, Ci, kh, kw) and channels-last like the encoder's weights.
+    The narrower operand is the one transposed: grad^T is copied first where the patches are wider (the GEMM on a
+    transposed operand measured 40 % slower there); for a one-channel stem (9 columns of patches against 64 of
+    grad) it is (patches^T @ grad)^T with patches^T a view, as copying grad would cost more than the product."""
     co, ci, kh, kw = weight_shape
-    return (_rows(grad_out).t().contiguous() @ cols).view(co, kh, kw, ci).permute(0, 3, 1, 2)
+    rows = _rows(grad_out)
+    if cols.shape[1] < co:
+        product = (cols.t() @ rows).t().contiguous()
+    else:
+        product = _transposed(rows) @ cols
+    return product.view(co, kh, kw, ci).permute(0, 3, 1, 2)
 
 
 def weight_grad_by_gemm(x: Tensor, grad_out: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
@@ -107,11 +150,15 @@ def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor
     return _from_rows(cols @ m, n, ho + k - 1 - 2 * padding, wo + k - 1 - 2 * padding)
 
 
-def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int) -> frozenset[str]:
-    """Which passes of a bf16/fp16 CPU convolution run as GEMMs: none unless oneDNN runs on AMX, where the rules
-    were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs made width 1's step 8 % slower).
-    ``GEMM_RULES`` is read at call time (benchmarks switch it for an A/B)."""
-    if not ONEDNN_USES_AMX:
+def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
+                dtype: torch.dtype = torch.bfloat16) -> frozenset[str]:
+    """Which passes of a CPU convolution run as GEMMs: forward and the weight gradient of a stride-1, one-channel
+    input with ``SINGLE_CHANNEL_MIN_OUT`` or more outputs in any dtype on any CPU; otherwise, in bf16/fp16, none unless
+    oneDNN runs on AMX, where the rules were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs
+    made width 1's step 8 % slower). ``GEMM_RULES`` is read at call time (benchmarks switch it for an A/B)."""
+    if stride == 1 and in_channels == 1 and out_channels >= SINGLE_CHANNEL_MIN_OUT and dtype in GEMM_DTYPES:
+        return frozenset({"forward", "backward-weights"})
+    if not ONEDNN_USES_AMX or dtype not in REDUCED_PRECISION:
         return frozenset()
     columns = {"forward": out_channels, "backward-data": in_channels, "backward-weights": out_channels}
     passes = {name for name, max_area, min_columns in GEMM_RULES
@@ -173,7 +220,7 @@ class Conv2d(nn.Conv2d):
 
     def _gemm_passes(self, x: Tensor, dtype: torch.dtype) -> frozenset[str]:
         """The passes of this call that run as GEMMs (only those that will run: no backward without grad)."""
-        if x.device.type != "cpu" or dtype not in REDUCED_PRECISION or x.dim() != 4:
+        if x.device.type != "cpu" or x.dim() != 4:
             return frozenset()
         if self.groups != 1 or self.dilation != (1, 1) or self.bias is not None or self.padding_mode != "zeros":
             return frozenset()
@@ -181,7 +228,7 @@ class Conv2d(nn.Conv2d):
         if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w or p >= k[0]:
             return frozenset()
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
-        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels)
+        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype)
         if not (torch.is_grad_enabled() and x.requires_grad):
             passes -= {"backward-data"}
         if not (torch.is_grad_enabled() and self.weight.requires_grad):

@@ -31,7 +31,7 @@ from simclrv2.checkpoint import (
 )
 from simclrv2.config import RunConfig, config_to_dict, to_toml
 from simclrv2.logs import get_logger
-from simclrv2.models.bn_relu import use_fused_kernels
+from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.models.global_bn import convert_to_global_bn
 from simclrv2.optim import build_optimizer, param_groups, scaled_learning_rate
 from simclrv2.provenance import provenance

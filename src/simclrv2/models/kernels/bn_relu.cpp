@@ -9,6 +9,8 @@
 // parallel and over channels innermost, so the compiler vectorises it. Sums are float within blocks of rows and
 // double across blocks; the statistics are shifted by each channel's first value so the variance does not
 // cancel when a channel's mean is large against its spread.
+#include "kernels.h"
+
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -183,10 +185,12 @@ void check_input(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
+namespace simclrv2 {
+
 // (output, mean, biased variance, invstd, scale, shift) of relu(batch_norm(x) [+ residual]) with batch statistics;
 // scale and shift (x * scale + shift is the normalised, affine x) are what the backward recomputes the mask with.
-std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                const c10::optional<at::Tensor>& residual, double eps) {
+std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                        const c10::optional<at::Tensor>& residual, double eps) {
   check_input(x, "input");
   const int64_t channels = x.size(1);
   const int64_t rows = x.numel() / channels;
@@ -230,10 +234,10 @@ std::vector<at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight, c
 
 // (grad_input, grad_weight, grad_bias, grad_residual or an empty tensor). `out` (the forward's output) is needed
 // with a residual only.
-std::vector<at::Tensor> backward(const at::Tensor& grad_out, const c10::optional<at::Tensor>& out,
-                                 const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
-                                 const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& shift,
-                                 bool with_residual) {
+std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::optional<at::Tensor>& out,
+                                         const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
+                                         const at::Tensor& weight, const at::Tensor& scale,
+                                         const at::Tensor& shift, bool with_residual) {
   check_input(x, "input");
   auto grad = grad_out.contiguous(at::MemoryFormat::ChannelsLast).to(x.scalar_type());
   TORCH_CHECK(!with_residual || (out.has_value() && out->is_contiguous(at::MemoryFormat::ChannelsLast) &&
@@ -263,7 +267,4 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, const c10::optional
   return {grad_x, grad_weight, grad_bias, grad_residual};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "relu(batch_norm(x) [+ residual]), training mode, channels_last");
-  m.def("backward", &backward, "gradients of forward");
-}
+}  // namespace simclrv2

@@ -1,0 +1,91 @@
+"""The package's compiled CPU kernels: built once per machine, switched on per process.
+
+Two families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
+(:mod:`simclrv2.models.bn_relu`) and the memory re-layouts of the convolutions that run as GEMMs (the im2col
+patches and the gradient's transpose, :mod:`simclrv2.models.conv`). They only move memory or do almost no
+arithmetic, where PyTorch's generic copies and separate ops make several slow passes. The extension is compiled
+with the system's C++ compiler (~30 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
+``run.fused_kernels`` on; without a compiler everything runs PyTorch's ops as before, with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from simclrv2.logs import get_logger
+
+KERNEL_DIR = Path(__file__).with_name("kernels")
+SOURCES = tuple(KERNEL_DIR / name for name in ("module.cpp", "bn_relu.cpp", "layout.cpp"))
+HEADERS = (KERNEL_DIR / "kernels.h",)
+# Built where it runs, for the host's vector units; on x86 with AVX-512, its 512-bit registers (gcc prefers 256 by
+# default): the bf16 BatchNorm backward was faster with them on an AVX-512 Xeon.
+_FLAGS = ["-O3", "-march=native", "-fopenmp"] + (
+    ["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
+
+# This process's switch, like torch.backends' flags: "built" caches the compiled library (None: it could not be
+# built, so later sessions neither retry nor warn again), "active" is the library while the current session has the
+# kernels on (each session sets it from run.fused_kernels).
+_KERNELS: dict[str, ModuleType | None] = {}
+
+
+def _build_name() -> str:
+    """Unique per source, compiler flags, torch version and CPU: a home directory shared by machines with other
+    vector units (a cluster's NFS) must not load a library compiled with ``-march=native`` elsewhere."""
+    from simclrv2.provenance import cpu_kind  # provenance imports models; importing here avoids the cycle
+
+    digest = hashlib.sha256()
+    for path in SOURCES + HEADERS:
+        digest.update(path.read_bytes())
+    digest.update(" ".join(_FLAGS).encode())
+    digest.update(torch.__version__.encode())
+    digest.update(repr(sorted(cpu_kind().items())).encode())
+    return f"simclrv2_cpu_kernels_{digest.hexdigest()[:12]}"
+
+
+def build_kernels() -> ModuleType | None:
+    """Compile (or load the cached build of) the kernels; None, with a warning saying why, where that is
+    impossible. Does not switch them on (:func:`use_fused_kernels` does)."""
+    if "built" in _KERNELS:
+        return _KERNELS["built"]
+    log = get_logger()
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        log.warning("compiled CPU kernels unavailable: no C++ compiler (install g++, or set run.fused_kernels = "
+                    "false to silence this); using PyTorch's ops")
+        _KERNELS["built"] = None
+        return None
+    from torch.utils.cpp_extension import load
+
+    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts): loading (the first time on a "
+             "machine compiles them, ~30 s)")
+    try:
+        module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_FLAGS,
+                      extra_ldflags=["-fopenmp"])
+    except Exception as error:  # any failure to build or load means PyTorch's ops, said once
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning(f"compiled CPU kernels failed to build ({first_line}); using PyTorch's ops")
+        _KERNELS["built"] = None
+        return None
+    _KERNELS["built"] = module
+    return module
+
+
+def use_fused_kernels(enabled: bool) -> bool:
+    """Switch the kernels on (building them if need be) or off for this process; returns whether they are on.
+    Training sessions call it with ``run.fused_kernels`` on CPU (and False elsewhere)."""
+    kernels = build_kernels() if enabled else None
+    if kernels is None:
+        _KERNELS.pop("active", None)
+        return False
+    _KERNELS["active"] = kernels
+    return True
+
+
+def active_kernels() -> ModuleType | None:
+    """The kernels if they are on; never builds (a forward pass must not start a compiler)."""
+    return _KERNELS.get("active")
