@@ -141,7 +141,8 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     # CPU: large tensors from the heap, freed memory kept for the next step (glibc; runtime.keep_freed_memory)
     keep_freed_memory: bool = True
-    # CPU training: BatchNorm(+add)+ReLU as one compiled kernel (models.bn_relu; a C++ compiler, built once)
+    # CPU training: the compiled kernels (models.cpu_kernels: BatchNorm(+add)+ReLU as one kernel, the GEMM
+    # convolutions' patches and transposes; a C++ compiler, built once)
     fused_kernels: bool = True
     progress: bool = True  # a progress bar when the output is a terminal
     log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
