@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from simclrv2.models import conv, resnet
-from simclrv2.models.cpu_kernels import use_fused_kernels
+from simclrv2.models.cpu_kernels import active_kernels, use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
@@ -67,10 +67,12 @@ class ConvShape:
         return 2 * macs / 1e9
 
     def gemm_passes(self, dtype: torch.dtype) -> frozenset[str]:
-        """The passes the encoder's Conv2d runs as GEMMs for this shape on CPU in ``dtype``."""
+        """The passes the encoder's Conv2d runs as GEMMs for this shape on CPU in ``dtype`` (with the compiled
+        re-layouts' rules where they are on)."""
         if self.groups != 1:
             return frozenset()
-        return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype)
+        return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype,
+                                compiled_layouts=active_kernels() is not None)
 
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "

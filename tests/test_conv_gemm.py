@@ -155,8 +155,26 @@ def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_t
     assert gemm_passes(1, 16, 256, 256) == gemm_passes(1, 16, 64, 64) == {"backward-weights"}  # narrower ones
     assert gemm_passes(1, 49, 256, 256) == gemm_passes(2, 49, 128, 256) == {"backward-weights"}
     assert gemm_passes(1, 49, 128, 128) == gemm_passes(1, 64, 512, 512) == frozenset()
+    # with the compiled re-layouts the weight gradient on 7x7 maps is a GEMM from 128 columns; larger maps stay
+    assert gemm_passes(1, 49, 128, 128, compiled_layouts=True) == gemm_passes(2, 49, 64, 128, compiled_layouts=True) \
+        == {"backward-weights"}
+    assert gemm_passes(1, 49, 64, 64, compiled_layouts=True) == gemm_passes(1, 64, 128, 128, compiled_layouts=True) \
+        == frozenset()
     monkeypatch.setattr(conv, "GEMM_RULES", ())
     assert gemm_passes(1, 16, 512, 512) == frozenset()  # read at call time: the benchmarks' A/B switch
+    monkeypatch.setattr(conv, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
+    assert gemm_passes(1, 49, 128, 128, compiled_layouts=True) == frozenset()
+
+
+def test_the_module_takes_the_compiled_layout_rules_only_where_the_kernels_run(amx, request):
+    ours = Conv2d(16, 128, 3, padding=1, bias=False)  # on 7x7 maps only the compiled-layout rule makes a GEMM of it
+    x = torch.randn(2, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    request.getfixturevalue("unfused")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x).grad_fn.name() == "ConvolutionBackward0"
+    request.getfixturevalue("fused")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x).grad_fn.passes == {"backward-weights"}
 
 
 def test_without_amx_in_onednn_every_pass_stays_onednn(monkeypatch):
@@ -340,6 +358,7 @@ def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, mo
     exact = gradients(autocast=False, dtype=torch.float64)
     with_gemms = gradients()
     monkeypatch.setattr(conv, "GEMM_RULES", ())
+    monkeypatch.setattr(conv, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
     monkeypatch.setattr(conv, "SINGLE_CHANNEL_MIN_OUT", 10**6)
     onednn = gradients()
     assert with_gemms.keys() == onednn.keys() == exact.keys()

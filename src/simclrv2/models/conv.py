@@ -45,6 +45,11 @@ GEMM_RULES: tuple[tuple[str, int, int], ...] = (
     ("backward-weights", 16, 1),
     ("backward-weights", 49, 256),
 )
+# Added to them where the compiled re-layouts are on (cpu_kernels): with patches ~2.5x cheaper the weight gradient
+# as a GEMM also paid on 7x7 output maps from 128 columns (bf16 at batch 512 on an AMX Xeon: 128->128 7.6 ms
+# against oneDNN's 10.4, 64->128 stride 2 3.7 against 8.6; width 0.5's step +2 %). At 64 (width 0.25) the pass alone
+# was faster too (2.5 against 3.6 ms) but the step was 1.6 % slower, so it stays oneDNN's.
+GEMM_RULES_WITH_COMPILED_LAYOUTS: tuple[tuple[str, int, int], ...] = (("backward-weights", 49, 128),)
 # The dtypes they apply in: in fp32 oneDNN measured as fast.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
@@ -151,17 +156,19 @@ def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor
 
 
 def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
-                dtype: torch.dtype = torch.bfloat16) -> frozenset[str]:
+                dtype: torch.dtype = torch.bfloat16, compiled_layouts: bool = False) -> frozenset[str]:
     """Which passes of a CPU convolution run as GEMMs: forward and the weight gradient of a stride-1, one-channel
     input with ``SINGLE_CHANNEL_MIN_OUT`` or more outputs in any dtype on any CPU; otherwise, in bf16/fp16, none unless
     oneDNN runs on AMX, where the rules were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs
-    made width 1's step 8 % slower). ``GEMM_RULES`` is read at call time (benchmarks switch it for an A/B)."""
+    made width 1's step 8 % slower), plus ``GEMM_RULES_WITH_COMPILED_LAYOUTS`` where the compiled re-layouts run.
+    The rules are read at call time (benchmarks switch them for an A/B)."""
     if stride == 1 and in_channels == 1 and out_channels >= SINGLE_CHANNEL_MIN_OUT and dtype in GEMM_DTYPES:
         return frozenset({"forward", "backward-weights"})
     if not ONEDNN_USES_AMX or dtype not in REDUCED_PRECISION:
         return frozenset()
     columns = {"forward": out_channels, "backward-data": in_channels, "backward-weights": out_channels}
-    passes = {name for name, max_area, min_columns in GEMM_RULES
+    rules = GEMM_RULES + (GEMM_RULES_WITH_COMPILED_LAYOUTS if compiled_layouts else ())
+    passes = {name for name, max_area, min_columns in rules
               if out_area <= max_area and columns[name] >= min_columns}
     if stride != 1:  # as a GEMM, stride 2's input gradient would sum bf16-rounded overlapping parts
         passes.discard("backward-data")
@@ -228,7 +235,8 @@ class Conv2d(nn.Conv2d):
         if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w or p >= k[0]:
             return frozenset()
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
-        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype)
+        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype,
+                             compiled_layouts=_kernels_for(x) is not None)
         if not (torch.is_grad_enabled() and x.requires_grad):
             passes -= {"backward-data"}
         if not (torch.is_grad_enabled() and self.weight.requires_grad):
