@@ -68,8 +68,10 @@ ONEDNN_USES_AMX = onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 def _kernels_for(t: Tensor):
     """The compiled re-layout kernels where they apply to ``t`` (on, eager, a CPU channels_last tensor), else None:
     under torch.compile the PyTorch ops below trace into the graph, a call into the extension would break it."""
+    if torch.compiler.is_compiling():
+        return None
     kernels = active_kernels()
-    if kernels is None or t.device.type != "cpu" or torch.compiler.is_compiling():
+    if kernels is None or t.device.type != "cpu":
         return None
     return kernels if t.dtype in GEMM_DTYPES else None
 

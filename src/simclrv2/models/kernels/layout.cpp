@@ -1,8 +1,10 @@
 // Memory re-layouts for the convolutions that run as GEMMs (simclrv2.models.conv): the im2col patches of a
 // channels_last input, and the transpose of a gradient's rows. Both only move memory, so they are written to move
-// it once, in long runs, on every core.
+// it once, in long runs, on every core (torch's own thread pool: at::parallel_for follows torch.set_num_threads and
+// never starts a second OpenMP runtime beside torch's).
 #include "kernels.h"
 
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -23,16 +25,19 @@ inline void copy_run(char* d, const char* s, int64_t bytes) {
 template <typename T>
 void transpose_tiles(const T* a, T* out, int64_t rows, int64_t cols) {
   constexpr int64_t kTile = 32;
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t r1 = std::min(r0 + kTile, rows), c1 = std::min(c0 + kTile, cols);
-      for (int64_t cc = c0; cc < c1; ++cc) {
-        T* o = out + cc * rows;
-        for (int64_t r = r0; r < r1; ++r) o[r] = a[r * cols + cc];
+  const int64_t row_tiles = (rows + kTile - 1) / kTile;
+  at::parallel_for(0, row_tiles, 1, [&](int64_t first, int64_t last) {
+    for (int64_t tile = first; tile < last; ++tile) {
+      const int64_t r0 = tile * kTile, r1 = std::min(r0 + kTile, rows);
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const int64_t c1 = std::min(c0 + kTile, cols);
+        for (int64_t cc = c0; cc < c1; ++cc) {
+          T* o = out + cc * rows;
+          for (int64_t r = r0; r < r1; ++r) o[r] = a[r * cols + cc];
+        }
       }
     }
-  }
+  });
 }
 
 }  // namespace
@@ -52,11 +57,13 @@ torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t
   const int64_t es = x.element_size(), pixel = c * es, row = k * k * pixel;
   const char* src = static_cast<const char*>(x.data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t b = 0; b < n; ++b) {
-    for (int64_t oh = 0; oh < ho; ++oh) {
+  const int64_t image_rows = n * ho;  // one output row of one image per task
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, wo * row));
+  at::parallel_for(0, image_rows, grain, [&](int64_t first, int64_t last) {
+    for (int64_t index = first; index < last; ++index) {
+      const int64_t b = index / ho, oh = index % ho;
       const char* image = src + b * h * w * pixel;
-      char* d = dst + ((b * ho + oh) * wo) * row;
+      char* d = dst + index * wo * row;
       for (int64_t ow = 0; ow < wo; ++ow) {
         const int64_t w0 = ow * stride - pad;
         const bool inside = w0 >= 0 && w0 + k <= w;
@@ -76,7 +83,7 @@ torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t
         }
       }
     }
-  }
+  });
   return out;
 }
 
