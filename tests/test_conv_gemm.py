@@ -175,6 +175,7 @@ def test_the_module_takes_the_compiled_layout_rules_only_where_the_kernels_run(a
     request.getfixturevalue("fused")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert ours(x).grad_fn.passes == {"backward-weights"}
+        assert ours(x.contiguous()).grad_fn.name() == "ConvolutionBackward0"  # NCHW: the kernels cannot lay it out
 
 
 def test_without_amx_in_onednn_every_pass_stays_onednn(monkeypatch):

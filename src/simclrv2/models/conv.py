@@ -66,8 +66,9 @@ ONEDNN_USES_AMX = onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def _kernels_for(t: Tensor):
-    """The compiled re-layout kernels where they apply to ``t`` (on, eager, a CPU channels_last tensor), else None:
-    under torch.compile the PyTorch ops below trace into the graph, a call into the extension would break it."""
+    """The compiled re-layout kernels where they may run on ``t`` (switched on, eager, a CPU tensor of a dtype
+    they handle; callers check the layout), else None: under torch.compile the PyTorch ops below trace into the
+    graph, a call into the extension would break it."""
     if torch.compiler.is_compiling():
         return None
     kernels = active_kernels()
@@ -237,8 +238,8 @@ class Conv2d(nn.Conv2d):
         if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w or p >= k[0]:
             return frozenset()
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
-        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype,
-                             compiled_layouts=_kernels_for(x) is not None)
+        compiled_layouts = _kernels_for(x) is not None and x.is_contiguous(memory_format=torch.channels_last)
+        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype, compiled_layouts)
         if not (torch.is_grad_enabled() and x.requires_grad):
             passes -= {"backward-data"}
         if not (torch.is_grad_enabled() and self.weight.requires_grad):
