@@ -54,9 +54,9 @@ GEMM_RULES_WITH_COMPILED_LAYOUTS: tuple[tuple[str, int, int], ...] = (("backward
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
-# 512 on an AMX Xeon, oneDNN's kernels took 38 ms for the two passes in bf16, 31 ms in bf16 held to AVX-512-BF16 and
-# 45-59 ms in fp32 (AVX-512, AVX2), the GEMMs 7-15 ms with the compiled patches; at 16 outputs the two were even
-# and with three input channels oneDNN was faster.
+# 512 on an AMX Xeon (benchmarks/conv_shapes.py), oneDNN's two passes took 35.9 ms in bf16, 29.3 ms in bf16 held to
+# AVX-512-BF16, 42.6 ms in fp32 and 59.1 ms in fp32 held to AVX2; the GEMMs with the compiled patches 7.8, 13.0,
+# 16.1 and 13.6 ms. At 16 outputs the two were even, and with three input channels oneDNN was faster.
 SINGLE_CHANNEL_MIN_OUT = 64
 # The dtypes the GEMM path and its compiled re-layouts handle.
 GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
