@@ -1,7 +1,7 @@
 // Memory re-layouts for the convolutions that run as GEMMs (simclrv2.models.conv): the im2col patches of a
 // channels_last input, and the transpose of a gradient's rows. Both only move memory, so they are written to move
-// it once, in long runs, on every core (torch's own thread pool: at::parallel_for follows torch.set_num_threads and
-// never starts a second OpenMP runtime beside torch's).
+// it once, in long runs, on every core (through at::parallel_for, as bn_relu.cpp: it follows torch.set_num_threads
+// and runs serially when called from inside another parallel region).
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
