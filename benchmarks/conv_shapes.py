@@ -66,13 +66,14 @@ class ConvShape:
                 * self.kernel**2)
         return 2 * macs / 1e9
 
-    def gemm_passes(self, dtype: torch.dtype) -> frozenset[str]:
-        """The passes the encoder's Conv2d runs as GEMMs for this shape on CPU in ``dtype`` (with the compiled
-        re-layouts' rules where they are on)."""
+    def gemm_passes(self, dtype: torch.dtype, layout: torch.memory_format) -> frozenset[str]:
+        """The passes the encoder's Conv2d runs as GEMMs for this shape on CPU in ``dtype`` and ``layout`` (with
+        the compiled re-layouts' rules where they are on and can lay the input out: channels_last only)."""
         if self.groups != 1:
             return frozenset()
+        compiled_layouts = active_kernels() is not None and layout == torch.channels_last
         return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype,
-                                compiled_layouts=active_kernels() is not None)
+                                compiled_layouts)
 
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
@@ -164,7 +165,7 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
     shapes = encoder_conv_shapes(width, 2 * batch)
     rows = []
     for shape, layers in shapes.items():
-        taken = shape.gemm_passes(DTYPES[precision])
+        taken = shape.gemm_passes(DTYPES[precision], LAYOUTS[layout])
         timed = taken | candidate_gemm_passes(shape) if candidates else taken
         seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats, timed, "forward" in taken)
         measured = [p for p in PASSES if p in seconds]

@@ -77,12 +77,21 @@ def _kernels_for(t: Tensor):
     return kernels if t.dtype in GEMM_DTYPES else None
 
 
+def _patch_kernels_for(x: Tensor):
+    """The compiled kernels where they lay out ``x``'s patches (a 4-D channels_last tensor), else None: the one
+    test both :func:`patches` and the rules that count on cheap patches use."""
+    kernels = _kernels_for(x)
+    if kernels is None or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        return None
+    return kernels
+
+
 def patches(x: Tensor, kernel_size: int, stride: int, padding: int) -> Tensor:
     """The im2col matrix of ``x`` (N, Ci, H, W): one row per output pixel, (N·Ho·Wo, kh·kw·Ci), the kernel
     offsets outer and the channels inner, so a channels_last ``x`` is copied in runs of Ci (by the compiled kernel
     where it is on: one copy per window row, no padded copy first; 2.5-3x faster than these views' copy)."""
-    kernels = _kernels_for(x)
-    if kernels is not None and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    kernels = _patch_kernels_for(x)
+    if kernels is not None:
         return kernels.patches(x, kernel_size, stride, padding)
     n, ci = x.shape[:2]
     padded = F.pad(x, (padding,) * 4).permute(0, 2, 3, 1)  # N, H + 2p, W + 2p, Ci
@@ -238,8 +247,8 @@ class Conv2d(nn.Conv2d):
         if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w or p >= k[0]:
             return frozenset()
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
-        compiled_layouts = _kernels_for(x) is not None and x.is_contiguous(memory_format=torch.channels_last)
-        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype, compiled_layouts)
+        passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype,
+                             compiled_layouts=_patch_kernels_for(x) is not None)
         if not (torch.is_grad_enabled() and x.requires_grad):
             passes -= {"backward-data"}
         if not (torch.is_grad_enabled() and self.weight.requires_grad):
