@@ -1,4 +1,4 @@
-"""Fused BatchNorm → (+ shortcut) → ReLU against PyTorch's separate ops, per activation shape of the encoder.
+"""The encoder's memory-bound passes, compiled kernels against PyTorch's ops, per activation shape.
 
     python benchmarks/bn_relu_shapes.py --width 1 0.25 --precision bf16 fp32
 
@@ -6,6 +6,8 @@ For each distinct BatchNorm-ReLU shape of the CIFAR-stem ResNet-18 on a pretrain
 2x images at 28 px, channels_last), times forward + backward of ``relu(bn(x))`` and of ``relu(bn(x) + shortcut)``
 both ways (best of ``--repeats``), and prints each as milliseconds and as the GB/s the fused kernels' passes over
 memory imply (forward 3 and backward 5; with the shortcut 4 and 8), beside a plain copy's GB/s on the same tensor.
+The rows without the shortcut also time the sum of a block input's two gradients: autograd's in-place ``add_``
+against the compiled ``add`` of :mod:`simclrv2.models.branch` (``grad_sum_*``, GB/s for three passes).
 Freed memory is kept for reuse, as a training session does. Needs an otherwise idle machine.
 """
 
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from simclrv2.models.bn_relu import batch_norm_relu
-from simclrv2.models.cpu_kernels import use_fused_kernels
+from simclrv2.models.cpu_kernels import active_kernels, use_fused_kernels
 from simclrv2.models.resnet import scaled_channels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
@@ -48,13 +50,22 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
         use_fused_kernels(name == "fused")  # the process switch a session sets; the build is cached
         seconds[name] = best_seconds(step, repeats)
     size_bytes = x.numel() * x.element_size()
+    sums = {}
+    if not with_shortcut:
+        kernels = use_fused_kernels(True) and active_kernels()
+        accumulated = grad.clone()
+        seconds_sum = {"pytorch": best_seconds(lambda: accumulated.add_(shortcut), repeats),  # as autograd does
+                       "compiled": best_seconds(lambda: kernels.add(grad, shortcut), repeats)}
+        sums = {f"grad_sum_{name}_ms": round(value * 1e3, 2) for name, value in seconds_sum.items()}
+        sums.update({f"grad_sum_{name}_gbps": round(3 * size_bytes / value / 1e9, 1)
+                     for name, value in seconds_sum.items()})
     # with the shortcut: read in forward; in backward the saved output is read twice and the shortcut's gradient written
     passes = 12 if with_shortcut else 8
     return {"channels": channels, "size": size, "shortcut": with_shortcut,
             "pytorch_ms": round(seconds["pytorch"] * 1e3, 2), "fused_ms": round(seconds["fused"] * 1e3, 2),
             "speedup": round(seconds["pytorch"] / seconds["fused"], 2),
             "fused_gbps": round(passes * size_bytes / seconds["fused"] / 1e9, 1),
-            "copy_gbps": round(2 * size_bytes / best_seconds(x.clone, repeats) / 1e9, 1)}
+            "copy_gbps": round(2 * size_bytes / best_seconds(x.clone, repeats) / 1e9, 1), **sums}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """The package's compiled CPU kernels: built once per machine, switched on per process.
 
-Two families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
-(:mod:`simclrv2.models.bn_relu`) and the memory re-layouts of the convolutions that run as GEMMs (the im2col
-patches and the gradient's transpose, :mod:`simclrv2.models.conv`). They only move memory or do almost no
-arithmetic, where PyTorch's generic copies and separate ops make several slow passes. The extension is compiled
+Three families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
+(:mod:`simclrv2.models.bn_relu`), the memory re-layouts of the convolutions that run as GEMMs (the im2col
+patches and the gradient's transpose, :mod:`simclrv2.models.conv`), and the sum of a residual block input's two
+gradients (:mod:`simclrv2.models.branch`). They only move memory or do almost no arithmetic, where PyTorch's
+generic copies and separate ops make several slow passes. The extension is compiled
 with the system's C++ compiler (~30 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
 ``run.fused_kernels`` on; without a compiler everything runs PyTorch's ops as before, with a one-line warning.
 """
@@ -21,7 +22,7 @@ import torch
 from simclrv2.logs import get_logger
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
-SOURCES = tuple(KERNEL_DIR / name for name in ("module.cpp", "bn_relu.cpp", "layout.cpp"))
+SOURCES = tuple(KERNEL_DIR / name for name in ("module.cpp", "bn_relu.cpp", "layout.cpp", "sum.cpp"))
 HEADERS = (KERNEL_DIR / "kernels.h",)
 # Built where it runs, for the host's vector units; on x86 with AVX-512, its 512-bit registers (gcc prefers 256 by
 # default): the bf16 BatchNorm backward was faster with them on an AVX-512 Xeon.
@@ -61,8 +62,8 @@ def build_kernels() -> ModuleType | None:
         return None
     from torch.utils.cpp_extension import load
 
-    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts): loading (the first time on a "
-             "machine compiles them, ~30 s)")
+    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums): loading (the first "
+             "time on a machine compiles them, ~30 s)")
     try:
         module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_FLAGS,
                       extra_ldflags=["-fopenmp"])

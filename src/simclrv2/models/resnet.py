@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.models.bn_relu import FusingSequential
+from simclrv2.models.branch import branch
 from simclrv2.models.conv import Conv2d
 from simclrv2.models.selective_kernel import AvgPoolShortcut, SelectiveKernelConv
 from simclrv2.models.tf_pooling import stem_pool
@@ -57,14 +58,15 @@ def _shortcut(in_channels: int, out_channels: int, stride: int, sk_ratio: float,
 class _ResidualBlock(nn.Module):
     """relu(residual(x) + shortcut(x)); subclasses build the two paths. The residual path's BatchNorm-ReLU pairs,
     and its last BatchNorm with the add and the ReLU, run as fused CPU kernels where they can
-    (:mod:`simclrv2.models.bn_relu`)."""
+    (:mod:`simclrv2.models.bn_relu`), and so does the sum of x's two gradients (:mod:`simclrv2.models.branch`)."""
 
     expansion = 1
     residual: FusingSequential
     shortcut: nn.Module
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.residual.forward_add_relu(x, self.shortcut(x))
+        to_residual, to_shortcut = branch(x)
+        return self.residual.forward_add_relu(to_residual, self.shortcut(to_shortcut))
 
 
 class BasicBlock(_ResidualBlock):

@@ -21,23 +21,11 @@
 
 namespace {
 
+using simclrv2::store;
+using simclrv2::to_float;
+
 constexpr int64_t kRowBlock = 32;   // rows summed in float before the double accumulator
 constexpr int64_t kGrain = 256;     // rows per parallel task at least
-
-inline float to_float(float v) { return v; }
-inline float to_float(at::BFloat16 v) {  // exact: bf16 is the high half of a float
-  uint32_t bits = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline void store(float* out, float v) { *out = v; }
-inline void store(at::BFloat16* out, float v) {  // round to nearest even, as PyTorch's conversion does
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-  out->x = (v != v) ? static_cast<uint16_t>(0x7FC0) : rounded;
-}
 
 // Two per-channel sums over all rows, in double: `body(row, a, b)` adds one row's terms to the float accumulators
 // a[c] and b[c]. Threads keep their own partial sums, added in thread order, so a given thread count gives the same

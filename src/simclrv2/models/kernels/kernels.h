@@ -3,9 +3,28 @@
 
 #include <torch/extension.h>
 
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace simclrv2 {
+
+// float32 arithmetic on float32 or bfloat16 storage, as PyTorch computes bf16 ops: widen exactly, compute in float,
+// round once to nearest even. Written with integer bit operations so that loops over them vectorise.
+inline float to_float(float v) { return v; }
+inline float to_float(at::BFloat16 v) {  // exact: bf16 is the high half of a float
+  uint32_t bits = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store(float* out, float v) { *out = v; }
+inline void store(at::BFloat16* out, float v) {  // round to nearest even, as PyTorch's conversion does
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+  out->x = (v != v) ? static_cast<uint16_t>(0x7FC0) : rounded;
+}
 
 // bn_relu.cpp: training-mode BatchNorm + (residual add) + ReLU, channels_last.
 std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -18,5 +37,8 @@ std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::
 // layout.cpp: the re-layouts of the convolutions that run as GEMMs.
 torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t pad);
 torch::Tensor transpose(const torch::Tensor& a);
+
+// sum.cpp: the sum of a tensor's two gradients (simclrv2.models.branch).
+torch::Tensor add(const torch::Tensor& a, const torch::Tensor& b);
 
 }  // namespace simclrv2
