@@ -1,12 +1,14 @@
-"""A tensor read by two paths (a residual block's input), whose two gradients are summed by a compiled kernel.
+"""A tensor read by two paths (a residual block's input), whose two bf16 gradients are summed by a compiled kernel.
 
-Where a tensor feeds two operations, PyTorch's autograd adds their gradients itself, with an in-place ``add_``
-that for bfloat16 ran at ~10 GB/s on a 2-core AMX Xeon (``benchmarks/bn_relu_shapes.py``): the eight block
-inputs of a width-1 ResNet-18 cost ~70 ms of a 1.1 s bf16 training step. :func:`branch` hands the tensor to the
-two paths through one autograd node whose backward sums the gradients with the compiled ``add``
-(:mod:`simclrv2.models.cpu_kernels`), one vectorised pass. The values are PyTorch's to the bit: the same float32
-sum rounded once. It is taken where the kernels are on, in eager CPU training (under torch.compile inductor fuses
-the sum itself); elsewhere the tensor is returned twice, as before.
+Where a tensor feeds two operations, PyTorch's autograd adds their gradients itself, with an in-place ``add_``.
+In bfloat16 that add is slow: on a 2-core AMX Xeon (``benchmarks/bn_relu_shapes.py``) 12.8 ms for a first-stage
+activation of width 1 (512 × 64 × 28 × 28, 12 GB/s), and the eight block inputs of a width-1 ResNet-18 cost ~70
+ms of a 1.1 s step. :func:`branch` hands the tensor to the two paths through one autograd node whose backward sums
+the gradients with the compiled ``add`` (:mod:`simclrv2.models.cpu_kernels`): 4.4 ms there, and faster on every
+shape of widths 1 and 0.25. The values are PyTorch's to the bit: the same float32 sum rounded once to bf16. In
+float32 PyTorch's in-place add was the faster one on every shape (it writes no new tensor), so float32 keeps it.
+The branch is taken in eager CPU training with the kernels on (under torch.compile inductor fuses the sum itself);
+elsewhere the tensor is returned twice, as before.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from torch import Tensor
 
 from simclrv2.models.cpu_kernels import active_kernels
 
-_DTYPES = (torch.float32, torch.bfloat16)
+# Where the compiled sum is faster than autograd's add_ (module docstring); the kernel also sums float32 tensors.
+_BRANCH_DTYPES = (torch.bfloat16,)
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _sum(a: Tensor, b: Tensor) -> Tensor:
     """a + b, by the compiled kernel where both are dense in one layout, else by PyTorch."""
     kernels = active_kernels()
-    if (kernels is not None and a.dtype == b.dtype and a.dtype in _DTYPES and a.shape == b.shape
+    if (kernels is not None and a.dtype == b.dtype and a.dtype in _KERNEL_DTYPES and a.shape == b.shape
             and a.stride() == b.stride() and _dense(a)):
         return kernels.add(a, b)
     return a + b
@@ -51,9 +55,9 @@ class _Branch(torch.autograd.Function):
 
 
 def branch(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x, x)`` for two paths; in eager CPU training with the compiled kernels on, their gradients are summed
-    by the compiled kernel instead of autograd's ``add_``."""
+    """``(x, x)`` for two paths; for a bf16 ``x`` in eager CPU training with the compiled kernels on, their
+    gradients are summed by the compiled kernel instead of autograd's ``add_``."""
     if (active_kernels() is None or not (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu"
-            or x.dtype not in _DTYPES or torch.compiler.is_compiling() or torch.jit.is_scripting()):
+            or x.dtype not in _BRANCH_DTYPES or torch.compiler.is_compiling() or torch.jit.is_scripting()):
         return x, x
     return _Branch.apply(x)
