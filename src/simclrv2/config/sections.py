@@ -142,7 +142,7 @@ class RunConfig:
     # CPU: large tensors from the heap, freed memory kept for the next step (glibc; runtime.keep_freed_memory)
     keep_freed_memory: bool = True
     # CPU training: the compiled kernels (models.cpu_kernels: BatchNorm(+add)+ReLU as one kernel, the GEMM
-    # convolutions' patches and transposes; a C++ compiler, built once)
+    # convolutions' patches and transposes, the sum of a block input's bf16 gradients; a C++ compiler, built once)
     fused_kernels: bool = True
     progress: bool = True  # a progress bar when the output is a terminal
     log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
