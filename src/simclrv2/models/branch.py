@@ -1,12 +1,13 @@
 """A tensor read by two paths (a residual block's input), whose two bf16 gradients are summed by a compiled kernel.
 
 Where a tensor feeds two operations, PyTorch's autograd adds their gradients itself, with an in-place ``add_``.
-In bfloat16 that add is slow: on a 2-core AMX Xeon (``benchmarks/bn_relu_shapes.py``) 12.8 ms for a first-stage
-activation of width 1 (512 × 64 × 28 × 28, 12 GB/s), and the eight block inputs of a width-1 ResNet-18 cost ~70
-ms of a 1.1 s step. :func:`branch` hands the tensor to the two paths through one autograd node whose backward sums
-the gradients with the compiled ``add`` (:mod:`simclrv2.models.cpu_kernels`): 4.4 ms there, and faster on every
-shape of widths 1 and 0.25. The values are PyTorch's to the bit: the same float32 sum rounded once to bf16. In
-float32 PyTorch's in-place add was the faster one on every shape (it writes no new tensor), so float32 keeps it.
+In bfloat16 that add is slow: on a 2-core AMX Xeon (``benchmarks/bn_relu_shapes.py``) 12.95 ms for a first-stage
+activation of width 1 (512 × 64 × 28 × 28, 12 GB/s), 46 ms for the eight block inputs of a width-1 ResNet-18's
+~1.1 s step. :func:`branch` hands the tensor to the two paths through one autograd node whose backward sums the
+gradients with the compiled ``add`` (:mod:`simclrv2.models.cpu_kernels`): 4.56 ms there, 19 ms for the eight, and
+faster on every shape of widths 1 and 0.25. The values are PyTorch's to the bit: the same float32 sum rounded once
+to bf16. In float32 PyTorch's in-place add was the faster one on every shape (6.25 against 9.20 ms at that shape:
+it writes no new tensor), so float32 keeps it.
 The branch is taken in eager CPU training with the kernels on (under torch.compile inductor fuses the sum itself);
 elsewhere the tensor is returned twice, as before.
 """

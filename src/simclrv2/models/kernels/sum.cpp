@@ -1,6 +1,6 @@
 // The sum of two gradients of one tensor (a residual block's input is read by both of its paths). PyTorch's autograd
-// adds them with an in-place add_, which for bfloat16 ran at 12 GB/s on a 2-core AMX Xeon against 35 GB/s here
-// (51 MB channels_last tensors: 12.8 ms against 4.4, benchmarks/bn_relu_shapes.py); in float32 PyTorch's in-place
+// adds them with an in-place add_, which for bfloat16 ran at 12 GB/s on a 2-core AMX Xeon against 34 GB/s here
+// (51 MB channels_last tensors: 12.95 ms against 4.56, benchmarks/bn_relu_shapes.py); in float32 PyTorch's in-place
 // add was faster, so simclrv2.models.branch calls this for bfloat16 only. One vectorised pass over the two
 // tensors' memory, in parallel, float32 arithmetic rounded once as PyTorch's add.
 #include "kernels.h"
