@@ -130,7 +130,12 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
     if "forward" in gemms:
         seconds["forward-gemm"] = best_seconds(lambda: conv.conv_by_gemm(x, w, s, p), repeats)
     if "backward-data" in gemms:
-        seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_gemm(grad, w, p), repeats)
+        if s == 1:
+            seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_gemm(grad, w, p), repeats)
+        else:
+            size = (shape.size, shape.size)
+            seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_phases(grad, w, s, p, size),
+                                                         repeats)
     if "backward-weights" in gemms:
         if reuse_patches:
             cols = conv.patches(x, k, s, p)
@@ -157,7 +162,7 @@ def candidate_gemm_passes(shape: ConvShape) -> frozenset[str]:
     ``--candidates`` times, to choose ``GEMM_RULES`` from)."""
     if shape.groups != 1 or shape.out_size**2 > 49:
         return frozenset()
-    return frozenset({"forward", "backward-weights"} | ({"backward-data"} if shape.stride == 1 else set()))
+    return frozenset({"forward", "backward-data", "backward-weights"})
 
 
 def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int, peak: float,

@@ -158,7 +158,8 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monk
         "1->64 3x3/1 @28px"}  # the one-channel stem, in every dtype
     assert {k for k, r in by_shape.items() if "forward-gemm_ms" in r} == {
         "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px", "1->64 3x3/1 @28px"}
-    assert {k for k, r in by_shape.items() if "backward-data-gemm_ms" in r} == {"512->512 3x3/1 @4px"}
+    assert {k for k, r in by_shape.items() if "backward-data-gemm_ms" in r} == {
+        "512->512 3x3/1 @4px", "256->512 3x3/2 @7px", "256->512 1x1/2 @7px"}  # stride 2: by phases
     for r in rows:
         for p in conv_shapes.ONEDNN_PASSES:
             gemm = f"{p}-gemm_ms" in r
@@ -172,7 +173,7 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monk
     assert seven["forward_time_share"] > 0 and seven["backward-weights_time_share"] == 0
     assert "forward-gemm_ms" not in candidates["128->128 3x3/1 @14px"]  # 14x14 outputs: no candidate
     assert rows[0]["shape"].startswith("1->") and rows[0]["backward-data_time_share"] == 0  # the stem's input
-    assert [r.get("backward-data_paid", True) for r in rows].count(False) == 2  # the stem and the GEMM one
+    assert [r.get("backward-data_paid", True) for r in rows].count(False) == 4  # the stem and the three GEMMs
     assert all(r["forward_peak_share"] == r["forward_gflops"] for r in rows)  # peak 1 GFLOP/s: share = GFLOP/s
     assert "| 1 | bf16 | channels_last |" in conv_shapes.markdown(rows, {"bf16": 1.0})
 

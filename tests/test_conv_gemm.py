@@ -14,7 +14,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from simclrv2.models import conv
-from simclrv2.models.conv import Conv2d, conv_by_gemm, gemm_passes, input_grad_by_gemm, weight_grad_by_gemm
+from simclrv2.models.conv import (
+    Conv2d,
+    conv_by_gemm,
+    gemm_passes,
+    input_grad_by_gemm,
+    input_grad_by_phases,
+    weight_grad_by_gemm,
+)
 from simclrv2.models.resnet import resnet
 
 GEOMETRIES = [(3, 1, 1, 4), (3, 2, 1, 8), (3, 2, 1, 7), (1, 2, 0, 8), (3, 1, 0, 5), (3, 1, 1, 9), (1, 1, 0, 3)]
@@ -49,6 +56,21 @@ def test_weight_grad_by_gemm_equals_the_convolution_weight_gradient(kernel, stri
         got = weight_grad_by_gemm(x_, grad_out_, kernel, stride, padding)
         assert got.shape == weight.shape
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "size"),
+                         GEOMETRIES + [(3, 2, 1, 9), (5, 2, 2, 9), (3, 3, 1, 10), (3, 2, 0, 9), (1, 2, 0, 1)])
+def test_input_grad_by_phases_equals_the_convolution_input_gradient(kernel, stride, padding, size):
+    """Every input pixel is the sum of the taps that reach it, zero where none does (1x1 at stride 2)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, size, size, dtype=torch.float64)
+    weight = torch.randn(7, 5, kernel, kernel, dtype=torch.float64)
+    grad_out = torch.randn_like(F.conv2d(x, weight, stride=stride, padding=padding))
+    expected = torch.nn.grad.conv2d_input(x.shape, weight, grad_out, stride=stride, padding=padding)
+    for grad_out_, weight_ in _layouts(grad_out, weight):
+        got = input_grad_by_phases(grad_out_, weight_, stride, padding, (size, size))
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        assert got.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize(("kernel", "padding", "size"), [(3, 1, 4), (3, 0, 5), (1, 0, 3), (3, 1, 9)])
@@ -147,11 +169,12 @@ def amx(monkeypatch):
     monkeypatch.setattr(conv, "ONEDNN_USES_AMX", True)
 
 
-def test_the_rules_pick_gemms_for_small_maps_and_wide_products_and_keep_stride_two_input_grads_in_onednn(
-        amx, monkeypatch):
+def test_the_rules_pick_gemms_for_small_maps_and_wide_products(amx, monkeypatch):
     every = {"forward", "backward-data", "backward-weights"}
     assert gemm_passes(1, 16, 512, 512) == every  # width 1's last stage
-    assert gemm_passes(2, 16, 256, 512) == every - {"backward-data"}  # stride 2's input gradient stays oneDNN's
+    assert gemm_passes(2, 16, 256, 512) == every  # stride 2's input gradient by phases from 128 input channels
+    assert gemm_passes(2, 16, 128, 256) == {"backward-data", "backward-weights"}
+    assert gemm_passes(2, 16, 64, 128) == gemm_passes(2, 49, 128, 256) == {"backward-weights"}
     assert gemm_passes(1, 16, 256, 256) == gemm_passes(1, 16, 64, 64) == {"backward-weights"}  # narrower ones
     assert gemm_passes(1, 49, 256, 256) == gemm_passes(2, 49, 128, 256) == {"backward-weights"}
     assert gemm_passes(1, 49, 128, 128) == gemm_passes(1, 64, 512, 512) == frozenset()
@@ -241,8 +264,7 @@ MIXES = [{"forward", "backward-data", "backward-weights"}, {"forward", "backward
          {"forward", "backward-data"}, {"forward"}, {"backward-weights"}, {"backward-data"}, set()]
 
 
-@pytest.mark.parametrize(("stride", "passes"),  # stride 2's input gradient is never a GEMM
-                         [(1, p) for p in MIXES] + [(2, p) for p in MIXES if "backward-data" not in p])
+@pytest.mark.parametrize(("stride", "passes"), [(1, p) for p in MIXES] + [(2, p) for p in MIXES])
 def test_every_mix_of_gemm_and_onednn_passes_gives_nn_conv2d_outputs_and_gradients_in_fp32(stride, passes):
     reference, ours = _pair(stride)
     x = torch.randn(6, 16, 4 * stride, 4 * stride).to(memory_format=torch.channels_last)
@@ -262,7 +284,7 @@ def _relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(("stride", "out_size", "passes"),
                          [(1, 4, {"forward", "backward-data", "backward-weights"}),
-                          (2, 4, {"forward", "backward-weights"}),
+                          (2, 4, {"forward", "backward-data", "backward-weights"}),
                           (1, 7, {"backward-weights"}), (2, 7, {"backward-weights"})])
 def test_under_bf16_autocast_small_maps_take_the_gemms_with_autocast_dtypes_and_oneDNN_accuracy(
         narrow_rules, stride, out_size, passes):
@@ -314,7 +336,8 @@ def test_only_passes_that_will_run_are_gemms_and_fp32_and_large_maps_are_nn_conv
     assert x.grad is not None and ours.weight.grad is None
 
 
-def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_where_a_pass_reads_it(narrow_rules):
+def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_where_a_pass_reads_it(narrow_rules,
+                                                                                                  monkeypatch):
     """Stride 1 with every pass a GEMM needs no input: x is not kept alive beside its (9x larger) patches."""
     _, ours = _pair(1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -323,7 +346,11 @@ def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_wher
         [(2 * 16, 9 * 16), (24, 16, 3, 3), None]
     _, ours = _pair(2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = ours(torch.randn(2, 16, 8, 8, requires_grad=True))  # stride 2: oneDNN's input gradient reads x
+        every_pass_a_gemm = ours(torch.randn(2, 16, 8, 8, requires_grad=True))  # stride 2's input grad by phases
+    assert every_pass_a_gemm.grad_fn.saved_tensors[2] is None
+    monkeypatch.setattr(conv, "GEMM_RULES", tuple(r for r in conv.GEMM_RULES if r[0] != "backward-data-strided"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(torch.randn(2, 16, 8, 8, requires_grad=True))  # oneDNN's input gradient reads x
         no_input_grad = ours(torch.randn(2, 16, 8, 8))  # the images of a first layer: x is not needed
     assert [None if t is None else tuple(t.shape) for t in y.grad_fn.saved_tensors] == \
         [(2 * 16, 9 * 16), (24, 16, 3, 3), (2, 16, 8, 8)]

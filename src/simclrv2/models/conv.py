@@ -11,8 +11,10 @@ was measured; a pass runs as a GEMM, in bf16/fp16 on a CPU where oneDNN runs AMX
 (on oneDNN's AVX-512-BF16 kernels, the same CPU capped below AMX, the GEMMs measured slower):
 
 - forward ``patches @ W^T``;
-- backward-data (stride 1) as the forward of the output gradient with the flipped, transposed kernel; stride 2
-  keeps oneDNN's, since its GEMM form would sum nine bf16-rounded overlapping parts;
+- backward-data (stride 1) as the forward of the output gradient with the flipped, transposed kernel; at stride
+  2 as one GEMM per phase of the input (its even and odd rows and columns: each phase reads only the kernel taps
+  that reach it, so every input pixel is one fp32 sum rounded once, where a single GEMM over all nine taps would
+  sum nine bf16-rounded overlapping parts);
 - backward-weights ``grad^T @ patches``, from the patches forward made when forward is a GEMM too.
 
 A one-channel stem (grayscale images) is the exception: oneDNN is slow for one input channel in every dtype on
@@ -39,9 +41,15 @@ from simclrv2.runtime import onednn_uses_amx
 
 # (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
 # Ci for the input gradient): where the GEMM measured faster than oneDNN (module docstring).
+# "backward-data-strided" is the input gradient of a strided convolution (input_grad_by_phases). At batch 512 on
+# an AMX Xeon (benchmarks/conv_shapes.py --candidates), 3x3 stride 2 onto 4x4 maps took 10.8 against oneDNN's
+# 26.7 ms at 256->512, 37.2 against 148.2 at 512->1024 and 3.9 against 5.0 at 128->256, but 1.9 against 1.5 at
+# 64->128; onto 7x7 maps 28.0 against 11.3 (128->256). 1x1 stride 2 was faster onto 7x7 maps too (2.5 against 3.2
+# ms at 128->256), a case this rule leaves to oneDNN.
 GEMM_RULES: tuple[tuple[str, int, int], ...] = (
     ("forward", 16, 512),
     ("backward-data", 16, 512),
+    ("backward-data-strided", 16, 128),
     ("backward-weights", 16, 1),
     ("backward-weights", 49, 256),
 )
@@ -167,6 +175,48 @@ def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor
     return _from_rows(cols @ m, n, ho + k - 1 - 2 * padding, wo + k - 1 - 2 * padding)
 
 
+def _phase_taps(phase: int, kernel_size: int, stride: int, padding: int) -> list[tuple[int, int]]:
+    """(kernel offset, output offset) of each tap reaching input rows ``phase + stride * i``: the output row
+    ``i + offset`` through kernel row ``offset``'s tap (ih = oh * stride + kh - padding)."""
+    return [(k, (phase + padding - k) // stride) for k in range(kernel_size) if (phase + padding - k) % stride == 0]
+
+
+def input_grad_by_phases(grad_out: Tensor, weight: Tensor, stride: int, padding: int,
+                         input_size: tuple[int, int]) -> Tensor:
+    """dL/dx of ``conv2d(x, weight, stride, padding)`` (square kernel, no dilation, one group) with x of
+    ``input_size``, as one GEMM per phase: the input pixels (phase_h + stride·i, phase_w + stride·j) get the sum
+    over the taps reaching them of grad_out[i + dh, j + dw] @ W[:, :, kh, kw], so their patches are the output
+    gradient's shifted views side by side and each pixel is one sum. Laid out channels_last."""
+    n, _, out_h, out_w = grad_out.shape
+    in_channels, k = weight.shape[1], weight.shape[-1]
+    height, width = input_size
+    taps_h = [_phase_taps(phase, k, stride, padding) for phase in range(min(stride, height))]
+    taps_w = [_phase_taps(phase, k, stride, padding) for phase in range(min(stride, width))]
+    # pixels no tap reaches (a 1x1 kernel at stride 2) have a zero gradient; otherwise every pixel is written
+    make = grad_out.new_empty if all(taps_h) and all(taps_w) else grad_out.new_zeros
+    grad_x = make((n, height, width, in_channels)).permute(0, 3, 1, 2)  # channels_last
+    tap_weights = weight.permute(2, 3, 0, 1)  # (kh, kw, Co, Ci): each tap's matrix
+    for phase_h, phase_taps_h in enumerate(taps_h):
+        for phase_w, phase_taps_w in enumerate(taps_w):
+            taps = [(th, tw) for th in phase_taps_h for tw in phase_taps_w]
+            if not taps:
+                continue
+            rows, columns = len(range(phase_h, height, stride)), len(range(phase_w, width, stride))
+            # zero rows and columns around grad_out where a shifted view reaches past it
+            shifts_h, shifts_w = [dh for (_, dh), _ in taps], [dw for _, (_, dw) in taps]
+            top, left = max(0, -min(shifts_h)), max(0, -min(shifts_w))
+            bottom = max(0, rows - 1 + max(shifts_h) - (out_h - 1))
+            right = max(0, columns - 1 + max(shifts_w) - (out_w - 1))
+            padded = F.pad(grad_out, (left, right, top, bottom)) if top or bottom or left or right else grad_out
+            views = [padded[:, :, top + dh:top + dh + rows, left + dw:left + dw + columns]
+                     for (_, dh), (_, dw) in taps]
+            phase_patches = torch.cat(views, dim=1).contiguous(memory_format=torch.channels_last)
+            phase_weights = torch.cat([tap_weights[kh, kw] for (kh, _), (kw, _) in taps])  # (taps·Co, Ci)
+            grad_x[:, :, phase_h::stride, phase_w::stride] = _from_rows(
+                _rows(phase_patches) @ phase_weights, n, rows, columns)
+    return grad_x
+
+
 def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
                 dtype: torch.dtype = torch.bfloat16, compiled_layouts: bool = False) -> frozenset[str]:
     """Which passes of a CPU convolution run as GEMMs: forward and the weight gradient of a stride-1, one-channel
@@ -178,12 +228,16 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
         return frozenset({"forward", "backward-weights"})
     if not ONEDNN_USES_AMX or dtype not in REDUCED_PRECISION:
         return frozenset()
-    columns = {"forward": out_channels, "backward-data": in_channels, "backward-weights": out_channels}
+    columns = {"forward": out_channels, "backward-data": in_channels, "backward-data-strided": in_channels,
+               "backward-weights": out_channels}
     rules = GEMM_RULES + (GEMM_RULES_WITH_COMPILED_LAYOUTS if compiled_layouts else ())
     passes = {name for name, max_area, min_columns in rules
               if out_area <= max_area and columns[name] >= min_columns}
-    if stride != 1:  # as a GEMM, stride 2's input gradient would sum bf16-rounded overlapping parts
+    if stride != 1:  # a strided input gradient has its own rule and form (input_grad_by_phases)
         passes.discard("backward-data")
+        if "backward-data-strided" in passes:
+            passes.add("backward-data")
+    passes.discard("backward-data-strided")
     return frozenset(passes)
 
 
@@ -212,7 +266,7 @@ class _PatchGemmConv(torch.autograd.Function):
         keep_cols = gemm_grad_w and cols is not None
         needs_x = (needs_grad_x and not gemm_grad_x) or (needs_grad_w and not keep_cols)
         ctx.save_for_backward(cols if keep_cols else None, weight, x if needs_x else None)
-        ctx.stride, ctx.padding, ctx.passes = stride, padding, passes
+        ctx.stride, ctx.padding, ctx.passes, ctx.input_size = stride, padding, passes, tuple(x.shape[-2:])
         return out
 
     @staticmethod
@@ -221,8 +275,12 @@ class _PatchGemmConv(torch.autograd.Function):
         s, p, passes = ctx.stride, ctx.padding, ctx.passes
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (input_grad_by_gemm(grad_out, weight, p) if "backward-data" in passes
-                      else _grad_by_onednn(0, grad_out, x, weight, s, p))
+            if "backward-data" not in passes:
+                grad_x = _grad_by_onednn(0, grad_out, x, weight, s, p)
+            elif s == 1:
+                grad_x = input_grad_by_gemm(grad_out, weight, p)
+            else:
+                grad_x = input_grad_by_phases(grad_out, weight, s, p, ctx.input_size)
         if ctx.needs_input_grad[1]:
             if "backward-weights" not in passes:
                 grad_w = _grad_by_onednn(1, grad_out, x, weight, s, p)
