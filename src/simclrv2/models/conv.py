@@ -42,9 +42,9 @@ from simclrv2.runtime import onednn_uses_amx
 # (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
 # Ci for the input gradient): where the GEMM measured faster than oneDNN (module docstring).
 # "backward-data-strided" is the input gradient of a strided convolution (input_grad_by_phases). At batch 512 on
-# an AMX Xeon (benchmarks/conv_shapes.py --candidates), 3x3 stride 2 onto 4x4 maps took 10.8 against oneDNN's
-# 26.7 ms at 256->512, 37.2 against 148.2 at 512->1024 and 3.9 against 5.0 at 128->256, but 1.9 against 1.5 at
-# 64->128; onto 7x7 maps 28.0 against 11.3 (128->256). 1x1 stride 2 was faster onto 7x7 maps too (2.5 against 3.2
+# an AMX Xeon (benchmarks/conv_shapes.py --candidates), 3x3 stride 2 onto 4x4 maps took 11.4 against oneDNN's
+# 30.6 ms at 256->512, 39.5 against 143.6 at 512->1024 and 4.0 against 4.8 at 128->256, but 1.8 against 1.5 at
+# 64->128; onto 7x7 maps 29.4 against 12.6 (128->256). 1x1 stride 2 was faster onto 7x7 maps too (2.4 against 3.2
 # ms at 128->256), a case this rule leaves to oneDNN.
 GEMM_RULES: tuple[tuple[str, int, int], ...] = (
     ("forward", 16, 512),
