@@ -176,8 +176,8 @@ def input_grad_by_gemm(grad_out: Tensor, weight: Tensor, padding: int) -> Tensor
 
 
 def _phase_taps(phase: int, kernel_size: int, stride: int, padding: int) -> list[tuple[int, int]]:
-    """(kernel offset, output offset) of each tap reaching input rows ``phase + stride * i``: the output row
-    ``i + offset`` through kernel row ``offset``'s tap (ih = oh * stride + kh - padding)."""
+    """(kernel row kh, shift d) of each tap that reaches the input rows ``phase + stride·i``: output row ``i + d``
+    reaches row i of the phase through kernel row kh (the forward reads ih = oh·stride + kh - padding)."""
     return [(k, (phase + padding - k) // stride) for k in range(kernel_size) if (phase + padding - k) % stride == 0]
 
 
