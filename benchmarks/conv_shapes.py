@@ -130,12 +130,8 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
     if "forward" in gemms:
         seconds["forward-gemm"] = best_seconds(lambda: conv.conv_by_gemm(x, w, s, p), repeats)
     if "backward-data" in gemms:
-        if s == 1:
-            seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_gemm(grad, w, p), repeats)
-        else:
-            size = (shape.size, shape.size)
-            seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_by_phases(grad, w, s, p, size),
-                                                         repeats)
+        size = (shape.size, shape.size)
+        seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_as_gemms(grad, w, s, p, size), repeats)
     if "backward-weights" in gemms:
         if reuse_patches:
             cols = conv.patches(x, k, s, p)

@@ -217,6 +217,15 @@ def input_grad_by_phases(grad_out: Tensor, weight: Tensor, stride: int, padding:
     return grad_x
 
 
+def input_grad_as_gemms(grad_out: Tensor, weight: Tensor, stride: int, padding: int,
+                        input_size: tuple[int, int]) -> Tensor:
+    """dL/dx as the GEMM form of its stride: one GEMM over the output gradient's patches at stride 1
+    (:func:`input_grad_by_gemm`), one per input phase otherwise (:func:`input_grad_by_phases`)."""
+    if stride == 1:
+        return input_grad_by_gemm(grad_out, weight, padding)
+    return input_grad_by_phases(grad_out, weight, stride, padding, input_size)
+
+
 def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
                 dtype: torch.dtype = torch.bfloat16, compiled_layouts: bool = False) -> frozenset[str]:
     """Which passes of a CPU convolution run as GEMMs: forward and the weight gradient of a stride-1, one-channel
@@ -275,12 +284,8 @@ class _PatchGemmConv(torch.autograd.Function):
         s, p, passes = ctx.stride, ctx.padding, ctx.passes
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            if "backward-data" not in passes:
-                grad_x = _grad_by_onednn(0, grad_out, x, weight, s, p)
-            elif s == 1:
-                grad_x = input_grad_by_gemm(grad_out, weight, p)
-            else:
-                grad_x = input_grad_by_phases(grad_out, weight, s, p, ctx.input_size)
+            grad_x = (input_grad_as_gemms(grad_out, weight, s, p, ctx.input_size) if "backward-data" in passes
+                      else _grad_by_onednn(0, grad_out, x, weight, s, p))
         if ctx.needs_input_grad[1]:
             if "backward-weights" not in passes:
                 grad_w = _grad_by_onednn(1, grad_out, x, weight, s, p)
