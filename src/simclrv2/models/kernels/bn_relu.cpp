@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -29,24 +30,27 @@ constexpr int64_t kGrain = 256;     // rows per parallel task at least
 
 // Two per-channel sums over all rows, in double: `body(row, a, b)` adds one row's terms to the float accumulators
 // a[c] and b[c]. Threads keep their own partial sums, added in thread order, so a given thread count gives the same
-// result every time.
-template <typename Body>
+// result every time. The bodies' channel loops are kept loops (unroll 1): fully unrolled where 16 channels are known
+// at compile time, gcc vectorised the loop over rows instead, with a gather per channel, at half the speed.
+template <int kC, typename Body>
 void channel_sums(int64_t rows, int64_t channels, Body body, std::vector<double>& sum_a, std::vector<double>& sum_b) {
   const int threads = at::get_num_threads();
   std::vector<double> partial(static_cast<size_t>(2 * channels * threads), 0.0);
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     double* part_a = partial.data() + 2 * channels * at::get_thread_num();
     double* part_b = part_a + channels;
-    std::vector<float> block_a(channels), block_b(channels);
+    // The block's sums: local arrays where the channel count is known at compile time, else on the heap.
+    alignas(64) float fixed_a[kC > 0 ? kC : 1], fixed_b[kC > 0 ? kC : 1];
+    std::vector<float> block_a(kC > 0 ? 0 : channels), block_b(kC > 0 ? 0 : channels);
+    float* a = kC > 0 ? fixed_a : block_a.data();
+    float* b = kC > 0 ? fixed_b : block_b.data();
+    const int64_t C = kC > 0 ? kC : channels;
     for (int64_t start = begin; start < end; start += kRowBlock) {
       const int64_t stop = std::min(end, start + kRowBlock);
-      std::fill(block_a.begin(), block_a.end(), 0.f);
-      std::fill(block_b.begin(), block_b.end(), 0.f);
-      float* a = block_a.data();
-      float* b = block_b.data();
+      for (int64_t c = 0; c < C; ++c) a[c] = b[c] = 0.f;
       for (int64_t row = start; row < stop; ++row) body(row, a, b);
       #pragma GCC ivdep  // distinct arrays: the thread's partial sums and this block's
-      for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t c = 0; c < C; ++c) {
         part_a[c] += a[c];
         part_b[c] += b[c];
       }
@@ -62,15 +66,17 @@ void channel_sums(int64_t rows, int64_t channels, Body body, std::vector<double>
   }
 }
 
-template <typename T>
-void batch_stats(const T* x, int64_t rows, int64_t channels, float* mean, float* var) {
+template <int kC, typename T>
+void batch_stats(const T* x, int64_t rows, int64_t channel_count, float* mean, float* var) {
+  const int64_t channels = kC > 0 ? kC : channel_count;
   std::vector<float> pivot(channels);
   for (int64_t c = 0; c < channels; ++c) pivot[c] = to_float(x[c]);
   const float* p = pivot.data();
   std::vector<double> sum, sum_sq;
-  channel_sums(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
+  channel_sums<kC>(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
     const T* __restrict__ in = x + row * channels;
     #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
+    #pragma GCC unroll 1  // see channel_sums
     for (int64_t c = 0; c < channels; ++c) {
       const float d = to_float(in[c]) - p[c];
       a[c] += d;
@@ -86,9 +92,10 @@ void batch_stats(const T* x, int64_t rows, int64_t channels, float* mean, float*
 
 // One pass: out = max(x * scale + shift [+ residual], 0). The residual is a template parameter so that each
 // inner loop is branch-free and vectorises.
-template <bool kResidual, typename T>
-void scale_shift_relu(const T* x, const T* residual, T* out, int64_t rows, int64_t channels,
+template <int kC, bool kResidual, typename T>
+void scale_shift_relu(const T* x, const T* residual, T* out, int64_t rows, int64_t channel_count,
                       const float* scale, const float* shift) {
+  const int64_t channels = kC > 0 ? kC : channel_count;
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     const float* __restrict__ sc = scale;
     const float* __restrict__ sh = shift;
@@ -119,17 +126,19 @@ inline float kept_grad(const T* g, const T* y, const T* in, const float* scale, 
   }
 }
 
-template <bool kResidual, typename T>
-void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_t channels, const float* mean,
+template <int kC, bool kResidual, typename T>
+void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_t channel_count, const float* mean,
                    const float* invstd, const float* weight, const float* scale, const float* shift, T* grad_x,
                    T* grad_residual, float* grad_weight, float* grad_bias) {
+  const int64_t channels = kC > 0 ? kC : channel_count;
   std::vector<double> sum_g, sum_g_xhat;
-  channel_sums(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
+  channel_sums<kC>(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
     const T* __restrict__ g = grad + row * channels;
     const T* __restrict__ y = kResidual ? out + row * channels : nullptr;
     const T* __restrict__ in = x + row * channels;
     const float* __restrict__ m = mean;
     #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
+    #pragma GCC unroll 1  // see channel_sums
     for (int64_t c = 0; c < channels; ++c) {
       const float kept = kept_grad<kResidual>(g, y, in, scale, shift, c);
       a[c] += kept;
@@ -165,6 +174,21 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
   });
 }
 
+// Calls `body` with the channel count as a compile-time constant where it is one of the counts the encoders have
+// up to 128 (std::integral_constant<int, 16..128>), else with 0 (counted at run time). Known, a row's loop is whole
+// vectors without a remainder: the bf16 BatchNorm-ReLU of 64 channels at 28 px took 11-12 ms forward + backward
+// instead of 14-21 on an AMX Xeon.
+template <typename Body>
+void with_channel_count(int64_t channels, Body body) {
+  switch (channels) {
+    case 16: body(std::integral_constant<int, 16>{}); break;
+    case 32: body(std::integral_constant<int, 32>{}); break;
+    case 64: body(std::integral_constant<int, 64>{}); break;
+    case 128: body(std::integral_constant<int, 128>{}); break;
+    default: body(std::integral_constant<int, 0>{});
+  }
+}
+
 void check_input(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast),
               name, " must be a channels_last 4-D CPU tensor");
@@ -198,9 +222,10 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
                 "residual must match the input's shape and dtype");
     res = &*residual;
   }
-  auto run = [&](auto tag) {
+  auto run = [&](auto tag, auto count) {
     using scalar_t = decltype(tag);
-    batch_stats(x.data_ptr<scalar_t>(), rows, channels, mean.data_ptr<float>(), var.data_ptr<float>());
+    constexpr int kC = decltype(count)::value;
+    batch_stats<kC>(x.data_ptr<scalar_t>(), rows, channels, mean.data_ptr<float>(), var.data_ptr<float>());
     for (int64_t c = 0; c < channels; ++c) {
       const float inv = 1.f / std::sqrt(var.data_ptr<float>()[c] + static_cast<float>(eps));
       invstd.data_ptr<float>()[c] = inv;
@@ -208,15 +233,17 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
       shift.data_ptr<float>()[c] = b.data_ptr<float>()[c] - mean.data_ptr<float>()[c] * w.data_ptr<float>()[c] * inv;
     }
     if (res != nullptr) {
-      scale_shift_relu<true>(x.data_ptr<scalar_t>(), res->data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
+      scale_shift_relu<kC, true>(x.data_ptr<scalar_t>(), res->data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
                              channels, scale.data_ptr<float>(), shift.data_ptr<float>());
     } else {
-      scale_shift_relu<false>(x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
+      scale_shift_relu<kC, false>(x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
                               out.data_ptr<scalar_t>(), rows, channels, scale.data_ptr<float>(),
                               shift.data_ptr<float>());
     }
   };
-  if (x.scalar_type() == at::kFloat) run(float{}); else run(at::BFloat16{});
+  with_channel_count(channels, [&](auto count) {
+    if (x.scalar_type() == at::kFloat) run(float{}, count); else run(at::BFloat16{}, count);
+  });
   return {out, mean, var, invstd, scale, shift};
 }
 
@@ -238,20 +265,23 @@ std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::
   auto grad_residual = with_residual ? at::empty_like(x, at::MemoryFormat::ChannelsLast) : at::Tensor();
   auto grad_weight = at::empty({channels}, x.options().dtype(at::kFloat));
   auto grad_bias = at::empty({channels}, x.options().dtype(at::kFloat));
-  auto run = [&](auto tag) {
+  auto run = [&](auto tag, auto count) {
     using scalar_t = decltype(tag);
+    constexpr int kC = decltype(count)::value;
     const auto call = [&](auto kernel, const scalar_t* saved_out, scalar_t* grad_res) {
       kernel(grad.data_ptr<scalar_t>(), saved_out, x.data_ptr<scalar_t>(), rows, channels, mean.data_ptr<float>(),
              invstd.data_ptr<float>(), w.data_ptr<float>(), scale.data_ptr<float>(), shift.data_ptr<float>(),
              grad_x.data_ptr<scalar_t>(), grad_res, grad_weight.data_ptr<float>(), grad_bias.data_ptr<float>());
     };
     if (with_residual) {
-      call(backward_impl<true, scalar_t>, out->data_ptr<scalar_t>(), grad_residual.data_ptr<scalar_t>());
+      call(backward_impl<kC, true, scalar_t>, out->data_ptr<scalar_t>(), grad_residual.data_ptr<scalar_t>());
     } else {
-      call(backward_impl<false, scalar_t>, static_cast<const scalar_t*>(nullptr), static_cast<scalar_t*>(nullptr));
+      call(backward_impl<kC, false, scalar_t>, static_cast<const scalar_t*>(nullptr), static_cast<scalar_t*>(nullptr));
     }
   };
-  if (x.scalar_type() == at::kFloat) run(float{}); else run(at::BFloat16{});
+  with_channel_count(channels, [&](auto count) {
+    if (x.scalar_type() == at::kFloat) run(float{}, count); else run(at::BFloat16{}, count);
+  });
   return {grad_x, grad_weight, grad_bias, grad_residual};
 }
 
