@@ -14,19 +14,21 @@ from torch.nn import functional as F
 
 from simclrv2.config import load_config
 from simclrv2.models import bn_relu, cpu_kernels
-from simclrv2.models.bn_relu import FusingSequential, batch_norm_relu
+from simclrv2.models.bn_relu import FusingSequential, batch_norm, batch_norm_relu
 from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.models.global_bn import GlobalBatchNorm2d
 from simclrv2.models.resnet import resnet
 from simclrv2.stages import session
 
 
-def _reference(x, weight, bias, residual):
-    """float64 relu(batch_norm(x) + residual) in training mode, with its leaf tensors for the gradients."""
+def _reference(x, weight, bias, residual, relu=True):
+    """float64 relu(batch_norm(x) + residual) (or batch_norm(x) without ReLU) in training mode, with its leaf
+    tensors for the gradients."""
     leaves = [t.detach().double().requires_grad_() for t in (x, weight, bias)]
     r = None if residual is None else residual.detach().double().requires_grad_()
     y = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.0, 1e-5)
-    y = (y + r if r is not None else y).relu()
+    if relu:
+        y = (y + r if r is not None else y).relu()
     return y, leaves + ([r] if r is not None else [])
 
 
@@ -34,22 +36,23 @@ def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return ((got.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
 
 
-def _run(x, bn, residual, grad):
-    """Output and gradients (x, weight, bias[, residual]) of batch_norm_relu with whichever path is on."""
+def _run(x, bn, residual, grad, relu=True):
+    """Output and gradients (x, weight, bias[, residual]) of batch_norm_relu (batch_norm without ReLU) with
+    whichever path is on."""
     x = x.detach().requires_grad_()
     r = None if residual is None else residual.detach().requires_grad_()
-    out = batch_norm_relu(x, bn, r)
+    out = batch_norm_relu(x, bn, r) if relu else batch_norm(x, bn)
     out.backward(grad)
     grads = [x.grad, bn.weight.grad, bn.bias.grad] + ([r.grad] if r is not None else [])
     return out, grads
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize(("with_residual", "relu"), [(False, True), (True, True), (False, False)])
 # 24 and 3 channels run the kernels' loops over a run-time channel count; 16, 32, 64 and 128 their compile-time ones
 @pytest.mark.parametrize("shape", [(6, 24, 5, 5), (32, 64, 7, 7), (3, 3, 4, 4), (5, 16, 6, 6), (4, 32, 5, 3),
                                    (3, 128, 3, 3)])
-def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dtype, with_residual, shape):
+def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dtype, with_residual, relu, shape):
     torch.manual_seed(0)
     cl = torch.channels_last
     x = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=cl)
@@ -59,7 +62,7 @@ def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dty
     with torch.no_grad():
         bn.weight.uniform_(-1.5, 1.5)
         bn.bias.normal_()
-    expected, leaves = _reference(x, bn.weight, bn.bias, residual)
+    expected, leaves = _reference(x, bn.weight, bn.bias, residual, relu)
     expected.backward(grad.double())
 
     errors = {}
@@ -68,7 +71,7 @@ def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dty
         cpu_kernels._KERNELS["active"] = kernels
         if name == "pytorch":
             cpu_kernels._KERNELS.pop("active")
-        out, grads = _run(x, layer, residual, grad)
+        out, grads = _run(x, layer, residual, grad, relu)
         cpu_kernels._KERNELS.pop("active", None)
         assert out.dtype == dtype and out.is_contiguous(memory_format=cl)
         assert all(g.dtype == t.dtype for g, t in zip(grads, [x, bn.weight, bn.bias, residual], strict=False))
@@ -79,13 +82,21 @@ def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dty
         assert fused_error <= max(2 * pytorch_error, tolerance), errors
 
 
-def test_running_statistics_and_counter_follow_batchnorm2d(fused):
+def test_the_kernel_refuses_a_residual_without_relu(fused):
+    """The residual is added before the ReLU: a call asking for BatchNorm alone with one is a caller's error."""
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="relu=true"):
+        fused.bn_relu_forward(x, torch.ones(4), torch.zeros(4), x.clone(), 1e-5, False)
+
+
+@pytest.mark.parametrize("layer", [batch_norm_relu, batch_norm])
+def test_running_statistics_and_counter_follow_batchnorm2d(fused, layer):
     torch.manual_seed(1)
     for momentum in (0.1, None):  # exponential, and the cumulative average of momentum=None
         ours, theirs = nn.BatchNorm2d(8, momentum=momentum), nn.BatchNorm2d(8, momentum=momentum)
         for _ in range(3):
             x = (torch.randn(4, 8, 6, 6) * 3 + 2).contiguous(memory_format=torch.channels_last)
-            batch_norm_relu(x, ours)
+            layer(x, ours)
             theirs(x)
         assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 3
         torch.testing.assert_close(ours.running_mean, theirs.running_mean, rtol=1e-5, atol=1e-6)
@@ -102,18 +113,18 @@ def test_variance_of_a_channel_with_a_large_mean_does_not_cancel(fused):
     torch.testing.assert_close(bn.running_var.double(), expected, rtol=1e-3, atol=0)
 
 
-def test_fusing_sequential_runs_the_kernel_for_each_bn_relu_pair(fused, monkeypatch):
+def test_fusing_sequential_runs_the_kernel_for_each_bn_relu_pair_and_each_lone_bn(fused, monkeypatch):
     calls = []
     real = fused.bn_relu_forward
     monkeypatch.setattr(bn_relu, "active_kernels", lambda: _Spy(real, calls))
     block = FusingSequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
                              nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8),
-                             nn.BatchNorm2d(8), nn.Identity())  # a BN not followed by ReLU runs as itself
+                             nn.BatchNorm2d(8), nn.Identity())  # BNs not followed by ReLU: the kernel without it
     block = block.to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
     expected = nn.Sequential(*block)(x)  # plain Sequential: the same modules, unfused
     got = block(x)
-    assert len(calls) == 1
+    assert len(calls) == 3
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert list(block.state_dict()) == list(nn.Sequential(*block).state_dict())
 
@@ -164,7 +175,8 @@ def test_torch_compile_traces_the_encoder_with_the_kernels_in_one_graph(fused):
     explanation = torch._dynamo.explain(model)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     targets = [str(node.target) for graph in explanation.graphs for node in graph.graph.nodes]
-    assert sum("bn_relu_forward" in target for target in targets) == 17  # the stem and two per block
+    # the stem, two per block and the three projection shortcuts' BatchNorms
+    assert sum("bn_relu_forward" in target for target in targets) == 20
 
 
 def test_a_compiled_training_step_runs_the_kernels_and_matches_eager(fused, monkeypatch):
@@ -186,7 +198,7 @@ def test_a_compiled_training_step_runs_the_kernels_and_matches_eager(fused, monk
         out = run(x)
         out.square().mean().backward()
         results.append((out, [p.grad for p in copy_.parameters()], list(copy_.buffers())))
-    assert len(calls) == 2 * 17  # the stem and two per block, eager then compiled
+    assert len(calls) == 2 * 20  # the stem, two per block and three shortcuts, eager then compiled
     (out_e, grads_e, buffers_e), (out_c, grads_c, buffers_c) = results
     torch.testing.assert_close(out_c, out_e)
     for got, expected in zip(grads_c + buffers_c, grads_e + buffers_e, strict=True):

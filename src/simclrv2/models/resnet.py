@@ -52,7 +52,7 @@ def _shortcut(in_channels: int, out_channels: int, stride: int, sk_ratio: float,
         return nn.Identity()
     if sk_ratio > 0:
         return AvgPoolShortcut(in_channels, out_channels, stride, tf_pooling)
-    return nn.Sequential(_conv(in_channels, out_channels, 1, stride), nn.BatchNorm2d(out_channels))
+    return FusingSequential(_conv(in_channels, out_channels, 1, stride), nn.BatchNorm2d(out_channels))
 
 
 class _ResidualBlock(nn.Module):

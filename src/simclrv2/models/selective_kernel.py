@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from simclrv2.models.bn_relu import batch_norm_relu
+from simclrv2.models.bn_relu import FusingSequential, batch_norm_relu
 from simclrv2.models.conv import Conv2d
 from simclrv2.models.tf_pooling import resnet_d_pool
 
@@ -54,8 +54,9 @@ class SelectiveKernelConv(nn.Module):
         return a * weight_a + b * weight_b
 
 
-class AvgPoolShortcut(nn.Sequential):
-    """ResNet-D projection shortcut: 2×2 average pool at the block's stride (if > 1), 1×1 conv, BN.
+class AvgPoolShortcut(FusingSequential):
+    """ResNet-D projection shortcut: 2×2 average pool at the block's stride (if > 1), 1×1 conv, BN (the BN through
+    the compiled kernel where it can be, :class:`FusingSequential`).
 
     The pool's ``ceil_mode`` makes the pooled size match the strided 3×3 conv of the residual branch on odd
     inputs (7 px → 4 px), where a floor would drop the last row and column and the sum would fail. With

@@ -1,5 +1,5 @@
 // Training-mode BatchNorm + (residual add) + ReLU over channels_last CPU tensors, forward and backward, in few
-// passes over memory. On a 2-core CPU these layers are memory-bound: PyTorch's separate BatchNorm, ReLU and
+// passes over memory; and BatchNorm alone (a projection shortcut's), which PyTorch also runs in several passes. On a 2-core CPU these layers are memory-bound: PyTorch's separate BatchNorm, ReLU and
 // backward ops read or write every activation 13-14 times (16-17 with the add); here the forward reads it twice and
 // writes it once, and the backward reads (gradient, input) twice and writes once, recomputing ReLU's mask from the
 // input. With a residual the forward reads it too, and the backward reads the saved output for the mask and writes
@@ -90,10 +90,13 @@ void batch_stats(const T* x, int64_t rows, int64_t channel_count, float* mean, f
   }
 }
 
-// One pass: out = max(x * scale + shift [+ residual], 0). The residual is a template parameter so that each
-// inner loop is branch-free and vectorises.
-template <int kC, bool kResidual, typename T>
-void scale_shift_relu(const T* x, const T* residual, T* out, int64_t rows, int64_t channel_count,
+// What follows the normalisation: ReLU, the shortcut's add and ReLU, or nothing (a projection shortcut's own
+// BatchNorm). A template parameter, so that each inner loop is branch-free and vectorises.
+enum class Tail { kRelu, kAddRelu, kNone };
+
+// One pass: out = max(x * scale + shift [+ residual], 0), or x * scale + shift.
+template <int kC, Tail kTail, typename T>
+void normalise(const T* x, const T* residual, T* out, int64_t rows, int64_t channel_count,
                       const float* scale, const float* shift) {
   const int64_t channels = kC > 0 ? kC : channel_count;
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
@@ -101,13 +104,13 @@ void scale_shift_relu(const T* x, const T* residual, T* out, int64_t rows, int64
     const float* __restrict__ sh = shift;
     for (int64_t row = begin; row < end; ++row) {
       const T* __restrict__ in = x + row * channels;
-      const T* __restrict__ r = kResidual ? residual + row * channels : nullptr;
+      const T* __restrict__ r = kTail == Tail::kAddRelu ? residual + row * channels : nullptr;
       T* __restrict__ o = out + row * channels;
       #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
       for (int64_t c = 0; c < channels; ++c) {
         float v = to_float(in[c]) * sc[c] + sh[c];
-        if constexpr (kResidual) v += to_float(r[c]);
-        store(o + c, v <= 0.f ? 0.f : v);
+        if constexpr (kTail == Tail::kAddRelu) v += to_float(r[c]);
+        store(o + c, kTail == Tail::kNone || v > 0.f ? v : 0.f);
       }
     }
   });
@@ -115,10 +118,12 @@ void scale_shift_relu(const T* x, const T* residual, T* out, int64_t rows, int64
 
 // ReLU's gradient is kept where the output is positive, as PyTorch's threshold_backward does. Without a residual
 // the output's sign is recomputed from the input with the forward's own scale and shift (the same float operations,
-// so the same mask) instead of reading the output; with one, the saved output is read.
-template <bool kResidual, typename T>
+// so the same mask) instead of reading the output; with one, the saved output is read. Without ReLU all of it.
+template <Tail kTail, typename T>
 inline float kept_grad(const T* g, const T* y, const T* in, const float* scale, const float* shift, int64_t c) {
-  if constexpr (kResidual) {
+  if constexpr (kTail == Tail::kNone) {
+    return to_float(g[c]);
+  } else if constexpr (kTail == Tail::kAddRelu) {
     return to_float(y[c]) <= 0.f ? 0.f : to_float(g[c]);
   } else {
     const float v = to_float(in[c]) * scale[c] + shift[c];
@@ -126,7 +131,7 @@ inline float kept_grad(const T* g, const T* y, const T* in, const float* scale, 
   }
 }
 
-template <int kC, bool kResidual, typename T>
+template <int kC, Tail kTail, typename T>
 void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_t channel_count, const float* mean,
                    const float* invstd, const float* weight, const float* scale, const float* shift, T* grad_x,
                    T* grad_residual, float* grad_weight, float* grad_bias) {
@@ -134,13 +139,13 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
   std::vector<double> sum_g, sum_g_xhat;
   channel_sums<kC>(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
     const T* __restrict__ g = grad + row * channels;
-    const T* __restrict__ y = kResidual ? out + row * channels : nullptr;
+    const T* __restrict__ y = kTail == Tail::kAddRelu ? out + row * channels : nullptr;
     const T* __restrict__ in = x + row * channels;
     const float* __restrict__ m = mean;
     #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
     #pragma GCC unroll 1  // see channel_sums
     for (int64_t c = 0; c < channels; ++c) {
-      const float kept = kept_grad<kResidual>(g, y, in, scale, shift, c);
+      const float kept = kept_grad<kTail>(g, y, in, scale, shift, c);
       a[c] += kept;
       b[c] += kept * (to_float(in[c]) - m[c]);
     }
@@ -160,15 +165,15 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
     const float* __restrict__ m = mean;
     for (int64_t row = begin; row < end; ++row) {
       const T* __restrict__ g = grad + row * channels;
-      const T* __restrict__ y = kResidual ? out + row * channels : nullptr;
+      const T* __restrict__ y = kTail == Tail::kAddRelu ? out + row * channels : nullptr;
       const T* __restrict__ in = x + row * channels;
       T* __restrict__ gx = grad_x + row * channels;
-      T* __restrict__ gr = kResidual ? grad_residual + row * channels : nullptr;
+      T* __restrict__ gr = kTail == Tail::kAddRelu ? grad_residual + row * channels : nullptr;
       #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
       for (int64_t c = 0; c < channels; ++c) {
-        const float kept = kept_grad<kResidual>(g, y, in, scale, shift, c);
+        const float kept = kept_grad<kTail>(g, y, in, scale, shift, c);
         store(gx + c, (kept - mg[c] - (to_float(in[c]) - m[c]) * pj[c]) * gn[c]);
-        if constexpr (kResidual) store(gr + c, kept);
+        if constexpr (kTail == Tail::kAddRelu) store(gr + c, kept);
       }
     }
   });
@@ -199,10 +204,11 @@ void check_input(const at::Tensor& t, const char* name) {
 
 namespace simclrv2 {
 
-// (output, mean, biased variance, invstd, scale, shift) of relu(batch_norm(x) [+ residual]) with batch statistics;
-// scale and shift (x * scale + shift is the normalised, affine x) are what the backward recomputes the mask with.
+// (output, mean, biased variance, invstd, scale, shift) of relu(batch_norm(x) [+ residual]) with batch statistics,
+// or of batch_norm(x) alone where `relu` is false; scale and shift (x * scale + shift is the normalised, affine x)
+// are what the backward recomputes the mask with.
 std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                        const c10::optional<at::Tensor>& residual, double eps) {
+                                        const c10::optional<at::Tensor>& residual, double eps, bool relu) {
   check_input(x, "input");
   const int64_t channels = x.size(1);
   const int64_t rows = x.numel() / channels;
@@ -222,6 +228,7 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
                 "residual must match the input's shape and dtype");
     res = &*residual;
   }
+  TORCH_CHECK(relu || res == nullptr, "a residual is added before the ReLU: give relu=true with it");
   auto run = [&](auto tag, auto count) {
     using scalar_t = decltype(tag);
     constexpr int kC = decltype(count)::value;
@@ -232,13 +239,16 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
       scale.data_ptr<float>()[c] = w.data_ptr<float>()[c] * inv;
       shift.data_ptr<float>()[c] = b.data_ptr<float>()[c] - mean.data_ptr<float>()[c] * w.data_ptr<float>()[c] * inv;
     }
+    const auto call = [&](auto kernel, const scalar_t* res_data) {
+      kernel(x.data_ptr<scalar_t>(), res_data, out.data_ptr<scalar_t>(), rows, channels, scale.data_ptr<float>(),
+             shift.data_ptr<float>());
+    };
     if (res != nullptr) {
-      scale_shift_relu<kC, true>(x.data_ptr<scalar_t>(), res->data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows,
-                             channels, scale.data_ptr<float>(), shift.data_ptr<float>());
+      call(normalise<kC, Tail::kAddRelu, scalar_t>, res->data_ptr<scalar_t>());
+    } else if (relu) {
+      call(normalise<kC, Tail::kRelu, scalar_t>, static_cast<const scalar_t*>(nullptr));
     } else {
-      scale_shift_relu<kC, false>(x.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
-                              out.data_ptr<scalar_t>(), rows, channels, scale.data_ptr<float>(),
-                              shift.data_ptr<float>());
+      call(normalise<kC, Tail::kNone, scalar_t>, static_cast<const scalar_t*>(nullptr));
     }
   };
   with_channel_count(channels, [&](auto count) {
@@ -248,16 +258,17 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
 }
 
 // (grad_input, grad_weight, grad_bias, grad_residual or an empty tensor). `out` (the forward's output) is needed
-// with a residual only.
+// with a residual only; `relu` false is BatchNorm alone.
 std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::optional<at::Tensor>& out,
                                          const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                                          const at::Tensor& weight, const at::Tensor& scale,
-                                         const at::Tensor& shift, bool with_residual) {
+                                         const at::Tensor& shift, bool with_residual, bool relu) {
   check_input(x, "input");
   auto grad = grad_out.contiguous(at::MemoryFormat::ChannelsLast).to(x.scalar_type());
   TORCH_CHECK(!with_residual || (out.has_value() && out->is_contiguous(at::MemoryFormat::ChannelsLast) &&
                                  out->scalar_type() == x.scalar_type() && out->sizes() == x.sizes()),
               "with a residual the saved output must be given, channels_last, of the input's shape and dtype");
+  TORCH_CHECK(relu || !with_residual, "a residual is added before the ReLU: give relu=true with it");
   const int64_t channels = x.size(1);
   const int64_t rows = x.numel() / channels;
   auto w = weight.to(at::kFloat).contiguous();
@@ -273,10 +284,14 @@ std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::
              invstd.data_ptr<float>(), w.data_ptr<float>(), scale.data_ptr<float>(), shift.data_ptr<float>(),
              grad_x.data_ptr<scalar_t>(), grad_res, grad_weight.data_ptr<float>(), grad_bias.data_ptr<float>());
     };
+    const scalar_t* no_out = nullptr;
+    scalar_t* no_grad_res = nullptr;
     if (with_residual) {
-      call(backward_impl<kC, true, scalar_t>, out->data_ptr<scalar_t>(), grad_residual.data_ptr<scalar_t>());
+      call(backward_impl<kC, Tail::kAddRelu, scalar_t>, out->data_ptr<scalar_t>(), grad_residual.data_ptr<scalar_t>());
+    } else if (relu) {
+      call(backward_impl<kC, Tail::kRelu, scalar_t>, no_out, no_grad_res);
     } else {
-      call(backward_impl<kC, false, scalar_t>, static_cast<const scalar_t*>(nullptr), static_cast<scalar_t*>(nullptr));
+      call(backward_impl<kC, Tail::kNone, scalar_t>, no_out, no_grad_res);
     }
   };
   with_channel_count(channels, [&](auto count) {

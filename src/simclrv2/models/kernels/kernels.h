@@ -26,13 +26,13 @@ inline void store(at::BFloat16* out, float v) {  // round to nearest even, as Py
   out->x = (v != v) ? static_cast<uint16_t>(0x7FC0) : rounded;
 }
 
-// bn_relu.cpp: training-mode BatchNorm + (residual add) + ReLU, channels_last.
+// bn_relu.cpp: training-mode BatchNorm + (residual add) + ReLU, or BatchNorm alone, channels_last.
 std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                        const c10::optional<at::Tensor>& residual, double eps);
+                                        const c10::optional<at::Tensor>& residual, double eps, bool relu);
 std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::optional<at::Tensor>& out,
                                          const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                                          const at::Tensor& weight, const at::Tensor& scale,
-                                         const at::Tensor& shift, bool with_residual);
+                                         const at::Tensor& shift, bool with_residual, bool relu);
 
 // layout.cpp: the re-layouts of the convolutions that run as GEMMs.
 torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t pad);
