@@ -7,7 +7,9 @@ For each distinct BatchNorm-ReLU shape of the CIFAR-stem ResNet-18 on a pretrain
 both ways (best of ``--repeats``), and prints each as milliseconds and as the GB/s the fused kernels' passes over
 memory imply (forward 3 and backward 5; with the shortcut 4 and 8), beside a plain copy's GB/s on the same tensor.
 The rows without the shortcut also time the sum of a block input's two gradients: autograd's in-place ``add_``
-against the compiled ``add`` of :mod:`simclrv2.models.branch` (``grad_sum_*``, GB/s for three passes).
+against the compiled ``add`` of :mod:`simclrv2.models.branch` (``grad_sum_*``, GB/s for three passes), and a
+BatchNorm alone, as a projection shortcut runs it, forward + backward both ways (``bn_only_*``, GB/s for the
+kernel's eight passes).
 Freed memory is kept for reuse, as a training session does. Needs an otherwise idle machine.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simclrv2.models.bn_relu import batch_norm_relu
+from simclrv2.models.bn_relu import batch_norm, batch_norm_relu
 from simclrv2.models.cpu_kernels import build_kernels, use_fused_kernels
 from simclrv2.models.resnet import scaled_channels
 from simclrv2.provenance import cpu_kind
@@ -52,11 +54,19 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
     size_bytes = x.numel() * x.element_size()
     sums = {}
     if not with_shortcut:
+        def bn_only() -> None:
+            batch_norm(x.detach().requires_grad_(), bn).backward(grad)
+
+        for name in ("pytorch", "fused"):
+            use_fused_kernels(name == "fused")
+            seconds_bn = best_seconds(bn_only, repeats)
+            sums[f"bn_only_{name}_ms"] = round(seconds_bn * 1e3, 2)
+            sums[f"bn_only_{name}_gbps"] = round(8 * size_bytes / seconds_bn / 1e9, 1)
         kernels = build_kernels()  # main() checked it built; cached
         accumulated = grad.clone()
         seconds_sum = {"pytorch": best_seconds(lambda: accumulated.add_(shortcut), repeats),  # as autograd does
                        "compiled": best_seconds(lambda: kernels.add(grad, shortcut), repeats)}
-        sums = {f"grad_sum_{name}_ms": round(value * 1e3, 2) for name, value in seconds_sum.items()}
+        sums.update({f"grad_sum_{name}_ms": round(value * 1e3, 2) for name, value in seconds_sum.items()})
         sums.update({f"grad_sum_{name}_gbps": round(3 * size_bytes / value / 1e9, 1)
                      for name, value in seconds_sum.items()})
     # with the shortcut: read in forward; in backward the saved output is read twice and the shortcut's gradient written

@@ -7,8 +7,10 @@
 Times forward + backward of the CIFAR-stem ResNet-18 on a pretraining batch (``--batch`` pairs, so 2x images at
 28 px, channels_last, bf16 autocast or fp32) under torch.profiler, and prints the operators' self time with the
 share each takes (convolutions, BatchNorm, ReLU, adds). Then times three memory-bound passes over one first-stage
-activation (ReLU's backward, a copy, an add) in GB/s. The allocator setting lasts for the process, so compare
-separate invocations. Needs an otherwise idle machine.
+activation (ReLU's backward, a copy, an add) in GB/s, and a copy of 1 GiB (``dram_copy_gbps``), more than the
+caches hold: within a step the activations come from memory, so that is the speed its memory-bound passes can
+reach. The allocator setting lasts for the process, so compare separate invocations. Needs an otherwise idle
+machine.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from conv_shapes import best_seconds  # noqa: E402
 REPEATS = 5  # best of, for the memory-bound passes
 
 
-def bandwidth(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, float]:
+def bandwidth(shape: tuple[int, ...], dtype: torch.dtype, dram_copy_mib: int) -> dict[str, float]:
     """GB/s of three passes that only move memory, on a tensor the size of a first-stage activation."""
     grad = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
     out = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last).relu()
@@ -40,7 +42,15 @@ def bandwidth(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, float]:
     return {"relu_backward_gbps": round(3 * size / best_seconds(
                 lambda: torch.ops.aten.threshold_backward(grad, out, 0), REPEATS) / 1e9, 1),
             "copy_gbps": round(2 * size / best_seconds(grad.clone, REPEATS) / 1e9, 1),
-            "add_gbps": round(3 * size / best_seconds(lambda: grad.add(out), REPEATS) / 1e9, 1)}
+            "add_gbps": round(3 * size / best_seconds(lambda: grad.add(out), REPEATS) / 1e9, 1),
+            "dram_copy_gbps": dram_copy_gbps(dram_copy_mib)}
+
+
+def dram_copy_gbps(mib: int) -> float:
+    """GB/s of a copy between two buffers of ``mib`` MiB each (read + write counted)."""
+    source = torch.ones(mib * (1 << 20) // 4)
+    target = torch.empty_like(source)
+    return round(2 * source.numel() * 4 / best_seconds(lambda: target.copy_(source), REPEATS) / 1e9, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fused-kernels", action="store_true",
                         help="PyTorch's separate BatchNorm, add and ReLU ops instead of simclrv2.models.bn_relu's")
     parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--dram-copy-mib", type=int, default=1024,
+                        help="size of each buffer of the memory-speed copy; more than the CPU's caches hold")
     args = parser.parse_args(argv)
     applied = False if args.no_keep_freed_memory else keep_freed_memory()
     fused = use_fused_kernels(not args.no_fused_kernels)  # as a CPU session does with run.fused_kernels
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               "keep_freed_memory": applied, "fused_kernels": fused, "step_s": round(step_s, 4),
               "ops": [{"name": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
                        "share": round(e.self_cpu_time_total / total, 3)} for e in ops[:args.rows]],
-              **bandwidth((2 * args.batch, stem_channels, 28, 28), dtype),
+              **bandwidth((2 * args.batch, stem_channels, 28, 28), dtype, args.dram_copy_mib),
               **cpu_kind(), "torch": torch.__version__,
               "threads": torch.get_num_threads()}
     print(json.dumps(record))

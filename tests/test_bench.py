@@ -249,13 +249,13 @@ _profile_spec.loader.exec_module(step_profile)
 
 def test_step_profile_shares_out_one_training_step_by_operator(capsys):
     step_profile.main(["--width", "0.25", "--batch", "2", "--precision", "fp32", "--no-keep-freed-memory",
-                       "--no-fused-kernels", "--rows", "40"])
+                       "--no-fused-kernels", "--rows", "40", "--dram-copy-mib", "8"])
     record = json.loads(capsys.readouterr().out.splitlines()[0])
     assert record["keep_freed_memory"] is False and record["fused_kernels"] is False and record["step_s"] > 0
     names = {op["name"] for op in record["ops"]}
     assert {"aten::convolution_backward", "aten::native_batch_norm_backward"} <= names
     assert 0.95 <= sum(op["share"] for op in record["ops"]) <= 1.0 + 1e-6  # 40 rows: (nearly) every operator
-    assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps")) > 0
+    assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps", "dram_copy_gbps")) > 0
 
 
 _bn_relu_spec = importlib.util.spec_from_file_location(
@@ -271,3 +271,4 @@ def test_bn_relu_shapes_times_both_paths_for_every_stage(capsys):
     assert [(r["channels"], r["size"], r["shortcut"]) for r in records] == [
         (c, s, shortcut) for c, s in ((8, 28), (16, 14), (32, 7), (64, 4)) for shortcut in (False, True)]
     assert all(r["pytorch_ms"] > 0 and r["fused_ms"] > 0 and r["fused_gbps"] > 0 for r in records)
+    assert all(r["bn_only_pytorch_ms"] > 0 and r["bn_only_fused_ms"] > 0 for r in records if not r["shortcut"])
