@@ -49,9 +49,9 @@ def _run(x, bn, residual, grad, relu=True):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("with_residual", "relu"), [(False, True), (True, True), (False, False)])
-# 24 and 3 channels run the kernels' loops over a run-time channel count; 16, 32, 64 and 128 their compile-time ones
+# 24 and 3 channels run the kernels' loops over a run-time channel count; 16 to 512 their compile-time ones
 @pytest.mark.parametrize("shape", [(6, 24, 5, 5), (32, 64, 7, 7), (3, 3, 4, 4), (5, 16, 6, 6), (4, 32, 5, 3),
-                                   (3, 128, 3, 3)])
+                                   (3, 128, 3, 3), (2, 256, 3, 3), (3, 512, 2, 2)])
 def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dtype, with_residual, relu, shape):
     torch.manual_seed(0)
     cl = torch.channels_last

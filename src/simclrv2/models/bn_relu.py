@@ -6,7 +6,7 @@ the residual add); ``kernels/bn_relu.cpp`` does the forward in three (statistics
 with a residual) and the backward in five (eight with a residual, whose mask comes from the saved output), with
 float32 arithmetic on float32 or bfloat16 tensors. A projection shortcut's BatchNorm, which no ReLU follows, runs
 through the same kernel without the ReLU (:func:`batch_norm`). It is built once per machine (a C++ compiler,
-~30 s, cached by torch in ``TORCH_EXTENSIONS_DIR``, with the package's other CPU kernels:
+~30-60 s, cached by torch in ``TORCH_EXTENSIONS_DIR``, with the package's other CPU kernels:
 :mod:`simclrv2.models.cpu_kernels`) when a CPU session starts with ``run.fused_kernels`` on; without a compiler the
 layers run as before, with a one-line warning.
 

@@ -5,7 +5,7 @@ Three families live in one extension (``kernels/``): the fused training BatchNor
 patches and the gradient's transpose, :mod:`simclrv2.models.conv`), and the sum of a residual block input's two
 gradients (:mod:`simclrv2.models.branch`). They only move memory or do almost no arithmetic, where PyTorch's
 generic copies and separate ops make several slow passes. The extension is compiled
-with the system's C++ compiler (~30 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
+with the system's C++ compiler (~30-60 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
 ``run.fused_kernels`` on; without a compiler everything runs PyTorch's ops as before, with a one-line warning.
 """
 
@@ -63,7 +63,7 @@ def build_kernels() -> ModuleType | None:
     from torch.utils.cpp_extension import load
 
     log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums): loading (the first "
-             "time on a machine compiles them, ~30 s)")
+             "time on a machine compiles them, ~30-60 s)")
     try:
         module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_FLAGS,
                       extra_ldflags=["-fopenmp"])
