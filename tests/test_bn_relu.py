@@ -82,6 +82,27 @@ def test_fused_matches_float64_at_least_as_well_as_pytorch(kernels, unfused, dty
         assert fused_error <= max(2 * pytorch_error, tolerance), errors
 
 
+@pytest.mark.parametrize(("with_residual", "relu"), [(False, True), (True, True), (False, False)])
+def test_a_nan_propagates_as_through_pytorchs_ops(kernels, unfused, with_residual, relu):
+    """A NaN in the input makes its channel's statistics NaN: every output of that channel must be NaN, as PyTorch's
+    BatchNorm and ReLU give (torch.relu keeps NaN), so that training's non-finite checks see it."""
+    cl = torch.channels_last
+    x = torch.randn(4, 16, 3, 3).contiguous(memory_format=cl)
+    x[1, 0, 2, 2] = float("nan")
+    residual = torch.randn(4, 16, 3, 3).contiguous(memory_format=cl) if with_residual else None
+    outputs = []
+    for active in (True, False):
+        cpu_kernels._KERNELS["active"] = kernels
+        if not active:
+            cpu_kernels._KERNELS.pop("active")
+        bn = nn.BatchNorm2d(16)
+        outputs.append(batch_norm_relu(x, bn, residual) if relu else batch_norm(x, bn))
+        cpu_kernels._KERNELS.pop("active", None)
+    fused_out, pytorch_out = outputs
+    assert pytorch_out[:, 0].isnan().all()
+    assert torch.equal(fused_out.isnan(), pytorch_out.isnan())
+
+
 def test_the_kernel_refuses_a_residual_without_relu(fused):
     """The residual is added before the ReLU: a call asking for BatchNorm alone with one is a caller's error."""
     x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)

@@ -1,5 +1,6 @@
 // Training-mode BatchNorm + (residual add) + ReLU over channels_last CPU tensors, forward and backward, in few
-// passes over memory; and BatchNorm alone (a projection shortcut's), which PyTorch also runs in several passes. On a 2-core CPU these layers are memory-bound: PyTorch's separate BatchNorm, ReLU and
+// passes over memory; and BatchNorm alone (a projection shortcut's), which PyTorch also runs in several passes. On a
+// 2-core CPU these layers are memory-bound: PyTorch's separate BatchNorm, ReLU and
 // backward ops read or write every activation 13-14 times (16-17 with the add); here the forward reads it twice and
 // writes it once, and the backward reads (gradient, input) twice and writes once, recomputing ReLU's mask from the
 // input. With a residual the forward reads it too, and the backward reads the saved output for the mask and writes
@@ -96,8 +97,8 @@ enum class Tail { kRelu, kAddRelu, kNone };
 
 // One pass: out = max(x * scale + shift [+ residual], 0), or x * scale + shift.
 template <int kC, Tail kTail, typename T>
-void normalise(const T* x, const T* residual, T* out, int64_t rows, int64_t channel_count,
-                      const float* scale, const float* shift) {
+void normalise(const T* x, const T* residual, T* out, int64_t rows, int64_t channel_count, const float* scale,
+               const float* shift) {
   const int64_t channels = kC > 0 ? kC : channel_count;
   at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
     const float* __restrict__ sc = scale;
@@ -110,7 +111,7 @@ void normalise(const T* x, const T* residual, T* out, int64_t rows, int64_t chan
       for (int64_t c = 0; c < channels; ++c) {
         float v = to_float(in[c]) * sc[c] + sh[c];
         if constexpr (kTail == Tail::kAddRelu) v += to_float(r[c]);
-        store(o + c, kTail == Tail::kNone || v > 0.f ? v : 0.f);
+        store(o + c, kTail != Tail::kNone && v <= 0.f ? 0.f : v);  // NaN stays NaN, as in torch.relu
       }
     }
   });
