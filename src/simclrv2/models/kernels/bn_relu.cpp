@@ -3,8 +3,8 @@
 // 2-core CPU these layers are memory-bound: PyTorch's separate BatchNorm, ReLU and
 // backward ops read or write every activation 13-14 times (16-17 with the add); here the forward reads it twice and
 // writes it once, and the backward reads (gradient, input) twice and writes once, recomputing ReLU's mask from the
-// input. With a residual the forward reads it too, and the backward reads the saved output for the mask and writes
-// the residual's gradient.
+// input. With a residual the forward reads it too, and the backward's first pass reads the saved output for the mask
+// and writes the residual's gradient, which its second pass reads in place of the gradient and the output.
 //
 // A channels_last (N, C, H, W) tensor is a row-major (M = N*H*W, C) matrix: every loop runs over rows in
 // parallel and over channels innermost, so the compiler vectorises it. Sums are float within blocks of rows and
@@ -138,15 +138,19 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
                    T* grad_residual, float* grad_weight, float* grad_bias) {
   const int64_t channels = kC > 0 ? kC : channel_count;
   std::vector<double> sum_g, sum_g_xhat;
+  // With a residual the kept gradient is the residual's gradient: written in this first pass, it is what the
+  // second reads instead of the gradient and the saved output (one pass less over memory, the same values).
   channel_sums<kC>(rows, channels, [&](int64_t row, float* __restrict__ a, float* __restrict__ b) {
     const T* __restrict__ g = grad + row * channels;
     const T* __restrict__ y = kTail == Tail::kAddRelu ? out + row * channels : nullptr;
     const T* __restrict__ in = x + row * channels;
+    T* __restrict__ gr = kTail == Tail::kAddRelu ? grad_residual + row * channels : nullptr;
     const float* __restrict__ m = mean;
     #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
     #pragma GCC unroll 1  // see channel_sums
     for (int64_t c = 0; c < channels; ++c) {
       const float kept = kept_grad<kTail>(g, y, in, scale, shift, c);
+      if constexpr (kTail == Tail::kAddRelu) store(gr + c, kept);  // exact: kept is g[c] or 0
       a[c] += kept;
       b[c] += kept * (to_float(in[c]) - m[c]);
     }
@@ -166,15 +170,18 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
     const float* __restrict__ m = mean;
     for (int64_t row = begin; row < end; ++row) {
       const T* __restrict__ g = grad + row * channels;
-      const T* __restrict__ y = kTail == Tail::kAddRelu ? out + row * channels : nullptr;
       const T* __restrict__ in = x + row * channels;
+      const T* __restrict__ gr = kTail == Tail::kAddRelu ? grad_residual + row * channels : nullptr;
       T* __restrict__ gx = grad_x + row * channels;
-      T* __restrict__ gr = kTail == Tail::kAddRelu ? grad_residual + row * channels : nullptr;
       #pragma GCC ivdep  // distinct tensors: no aliasing between rows' inputs and outputs
       for (int64_t c = 0; c < channels; ++c) {
-        const float kept = kept_grad<kTail>(g, y, in, scale, shift, c);
+        float kept;
+        if constexpr (kTail == Tail::kAddRelu) {
+          kept = to_float(gr[c]);
+        } else {
+          kept = kept_grad<kTail>(g, static_cast<const T*>(nullptr), in, scale, shift, c);
+        }
         store(gx + c, (kept - mg[c] - (to_float(in[c]) - m[c]) * pj[c]) * gn[c]);
-        if constexpr (kTail == Tail::kAddRelu) store(gr + c, kept);
       }
     }
   });
