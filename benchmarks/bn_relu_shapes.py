@@ -5,7 +5,7 @@
 For each distinct BatchNorm-ReLU shape of the CIFAR-stem ResNet-18 on a pretraining batch (``--batch`` pairs, so
 2x images at 28 px, channels_last), times forward + backward of ``relu(bn(x))`` and of ``relu(bn(x) + shortcut)``
 both ways (best of ``--repeats``), and prints each as milliseconds and as the GB/s the fused kernels' passes over
-memory imply (forward 3 and backward 5; with the shortcut 4 and 8), beside a plain copy's GB/s on the same tensor.
+memory imply (forward 3 and backward 5; with the shortcut 4 and 7), beside a plain copy's GB/s on the same tensor.
 The rows without the shortcut also time the sum of a block input's two gradients: autograd's in-place ``add_``
 against the compiled ``add`` of :mod:`simclrv2.models.branch` (``grad_sum_*``, GB/s for three passes), and a
 BatchNorm alone, as a projection shortcut runs it, forward + backward both ways (``bn_only_*``, GB/s for the
@@ -69,8 +69,9 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
         sums.update({f"grad_sum_{name}_ms": round(value * 1e3, 2) for name, value in seconds_sum.items()})
         sums.update({f"grad_sum_{name}_gbps": round(3 * size_bytes / value / 1e9, 1)
                      for name, value in seconds_sum.items()})
-    # with the shortcut: read in forward; in backward the saved output is read twice and the shortcut's gradient written
-    passes = 12 if with_shortcut else 8
+    # with the shortcut: read in forward; in backward the saved output is read once and the shortcut's gradient
+    # written, then read in place of the gradient and the output
+    passes = 11 if with_shortcut else 8
     return {"channels": channels, "size": size, "shortcut": with_shortcut,
             "pytorch_ms": round(seconds["pytorch"] * 1e3, 2), "fused_ms": round(seconds["fused"] * 1e3, 2),
             "speedup": round(seconds["pytorch"] / seconds["fused"], 2),

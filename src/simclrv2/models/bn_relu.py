@@ -3,7 +3,7 @@
 On a CPU these layers move memory and do almost no arithmetic, so their cost is the number of passes over each
 activation. PyTorch runs BatchNorm, ReLU and their backward ops separately, 13-14 passes per activation (16-17 with
 the residual add); ``kernels/bn_relu.cpp`` does the forward in three (statistics, then normalise-add-ReLU; four
-with a residual) and the backward in five (eight with a residual, whose mask comes from the saved output), with
+with a residual) and the backward in five (seven with a residual, whose mask comes from the saved output), with
 float32 arithmetic on float32 or bfloat16 tensors. A projection shortcut's BatchNorm, which no ReLU follows, runs
 through the same kernel without the ReLU (:func:`batch_norm`). It is built once per machine (a C++ compiler,
 ~30-60 s, cached by torch in ``TORCH_EXTENSIONS_DIR``, with the package's other CPU kernels:
