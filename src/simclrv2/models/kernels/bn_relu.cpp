@@ -32,7 +32,7 @@ constexpr int64_t kGrain = 256;     // rows per parallel task at least
 // Two per-channel sums over all rows, in double: `body(row, a, b)` adds one row's terms to the float accumulators
 // a[c] and b[c]. Threads keep their own partial sums, added in thread order, so a given thread count gives the same
 // result every time. The bodies' channel loops are kept loops (unroll 1): fully unrolled where 16 channels are known
-// at compile time, gcc vectorised the loop over rows instead, with a gather per channel, at half the speed.
+// at compile time, gcc vectorised the loop over rows instead (a lane per row, not per channel), at half the speed.
 template <int kC, typename Body>
 void channel_sums(int64_t rows, int64_t channels, Body body, std::vector<double>& sum_a, std::vector<double>& sum_b) {
   const int threads = at::get_num_threads();
