@@ -35,6 +35,15 @@ from conv_shapes import best_seconds  # noqa: E402
 STAGES = ((64, 28), (128, 14), (256, 7), (512, 4))  # base channels and map size of each stage at 28 px
 
 
+def both_ways(step, repeats: int) -> dict[str, float]:
+    """Best seconds of ``step`` with PyTorch's ops and with the compiled kernels."""
+    seconds = {}
+    for name in ("pytorch", "fused"):
+        use_fused_kernels(name == "fused")  # the process switch a session sets; the build is cached
+        seconds[name] = best_seconds(step, repeats)
+    return seconds
+
+
 def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_shortcut: bool, repeats: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     shape = (batch, channels, size, size)
@@ -47,19 +56,14 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
         residual = shortcut.detach().requires_grad_() if with_shortcut else None
         batch_norm_relu(inp, bn, residual).backward(grad)
 
-    seconds = {}
-    for name in ("pytorch", "fused"):
-        use_fused_kernels(name == "fused")  # the process switch a session sets; the build is cached
-        seconds[name] = best_seconds(step, repeats)
+    seconds = both_ways(step, repeats)
     size_bytes = x.numel() * x.element_size()
     sums = {}
     if not with_shortcut:
         def bn_only() -> None:
             batch_norm(x.detach().requires_grad_(), bn).backward(grad)
 
-        for name in ("pytorch", "fused"):
-            use_fused_kernels(name == "fused")
-            seconds_bn = best_seconds(bn_only, repeats)
+        for name, seconds_bn in both_ways(bn_only, repeats).items():
             sums[f"bn_only_{name}_ms"] = round(seconds_bn * 1e3, 2)
             sums[f"bn_only_{name}_gbps"] = round(8 * size_bytes / seconds_bn / 1e9, 1)
         kernels = build_kernels()  # main() checked it built; cached

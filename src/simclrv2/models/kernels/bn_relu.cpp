@@ -169,7 +169,7 @@ void backward_impl(const T* grad, const T* out, const T* x, int64_t rows, int64_
     const float* __restrict__ gn = gain.data();
     const float* __restrict__ m = mean;
     for (int64_t row = begin; row < end; ++row) {
-      const T* __restrict__ g = grad + row * channels;
+      const T* __restrict__ g = kTail == Tail::kAddRelu ? nullptr : grad + row * channels;  // read via gr there
       const T* __restrict__ in = x + row * channels;
       const T* __restrict__ gr = kTail == Tail::kAddRelu ? grad_residual + row * channels : nullptr;
       T* __restrict__ gx = grad_x + row * channels;
