@@ -9,7 +9,8 @@ given dtype and memory layout, and reports GFLOP/s and the share of this machine
 (measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). Where the encoder's Conv2d runs a
 pass as a GEMM over the input's patches (``simclrv2.models.conv.GEMM_RULES``: small output maps, wide GEMMs, bf16 only),
 that GEMM is timed too (forward-gemm, backward-data-gemm, backward-weights-gemm, the last from the patches forward
-kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass. The last column per pass is
+kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass; likewise the compiled direct
+kernels where ``simclrv2.models.conv.direct_passes`` gives them a pass (forward-direct, ...). The last column per pass is
 the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
 a Markdown table; ``--out`` also writes the lines to a file. Freed memory is kept for reuse, as training sessions
 do (``run.keep_freed_memory``): otherwise glibc maps each large output afresh and its page faults are timed.
@@ -39,7 +40,7 @@ from simclrv2.runtime import keep_freed_memory
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 ONEDNN_PASSES = ("forward", "backward-data", "backward-weights")
-PASSES = (*ONEDNN_PASSES, *(f"{p}-gemm" for p in ONEDNN_PASSES))
+PASSES = (*ONEDNN_PASSES, *(f"{p}-gemm" for p in ONEDNN_PASSES), *(f"{p}-direct" for p in ONEDNN_PASSES))
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,13 @@ class ConvShape:
         return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype,
                                 compiled_layouts)
 
+    def direct_passes(self, dtype: torch.dtype, layout: torch.memory_format) -> frozenset[str]:
+        """The passes the encoder's Conv2d gives to the compiled direct kernels (channels_last inputs only)."""
+        if self.groups != 1 or (layout != torch.channels_last and self.in_channels != 1):
+            return frozenset()
+        return conv.direct_passes(self.stride, self.kernel, self.padding, self.in_channels, self.out_channels, dtype,
+                                  active_kernels())
+
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
                 f"@{self.size}px")
@@ -109,10 +117,10 @@ def best_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_format, repeats: int,
-                gemms: frozenset[str], reuse_patches: bool) -> dict[str, float]:
-    """Seconds of each oneDNN pass, with activations, weights and output gradients all in ``layout``, and of each
+                gemms: frozenset[str], reuse_patches: bool, direct: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Seconds of each oneDNN pass, with activations, weights and output gradients all in ``layout``, of each
     pass in ``gemms`` as a GEMM (the weight gradient from patches already made when ``reuse_patches``: the
-    encoder keeps forward's where forward is a GEMM)."""
+    encoder keeps forward's where forward is a GEMM) and of each pass in ``direct`` as the direct kernels."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.in_channels, shape.size, shape.size, generator=gen).to(dtype)
     w = torch.randn(shape.out_channels, shape.in_channels // shape.groups, shape.kernel, shape.kernel,
@@ -140,6 +148,14 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
         else:
             seconds["backward-weights-gemm"] = best_seconds(lambda: conv.weight_grad_by_gemm(x, grad, k, s, p),
                                                             repeats)
+    kernels = active_kernels()
+    if "forward" in direct:
+        seconds["forward-direct"] = best_seconds(lambda: conv._direct_forward(x, w, p), repeats)
+    if "backward-data" in direct:
+        seconds["backward-data-direct"] = best_seconds(lambda: kernels.direct_conv3x3(grad, w, True), repeats)
+    if "backward-weights" in direct:
+        seconds["backward-weights-direct"] = best_seconds(lambda: kernels.stem_conv_weight_grad(x, grad, k, p),
+                                                          repeats)
     return seconds
 
 
@@ -166,22 +182,25 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
     shapes = encoder_conv_shapes(width, 2 * batch)
     rows = []
     for shape, layers in shapes.items():
-        taken = shape.gemm_passes(DTYPES[precision], LAYOUTS[layout])
+        direct = shape.direct_passes(DTYPES[precision], LAYOUTS[layout])
+        taken = shape.gemm_passes(DTYPES[precision], LAYOUTS[layout]) - direct
         timed = taken | candidate_gemm_passes(shape) if candidates else taken
-        seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats, timed, "forward" in taken)
+        seconds = time_passes(shape, DTYPES[precision], LAYOUTS[layout], repeats, timed, "forward" in taken,
+                              direct)
         measured = [p for p in PASSES if p in seconds]
         rows.append({"width": width, "precision": precision, "layout": layout, "shape": shape.label(),
                      "layers": layers, "gflop": round(shape.gflop, 3),
                      **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in measured},
                      **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in measured}})
-        # the step pays one of the two forms of each pass: the GEMM where the encoder takes it
+        # the step pays one form of each pass: the direct kernel's or the GEMM where the encoder takes it
         for onednn in ONEDNN_PASSES:
-            if onednn in taken:
-                rows[-1][f"{onednn}_paid"] = False
-            elif f"{onednn}-gemm" in seconds:
-                rows[-1][f"{onednn}-gemm_paid"] = False
+            paid = (f"{onednn}-direct" if onednn in direct else f"{onednn}-gemm" if onednn in taken else onednn)
+            for form in (onednn, f"{onednn}-gemm", f"{onednn}-direct"):
+                if form != paid and f"{form}_ms" in rows[-1]:
+                    rows[-1][f"{form}_paid"] = False
     stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
-    stem["backward-data_paid"] = stem["backward-data-gemm_paid"] = False  # backward-data, so the step leaves it out
+    for form in ("backward-data", "backward-data-gemm", "backward-data-direct"):  # backward-data, so the step
+        stem[f"{form}_paid"] = False  # leaves it out
     total = sum(_paid_ms(r, p) for r in rows for p in PASSES)
     for r in rows:
         for p in (p for p in PASSES if f"{p}_ms" in r):

@@ -178,6 +178,25 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monk
     assert "| 1 | bf16 | channels_last |" in conv_shapes.markdown(rows, {"bf16": 1.0})
 
 
+def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused):
+    rows = conv_shapes.rows_for(0.25, batch=2, precision="fp32", layout="channels_last", repeats=1, peak=1.0)
+    shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
+    assert sum(shares) == pytest.approx(1.0, abs=0.01) and min(shares) >= 0
+    by_shape = {r["shape"]: r for r in rows}
+    stem = by_shape["1->16 3x3/1 @28px"]
+    assert stem["forward_time_share"] == 0 < stem["forward-direct_time_share"]
+    assert stem["backward-weights_time_share"] == 0 < stem["backward-weights-direct_time_share"]
+    assert stem["backward-data_time_share"] == 0  # the images need no gradient
+    first_stage = by_shape["16->16 3x3/1 @28px"]
+    if fused.has_direct_conv():  # AVX-512
+        assert first_stage["forward_time_share"] == 0 < first_stage["forward-direct_time_share"]
+        assert first_stage["backward-data_time_share"] == 0 < first_stage["backward-data-direct_time_share"]
+        assert first_stage["backward-weights_time_share"] > 0  # oneDNN's
+    else:
+        assert not any(k.endswith("-direct_ms") for k in first_stage)
+    assert not any(k.endswith("-direct_ms") for r in rows if r["shape"][:3] not in ("1->", "16-") for k in r)
+
+
 def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals():
     def stages(finetune, distill):
         return {"finetune": {"first_step_s": finetune[0], "peak_rss_mb": finetune[1]},

@@ -155,7 +155,7 @@ def test_a_one_channel_fp32_stem_equals_nn_conv2d(request, compiled):
     x = torch.randn(6, 1, 9, 7).contiguous(memory_format=torch.channels_last)
     grad_out = torch.randn(6, 64, 9, 7)
     y = ours(x)
-    assert y.grad_fn.name() == "_PatchGemmConvBackward" and y.grad_fn.passes == {"forward", "backward-weights"}
+    assert y.grad_fn.name() == "_CpuConvBackward" and y.grad_fn.passes == {"forward", "backward-weights"}
     y.backward(grad_out)
     expected = F.conv2d(x.double(), reference.weight.double(), padding=1)
     expected_grad = torch.nn.grad.conv2d_weight(x.double(), reference.weight.shape, grad_out.double(), padding=1)
@@ -271,7 +271,7 @@ def test_every_mix_of_gemm_and_onednn_passes_gives_nn_conv2d_outputs_and_gradien
     grad_out = torch.randn(6, 24, 4, 4)
     y_ref, gx_ref, gw_ref = _grads(reference, x, grad_out, autocast=False)
     x_ours = x.clone().requires_grad_()
-    y = conv._PatchGemmConv.apply(x_ours, ours.weight, stride, 1, frozenset(passes))
+    y = conv._CpuConv.apply(x_ours, ours.weight, stride, 1, frozenset(passes))
     y.backward(grad_out)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x_ours.grad, gx_ref, rtol=1e-5, atol=1e-5)
@@ -294,7 +294,7 @@ def test_under_bf16_autocast_small_maps_take_the_gemms_with_autocast_dtypes_and_
     grad_out = torch.randn(8, 24, out_size, out_size)
     y_ref, gx_ref, gw_ref = _grads(reference, x, grad_out)
     y, gx, gw = _grads(ours, x, grad_out)
-    assert y.grad_fn.name() == "_PatchGemmConvBackward" and y.grad_fn.passes == passes
+    assert y.grad_fn.name() == "_CpuConvBackward" and y.grad_fn.passes == passes
     assert (y.dtype, gx.dtype, gw.dtype) == (y_ref.dtype, gx_ref.dtype, gw_ref.dtype) == \
         (torch.bfloat16, torch.float32, torch.float32)
     x64, w64, g64 = x.double(), reference.weight.double(), grad_out.double()
@@ -311,7 +311,7 @@ def test_bf16_modules_take_the_gemms_without_autocast(narrow_rules):
     _, ours = _pair()
     ours = ours.to(torch.bfloat16)
     y = ours(torch.randn(2, 16, 4, 4, dtype=torch.bfloat16))
-    assert y.grad_fn.name() == "_PatchGemmConvBackward" and y.dtype == torch.bfloat16
+    assert y.grad_fn.name() == "_CpuConvBackward" and y.dtype == torch.bfloat16
 
 
 def test_only_passes_that_will_run_are_gemms_and_fp32_and_large_maps_are_nn_conv2d(narrow_rules):
@@ -388,6 +388,7 @@ def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, mo
     monkeypatch.setattr(conv, "GEMM_RULES", ())
     monkeypatch.setattr(conv, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
     monkeypatch.setattr(conv, "SINGLE_CHANNEL_MIN_OUT", 10**6)
+    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
     onednn = gradients()
     assert with_gemms.keys() == onednn.keys() == exact.keys()
     assert any(not torch.equal(with_gemms[n], onednn[n]) for n in exact)  # the GEMM paths did run

@@ -22,6 +22,11 @@ every CPU kind measured, so its forward and weight gradient are GEMMs in fp32 to
 patches and the gradient's transpose are the compiled kernels' (:mod:`simclrv2.models.cpu_kernels`) where they are
 on, PyTorch's copies otherwise.
 
+Two shapes run our own direct kernels instead (``direct_passes``; :mod:`simclrv2.models.cpu_kernels`, eager only):
+a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16, one sweep over the
+output at memory speed; and on AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first stage), forward and
+input gradient, where oneDNN reached ~60 % of the fp32 peak and the direct kernel ~90 %.
+
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
 and state dict are those of :class:`torch.nn.Conv2d`, and anything else (fp32 beyond the stem, GPUs, groups,
 dilation, bias, larger maps) is :class:`torch.nn.Conv2d` itself.
@@ -66,6 +71,9 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # AVX-512-BF16, 42.6 ms in fp32 and 59.1 ms in fp32 held to AVX2; the GEMMs with the compiled patches 7.8, 13.0,
 # 16.1 and 13.6 ms. At 16 outputs the two were even, and with three input channels oneDNN was faster.
 SINGLE_CHANNEL_MIN_OUT = 64
+# Whether direct_passes may give passes to the direct kernels: read at call time, so that a benchmark or test can
+# time or compare oneDNN's passes in their place.
+DIRECT_KERNELS = True
 # The dtypes the GEMM path and its compiled re-layouts handle.
 GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Whether oneDNN runs AMX in this process, read once at import as oneDNN reads its ISA cap once: a constant, so
@@ -86,8 +94,9 @@ def _kernels_for(t: Tensor):
 
 
 def _patch_kernels_for(x: Tensor):
-    """The compiled kernels where they lay out ``x``'s patches (a 4-D channels_last tensor), else None: the one
-    test both :func:`patches` and the rules that count on cheap patches use."""
+    """The compiled kernels where they lay out ``x``'s patches (a 4-D channels_last tensor, as a one-channel
+    image always is), else None: the one test :func:`patches`, the rules that count on cheap patches and the direct
+    kernels use."""
     kernels = _kernels_for(x)
     if kernels is None or x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
         return None
@@ -250,6 +259,26 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     return frozenset(passes)
 
 
+def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int, out_channels: int,
+                  dtype: torch.dtype, kernels: Any) -> frozenset[str]:
+    """Which passes of a CPU convolution run the compiled direct kernels (``kernels``, None where they are off):
+    measured at batch 512 on a 2-core AMX Xeon (benchmarks/conv_shapes.py), against oneDNN's passes:
+
+    - a one-channel stride-1 input with fewer than ``SINGLE_CHANNEL_MIN_OUT`` outputs, forward and weight gradient,
+      fp32 or bf16: 1->16 at 28 px 1.0 ms against 1.9 forward and 2.4 against 3.5-5.0 weight gradient, both dtypes;
+      from 64 outputs the GEMMs' forward was as fast or faster;
+    - an fp32 16->16 3×3 convolution with stride 1 and padding 1, on AVX-512: forward and input gradient 5.2-5.7 ms
+      against oneDNN's 6.2-8.3 at 28 px (its weight gradient stays oneDNN's, ~15 % faster than the direct loop)."""
+    if kernels is None or stride != 1 or not DIRECT_KERNELS:
+        return frozenset()
+    if in_channels == 1 and out_channels < SINGLE_CHANNEL_MIN_OUT and dtype in (torch.float32, torch.bfloat16):
+        return frozenset({"forward", "backward-weights"})
+    if (dtype == torch.float32 and in_channels == out_channels == 16 and kernel_size == 3 and padding == 1
+            and kernels.has_direct_conv()):
+        return frozenset({"forward", "backward-data"})
+    return frozenset()
+
+
 def _grad_by_onednn(which: int, grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
     """oneDNN's input (``which`` 0) or weight (1) gradient alone, as autograd asks for it."""
     mask = (which == 0, which == 1, False)
@@ -257,74 +286,105 @@ def _grad_by_onednn(which: int, grad_out: Tensor, x: Tensor, weight: Tensor, str
                                                (1, 1), False, (0, 0), 1, mask)[which]
 
 
-class _PatchGemmConv(torch.autograd.Function):
-    """conv2d whose ``passes`` run as GEMMs over patches and the others as oneDNN's kernels. Keeps for backward
-    only what the gradients it will compute need: forward's patches for a GEMM weight gradient, x where a pass
-    reads it."""
+class _CpuConv(torch.autograd.Function):
+    """conv2d whose ``passes`` run as GEMMs over patches, ``direct`` passes as the compiled direct kernels and the
+    others as oneDNN's kernels. Keeps for backward only what the gradients it will compute need: forward's patches
+    for a GEMM weight gradient, x where a pass reads it."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, stride: int, padding: int, passes: frozenset[str]) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, stride: int, padding: int, passes: frozenset[str],
+                direct: frozenset[str] = frozenset()) -> Tensor:
         cols = None
-        if "forward" in passes:
+        if "forward" in direct:
+            out = _direct_forward(x, weight, padding)
+        elif "forward" in passes:
             out, cols = conv_by_gemm(x, weight, stride, padding)
         else:
             out = F.conv2d(x, weight, None, stride, padding)
         needs_grad_x, needs_grad_w = ctx.needs_input_grad[:2]
-        gemm_grad_x = needs_grad_x and "backward-data" in passes
-        gemm_grad_w = needs_grad_w and "backward-weights" in passes
+        x_free_grad_x = "backward-data" in passes or "backward-data" in direct  # input gradients not reading x
+        gemm_grad_w = needs_grad_w and "backward-weights" in passes and "backward-weights" not in direct
         keep_cols = gemm_grad_w and cols is not None
-        needs_x = (needs_grad_x and not gemm_grad_x) or (needs_grad_w and not keep_cols)
+        needs_x = (needs_grad_x and not x_free_grad_x) or (needs_grad_w and not keep_cols)
         ctx.save_for_backward(cols if keep_cols else None, weight, x if needs_x else None)
-        ctx.stride, ctx.padding, ctx.passes, ctx.input_size = stride, padding, passes, tuple(x.shape[-2:])
+        ctx.stride, ctx.padding, ctx.passes, ctx.direct = stride, padding, passes, direct
+        ctx.input_size = tuple(x.shape[-2:])
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
         cols, weight, x = ctx.saved_tensors
-        s, p, passes = ctx.stride, ctx.padding, ctx.passes
+        s, p, passes, direct = ctx.stride, ctx.padding, ctx.passes, ctx.direct
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (input_grad_as_gemms(grad_out, weight, s, p, ctx.input_size) if "backward-data" in passes
-                      else _grad_by_onednn(0, grad_out, x, weight, s, p))
+            if "backward-data" in direct:
+                grad_x = _direct_kernels().direct_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
+                                                          weight, True)
+            elif "backward-data" in passes:
+                grad_x = input_grad_as_gemms(grad_out, weight, s, p, ctx.input_size)
+            else:
+                grad_x = _grad_by_onednn(0, grad_out, x, weight, s, p)
         if ctx.needs_input_grad[1]:
-            if "backward-weights" not in passes:
+            if "backward-weights" in direct:
+                k = weight.shape[-1]
+                grad_w = _direct_kernels().stem_conv_weight_grad(x, grad_out, k, p).to(weight.dtype)
+            elif "backward-weights" not in passes:
                 grad_w = _grad_by_onednn(1, grad_out, x, weight, s, p)
             elif cols is not None:
                 grad_w = weight_grad_from_patches(grad_out, cols, weight.shape)
             else:
                 grad_w = weight_grad_by_gemm(x, grad_out, weight.shape[-1], s, p)
-        return grad_x, grad_w, None, None, None
+        return grad_x, grad_w, None, None, None, None
+
+
+def _direct_kernels() -> Any:
+    """The compiled kernels, on whenever a direct pass was planned (a session switches them once, before training)."""
+    kernels = active_kernels()
+    if kernels is None:
+        raise RuntimeError("a direct convolution pass was planned but the compiled CPU kernels were switched off since")
+    return kernels
+
+
+def _direct_forward(x: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """The forward of a shape ``direct_passes`` gives to the direct kernels: the stem's or the 16-channel one."""
+    if x.shape[1] == 1:
+        return _direct_kernels().stem_conv_forward(x, weight, padding)
+    return _direct_kernels().direct_conv3x3(x, weight, False)
 
 
 class Conv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` (same parameters and checkpoints) whose passes run as GEMMs over patches on CPU
-    in bf16/fp16 where ``GEMM_RULES`` says they are faster than oneDNN's."""
+    """:class:`torch.nn.Conv2d` (same parameters and checkpoints) whose passes run on CPU as GEMMs over patches
+    where ``GEMM_RULES`` says they are faster than oneDNN's, or as the direct kernels where ``direct_passes`` does."""
 
-    def _gemm_passes(self, x: Tensor, dtype: torch.dtype) -> frozenset[str]:
-        """The passes of this call that run as GEMMs (only those that will run: no backward without grad)."""
+    def _plan(self, x: Tensor, dtype: torch.dtype) -> tuple[frozenset[str], frozenset[str]]:
+        """The passes of this call that run as GEMMs and those that run the direct kernels (only passes that will
+        run: no backward without grad)."""
+        none = frozenset(), frozenset()
         if x.device.type != "cpu" or x.dim() != 4:
-            return frozenset()
+            return none
         if self.groups != 1 or self.dilation != (1, 1) or self.bias is not None or self.padding_mode != "zeros":
-            return frozenset()
+            return none
         k, (s, s_w), (p, p_w) = self.kernel_size, self.stride, self.padding
         if k[0] != k[1] or s != s_w or not isinstance(p, int) or p != p_w or p >= k[0]:
-            return frozenset()
+            return none
         ho, wo = ((size + 2 * p - k[0]) // s + 1 for size in x.shape[-2:])
+        layout_kernels = _patch_kernels_for(x)
         passes = gemm_passes(s, ho * wo, self.in_channels, self.out_channels, dtype,
-                             compiled_layouts=_patch_kernels_for(x) is not None)
+                             compiled_layouts=layout_kernels is not None)
+        direct = direct_passes(s, k[0], p, self.in_channels, self.out_channels, dtype, layout_kernels)
         if not (torch.is_grad_enabled() and x.requires_grad):
-            passes -= {"backward-data"}
+            passes, direct = passes - {"backward-data"}, direct - {"backward-data"}
         if not (torch.is_grad_enabled() and self.weight.requires_grad):
-            passes -= {"backward-weights"}
-        return passes
+            passes, direct = passes - {"backward-weights"}, direct - {"backward-weights"}
+        return passes - direct, direct
 
     def forward(self, x: Tensor) -> Tensor:
         autocast = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu") if autocast and x.dtype != torch.float64 else x.dtype
-        passes = self._gemm_passes(x, dtype)
-        if not passes:
+        passes, direct = self._plan(x, dtype)
+        if not passes and not direct:
             return super().forward(x)
         # cast as autocast would for conv2d; the Function then runs outside autocast
         x, weight = x.to(dtype), self.weight.to(dtype)
         with torch.autocast("cpu", enabled=False):
-            return _PatchGemmConv.apply(x, weight, self.stride[0], self.padding[0], passes)
+            return _CpuConv.apply(x, weight, self.stride[0], self.padding[0], passes, direct)

@@ -1,0 +1,130 @@
+// A float32 3x3 convolution (stride 1, padding 1) with 16 input and 16 output channels, channels_last, on AVX-512:
+// the first stage of a width-0.25 ResNet. oneDNN runs it at ~60 % of the machine's fp32 peak there (its kernels are
+// blocked for wider layers), forward and input gradient alike; computed directly, one 512-bit register holds a
+// pixel's 16 outputs, so a row block of 14 pixels keeps 14 accumulators in registers while each weight vector is
+// loaded once for all 14 and each input value is broadcast from memory into the multiply-add. The input gradient is
+// the same convolution of the output gradient with the kernel flipped and its channels swapped.
+//
+// Every output is one float32 sum over (kernel row, kernel column, input channel) in that order, as oneDNN's.
+// Without AVX-512 the kernel is not compiled and simclrv2.models.conv leaves these passes to oneDNN.
+#include "kernels.h"
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cstdint>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+constexpr int64_t kChannels = 16;
+constexpr int kBlock = 14;          // output pixels per register block (14 accumulators + weights in 32 registers)
+constexpr int64_t kRowGrain = 8;    // output rows per parallel task at least
+
+#if defined(__AVX512F__)
+// One block of P output pixels starting at column `col` of output row `oh`: out[p] = sum over the three kernel rows
+// that fall inside the image, the three columns and the 16 input channels. kLeft/kRight: the block touches the
+// image's left/right border, so the tap reaching past it (column -1 or W) is skipped, as zero padding would add 0.
+template <int P, bool kLeft, bool kRight>
+inline void output_block(const float* __restrict__ image, const float* __restrict__ packed,
+                         float* __restrict__ out_image, int64_t height, int64_t width, int64_t oh, int64_t col) {
+  __m512 acc[P];
+  #pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
+  for (int kh = 0; kh < 3; ++kh) {
+    const int64_t ih = oh + kh - 1;
+    if (ih < 0 || ih >= height) continue;
+    const float* row = image + (ih * width + col) * kChannels;
+    #pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      const float* taps = packed + (kh * 3 + kw) * kChannels * kChannels;
+      #pragma GCC unroll 1
+      for (int ci = 0; ci < kChannels; ++ci) {
+        const __m512 weights = _mm512_loadu_ps(taps + ci * kChannels);
+        #pragma GCC unroll 16
+        for (int p = 0; p < P; ++p) {
+          if ((kLeft && kw == 0 && p == 0) || (kRight && kw == 2 && p == P - 1)) continue;
+          acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(row[(p + kw - 1) * kChannels + ci]), weights, acc[p]);
+        }
+      }
+    }
+  }
+  #pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) _mm512_storeu_ps(out_image + (oh * width + col + p) * kChannels, acc[p]);
+}
+
+// The block of `count` (1..kBlock) pixels at `col` with the border flags, as a compile-time block size.
+template <bool kLeft, bool kRight, int P = kBlock>
+inline void output_block_of(int count, const float* image, const float* packed, float* out_image, int64_t height,
+                            int64_t width, int64_t oh, int64_t col) {
+  if constexpr (P > 1) {
+    if (count < P) {
+      output_block_of<kLeft, kRight, P - 1>(count, image, packed, out_image, height, width, oh, col);
+      return;
+    }
+  }
+  output_block<P, kLeft, kRight>(image, packed, out_image, height, width, oh, col);
+}
+
+// One output row: blocks of kBlock pixels, the first and last marked as touching the borders.
+inline void output_row(const float* image, const float* packed, float* out_image, int64_t height, int64_t width,
+                       int64_t oh) {
+  if (width <= kBlock) {
+    output_block_of<true, true>(static_cast<int>(width), image, packed, out_image, height, width, oh, 0);
+    return;
+  }
+  output_block<kBlock, true, false>(image, packed, out_image, height, width, oh, 0);
+  int64_t col = kBlock;
+  for (; col + kBlock < width; col += kBlock) {
+    output_block<kBlock, false, false>(image, packed, out_image, height, width, oh, col);
+  }
+  output_block_of<false, true>(static_cast<int>(width - col), image, packed, out_image, height, width, oh, col);
+}
+#endif
+
+}  // namespace
+
+namespace simclrv2 {
+
+bool has_direct_conv() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// conv2d(x, weight, stride 1, padding 1) for a float32 channels_last x of 16 channels and a (16, 16, 3, 3) weight;
+// with `input_grad`, x is the output gradient and the result the input gradient of that convolution.
+torch::Tensor direct_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, bool input_grad) {
+  TORCH_CHECK(has_direct_conv(), "direct_conv3x3: built without AVX-512");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat && x.size(1) == kChannels &&
+                  x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "direct_conv3x3: x must be a float32 channels_last CPU tensor of 16 channels");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.sizes() == at::IntArrayRef({16, 16, 3, 3}),
+              "direct_conv3x3: weight must be float32 of shape (16, 16, 3, 3)");
+  // packed[kh][kw][in][out]: the weight vector of one input channel at one tap, over the 16 outputs. For the input
+  // gradient, the convolution's output channels are its inputs and the kernel is flipped.
+  auto packed = input_grad ? weight.flip({2, 3}).permute({2, 3, 0, 1}).contiguous()
+                           : weight.permute({2, 3, 1, 0}).contiguous();
+  auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+#if defined(__AVX512F__)
+  const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
+  const float* in = x.data_ptr<float>();
+  const float* taps = packed.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int64_t image_size = height * width * kChannels;
+  at::parallel_for(0, batch * height, kRowGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / height;
+      output_row(in + n * image_size, taps, o + n * image_size, height, width, r % height);
+    }
+  });
+#endif
+  return out;
+}
+
+}  // namespace simclrv2
