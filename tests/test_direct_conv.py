@@ -24,36 +24,36 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.fixture
-def avx512_kernels(kernels):
+def direct_kernels(kernels):
     if not kernels.has_direct_conv():
-        pytest.skip("the 16-channel direct convolution is built on AVX-512 CPUs only")
+        pytest.skip("the 16-channel direct convolution is built on AVX2 and AVX-512 CPUs only")
     return kernels
 
 
 @pytest.mark.parametrize(("height", "width"), SIZES)
-def test_the_16_channel_direct_conv_and_its_input_gradient_equal_float64s(avx512_kernels, height, width):
+def test_the_16_channel_direct_conv_and_its_input_gradient_equal_float64s(direct_kernels, height, width):
     torch.manual_seed(0)
     x = torch.randn(3, 16, height, width)
     weight = torch.randn(16, 16, 3, 3)
     grad_out = torch.randn(3, 16, height, width)
     expected = F.conv2d(x.double(), weight.double(), padding=1)
     expected_grad = torch.nn.grad.conv2d_input(x.shape, weight.double(), grad_out.double(), padding=1)
-    got = avx512_kernels.direct_conv3x3(_channels_last(x), weight, False)
-    got_grad = avx512_kernels.direct_conv3x3(_channels_last(grad_out), weight, True)
+    got = direct_kernels.direct_conv3x3(_channels_last(x), weight, False)
+    got_grad = direct_kernels.direct_conv3x3(_channels_last(grad_out), weight, True)
     for result, reference in ((got, expected), (got_grad, expected_grad)):
         assert result.dtype == torch.float32 and result.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(result.double(), reference, rtol=1e-5, atol=1e-5)
 
 
-def test_the_16_channel_direct_conv_refuses_what_it_does_not_compute(avx512_kernels):
+def test_the_16_channel_direct_conv_refuses_what_it_does_not_compute(direct_kernels):
     weight = torch.randn(16, 16, 3, 3)
     for bad in (torch.randn(2, 16, 5, 5),  # NCHW
                 _channels_last(torch.randn(2, 8, 5, 5)),  # 8 channels
                 _channels_last(torch.randn(2, 16, 5, 5, dtype=torch.bfloat16))):
         with pytest.raises(RuntimeError, match="direct_conv3x3"):
-            avx512_kernels.direct_conv3x3(bad, weight, False)
+            direct_kernels.direct_conv3x3(bad, weight, False)
     with pytest.raises(RuntimeError, match="weight"):
-        avx512_kernels.direct_conv3x3(_channels_last(torch.randn(2, 16, 5, 5)), torch.randn(16, 16, 5, 5), False)
+        direct_kernels.direct_conv3x3(_channels_last(torch.randn(2, 16, 5, 5)), torch.randn(16, 16, 5, 5), False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -88,12 +88,12 @@ def test_the_stem_kernels_refuse_what_they_do_not_compute(kernels):
         kernels.stem_conv_forward(torch.randn(2, 1, 5, 5, dtype=torch.float64), torch.randn(16, 1, 3, 3), 1)
 
 
-def _fake_kernels(avx512: bool) -> types.SimpleNamespace:
-    return types.SimpleNamespace(has_direct_conv=lambda: avx512)
+def _fake_kernels(vectors: bool) -> types.SimpleNamespace:
+    return types.SimpleNamespace(has_direct_conv=lambda: vectors)
 
 
 def test_the_direct_rules_cover_small_stems_and_fp32_16_channel_3x3_convolutions_only(monkeypatch):
-    kernels = _fake_kernels(avx512=True)
+    kernels = _fake_kernels(vectors=True)
     stem, conv16 = {"forward", "backward-weights"}, {"forward", "backward-data"}
     for dtype in (torch.float32, torch.bfloat16):
         assert direct_passes(1, 3, 1, 1, 16, dtype, kernels) == direct_passes(1, 5, 0, 1, 32, dtype, kernels) == stem
@@ -101,7 +101,7 @@ def test_the_direct_rules_cover_small_stems_and_fp32_16_channel_3x3_convolutions
     assert direct_passes(1, 3, 1, 1, 16, torch.float16, kernels) == frozenset()
     assert direct_passes(2, 3, 1, 1, 16, torch.float32, kernels) == frozenset()
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, kernels) == conv16
-    assert direct_passes(1, 3, 1, 16, 16, torch.float32, _fake_kernels(avx512=False)) == frozenset()
+    assert direct_passes(1, 3, 1, 16, 16, torch.float32, _fake_kernels(vectors=False)) == frozenset()
     for other in ((1, 3, 1, 16, 16, torch.bfloat16), (1, 3, 1, 16, 32, torch.float32), (1, 1, 0, 16, 16, torch.float32),
                   (1, 3, 0, 16, 16, torch.float32), (2, 3, 1, 16, 16, torch.float32)):
         assert direct_passes(*other, kernels) == frozenset(), other
@@ -118,7 +118,7 @@ def _pair(in_channels: int, out_channels: int) -> tuple[nn.Conv2d, Conv2d]:
     return reference, ours
 
 
-def test_the_module_runs_an_fp32_16_channel_conv_directly_and_equals_nn_conv2d(avx512_kernels, fused):
+def test_the_module_runs_an_fp32_16_channel_conv_directly_and_equals_nn_conv2d(direct_kernels, fused):
     reference, ours = _pair(16, 16)
     ours = ours.to(memory_format=torch.channels_last)
     x = _channels_last(torch.randn(3, 16, 9, 20)).requires_grad_()
@@ -162,7 +162,7 @@ def test_the_module_runs_a_small_stem_directly_in_fp32_and_under_bf16_autocast(f
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad, rtol=tolerance, atol=tolerance * 20)
 
 
-def test_an_fp32_width_quarter_resnet_step_with_the_direct_kernels_equals_onednns(avx512_kernels, fused, monkeypatch):
+def test_an_fp32_width_quarter_resnet_step_with_the_direct_kernels_equals_onednns(direct_kernels, fused, monkeypatch):
     """The whole encoder with its one-channel stem and 16-channel first stage: with the direct kernels its outputs
     and gradients equal those computed with oneDNN alone, to float32 rounding."""
 
@@ -189,3 +189,15 @@ def test_an_fp32_width_quarter_resnet_step_with_the_direct_kernels_equals_onednn
     assert direct_grads.keys() == onednn_grads.keys()
     for name in direct_grads:
         torch.testing.assert_close(direct_grads[name], onednn_grads[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_extra_compiler_flags_from_the_environment_make_another_build(monkeypatch):
+    """SIMCLRV2_CPU_KERNEL_FLAGS (e.g. -mno-avx512f, to build the AVX2 code path on a newer CPU) reaches the compiler
+    and names a separate build, so the host's own build is never loaded in its place."""
+    from simclrv2.models import cpu_kernels
+
+    monkeypatch.delenv(cpu_kernels.FLAGS_VARIABLE, raising=False)
+    native, native_name = cpu_kernels._flags(), cpu_kernels._build_name()
+    monkeypatch.setenv(cpu_kernels.FLAGS_VARIABLE, "-mno-avx512f -DEXAMPLE")
+    assert cpu_kernels._flags() == [*native, "-mno-avx512f", "-DEXAMPLE"]
+    assert cpu_kernels._build_name() != native_name

@@ -24,8 +24,8 @@ on, PyTorch's copies otherwise.
 
 Two shapes run our own direct kernels instead (``direct_passes``; :mod:`simclrv2.models.cpu_kernels`, eager only):
 a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16, one sweep over the
-output at memory speed; and on AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first stage), forward and
-input gradient, where oneDNN reached ~60 % of the fp32 peak and the direct kernel ~90 %.
+output at memory speed; and on AVX2 or AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first stage), forward
+and input gradient, where oneDNN reached ~60 % of the fp32 peak and the direct kernel ~90 % (AVX-512).
 
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
 and state dict are those of :class:`torch.nn.Conv2d`, and anything else (fp32 beyond the stem, GPUs, groups,
@@ -267,8 +267,10 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
     - a one-channel stride-1 input with fewer than ``SINGLE_CHANNEL_MIN_OUT`` outputs, forward and weight gradient,
       fp32 or bf16: 1->16 at 28 px 1.0 ms against 1.9 forward and 2.4 against 3.5-5.0 weight gradient, both dtypes;
       from 64 outputs the GEMMs' forward was as fast or faster;
-    - an fp32 16->16 3×3 convolution with stride 1 and padding 1, on AVX-512: forward and input gradient 5.2-5.7 ms
-      against oneDNN's 6.2-8.3 at 28 px (its weight gradient stays oneDNN's, ~15 % faster than the direct loop)."""
+    - an fp32 16->16 3×3 convolution with stride 1 and padding 1, where the kernel was built (AVX2 with FMA, or
+      AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2 against
+      8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was at best
+      even with it on AVX-512)."""
     if kernels is None or stride != 1 or not DIRECT_KERNELS:
         return frozenset()
     if in_channels == 1 and out_channels < SINGLE_CHANNEL_MIN_OUT and dtype in (torch.float32, torch.bfloat16):

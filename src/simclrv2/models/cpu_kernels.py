@@ -1,10 +1,12 @@
 """The package's compiled CPU kernels: built once per machine, switched on per process.
 
-Three families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
+Four families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
 (:mod:`simclrv2.models.bn_relu`), the memory re-layouts of the convolutions that run as GEMMs (the im2col
 patches and the gradient's transpose, :mod:`simclrv2.models.conv`), and the sum of a residual block input's two
-gradients (:mod:`simclrv2.models.branch`). They only move memory or do almost no arithmetic, where PyTorch's
-generic copies and separate ops make several slow passes. The extension is compiled
+gradients (:mod:`simclrv2.models.branch`), which only move memory or do almost no arithmetic, where PyTorch's
+generic copies and separate ops make several slow passes; and direct convolutions for the shapes oneDNN runs far
+below the machine (a one-channel stem, and on AVX-512 an fp32 16-channel 3×3 layer; :mod:`simclrv2.models.conv`).
+The extension is compiled
 with the system's C++ compiler (~30-60 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
 ``run.fused_kernels`` on; without a compiler everything runs PyTorch's ops as before, with a one-line warning.
 """
@@ -12,6 +14,7 @@ with the system's C++ compiler (~30-60 s, cached by torch in ``TORCH_EXTENSIONS_
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -29,6 +32,13 @@ HEADERS = (KERNEL_DIR / "kernels.h",)
 # default): the bf16 BatchNorm backward was faster with them on an AVX-512 Xeon.
 _FLAGS = ["-O3", "-march=native", "-fopenmp"] + (
     ["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
+# Compiler flags added after those, from the environment: e.g. "-mno-avx512f" builds the kernels as for an AVX2-only
+# CPU, to time or test that code path on a newer machine (with ONEDNN_MAX_CPU_ISA=AVX2 holding oneDNN there too).
+FLAGS_VARIABLE = "SIMCLRV2_CPU_KERNEL_FLAGS"
+
+
+def _flags() -> list[str]:
+    return _FLAGS + os.environ.get(FLAGS_VARIABLE, "").split()
 
 # This process's switch, like torch.backends' flags: "built" caches the compiled library (None: it could not be
 # built, so later sessions neither retry nor warn again), "active" is the library while the current session has the
@@ -44,7 +54,7 @@ def _build_name() -> str:
     digest = hashlib.sha256()
     for path in SOURCES + HEADERS:
         digest.update(path.read_bytes())
-    digest.update(" ".join(_FLAGS).encode())
+    digest.update(" ".join(_flags()).encode())
     digest.update(torch.__version__.encode())
     digest.update(repr(sorted(cpu_kind().items())).encode())
     return f"simclrv2_cpu_kernels_{digest.hexdigest()[:12]}"
@@ -66,7 +76,7 @@ def build_kernels() -> ModuleType | None:
     log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums): loading (the first "
              "time on a machine compiles them, ~30-60 s)")
     try:
-        module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_FLAGS,
+        module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_flags(),
                       extra_ldflags=["-fopenmp"])
     except Exception as error:  # any failure to build or load means PyTorch's ops, said once
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

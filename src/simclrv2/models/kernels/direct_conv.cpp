@@ -1,12 +1,13 @@
-// A float32 3x3 convolution (stride 1, padding 1) with 16 input and 16 output channels, channels_last, on AVX-512:
-// the first stage of a width-0.25 ResNet. oneDNN runs it at ~60 % of the machine's fp32 peak there (its kernels are
-// blocked for wider layers), forward and input gradient alike; computed directly, one 512-bit register holds a
-// pixel's 16 outputs, so a row block of 14 pixels keeps 14 accumulators in registers while each weight vector is
-// loaded once for all 14 and each input value is broadcast from memory into the multiply-add. The input gradient is
-// the same convolution of the output gradient with the kernel flipped and its channels swapped.
+// A float32 3x3 convolution (stride 1, padding 1) with 16 input and 16 output channels, channels_last, on AVX-512
+// or AVX2: the first stage of a width-0.25 ResNet. oneDNN runs it at ~60 % of the machine's fp32 peak there (its
+// kernels are blocked for wider layers), forward and input gradient alike. Computed directly, a pixel's 16 outputs
+// are one 512-bit register (two 256-bit ones on AVX2), so a row block of pixels keeps its accumulators in registers
+// (14 pixels on AVX-512's 32 registers, 6 on AVX2's 16) while each weight vector is loaded once for the block and
+// each input value is broadcast once into its multiply-adds. The input gradient is the same convolution of the
+// output gradient with the kernel flipped and its channels swapped.
 //
 // Every output is one float32 sum over (kernel row, kernel column, input channel) in that order, as oneDNN's.
-// Without AVX-512 the kernel is not compiled and simclrv2.models.conv leaves these passes to oneDNN.
+// Without AVX2 and FMA the kernel is not compiled and simclrv2.models.conv leaves these passes to oneDNN.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
@@ -14,26 +15,55 @@
 
 #include <cstdint>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define SIMCLRV2_DIRECT_CONV 1
 #include <immintrin.h>
 #endif
 
 namespace {
 
 constexpr int64_t kChannels = 16;
-constexpr int kBlock = 14;          // output pixels per register block (14 accumulators + weights in 32 registers)
 constexpr int64_t kRowGrain = 8;    // output rows per parallel task at least
 
+#if defined(SIMCLRV2_DIRECT_CONV)
+// The host's vector registers: how many hold a pixel's 16 channels, and the pixel block that fits the register file
+// with them (accumulators, the weight vectors of one input channel and a broadcast input).
 #if defined(__AVX512F__)
+struct Vec {
+  using type = __m512;
+  static constexpr int kPerPixel = 1, kBlock = 14;
+  static type zero() { return _mm512_setzero_ps(); }
+  static type load(const float* p) { return _mm512_loadu_ps(p); }
+  static type broadcast(float v) { return _mm512_set1_ps(v); }
+  static type fma(type a, type b, type c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(float* p, type v) { _mm512_storeu_ps(p, v); }
+};
+#else
+struct Vec {
+  using type = __m256;
+  static constexpr int kPerPixel = 2, kBlock = 6;
+  static type zero() { return _mm256_setzero_ps(); }
+  static type load(const float* p) { return _mm256_loadu_ps(p); }
+  static type broadcast(float v) { return _mm256_set1_ps(v); }
+  static type fma(type a, type b, type c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, type v) { _mm256_storeu_ps(p, v); }
+};
+#endif
+constexpr int kLanes = kChannels / Vec::kPerPixel;
+
 // One block of P output pixels starting at column `col` of output row `oh`: out[p] = sum over the three kernel rows
 // that fall inside the image, the three columns and the 16 input channels. kLeft/kRight: the block touches the
 // image's left/right border, so the tap reaching past it (column -1 or W) is skipped, as zero padding would add 0.
 template <int P, bool kLeft, bool kRight>
 inline void output_block(const float* __restrict__ image, const float* __restrict__ packed,
                          float* __restrict__ out_image, int64_t height, int64_t width, int64_t oh, int64_t col) {
-  __m512 acc[P];
+  constexpr int V = Vec::kPerPixel;
+  typename Vec::type acc[P][V];
   #pragma GCC unroll 16
-  for (int p = 0; p < P; ++p) acc[p] = _mm512_setzero_ps();
+  for (int p = 0; p < P; ++p) {
+    #pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) acc[p][v] = Vec::zero();
+  }
   for (int kh = 0; kh < 3; ++kh) {
     const int64_t ih = oh + kh - 1;
     if (ih < 0 || ih >= height) continue;
@@ -43,21 +73,28 @@ inline void output_block(const float* __restrict__ image, const float* __restric
       const float* taps = packed + (kh * 3 + kw) * kChannels * kChannels;
       #pragma GCC unroll 1
       for (int ci = 0; ci < kChannels; ++ci) {
-        const __m512 weights = _mm512_loadu_ps(taps + ci * kChannels);
+        typename Vec::type weights[V];
+        #pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) weights[v] = Vec::load(taps + ci * kChannels + v * kLanes);
         #pragma GCC unroll 16
         for (int p = 0; p < P; ++p) {
           if ((kLeft && kw == 0 && p == 0) || (kRight && kw == 2 && p == P - 1)) continue;
-          acc[p] = _mm512_fmadd_ps(_mm512_set1_ps(row[(p + kw - 1) * kChannels + ci]), weights, acc[p]);
+          const typename Vec::type in = Vec::broadcast(row[(p + kw - 1) * kChannels + ci]);
+          #pragma GCC unroll 2
+          for (int v = 0; v < V; ++v) acc[p][v] = Vec::fma(in, weights[v], acc[p][v]);
         }
       }
     }
   }
   #pragma GCC unroll 16
-  for (int p = 0; p < P; ++p) _mm512_storeu_ps(out_image + (oh * width + col + p) * kChannels, acc[p]);
+  for (int p = 0; p < P; ++p) {
+    #pragma GCC unroll 2
+    for (int v = 0; v < V; ++v) Vec::store(out_image + (oh * width + col + p) * kChannels + v * kLanes, acc[p][v]);
+  }
 }
 
 // The block of `count` (1..kBlock) pixels at `col` with the border flags, as a compile-time block size.
-template <bool kLeft, bool kRight, int P = kBlock>
+template <bool kLeft, bool kRight, int P = Vec::kBlock>
 inline void output_block_of(int count, const float* image, const float* packed, float* out_image, int64_t height,
                             int64_t width, int64_t oh, int64_t col) {
   if constexpr (P > 1) {
@@ -72,6 +109,7 @@ inline void output_block_of(int count, const float* image, const float* packed, 
 // One output row: blocks of kBlock pixels, the first and last marked as touching the borders.
 inline void output_row(const float* image, const float* packed, float* out_image, int64_t height, int64_t width,
                        int64_t oh) {
+  constexpr int kBlock = Vec::kBlock;
   if (width <= kBlock) {
     output_block_of<true, true>(static_cast<int>(width), image, packed, out_image, height, width, oh, 0);
     return;
@@ -90,7 +128,7 @@ inline void output_row(const float* image, const float* packed, float* out_image
 namespace simclrv2 {
 
 bool has_direct_conv() {
-#if defined(__AVX512F__)
+#if defined(SIMCLRV2_DIRECT_CONV)
   return true;
 #else
   return false;
@@ -100,7 +138,7 @@ bool has_direct_conv() {
 // conv2d(x, weight, stride 1, padding 1) for a float32 channels_last x of 16 channels and a (16, 16, 3, 3) weight;
 // with `input_grad`, x is the output gradient and the result the input gradient of that convolution.
 torch::Tensor direct_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, bool input_grad) {
-  TORCH_CHECK(has_direct_conv(), "direct_conv3x3: built without AVX-512");
+  TORCH_CHECK(has_direct_conv(), "direct_conv3x3: built without AVX2 or AVX-512");
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat && x.size(1) == kChannels &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "direct_conv3x3: x must be a float32 channels_last CPU tensor of 16 channels");
@@ -111,7 +149,7 @@ torch::Tensor direct_conv3x3(const torch::Tensor& x, const torch::Tensor& weight
   auto packed = input_grad ? weight.flip({2, 3}).permute({2, 3, 0, 1}).contiguous()
                            : weight.permute({2, 3, 1, 0}).contiguous();
   auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-#if defined(__AVX512F__)
+#if defined(SIMCLRV2_DIRECT_CONV)
   const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
   const float* in = x.data_ptr<float>();
   const float* taps = packed.data_ptr<float>();

@@ -38,7 +38,7 @@ std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::
 torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t pad);
 torch::Tensor transpose(const torch::Tensor& a);
 
-// direct_conv.cpp: a float32 16->16 3x3 convolution (stride 1, padding 1) and its input gradient, on AVX-512.
+// direct_conv.cpp: a float32 16->16 3x3 convolution (stride 1, padding 1) and its input gradient, on AVX2 or AVX-512.
 bool has_direct_conv();
 torch::Tensor direct_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, bool input_grad);
 
