@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import resource
 import sys
@@ -33,6 +34,7 @@ import torch
 
 from simclrv2.config import load_config
 from simclrv2.models import conv, count_parameters
+from simclrv2.models.cpu_kernels import FLAGS_VARIABLE
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import resolve_precision
@@ -105,6 +107,9 @@ def main() -> None:
                         "none is oneDNN throughout, weight-grad-4px the weight gradient on 4x4 maps only (the "
                         "rule before the others were measured), no-compiled-layout-rules leaves out the rules "
                         "added where the compiled re-layouts run, to measure what they give")
+    p.add_argument("--no-direct-kernels", action="store_true",
+                   help="oneDNN's passes where the direct convolution kernels would run (simclrv2.models.conv."
+                        "direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers), to measure them")
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="run.keep_freed_memory = false: glibc's default allocation, to measure what it gives (it "
                         "lasts for the process, so compare separate invocations)")
@@ -121,6 +126,7 @@ def main() -> None:
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
     # this process only: an A/B switch of the benchmark, not an option
     conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS = GEMM_RULE_SETS[args.gemm_rules]
+    conv.DIRECT_KERNELS = not args.no_direct_kernels
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     ours, peers = [], []
     for width in args.width:
@@ -129,7 +135,8 @@ def main() -> None:
             result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
                              not args.no_channels_last, args.compile, not args.no_keep_freed_memory,
                              not args.no_fused_kernels)
-            result.update(gemm_rules=args.gemm_rules, **cpu_kind(), torch=torch.__version__,
+            result.update(gemm_rules=args.gemm_rules, direct_kernels=conv.DIRECT_KERNELS,
+                          kernel_flags=os.environ.get(FLAGS_VARIABLE, ""), **cpu_kind(), torch=torch.__version__,
                           torch_threads=torch.get_num_threads(), python=platform.python_version())
             ours.append(result)
             print(json.dumps(result), flush=True)
