@@ -10,10 +10,10 @@ given dtype and memory layout, and reports GFLOP/s and the share of this machine
 pass as a GEMM over the input's patches (``simclrv2.models.conv.GEMM_RULES``: small output maps, wide GEMMs, bf16 only),
 that GEMM is timed too (forward-gemm, backward-data-gemm, backward-weights-gemm, the last from the patches forward
 kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass; likewise the compiled direct
-kernels where ``simclrv2.models.conv.direct_passes`` gives them a pass (forward-direct, ...). The last column per pass is
-the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per row, then
-a Markdown table; ``--out`` also writes the lines to a file. Freed memory is kept for reuse, as training sessions
-do (``run.keep_freed_memory``): otherwise glibc maps each large output afresh and its page faults are timed.
+kernels where ``simclrv2.models.conv.direct_passes`` gives them a pass (forward-direct, ...). The last column per
+pass is the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per
+row, then a Markdown table; ``--out`` also writes the lines to a file. Freed memory is kept for reuse, as training
+sessions do (``run.keep_freed_memory``): otherwise glibc maps each large output afresh and its page faults are timed.
 
 Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
 and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine.
@@ -148,14 +148,13 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
         else:
             seconds["backward-weights-gemm"] = best_seconds(lambda: conv.weight_grad_by_gemm(x, grad, k, s, p),
                                                             repeats)
-    kernels = active_kernels()
     if "forward" in direct:
         seconds["forward-direct"] = best_seconds(lambda: conv._direct_forward(x, w, p), repeats)
     if "backward-data" in direct:
-        seconds["backward-data-direct"] = best_seconds(lambda: kernels.direct_conv3x3(grad, w, True), repeats)
+        seconds["backward-data-direct"] = best_seconds(lambda: active_kernels().direct_conv3x3(grad, w, True),
+                                                       repeats)
     if "backward-weights" in direct:
-        seconds["backward-weights-direct"] = best_seconds(lambda: kernels.stem_conv_weight_grad(x, grad, k, p),
-                                                          repeats)
+        seconds["backward-weights-direct"] = best_seconds(lambda: conv._direct_weight_grad(x, grad, w, p), repeats)
     return seconds
 
 

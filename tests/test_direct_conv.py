@@ -4,6 +4,9 @@ kernels cover."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import types
 
 import pytest
@@ -75,6 +78,22 @@ def test_the_stem_kernels_equal_float64s_on_the_same_rounded_inputs(kernels, dty
     tolerance = 1e-5 if dtype == torch.float32 else 2 ** -8  # bf16: the output's own rounding
     torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
     torch.testing.assert_close(got_grad.double(), expected_grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_avx2_build_passes_these_tests_on_an_avx512_cpu(kernels):
+    """The AVX2 code path (256-bit registers, blocks of 6 pixels) is compiled only where AVX-512 is absent: build it
+    here with -mno-avx512f and run this file's tests against that build."""
+    from simclrv2.models import cpu_kernels
+    from simclrv2.provenance import cpu_kind
+
+    if "avx512f" not in cpu_kind()["cpu_flags"]:
+        pytest.skip("not an AVX-512 CPU: the native build already is the AVX2 one (or not x86)")
+    env = {**os.environ, cpu_kernels.FLAGS_VARIABLE: "-mno-avx512f"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             "not avx2_build"], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]  # every kernel test ran
 
 
 def test_the_stem_kernels_refuse_what_they_do_not_compute(kernels):

@@ -270,7 +270,8 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
     - an fp32 16->16 3×3 convolution with stride 1 and padding 1, where the kernel was built (AVX2 with FMA, or
       AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2 against
       8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was at best
-      even with it on AVX-512)."""
+      even with it on AVX-512, and on AVX2 three own loops measured 12.6-15.5 ms against oneDNN's 12.6-15.2 in
+      the same runs: no clear win)."""
     if kernels is None or stride != 1 or not DIRECT_KERNELS:
         return frozenset()
     if in_channels == 1 and out_channels < SINGLE_CHANNEL_MIN_OUT and dtype in (torch.float32, torch.bfloat16):
@@ -328,8 +329,7 @@ class _CpuConv(torch.autograd.Function):
                 grad_x = _grad_by_onednn(0, grad_out, x, weight, s, p)
         if ctx.needs_input_grad[1]:
             if "backward-weights" in direct:
-                k = weight.shape[-1]
-                grad_w = _direct_kernels().stem_conv_weight_grad(x, grad_out, k, p).to(weight.dtype)
+                grad_w = _direct_weight_grad(x, grad_out, weight, p)
             elif "backward-weights" not in passes:
                 grad_w = _grad_by_onednn(1, grad_out, x, weight, s, p)
             elif cols is not None:
@@ -345,6 +345,12 @@ def _direct_kernels() -> Any:
     if kernels is None:
         raise RuntimeError("a direct convolution pass was planned but the compiled CPU kernels were switched off since")
     return kernels
+
+
+def _direct_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, padding: int) -> Tensor:
+    """The weight gradient of a shape ``direct_passes`` gives to the direct kernels (a stem's), in the weight's
+    dtype."""
+    return _direct_kernels().stem_conv_weight_grad(x, grad_out, weight.shape[-1], padding).to(weight.dtype)
 
 
 def _direct_forward(x: Tensor, weight: Tensor, padding: int) -> Tensor:
