@@ -270,8 +270,8 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
     - an fp32 16->16 3×3 convolution with stride 1 and padding 1, where the kernel was built (AVX2 with FMA, or
       AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2 against
       8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was at best
-      even with it on AVX-512, and on AVX2 three own loops measured 12.6-15.5 ms against oneDNN's 12.6-15.2 in
-      the same runs: no clear win)."""
+      even with it on AVX-512, and on AVX2 three own loops took 12.6, 14.1 and 15.5 ms against oneDNN's 15.0, 12.7
+      and 12.6 in the same runs: no clear win)."""
     if kernels is None or stride != 1 or not DIRECT_KERNELS:
         return frozenset()
     if in_channels == 1 and out_channels < SINGLE_CHANNEL_MIN_OUT and dtype in (torch.float32, torch.bfloat16):
