@@ -73,8 +73,8 @@ def build_kernels() -> ModuleType | None:
         return None
     from torch.utils.cpp_extension import load
 
-    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums): loading (the first "
-             "time on a machine compiles them, ~30-60 s)")
+    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums, direct convolutions): "
+             "loading (the first time on a machine compiles them, ~30-60 s)")
     try:
         module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_flags(),
                       extra_ldflags=["-fopenmp"])

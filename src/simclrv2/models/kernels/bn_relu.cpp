@@ -12,7 +12,6 @@
 // cancel when a channel's mean is large against its spread.
 #include "kernels.h"
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

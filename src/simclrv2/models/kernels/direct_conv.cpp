@@ -11,7 +11,6 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <cstdint>
 
@@ -137,7 +136,7 @@ bool has_direct_conv() {
 
 // conv2d(x, weight, stride 1, padding 1) for a float32 channels_last x of 16 channels and a (16, 16, 3, 3) weight;
 // with `input_grad`, x is the output gradient and the result the input gradient of that convolution.
-torch::Tensor direct_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, bool input_grad) {
+at::Tensor direct_conv3x3(const at::Tensor& x, const at::Tensor& weight, bool input_grad) {
   TORCH_CHECK(has_direct_conv(), "direct_conv3x3: built without AVX2 or AVX-512");
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat && x.size(1) == kChannels &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),

@@ -1,7 +1,7 @@
 // The package's compiled CPU kernels, one extension built by simclrv2.models.cpu_kernels: what module.cpp binds.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <cstdint>
 #include <cstring>
@@ -35,18 +35,18 @@ std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::
                                          const at::Tensor& shift, bool with_residual, bool relu);
 
 // layout.cpp: the re-layouts of the convolutions that run as GEMMs.
-torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t pad);
-torch::Tensor transpose(const torch::Tensor& a);
+at::Tensor patches(const at::Tensor& x, int64_t k, int64_t stride, int64_t pad);
+at::Tensor transpose(const at::Tensor& a);
 
 // direct_conv.cpp: a float32 16->16 3x3 convolution (stride 1, padding 1) and its input gradient, on AVX2 or AVX-512.
 bool has_direct_conv();
-torch::Tensor direct_conv3x3(const torch::Tensor& x, const torch::Tensor& weight, bool input_grad);
+at::Tensor direct_conv3x3(const at::Tensor& x, const at::Tensor& weight, bool input_grad);
 
 // stem_conv.cpp: a one-input-channel convolution (stride 1) and its weight gradient.
-torch::Tensor stem_conv_forward(const torch::Tensor& x, const torch::Tensor& weight, int64_t padding);
-torch::Tensor stem_conv_weight_grad(const torch::Tensor& x, const torch::Tensor& grad_out, int64_t k, int64_t padding);
+at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding);
+at::Tensor stem_conv_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t k, int64_t padding);
 
 // sum.cpp: the sum of a tensor's two gradients (simclrv2.models.branch).
-torch::Tensor add(const torch::Tensor& a, const torch::Tensor& b);
+at::Tensor add(const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace simclrv2

@@ -5,7 +5,6 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -47,13 +46,13 @@ namespace simclrv2 {
 // (N, C, H, W) channels_last -> (N*Ho*Wo, k*k*C): one row per output pixel, kernel offsets outer, channels inner,
 // zeros where a tap falls in the padding. A tap row's k inputs are neighbours in memory (channels_last), so an
 // interior window row is one copy of k*C elements.
-torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t pad) {
+at::Tensor patches(const at::Tensor& x, int64_t k, int64_t stride, int64_t pad) {
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "patches: expected a 4-D channels_last tensor");
   TORCH_CHECK(k > 0 && stride > 0 && pad >= 0 && pad < k, "patches: bad kernel size, stride or padding");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1;
-  auto out = torch::empty({n * ho * wo, k * k * c}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto out = at::empty({n * ho * wo, k * k * c}, x.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t es = x.element_size(), pixel = c * es, row = k * k * pixel;
   const char* src = static_cast<const char*>(x.data_ptr());
   char* dst = static_cast<char*>(out.data_ptr());
@@ -88,10 +87,10 @@ torch::Tensor patches(const torch::Tensor& x, int64_t k, int64_t stride, int64_t
 }
 
 // A contiguous (R, C) matrix as a contiguous (C, R) one, tile by tile so that reads and writes both stay in cache.
-torch::Tensor transpose(const torch::Tensor& a) {
+at::Tensor transpose(const at::Tensor& a) {
   TORCH_CHECK(a.dim() == 2 && a.is_contiguous(), "transpose: expected a contiguous 2-D tensor");
   const int64_t rows = a.size(0), cols = a.size(1);
-  auto out = torch::empty({cols, rows}, a.options());
+  auto out = at::empty({cols, rows}, a.options());
   if (a.element_size() == 2) {
     transpose_tiles(static_cast<const uint16_t*>(a.data_ptr()), static_cast<uint16_t*>(out.data_ptr()), rows, cols);
   } else if (a.element_size() == 4) {

@@ -1,6 +1,8 @@
 // Python bindings of the package's compiled CPU kernels (simclrv2.models.cpu_kernels builds this extension).
 #include "kernels.h"
 
+#include <torch/extension.h>  // pybind11 and the tensor conversions: only this file needs them
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_relu_forward", &simclrv2::bn_relu_forward,
         "relu(batch_norm(x) [+ residual]) or batch_norm(x), training mode, channels_last");

@@ -11,7 +11,6 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -141,7 +140,7 @@ namespace simclrv2 {
 
 // conv2d(x, weight, stride 1, padding) for a one-channel x (N, 1, H, W) and weight (C, 1, k, k): channels_last
 // output in x's dtype.
-torch::Tensor stem_conv_forward(const torch::Tensor& x, const torch::Tensor& weight, int64_t padding) {
+at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding) {
   check_image(x);
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3),
               "stem convolution: weight must be (C, 1, k, k)");
@@ -167,7 +166,7 @@ torch::Tensor stem_conv_forward(const torch::Tensor& x, const torch::Tensor& wei
 }
 
 // The weight gradient (C, 1, k, k), float32, of stem_conv_forward given its output gradient (any layout).
-torch::Tensor stem_conv_weight_grad(const torch::Tensor& x, const torch::Tensor& grad_out, int64_t k,
+at::Tensor stem_conv_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t k,
                                     int64_t padding) {
   check_image(x);
   TORCH_CHECK(padding >= 0 && padding < k, "stem convolution: padding must be in [0, k)");

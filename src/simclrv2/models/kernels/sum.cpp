@@ -6,7 +6,6 @@
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
 
 #include <cstdint>
 
@@ -31,7 +30,7 @@ namespace simclrv2 {
 
 // a + b for two CPU tensors of one shape, dtype (float32 or bfloat16) and strides, dense in memory (contiguous in
 // any memory format): the result has their layout.
-torch::Tensor add(const torch::Tensor& a, const torch::Tensor& b) {
+at::Tensor add(const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "add: expected CPU tensors");
   TORCH_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kFloat || a.scalar_type() == at::kBFloat16),
               "add: expected two float32 or two bfloat16 tensors");
