@@ -343,7 +343,8 @@ def _direct_kernels() -> Any:
     """The compiled kernels, on whenever a direct pass was planned (a session switches them once, before training)."""
     kernels = active_kernels()
     if kernels is None:
-        raise RuntimeError("a direct convolution pass was planned but the compiled CPU kernels were switched off since")
+        raise RuntimeError("a direct convolution pass was planned in forward but the compiled CPU kernels were "
+                           "switched off before its backward: switch them (use_fused_kernels) between steps only")
     return kernels
 
 

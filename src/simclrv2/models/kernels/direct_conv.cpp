@@ -141,8 +141,9 @@ at::Tensor direct_conv3x3(const at::Tensor& x, const at::Tensor& weight, bool in
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.scalar_type() == at::kFloat && x.size(1) == kChannels &&
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "direct_conv3x3: x must be a float32 channels_last CPU tensor of 16 channels");
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.sizes() == at::IntArrayRef({16, 16, 3, 3}),
-              "direct_conv3x3: weight must be float32 of shape (16, 16, 3, 3)");
+  TORCH_CHECK(weight.device().is_cpu() && weight.scalar_type() == at::kFloat &&
+                  weight.sizes() == at::IntArrayRef({16, 16, 3, 3}),
+              "direct_conv3x3: weight must be a float32 CPU tensor of shape (16, 16, 3, 3)");
   // packed[kh][kw][in][out]: the weight vector of one input channel at one tap, over the 16 outputs. For the input
   // gradient, the convolution's output channels are its inputs and the kernel is flipped.
   auto packed = input_grad ? weight.flip({2, 3}).permute({2, 3, 0, 1}).contiguous()

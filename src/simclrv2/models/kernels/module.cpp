@@ -9,7 +9,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_relu_backward", &simclrv2::bn_relu_backward, "gradients of bn_relu_forward");
   m.def("patches", &simclrv2::patches, "im2col of a channels_last tensor, (N*Ho*Wo, k*k*C)");
   m.def("transpose", &simclrv2::transpose, "a contiguous 2-D tensor transposed, contiguous");
-  m.def("has_direct_conv", &simclrv2::has_direct_conv, "whether direct_conv3x3 was compiled (AVX2 with FMA, or AVX-512)");
+  m.def("has_direct_conv", &simclrv2::has_direct_conv,
+        "whether direct_conv3x3 was compiled (AVX2 with FMA, or AVX-512)");
   m.def("direct_conv3x3", &simclrv2::direct_conv3x3,
         "float32 16->16 3x3 convolution, stride 1, padding 1, channels_last (or its input gradient)");
   m.def("stem_conv_forward", &simclrv2::stem_conv_forward, "stride-1 convolution of a one-channel input");

@@ -1,10 +1,10 @@
 // A stride-1 convolution of a one-channel input (a grayscale image into the network's stem), forward and weight
 // gradient, float32 or bfloat16, output channels_last. With one input channel each output pixel is k*k
-// multiply-adds per output channel: nothing for a GEMM to block, and oneDNN ran it at a few % of peak in every dtype
-// (for 1->16 at 28 px and batch 512, 2.3-2.4 ms forward and 3.0-5.2 ms weight gradient on a 2-core AMX Xeon). Here
-// both passes are one sweep over the output (or its gradient) at memory speed: each image is first copied into a
-// zero-padded float buffer, so every tap of every pixel is in range and a pixel's outputs are one vector
-// accumulator over the output channels.
+// multiply-adds per output channel: nothing for a GEMM to block, and oneDNN ran it at 1-13 % of peak (for 1->16 at
+// 28 px and batch 512 on 2-core AMX Xeons, 2.2-3.2 ms forward and 3.0-5.3 ms weight gradient, fp32 and bf16). Here
+// each image is first copied into a zero-padded float buffer, so every tap of every pixel is in range and a pixel's
+// outputs are one vector accumulator over the output channels: the forward is one sweep over the output at memory
+// speed (0.9-1.1 ms), the weight gradient one tap at a time over each image while it is in cache (2.3-2.4 ms).
 //
 // Sums are float32 per output (forward) and per image (weight gradient), the weight gradient's images added in
 // double, in thread order: a given thread count gives the same result every time.
@@ -142,8 +142,8 @@ namespace simclrv2 {
 // output in x's dtype.
 at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding) {
   check_image(x);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3),
-              "stem convolution: weight must be (C, 1, k, k)");
+  TORCH_CHECK(weight.device().is_cpu() && weight.dim() == 4 && weight.size(1) == 1 && weight.size(2) == weight.size(3),
+              "stem convolution: weight must be a (C, 1, k, k) CPU tensor");
   const int64_t k = weight.size(2), channels = weight.size(0);
   TORCH_CHECK(padding >= 0 && padding < k, "stem convolution: padding must be in [0, k)");
   const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
@@ -170,10 +170,11 @@ at::Tensor stem_conv_weight_grad(const at::Tensor& x, const at::Tensor& grad_out
                                     int64_t padding) {
   check_image(x);
   TORCH_CHECK(padding >= 0 && padding < k, "stem convolution: padding must be in [0, k)");
-  const int64_t batch = x.size(0), height = x.size(2), width = x.size(3), channels = grad_out.size(1);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == batch && grad_out.size(2) == height + 2 * padding - k + 1 &&
-                  grad_out.size(3) == width + 2 * padding - k + 1,
+  const int64_t batch = x.size(0), height = x.size(2), width = x.size(3);
+  TORCH_CHECK(grad_out.device().is_cpu() && grad_out.dim() == 4 && grad_out.size(0) == batch &&
+                  grad_out.size(2) == height + 2 * padding - k + 1 && grad_out.size(3) == width + 2 * padding - k + 1,
               "stem convolution: the output gradient's shape does not match the input's");
+  const int64_t channels = grad_out.size(1);
   auto input = x.contiguous();
   auto grad = grad_out.to(x.scalar_type()).contiguous(at::MemoryFormat::ChannelsLast);
   auto sums = at::empty({k, k, channels}, x.options().dtype(at::kDouble));
