@@ -23,12 +23,13 @@ patches and the gradient's transpose are the compiled kernels' (:mod:`simclrv2.m
 on, PyTorch's copies otherwise.
 
 Two shapes run our own direct kernels instead (``direct_passes``; :mod:`simclrv2.models.cpu_kernels`, eager only):
-a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16, one sweep over the
-output at memory speed; and on AVX2 or AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first stage), forward
-and input gradient, where oneDNN reached ~60 % of the fp32 peak and the direct kernel ~90 % (AVX-512).
+a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16 (the forward one sweep
+over the output at memory speed); and on AVX2 or AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first
+stage), forward and input gradient, where oneDNN reached 60-70 % of the fp32 peak and the direct kernel ~86 %
+(AVX-512).
 
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
-and state dict are those of :class:`torch.nn.Conv2d`, and anything else (fp32 beyond the stem, GPUs, groups,
+and state dict are those of :class:`torch.nn.Conv2d`, and anything else (other fp32 convolutions, GPUs, groups,
 dilation, bias, larger maps) is :class:`torch.nn.Conv2d` itself.
 """
 
