@@ -18,7 +18,8 @@ from simclrv2.models import conv
 from simclrv2.models.conv import Conv2d, direct_passes
 from simclrv2.models.resnet import resnet
 
-# (height, width): one block of 14 pixels, two, a remainder, one pixel, fewer than a block, both borders at once
+# (height, width) against the row blocks (14 pixels on AVX-512, 6 on AVX2): whole blocks, a remainder, one pixel,
+# fewer pixels than a block, both borders in one block
 SIZES = [(28, 28), (14, 14), (5, 17), (1, 1), (3, 30), (2, 15), (4, 3)]
 
 
