@@ -160,11 +160,14 @@ def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monk
         "256->512 3x3/2 @7px", "512->512 3x3/1 @4px", "256->512 1x1/2 @7px", "1->64 3x3/1 @28px"}
     assert {k for k, r in by_shape.items() if "backward-data-gemm_ms" in r} == {
         "512->512 3x3/1 @4px", "256->512 3x3/2 @7px", "256->512 1x1/2 @7px"}  # stride 2: by phases
+    # what the step pays, before the shares' rounding: where bf16 is emulated (AVX2 hosts) the oneDNN passes
+    # are slow enough that a small 1x1 pass's share rounds to 0.000
     for r in rows:
         for p in conv_shapes.ONEDNN_PASSES:
             gemm = f"{p}-gemm_ms" in r
-            assert (r[f"{p}_time_share"] == 0) == (gemm or (r is rows[0] and p == "backward-data")), (r["shape"], p)
-            assert not gemm or r[f"{p}-gemm_time_share"] > 0
+            paid = conv_shapes._paid_ms(r, p)
+            assert (paid == 0) == (gemm or (r is rows[0] and p == "backward-data")), (r["shape"], p)
+            assert not gemm or conv_shapes._paid_ms(r, f"{p}-gemm") > 0
     # --candidates times the passes the rules leave to oneDNN too, without counting them in the step
     candidates = {r["shape"]: r for r in conv_shapes.rows_for(1.0, batch=2, precision="bf16", layout="channels_last",
                                                                repeats=1, peak=1.0, candidates=True)}
