@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,19 +47,41 @@ def run_peer(peer_bench: Path, peer_python: Path, width: float, data_dir: str | 
 
 
 def ratio_table(ours: Sequence[dict], peers: Sequence[dict]) -> str:
-    """Pairs/s of each of our lines against the peer line of the same width, and the ratio ours / peer."""
+    """Pairs/s of each of our configurations against the peer at the same width, and the ratio ours / peer.
+
+    With several rounds (``--rounds``: ours then the peer at each width, again and again) each side is the median of
+    its rounds, and the ratios of the rounds taken pairwise (round k of ours against round k of the peer) are given as
+    a range (rounds matched by their ``round`` field; a round whose peer run failed has no pair): on a machine whose
+    speed moves between processes, one pair of runs can be off by a fifth."""
     peer_width = {arch: width for width, arch in PEER_ARCH.items()}
-    peer_by_width = {peer_width[p["arch"]]: p for p in peers if p.get("arch") in peer_width}
-    lines = ["pairs/s, ours vs lightly 1.6.0 on this machine (ratio > 1: ours is faster)",
-             f"{'configuration':<26} {'phase':<11} {'ours':>9} {'lightly':>9} {'ratio':>7}"]
+    peer_rounds: dict[float, list[dict]] = {}
+    for p in peers:
+        if p.get("arch") in peer_width:
+            peer_rounds.setdefault(peer_width[p["arch"]], []).append(p)
+    our_rounds: dict[tuple, list[dict]] = {}
     for line in ours:
-        peer = peer_by_width.get(line["width"])
-        if peer is None:
-            lines.append(f"{line['arch']} {line['precision']}: no peer measurement at this width")
+        our_rounds.setdefault((line["width"], line["arch"], line["precision"], bool(line.get("compile"))),
+                              []).append(line)
+    rounds = max([len(v) for v in our_rounds.values()] + [1])
+    lines = ["pairs/s, ours vs lightly 1.6.0 on this machine (ratio > 1: ours is faster)"
+             + (f"; medians of {rounds} rounds, and the range of the rounds' paired ratios" if rounds > 1 else ""),
+             f"{'configuration':<26} {'phase':<11} {'ours':>9} {'lightly':>9} {'ratio':>7}"]
+    for (width, arch, precision, compiled), mine_rounds in our_rounds.items():
+        theirs_rounds = peer_rounds.get(width)
+        if not theirs_rounds:
+            lines.append(f"{arch} {precision}: no peer measurement at this width")
             continue
-        name = f"{line['arch']} {line['precision']}{' compiled' if line.get('compile') else ''}"
+        name = f"{arch} {precision}{' compiled' if compiled else ''}"
         for key, label in PHASES:
-            mine, theirs = line[key]["pairs_per_s"], peer[key]["pairs_per_s"]
-            lines.append(f"{name:<26} {label:<11} {mine:>9.1f} {theirs:>9.1f} {mine / theirs:>6.2f}x")
+            mine = [r[key]["pairs_per_s"] for r in mine_rounds]
+            theirs = [r[key]["pairs_per_s"] for r in theirs_rounds]
+            row = (f"{name:<26} {label:<11} {statistics.median(mine):>9.1f} {statistics.median(theirs):>9.1f} "
+                   f"{statistics.median(mine) / statistics.median(theirs):>6.2f}x")
+            mine_by_round = {r.get("round", i): r[key]["pairs_per_s"] for i, r in enumerate(mine_rounds)}
+            theirs_by_round = {r.get("round", i): r[key]["pairs_per_s"] for i, r in enumerate(theirs_rounds)}
+            paired = [mine_by_round[k] / theirs_by_round[k] for k in mine_by_round if k in theirs_by_round]
+            if len(paired) > 1:
+                row += f"  ({min(paired):.2f}-{max(paired):.2f}x)"
+            lines.append(row)
             name = ""
     return "\n".join(lines)

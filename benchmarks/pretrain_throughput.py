@@ -16,6 +16,10 @@ Where the peer harness's virtual environment exists (``--peer-python``, made by 
 ``peer_compare.py``); otherwise one line says how to set it up.
 
     python benchmarks/pretrain_throughput.py --width 0.25 1 --precision bf16 fp32
+
+``--rounds N`` measures everything N times (ours, then the peer, at each width, every round) and the table gives
+each side's median with the range of the rounds' paired ratios: on machines whose speed moves from process to
+process, one pair of runs can put the ratio a fifth off.
 """
 
 from __future__ import annotations
@@ -121,6 +125,10 @@ def main() -> None:
                    help="the shared peer harness folder (lightly 1.6.0); omit to measure only ours")
     p.add_argument("--peer-python", type=Path, default=DEFAULT_PEER_PYTHON,
                    help="python of the peer virtual environment (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure everything this many times, ours then the peer at each width every round; the "
+                        "table gives medians and the range of the rounds' paired ratios (for machines whose speed "
+                        "moves between runs)")
     args = p.parse_args()
     # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
@@ -128,21 +136,26 @@ def main() -> None:
     conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS = GEMM_RULE_SETS[args.gemm_rules]
     conv.DIRECT_KERNELS = not args.no_direct_kernels
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     ours, peers = [], []
-    for width in args.width:
-        for precision in args.precision:
-            steps = args.steps or (20 if width < 1 else 10)
-            result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
-                             not args.no_channels_last, args.compile, not args.no_keep_freed_memory,
-                             not args.no_fused_kernels)
-            result.update(gemm_rules=args.gemm_rules, direct_kernels=conv.DIRECT_KERNELS,
-                          kernel_flags=os.environ.get(FLAGS_VARIABLE, ""), **cpu_kind(), torch=torch.__version__,
-                          torch_threads=torch.get_num_threads(), python=platform.python_version())
-            ours.append(result)
-            print(json.dumps(result), flush=True)
-        if not_ready is None:  # right after ours at the same width: the machine drifts between runs
-            peers.append(run_peer(args.peer_bench, args.peer_python, width, args.data_dir))
-            print(json.dumps(peers[-1]), flush=True)
+    for round_index in range(args.rounds):
+        for width in args.width:
+            for precision in args.precision:
+                steps = args.steps or (20 if width < 1 else 10)
+                result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
+                                 not args.no_channels_last, args.compile, not args.no_keep_freed_memory,
+                                 not args.no_fused_kernels)
+                result.update(round=round_index, gemm_rules=args.gemm_rules, direct_kernels=conv.DIRECT_KERNELS,
+                              kernel_flags=os.environ.get(FLAGS_VARIABLE, ""), **cpu_kind(),
+                              torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                              python=platform.python_version())
+                ours.append(result)
+                print(json.dumps(result), flush=True)
+            if not_ready is None:  # right after ours at the same width: the machine drifts between runs
+                peers.append({**run_peer(args.peer_bench, args.peer_python, width, args.data_dir),
+                              "round": round_index})
+                print(json.dumps(peers[-1]), flush=True)
     print(not_ready if not_ready else ratio_table(ours, peers), flush=True)
 
 

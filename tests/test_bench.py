@@ -39,6 +39,19 @@ def test_ratio_table_divides_ours_by_the_peer_of_the_same_width():
     assert lines[8] == "resnet18w0.5 fp32: no peer measurement at this width"
 
 
+def test_rounds_give_medians_and_the_range_of_the_paired_ratios():
+    ours = [{**_ours(0.25, e2e, e2e, 1e4), "round": k} for k, e2e in enumerate((300.0, 250.0, 280.0))]
+    peers = [{**_peer("resnet18w025", e2e, e2e, 900.0), "round": k} for k, e2e in enumerate((200.0, 200.0))]
+    peers.insert(1, {"error": "peer harness failed", "round": 2})  # round 2's peer failed: no pair for it
+    lines = peer_compare.ratio_table(ours, peers).splitlines()
+    assert "medians of 3 rounds" in lines[0]
+    # medians 280 and 200; the rounds that have both sides: 300/200 and 250/200
+    assert lines[2].split() == ["resnet18w0.25", "fp32", "end", "to", "end", "280.0", "200.0", "1.40x", "(1.25-1.50x)"]
+    assert lines[4].split()[-2:] == ["11.11x", "(11.11-11.11x)"]
+    one_round = peer_compare.ratio_table(ours[:1], peers[:1]).splitlines()
+    assert one_round[2].split()[-1] == "1.50x" and "rounds" not in one_round[0]  # one round: no range
+
+
 def test_a_failed_peer_run_leaves_its_width_without_ratios():
     table = peer_compare.ratio_table([_ours(0.25, 300.0, 300.0, 1e4)], [{"error": "peer harness failed"}])
     assert table.splitlines()[-1] == "resnet18w0.25 fp32: no peer measurement at this width"
