@@ -73,10 +73,9 @@ def ratio_table(ours: Sequence[dict], peers: Sequence[dict]) -> str:
             continue
         name = f"{arch} {precision}{' compiled' if compiled else ''}"
         for key, label in PHASES:
-            mine = [r[key]["pairs_per_s"] for r in mine_rounds]
-            theirs = [r[key]["pairs_per_s"] for r in theirs_rounds]
-            row = (f"{name:<26} {label:<11} {statistics.median(mine):>9.1f} {statistics.median(theirs):>9.1f} "
-                   f"{statistics.median(mine) / statistics.median(theirs):>6.2f}x")
+            mine = statistics.median(r[key]["pairs_per_s"] for r in mine_rounds)
+            theirs = statistics.median(r[key]["pairs_per_s"] for r in theirs_rounds)
+            row = f"{name:<26} {label:<11} {mine:>9.1f} {theirs:>9.1f} {mine / theirs:>6.2f}x"
             mine_by_round = {r.get("round", i): r[key]["pairs_per_s"] for i, r in enumerate(mine_rounds)}
             theirs_by_round = {r.get("round", i): r[key]["pairs_per_s"] for i, r in enumerate(theirs_rounds)}
             paired = [mine_by_round[k] / theirs_by_round[k] for k in mine_by_round if k in theirs_by_round]
