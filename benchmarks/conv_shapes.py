@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -200,11 +204,36 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
     stem = rows[0]  # the first convolution reads the images, which need no gradient: training skips its
     for form in ("backward-data", "backward-data-gemm", "backward-data-direct"):  # backward-data, so the step
         stem[f"{form}_paid"] = False  # leaves it out
+    add_shares(rows, peak)
+    return rows
+
+
+def add_shares(rows: list[dict], peak: float) -> None:
+    """Each pass's share of the GEMM peak and of the step's convolution time (what the step pays)."""
     total = sum(_paid_ms(r, p) for r in rows for p in PASSES)
     for r in rows:
         for p in (p for p in PASSES if f"{p}_ms" in r):
             r[f"{p}_peak_share"] = round(r[f"{p}_gflops"] / peak, 3)
             r[f"{p}_time_share"] = round(_paid_ms(r, p) / total, 3)
+
+
+def median_rows(rounds: list[list[dict]], peak: float) -> list[dict]:
+    """One row per shape from the same rows of several rounds (fresh processes): each pass's median time, with the
+    range of the rounds in ``{pass}_ms_range``, and its GFLOP/s and shares from that median. On machines whose
+    speed moves between processes, one process's ratio between two passes can mislead."""
+    rows = []
+    for same in zip(*rounds, strict=True):
+        if len({r["shape"] for r in same}) != 1:
+            raise ValueError(f"the rounds timed different shapes: {sorted({r['shape'] for r in same})}")
+        row = {k: v for k, v in same[0].items() if not k.endswith(("_ms", "_gflops", "_peak_share", "_time_share"))}
+        for p in PASSES:
+            times = [r[f"{p}_ms"] for r in same if f"{p}_ms" in r]
+            if times:
+                row[f"{p}_ms"] = round(statistics.median(times), 2)
+                row[f"{p}_ms_range"] = [min(times), max(times)]
+                row[f"{p}_gflops"] = round(row["gflop"] / row[f"{p}_ms"] * 1e3, 1)
+        rows.append(row)
+    add_shares(rows, peak)
     return rows
 
 
@@ -241,7 +270,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="the GEMMs' patches and transposes by PyTorch's copies instead of the compiled kernels "
                              "(run.fused_kernels = false)")
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time everything in this many fresh processes, one after another, and report each "
+                             "pass's median with the rounds' range (for machines whose speed moves between runs)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.rounds > 1:
+        return main_rounds(args, sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -263,6 +299,56 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in [header, *rows]))
     print(markdown(rows, peaks))
+    return 0
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` less ``option`` and its value (``--rounds 3`` or ``--rounds=3``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept
+
+
+def main_rounds(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--rounds N``: run this script N times in fresh processes (each writes its lines to a file), then report
+    the medians. The output holds every round's rows (``round`` 0..N-1) and then the medians (``round`` "median")."""
+    child_argv = _without_option(_without_option(argv, "--rounds"), "--out")
+    headers, rounds = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(args.rounds):
+            out = Path(tmp) / f"round-{index}.jsonl"
+            done = subprocess.run([sys.executable, __file__, *child_argv, "--out", str(out)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                print(done.stderr, file=sys.stderr)
+                raise SystemExit(f"conv_shapes: round {index} failed (exit {done.returncode}); its error is above")
+            header, *rows = (json.loads(line) for line in out.read_text().splitlines())
+            headers.append(header)
+            rounds.append([{**r, "round": index} for r in rows])
+            print(f"round {index + 1}/{args.rounds} done (GEMM peak {header['gemm_peak_gflops']} GFLOP/s)", flush=True)
+    peaks = {p: statistics.median(h["gemm_peak_gflops"][p] for h in headers) for p in args.precision}
+    header = {**headers[0], "rounds": args.rounds, "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
+              "gemm_peak_gflops_range": {p: [min(h["gemm_peak_gflops"][p] for h in headers),
+                                             max(h["gemm_peak_gflops"][p] for h in headers)] for p in args.precision}}
+    medians = []
+    for width in args.width:  # the shares are within one step (width, dtype, layout), as one process gives them
+        for precision in args.precision:
+            for layout in args.layout:
+                step = (width, precision, layout)
+                group = [[r for r in rows if (r["width"], r["precision"], r["layout"]) == step] for rows in rounds]
+                medians += [{**r, "round": "median"} for r in median_rows(group, peaks[precision])]
+    lines = [header, *(r for rows in rounds for r in rows), *medians]
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
+    print(markdown(medians, peaks))
     return 0
 
 
