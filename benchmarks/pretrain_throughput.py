@@ -48,11 +48,13 @@ from simclrv2.stages.pretrain import pretrain
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
-# A/B switches of --gemm-rules, as (GEMM_RULES, GEMM_RULES_WITH_COMPILED_LAYOUTS): the package's rules, none (oneDNN
-# throughout), the weight gradient on 4x4 maps alone, and the rules without those added for the compiled re-layouts
+# A/B switches of --gemm-rules, as (GEMM_RULES, GEMM_RULES_WITH_COMPILED_LAYOUTS, FP32_AVX2_GEMM_RULES): the
+# package's rules, none (oneDNN throughout but for the one-channel stem), the weight gradient on 4x4 maps alone, and
+# the rules without those added for the compiled re-layouts
 WEIGHT_GRAD_4PX = (("backward-weights", 16, 1),)
-GEMM_RULE_SETS = {"default": (conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS), "none": ((), ()),
-                  "weight-grad-4px": (WEIGHT_GRAD_4PX, ()), "no-compiled-layout-rules": (conv.GEMM_RULES, ())}
+GEMM_RULE_SETS = {"default": (conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES),
+                  "none": ((), (), ()), "weight-grad-4px": (WEIGHT_GRAD_4PX, (), ()),
+                  "no-compiled-layout-rules": (conv.GEMM_RULES, (), conv.FP32_AVX2_GEMM_RULES)}
 
 
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
@@ -107,10 +109,11 @@ def main() -> None:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
     p.add_argument("--gemm-rules", choices=tuple(GEMM_RULE_SETS), default="default",
-                   help="which convolution passes run as GEMMs over patches (simclrv2.models.conv.GEMM_RULES): "
-                        "none is oneDNN throughout, weight-grad-4px the weight gradient on 4x4 maps only (the "
-                        "rule before the others were measured), no-compiled-layout-rules leaves out the rules "
-                        "added where the compiled re-layouts run, to measure what they give")
+                   help="which convolution passes run as GEMMs over patches (simclrv2.models.conv.GEMM_RULES, "
+                        "and FP32_AVX2_GEMM_RULES in fp32 where oneDNN runs AVX2): none leaves every rule out "
+                        "(oneDNN throughout but for a one-channel stem), weight-grad-4px the weight gradient on "
+                        "4x4 maps only (the rule before the others were measured), no-compiled-layout-rules leaves "
+                        "out the rules added where the compiled re-layouts run, to measure what they give")
     p.add_argument("--no-direct-kernels", action="store_true",
                    help="oneDNN's passes where the direct convolution kernels would run (simclrv2.models.conv."
                         "direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers), to measure them")
@@ -133,7 +136,7 @@ def main() -> None:
     # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
     # this process only: an A/B switch of the benchmark, not an option
-    conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS = GEMM_RULE_SETS[args.gemm_rules]
+    conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES = GEMM_RULE_SETS[args.gemm_rules]
     conv.DIRECT_KERNELS = not args.no_direct_kernels
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     if args.rounds < 1:

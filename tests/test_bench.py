@@ -213,6 +213,46 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
     assert not any(k.endswith("-direct_ms") for r in rows if r["shape"][:3] not in ("1->", "16-") for k in r)
 
 
+def _round(shapes_ms: dict[str, dict[str, float]]) -> list[dict]:
+    """One round's rows as rows_for writes them (1 GFLOP a pass, one layer each)."""
+    return [{"width": 1.0, "precision": "fp32", "layout": "channels_last", "shape": shape, "layers": 1, "gflop": 1.0,
+             **{f"{p}_ms": ms for p, ms in passes.items()}, **{f"{p}_gflops": 1e3 / ms for p, ms in passes.items()},
+             "forward_peak_share": 9.9, "forward_time_share": 9.9} for shape, passes in shapes_ms.items()]
+
+
+def test_conv_shapes_rounds_give_each_pass_its_median_and_range_and_shares_from_the_medians():
+    rounds = [_round({"a": {"forward": 10.0, "backward-weights": 30.0}, "b": {"forward": 20.0}}),
+              _round({"a": {"forward": 40.0, "backward-weights": 10.0}, "b": {"forward": 20.0}}),
+              _round({"a": {"forward": 20.0, "backward-weights": 20.0}, "b": {"forward": 60.0}})]
+    a, b = conv_shapes.median_rows(rounds, peak=100.0)
+    assert (a["forward_ms"], a["forward_ms_range"], a["backward-weights_ms"]) == (20.0, [10.0, 40.0], 20.0)
+    assert (b["forward_ms"], b["forward_ms_range"]) == (20.0, [20.0, 60.0])
+    assert a["forward_gflops"] == 50.0 and a["forward_peak_share"] == 0.5  # 1 GFLOP in 20 ms, of 100 GFLOP/s
+    assert (a["forward_time_share"], a["backward-weights_time_share"], b["forward_time_share"]) == (
+        pytest.approx(1 / 3, abs=1e-3), pytest.approx(1 / 3, abs=1e-3), pytest.approx(1 / 3, abs=1e-3))
+    assert "backward-data_ms" not in a  # a pass no round timed stays out
+    with pytest.raises(ValueError, match="different shapes"):
+        conv_shapes.median_rows([rounds[0], list(reversed(rounds[1]))], peak=100.0)
+    assert conv_shapes._without_option(["--rounds", "3", "--width", "1", "--rounds=2", "--out", "f"], "--rounds") \
+        == ["--width", "1", "--out", "f"]
+
+
+def test_conv_shapes_rounds_run_fresh_processes_and_write_each_round_and_the_medians(tmp_path, capsys):
+    out = tmp_path / "shapes.jsonl"
+    assert conv_shapes.main(["--width", "0.25", "--precision", "fp32", "--batch", "1", "--repeats", "1",
+                             "--rounds", "2", "--out", str(out)]) == 0
+    header, *rows = (json.loads(line) for line in out.read_text().splitlines())
+    assert header["rounds"] == 2 and len(header["gemm_peak_gflops_range"]["fp32"]) == 2
+    shapes = len(conv_shapes.encoder_conv_shapes(0.25, batch=2))
+    assert [r["round"] for r in rows] == [0] * shapes + [1] * shapes + ["median"] * shapes
+    medians = [r for r in rows if r["round"] == "median"]
+    for r in medians:
+        low, high = r["forward_ms_range"]
+        assert low <= r["forward_ms"] <= high
+    assert sum(r.get(f"{p}_time_share", 0.0) for r in medians for p in conv_shapes.PASSES) == pytest.approx(1, abs=0.02)
+    assert "| 0.25 | fp32 | channels_last |" in capsys.readouterr().out
+
+
 def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals():
     def stages(finetune, distill):
         return {"finetune": {"first_step_s": finetune[0], "peak_rss_mb": finetune[1]},
@@ -291,6 +331,35 @@ def test_step_profile_shares_out_one_training_step_by_operator(capsys):
     assert {"aten::convolution_backward", "aten::native_batch_norm_backward"} <= names
     assert 0.95 <= sum(op["share"] for op in record["ops"]) <= 1.0 + 1e-6  # 40 rows: (nearly) every operator
     assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps", "dram_copy_gbps")) > 0
+
+
+_rules_ab_spec = importlib.util.spec_from_file_location(
+    "gemm_rules_ab", Path(__file__).parents[1] / "benchmarks" / "gemm_rules_ab.py")
+gemm_rules_ab = importlib.util.module_from_spec(_rules_ab_spec)
+_rules_ab_spec.loader.exec_module(gemm_rules_ab)
+
+
+def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_default(monkeypatch, capsys):
+    from simclrv2.models import conv
+
+    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", True)  # where the bf16 rules apply: the sets differ in what runs
+    for name in ("GEMM_RULES", "GEMM_RULES_WITH_COMPILED_LAYOUTS", "FP32_AVX2_GEMM_RULES"):
+        monkeypatch.setattr(conv, name, getattr(conv, name))  # put back after the test, whatever happens
+    seen = []
+    step = gemm_rules_ab.step_seconds
+    monkeypatch.setattr(gemm_rules_ab, "step_seconds",
+                        lambda *a: seen.append(conv.GEMM_RULES) or step(*a))
+    assert gemm_rules_ab.main(["--width", "0.125", "--batch", "2", "--precision", "bf16", "--pairs", "3",
+                               "--warmup", "1", "--rules", "default", "none"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    default = gemm_rules_ab.GEMM_RULE_SETS["default"][0]
+    assert seen == [default, (), default, (), (), default, default, ()]  # warm-ups, then A B, B A, A B
+    assert conv.GEMM_RULES == default  # the package's rules again after the A/B
+    assert len(record["steps_s"]["default"]) == len(record["steps_s"]["none"]) == 3
+    low, high = record["default_over_none"]["range"]
+    assert low <= record["default_over_none"]["median"] <= high
+    with pytest.raises(SystemExit):
+        gemm_rules_ab.main(["--rules", "none", "none"])
 
 
 _bn_relu_spec = importlib.util.spec_from_file_location(

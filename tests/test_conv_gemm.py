@@ -238,6 +238,64 @@ def test_onednn_uses_amx_where_the_cpu_has_it_and_no_isa_cap_holds_it_back(monke
     assert runtime.onednn_uses_amx(cap) is expected
 
 
+@pytest.mark.parametrize(("has_avx2", "has_avx512", "cap", "expected"),
+                         [(True, False, None, True), (True, False, "ALL", True), (True, True, None, False),
+                          (True, True, "avx2", True), (True, True, "AVX2_VNNI", True),
+                          (True, True, "AVX512_CORE", False), (False, False, None, False)])
+def test_onednn_runs_avx2_where_the_cpu_lacks_avx512_or_a_cap_holds_it_there(monkeypatch, has_avx2, has_avx512, cap,
+                                                                           expected):
+    from simclrv2 import runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: has_avx2)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: has_avx512)
+    assert runtime.onednn_runs_avx2(cap) is expected
+
+
+@pytest.fixture
+def avx2(monkeypatch):
+    """A CPU whose oneDNN runs its AVX2 kernels, where the fp32 rules apply (CI machines may have AVX-512)."""
+    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+
+
+def test_in_fp32_on_avx2_the_weight_gradient_onto_4x4_maps_from_256_outputs_is_a_gemm(avx2, monkeypatch):
+    fp32 = torch.float32
+    assert gemm_passes(1, 16, 512, 512, fp32) == gemm_passes(2, 16, 256, 512, fp32) == {"backward-weights"}
+    assert gemm_passes(1, 16, 256, 256, fp32) == {"backward-weights"}
+    assert gemm_passes(1, 16, 128, 128, fp32) == gemm_passes(2, 16, 64, 128, fp32) == frozenset()  # measured slower
+    assert gemm_passes(1, 49, 256, 256, fp32) == gemm_passes(2, 49, 128, 256, fp32) == frozenset()  # 7x7 maps
+    assert gemm_passes(1, 16, 512, 512, torch.bfloat16) == frozenset()  # no AMX: bf16 keeps oneDNN
+    monkeypatch.setattr(conv, "FP32_AVX2_GEMM_RULES", ())
+    assert gemm_passes(1, 16, 512, 512, fp32) == frozenset()  # read at call time: the benchmarks' A/B switch
+    monkeypatch.setattr(conv, "FP32_AVX2_GEMM_RULES", (("backward-weights", 16, 256),))
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    assert gemm_passes(1, 16, 512, 512, fp32) == frozenset()  # AVX-512's fp32 kernels were not measured slower
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_fp32_avx2_weight_gradient_gemm_equals_nn_conv2d(avx2, request, compiled, stride):
+    request.getfixturevalue("fused" if compiled else "unfused")
+    torch.manual_seed(3)
+    reference = nn.Conv2d(8, 256, 3, stride=stride, padding=1, bias=False)
+    ours = Conv2d(8, 256, 3, stride=stride, padding=1, bias=False)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 8, 4 * stride, 4 * stride).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grad_out = torch.randn(3, 256, 4, 4)
+    y = ours(x)
+    assert y.grad_fn.name() == "_CpuConvBackward" and y.grad_fn.passes == {"backward-weights"}
+    y.backward(grad_out)
+    x64 = x.detach().double()
+    expected = F.conv2d(x64, reference.weight.double(), stride=stride, padding=1)
+    expected_grad_w = torch.nn.grad.conv2d_weight(x64, reference.weight.shape, grad_out.double(), stride=stride,
+                                                  padding=1)
+    expected_grad_x = torch.nn.grad.conv2d_input(x64.shape, reference.weight.double(), grad_out.double(),
+                                                 stride=stride, padding=1)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad.double(), expected_grad_w, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad.double(), expected_grad_x, rtol=1e-5, atol=1e-4)
+
+
 @pytest.fixture
 def narrow_rules(amx, monkeypatch):
     """The default rules without their channel minimums, so that small test modules take every path."""

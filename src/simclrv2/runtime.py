@@ -48,6 +48,20 @@ def onednn_uses_amx(isa_cap: str | None = None) -> bool:
     return isa_cap is None or isa_cap.upper() in _ISA_CAPS_WITH_AMX or "AMX" in isa_cap.upper()
 
 
+# ONEDNN_MAX_CPU_ISA values that hold oneDNN to its AVX2 kernels on a CPU with AVX-512
+_ISA_CAPS_AVX2 = ("AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+
+
+def onednn_runs_avx2(isa_cap: str | None = None) -> bool:
+    """Whether oneDNN's best kernels here are its AVX2 ones: the CPU has AVX2 but not AVX-512, or ``isa_cap`` (the
+    process's ``ONEDNN_MAX_CPU_ISA``) holds oneDNN to AVX2."""
+    if not torch.cpu._is_avx2_supported():
+        return False
+    if not torch.cpu._is_avx512_supported():
+        return True
+    return isa_cap is not None and isa_cap.upper() in _ISA_CAPS_AVX2
+
+
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 convolutions run on native kernels here. On a CPU without AVX-512 BF16/AMX, oneDNN has no
     bf16 path and PyTorch falls back to a reference convolution that is 10-20x slower than fp32."""

@@ -20,7 +20,8 @@ was measured; a pass runs as a GEMM, in bf16/fp16 on a CPU where oneDNN runs AMX
 A one-channel stem (grayscale images) is the exception: oneDNN is slow for one input channel in every dtype on
 every CPU kind measured, so its forward and weight gradient are GEMMs in fp32 too (``SINGLE_CHANNEL_MIN_OUT``). The
 patches and the gradient's transpose are the compiled kernels' (:mod:`simclrv2.models.cpu_kernels`) where they are
-on, PyTorch's copies otherwise.
+on, PyTorch's copies otherwise. The other is fp32 where oneDNN runs its AVX2 kernels: there the weight gradient onto
+the last stage's 4×4 maps from 256 outputs is a GEMM (``FP32_AVX2_GEMM_RULES``).
 
 Two shapes run our own direct kernels instead (``direct_passes``; :mod:`simclrv2.models.cpu_kernels`, eager only):
 a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16 (the forward one sweep
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclrv2.models.cpu_kernels import active_kernels
-from simclrv2.runtime import onednn_uses_amx
+from simclrv2.runtime import onednn_runs_avx2, onednn_uses_amx
 
 # (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
 # Ci for the input gradient): where the GEMM measured faster than oneDNN (module docstring).
@@ -64,8 +65,15 @@ GEMM_RULES: tuple[tuple[str, int, int], ...] = (
 # against oneDNN's 10.4, 64->128 stride 2 3.7 against 8.6; width 0.5's step +2 %). At 64 (width 0.25) the pass alone
 # was faster too (2.5 against 3.6 ms) but the step was 1.6 % slower, so it stays oneDNN's.
 GEMM_RULES_WITH_COMPILED_LAYOUTS: tuple[tuple[str, int, int], ...] = (("backward-weights", 49, 128),)
-# The dtypes they apply in: in fp32 oneDNN measured as fast.
+# The dtypes they apply in: in fp32 oneDNN measured as fast on AMX Xeons.
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+# In fp32 where oneDNN runs its AVX2 kernels (no AVX-512), the weight gradient onto 4x4 maps with 256 or more
+# outputs is a GEMM: oneDNN's AVX2 weight gradient is its slowest pass there. At batch 512 (conv_shapes.py
+# --candidates --precision fp32) on a 2-core AVX2-only AMD EPYC, 512->512 3x3 took 287 ms against oneDNN's 344,
+# 256->512 3x3 stride 2 142 against 272, 1x1 stride 2 17 against 58; on an AMX Xeon with oneDNN held to AVX2 229
+# against 274, 129 against 139 and 26 against 34. Narrower (128->128: 22.4 against 18.9 ms on the EPYC) and larger
+# maps (256->256 on 7x7: 248 against 220) stayed slower, as did the forward and input gradient on these maps.
+FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 16, 256),)
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
 # 512 on an AMX Xeon (benchmarks/conv_shapes.py), oneDNN's two passes took 35.9 ms in bf16, 29.3 ms in bf16 held to
@@ -80,6 +88,8 @@ GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Whether oneDNN runs AMX in this process, read once at import as oneDNN reads its ISA cap once: a constant, so
 # that torch.compile traces Conv2d without a graph break (a call into the CPU check breaks the graph at every conv).
 ONEDNN_USES_AMX = onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
+# Whether oneDNN runs its AVX2 kernels in this process (FP32_AVX2_GEMM_RULES), read once for the same reasons.
+ONEDNN_RUNS_AVX2 = onednn_runs_avx2(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def _kernels_for(t: Tensor):
@@ -241,15 +251,19 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     """Which passes of a CPU convolution run as GEMMs: forward and the weight gradient of a stride-1, one-channel
     input with ``SINGLE_CHANNEL_MIN_OUT`` or more outputs in any dtype on any CPU; otherwise, in bf16/fp16, none unless
     oneDNN runs on AMX, where the rules were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs
-    made width 1's step 8 % slower), plus ``GEMM_RULES_WITH_COMPILED_LAYOUTS`` where the compiled re-layouts run.
-    The rules are read at call time (benchmarks switch them for an A/B)."""
+    made width 1's step 8 % slower), plus ``GEMM_RULES_WITH_COMPILED_LAYOUTS`` where the compiled re-layouts run; in
+    fp32, ``FP32_AVX2_GEMM_RULES`` where oneDNN runs AVX2, none elsewhere. The rules are read at call time
+    (benchmarks switch them for an A/B)."""
     if stride == 1 and in_channels == 1 and out_channels >= SINGLE_CHANNEL_MIN_OUT and dtype in GEMM_DTYPES:
         return frozenset({"forward", "backward-weights"})
-    if not ONEDNN_USES_AMX or dtype not in REDUCED_PRECISION:
+    if dtype == torch.float32 and ONEDNN_RUNS_AVX2:
+        rules = FP32_AVX2_GEMM_RULES
+    elif ONEDNN_USES_AMX and dtype in REDUCED_PRECISION:
+        rules = GEMM_RULES + (GEMM_RULES_WITH_COMPILED_LAYOUTS if compiled_layouts else ())
+    else:
         return frozenset()
     columns = {"forward": out_channels, "backward-data": in_channels, "backward-data-strided": in_channels,
                "backward-weights": out_channels}
-    rules = GEMM_RULES + (GEMM_RULES_WITH_COMPILED_LAYOUTS if compiled_layouts else ())
     passes = {name for name, max_area, min_columns in rules
               if out_area <= max_area and columns[name] >= min_columns}
     if stride != 1:  # a strided input gradient has its own rule and form (input_grad_by_phases)
