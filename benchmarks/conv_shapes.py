@@ -16,7 +16,9 @@ row, then a Markdown table; ``--out`` also writes the lines to a file. Freed mem
 sessions do (``run.keep_freed_memory``): otherwise glibc maps each large output afresh and its page faults are timed.
 
 Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
-and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine.
+and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine. Where
+a whole process runs faster or slower than the next (seen up to 2x for one pass), ``--rounds N`` runs everything in
+N fresh processes and reports each pass's median and range.
 """
 
 from __future__ import annotations
