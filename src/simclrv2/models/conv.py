@@ -72,9 +72,10 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # --candidates --precision fp32) on a 2-core AVX2-only AMD EPYC, 512->512 3x3 took 287 ms against oneDNN's 344,
 # 256->512 3x3 stride 2 142 against 272, 1x1 stride 2 17 against 58; on an AMX Xeon with oneDNN held to AVX2 229
 # against 274, 129 against 139 and 26 against 34. Narrower (128->128: 22.4 against 18.9 ms on the EPYC) and larger
-# maps (256->256 on 7x7: 248 against 220) stayed slower, as did the forward on these maps; 256->512's strided input
-# gradient was faster on the EPYC only (116 against 147 ms) and stays oneDNN's. The medians of three fresh processes
-# with this rule (--rounds 3): 311 against 356, 163 against 184 and 21 against 68 ms.
+# maps (256->256 on 7x7: 248 against 220) stayed slower, and the forward on these maps slower or even. Measured
+# faster on the EPYC alone and left to oneDNN: 256->512's strided input gradient (116 against 147 ms) and 128->256's
+# stride-2 weight gradient onto 7x7 (118 against 144). The medians of three fresh processes with this rule
+# (--rounds 3): 311 against 356, 163 against 184 and 21 against 68 ms.
 FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 16, 256),)
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
