@@ -32,6 +32,7 @@ from pretrain_throughput import GEMM_RULE_SETS  # noqa: E402
 
 
 def use_rules(name: str) -> None:
+    """Switch the package's convolution rules to the set ``name`` (read by the encoder at its next call)."""
     conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES = GEMM_RULE_SETS[name]
 
 
