@@ -22,26 +22,20 @@ from pathlib import Path
 
 import torch
 
-from simclrv2.models import conv, resnet
+from simclrv2.models import resnet
 from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
-from pretrain_throughput import GEMM_RULE_SETS  # noqa: E402
-
-
-def use_rules(name: str) -> None:
-    """Switch the package's convolution rules to the set ``name`` (read by the encoder at its next call)."""
-    conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES = GEMM_RULE_SETS[name]
+from pretrain_throughput import GEMM_RULE_SETS, use_gemm_rules  # noqa: E402
+from step_profile import encoder_step  # noqa: E402
 
 
 def step_seconds(model: torch.nn.Module, images: torch.Tensor, precision: str) -> float:
     """One forward + backward of the encoder (the gradients are dropped after)."""
     start = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        features = model(images)
-    features.float().square().mean().backward()
+    encoder_step(model, images, precision)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return seconds
@@ -51,15 +45,15 @@ def interleaved(model: torch.nn.Module, images: torch.Tensor, precision: str, ru
                 warmup: int) -> dict[str, list[float]]:
     """Seconds per step under each rule set, alternating A B / B A so that neither always runs first."""
     for name in rules:
-        use_rules(name)
+        use_gemm_rules(name)
         for _ in range(warmup):
             step_seconds(model, images, precision)
     seconds: dict[str, list[float]] = {name: [] for name in rules}
     for index in range(pairs):
         for name in rules if index % 2 == 0 else list(reversed(rules)):
-            use_rules(name)
+            use_gemm_rules(name)
             seconds[name].append(step_seconds(model, images, precision))
-    use_rules("default")
+    use_gemm_rules("default")
     return seconds
 
 

@@ -57,6 +57,12 @@ GEMM_RULE_SETS = {"default": (conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAY
                   "no-compiled-layout-rules": (conv.GEMM_RULES, (), conv.FP32_AVX2_GEMM_RULES)}
 
 
+def use_gemm_rules(name: str) -> None:
+    """Switch the package's convolution rules to the set ``name`` for this process (read by Conv2d at each call):
+    an A/B switch of the benchmarks, not an option."""
+    conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES = GEMM_RULE_SETS[name]
+
+
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
             warmup: int, channels_last: bool, compile_model: bool = False, keep_freed_memory: bool = True,
             fused_kernels: bool = True) -> dict:
@@ -135,8 +141,7 @@ def main() -> None:
     args = p.parse_args()
     # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
-    # this process only: an A/B switch of the benchmark, not an option
-    conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES = GEMM_RULE_SETS[args.gemm_rules]
+    use_gemm_rules(args.gemm_rules)
     conv.DIRECT_KERNELS = not args.no_direct_kernels
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     if args.rounds < 1:
