@@ -157,8 +157,7 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
     if "forward" in direct:
         seconds["forward-direct"] = best_seconds(lambda: conv._direct_forward(x, w, p), repeats)
     if "backward-data" in direct:
-        seconds["backward-data-direct"] = best_seconds(lambda: active_kernels().direct_conv3x3(grad, w, True),
-                                                       repeats)
+        seconds["backward-data-direct"] = best_seconds(lambda: conv._direct_input_grad(grad, w), repeats)
     if "backward-weights" in direct:
         seconds["backward-weights-direct"] = best_seconds(lambda: conv._direct_weight_grad(x, grad, w, p), repeats)
     return seconds

@@ -48,19 +48,23 @@ from simclrv2.stages.pretrain import pretrain
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
-# A/B switches of --gemm-rules, as (GEMM_RULES, GEMM_RULES_WITH_COMPILED_LAYOUTS, FP32_AVX2_GEMM_RULES): the
-# package's rules, none (oneDNN throughout but for the one-channel stem), the weight gradient on 4x4 maps alone, and
-# the rules without those added for the compiled re-layouts
+# A/B switches of --gemm-rules, as (GEMM_RULES, GEMM_RULES_WITH_COMPILED_LAYOUTS, FP32_AVX2_GEMM_RULES,
+# FP32_AVX2_WINOGRAD_RULES): the package's rules, none (oneDNN throughout but for the one-channel stem and the
+# 16-channel direct kernel), the weight gradient on 4x4 maps alone, the rules without those added for the compiled
+# re-layouts, and the rules without Winograd's
+RULE_NAMES = ("GEMM_RULES", "GEMM_RULES_WITH_COMPILED_LAYOUTS", "FP32_AVX2_GEMM_RULES", "FP32_AVX2_WINOGRAD_RULES")
 WEIGHT_GRAD_4PX = (("backward-weights", 16, 1),)
-GEMM_RULE_SETS = {"default": (conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES),
-                  "none": ((), (), ()), "weight-grad-4px": (WEIGHT_GRAD_4PX, (), ()),
-                  "no-compiled-layout-rules": (conv.GEMM_RULES, (), conv.FP32_AVX2_GEMM_RULES)}
+_DEFAULT = tuple(getattr(conv, name) for name in RULE_NAMES)
+GEMM_RULE_SETS = {"default": _DEFAULT, "none": ((), (), (), ()), "weight-grad-4px": (WEIGHT_GRAD_4PX, (), (), ()),
+                  "no-compiled-layout-rules": (_DEFAULT[0], (), *_DEFAULT[2:]),
+                  "no-winograd": (*_DEFAULT[:3], ())}
 
 
 def use_gemm_rules(name: str) -> None:
     """Switch the package's convolution rules to the set ``name`` for this process (read by Conv2d at each call):
     an A/B switch of the benchmarks, not an option."""
-    conv.GEMM_RULES, conv.GEMM_RULES_WITH_COMPILED_LAYOUTS, conv.FP32_AVX2_GEMM_RULES = GEMM_RULE_SETS[name]
+    for rule, value in zip(RULE_NAMES, GEMM_RULE_SETS[name], strict=True):
+        setattr(conv, rule, value)
 
 
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
@@ -116,10 +120,12 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
     p.add_argument("--gemm-rules", choices=tuple(GEMM_RULE_SETS), default="default",
                    help="which convolution passes run as GEMMs over patches (simclrv2.models.conv.GEMM_RULES, "
-                        "and FP32_AVX2_GEMM_RULES in fp32 where oneDNN runs AVX2): none leaves every rule out "
-                        "(oneDNN throughout but for a one-channel stem), weight-grad-4px the weight gradient on "
+                        "and FP32_AVX2_GEMM_RULES in fp32 where oneDNN runs AVX2) and which run Winograd's "
+                        "(FP32_AVX2_WINOGRAD_RULES): none leaves every rule out (oneDNN throughout but for a "
+                        "one-channel stem and the 16-channel direct kernel), weight-grad-4px the weight gradient on "
                         "4x4 maps only (the rule before the others were measured), no-compiled-layout-rules leaves "
-                        "out the rules added where the compiled re-layouts run, to measure what they give")
+                        "out the rules added where the compiled re-layouts run, no-winograd Winograd's, to measure "
+                        "what they give")
     p.add_argument("--no-direct-kernels", action="store_true",
                    help="oneDNN's passes where the direct convolution kernels would run (simclrv2.models.conv."
                         "direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers), to measure them")

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclrv2.models import winograd
 from simclrv2.models.cpu_kernels import active_kernels
 from simclrv2.runtime import onednn_runs_avx2, onednn_uses_amx
 
@@ -77,6 +78,19 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # stride-2 weight gradient onto 7x7 (118 against 144). The medians of three fresh processes with this rule
 # (--rounds 3): 311 against 356, 163 against 184 and 21 against 68 ms.
 FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 16, 256),)
+# In fp32 where oneDNN runs its AVX2 kernels, a 3x3 convolution with stride 1 and padding 1 runs Winograd's F(2x2, 3x3)
+# (simclrv2.models.winograd: 2.25x fewer multiplications; oneDNN has no Winograd path on AVX2) for the passes and
+# channel counts here: (pass, fewest, most channels, in and out alike). At batch 512 on a 2-core AVX2-only AMD EPYC
+# (benchmarks/conv_shapes.py --precision fp32), forward / weight gradient against oneDNN's: 32->32 at 14 px 9.2 /
+# 9.4 ms against 11.0 / 14.9, 64->64 at 7 px 8.6 / 9.7 against 10.7 / 14.7, 128->128 at 4 px 8.0 / 9.7 against
+# 12.5 / 18.4, 256->256 at 7 px 111 / 153 against 156 / 209; 512->512 at 4 px 160-170 / 252 against 173-175 / 324
+# (and 311 for FP32_AVX2_GEMM_RULES' GEMM). The input gradient is the forward of the output gradient. At 16
+# channels the transforms cost more than they save (12.0 / 13.8 against 11.4 / 12.4 ms): the direct kernel below.
+FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int], ...] = (
+    ("forward", 32, 256),
+    ("backward-data", 32, 256),
+    ("backward-weights", 32, 512),
+)
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
 # 512 on an AMX Xeon (benchmarks/conv_shapes.py), oneDNN's two passes took 35.9 ms in bf16, 29.3 ms in bf16 held to
@@ -297,6 +311,12 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
     if (dtype == torch.float32 and in_channels == out_channels == 16 and kernel_size == 3 and padding == 1
             and kernels.has_direct_conv()):
         return frozenset({"forward", "backward-data"})
+    if (dtype == torch.float32 and kernel_size == 3 and padding == 1 and ONEDNN_RUNS_AVX2
+            and in_channels % winograd.STRIP == 0 and out_channels % winograd.STRIP == 0):
+        passes = frozenset(name for name, fewest, most in FP32_AVX2_WINOGRAD_RULES
+                           if fewest <= min(in_channels, out_channels) and max(in_channels, out_channels) <= most)
+        if passes and kernels.has_winograd_conv():
+            return passes
     return frozenset()
 
 
@@ -339,8 +359,7 @@ class _CpuConv(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             if "backward-data" in direct:
-                grad_x = _direct_kernels().direct_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
-                                                          weight, True)
+                grad_x = _direct_input_grad(grad_out, weight)
             elif "backward-data" in passes:
                 grad_x = input_grad_as_gemms(grad_out, weight, s, p, ctx.input_size)
             else:
@@ -367,16 +386,28 @@ def _direct_kernels() -> Any:
 
 
 def _direct_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, padding: int) -> Tensor:
-    """The weight gradient of a shape ``direct_passes`` gives to the direct kernels (a stem's), in the weight's
-    dtype."""
-    return _direct_kernels().stem_conv_weight_grad(x, grad_out, weight.shape[-1], padding).to(weight.dtype)
+    """The weight gradient of a shape ``direct_passes`` gives to our kernels: a stem's, or Winograd's; in the
+    weight's dtype."""
+    if x.shape[1] == 1:
+        return _direct_kernels().stem_conv_weight_grad(x, grad_out, weight.shape[-1], padding).to(weight.dtype)
+    return winograd.weight_grad(_direct_kernels(), x, grad_out)
 
 
 def _direct_forward(x: Tensor, weight: Tensor, padding: int) -> Tensor:
-    """The forward of a shape ``direct_passes`` gives to the direct kernels: the stem's or the 16-channel one."""
+    """The forward of a shape ``direct_passes`` gives to our kernels: the stem's, the 16-channel one or
+    Winograd's."""
     if x.shape[1] == 1:
         return _direct_kernels().stem_conv_forward(x, weight, padding)
-    return _direct_kernels().direct_conv3x3(x, weight, False)
+    if x.shape[1] == weight.shape[0] == 16:
+        return _direct_kernels().direct_conv3x3(x, weight, False)
+    return winograd.forward(_direct_kernels(), x, weight)
+
+
+def _direct_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
+    """The input gradient of a shape ``direct_passes`` gives to our kernels: the 16-channel one or Winograd's."""
+    if grad_out.shape[1] == weight.shape[1] == 16:
+        return _direct_kernels().direct_conv3x3(grad_out.contiguous(memory_format=torch.channels_last), weight, True)
+    return winograd.input_grad(_direct_kernels(), grad_out, weight)
 
 
 class Conv2d(nn.Conv2d):

@@ -26,7 +26,7 @@ from simclrv2.logs import get_logger
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 SOURCES = tuple(KERNEL_DIR / name for name in ("module.cpp", "bn_relu.cpp", "layout.cpp", "sum.cpp",
-                                                       "direct_conv.cpp", "stem_conv.cpp"))
+                                                       "direct_conv.cpp", "stem_conv.cpp", "winograd_conv.cpp"))
 HEADERS = (KERNEL_DIR / "kernels.h",)
 # Built where it runs, for the host's vector units; on x86 with AVX-512, its 512-bit registers (gcc prefers 256 by
 # default): the bf16 BatchNorm backward was faster with them on an AVX-512 Xeon.

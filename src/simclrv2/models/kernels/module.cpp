@@ -13,6 +13,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether direct_conv3x3 was compiled (AVX2 with FMA, or AVX-512)");
   m.def("direct_conv3x3", &simclrv2::direct_conv3x3,
         "float32 16->16 3x3 convolution, stride 1, padding 1, channels_last (or its input gradient)");
+  m.def("has_winograd_conv", &simclrv2::has_winograd_conv, "whether winograd_conv3x3 was compiled (AVX2 with FMA)");
+  m.def("winograd_conv3x3", &simclrv2::winograd_conv3x3,
+        "float32 3x3 convolution, stride 1, padding 1, channels_last, by Winograd F(2x2, 3x3) from G g G^T");
+  m.def("winograd_weight_grad", &simclrv2::winograd_weight_grad,
+        "its weight gradient before the kernel transform: (16, C, K), dW = G^T dU G");
   m.def("stem_conv_forward", &simclrv2::stem_conv_forward, "stride-1 convolution of a one-channel input");
   m.def("stem_conv_weight_grad", &simclrv2::stem_conv_weight_grad, "its weight gradient, float32");
   m.def("add", &simclrv2::add, "a + b, two dense tensors of one layout");

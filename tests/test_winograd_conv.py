@@ -1,0 +1,180 @@
+"""Winograd's F(2x2, 3x3) convolution (kernels/winograd_conv.cpp, simclrv2.models.winograd) and the encoder's
+Conv2d routing fp32 3x3 layers to it where oneDNN runs AVX2: every pass is checked against float64 references, and
+the routing against the rules."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from simclrv2.models import conv, winograd
+from simclrv2.models.conv import Conv2d, direct_passes
+from simclrv2.models.resnet import resnet
+
+# (batch, in, out, height, width): even and odd maps (odd ones end in half-empty tiles), a one-pixel map, more
+# tiles than one block of the kernel (several blocks, a last one of a few rows), in != out both ways
+SHAPES = [(3, 32, 32, 14, 14), (2, 32, 32, 7, 7), (4, 64, 64, 4, 4), (2, 16, 32, 5, 9), (2, 48, 16, 2, 3),
+          (1, 32, 16, 1, 1), (5, 32, 32, 16, 17)]
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture
+def winograd_kernels(kernels):
+    if not kernels.has_winograd_conv():
+        pytest.skip("the Winograd convolution is built on CPUs with AVX2 and FMA only")
+    return kernels
+
+
+@pytest.mark.parametrize(("batch", "in_channels", "out_channels", "height", "width"), SHAPES)
+def test_the_three_winograd_passes_equal_float64s(winograd_kernels, batch, in_channels, out_channels, height, width):
+    torch.manual_seed(0)
+    x = torch.randn(batch, in_channels, height, width)
+    weight = torch.randn(out_channels, in_channels, 3, 3) / (3 * in_channels ** 0.5)
+    grad_out = torch.randn(batch, out_channels, height, width)
+    x64, w64, g64 = x.double(), weight.double(), grad_out.double()
+    expected = F.conv2d(x64, w64, padding=1)
+    expected_input_grad = torch.nn.grad.conv2d_input(x.shape, w64, g64, padding=1)
+    expected_weight_grad = torch.nn.grad.conv2d_weight(x64, weight.shape, g64, padding=1)
+    got = winograd.forward(winograd_kernels, _channels_last(x), weight)
+    got_input_grad = winograd.input_grad(winograd_kernels, grad_out, weight)
+    got_weight_grad = winograd.weight_grad(winograd_kernels, _channels_last(x), grad_out)
+    for result in (got, got_input_grad, got_weight_grad):
+        assert result.dtype == torch.float32 and result.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_input_grad.double(), expected_input_grad, rtol=1e-5, atol=1e-5)
+    # a sum over every pixel of the batch: float32's error grows with it
+    torch.testing.assert_close(got_weight_grad.double(), expected_weight_grad, rtol=1e-5, atol=1e-4)
+
+
+def test_the_weight_transforms_are_exact_for_a_single_tap():
+    """G g G^T of a kernel with one tap is the outer product of G's column for that tap, and G^T dU G of a one-hot
+    dU is the outer product of G's row for that position."""
+    weight = torch.zeros(16, 16, 3, 3, dtype=torch.float64)
+    weight[3, 5, 1, 1] = 1.0  # the centre tap of output 3, input 5
+    u = winograd.transformed_weight(weight)  # (16, 1, 16, 16)
+    g_column = torch.tensor([0.0, 0.5, -0.5, 0.0], dtype=torch.float64)
+    expected = torch.outer(g_column, g_column).reshape(16)
+    torch.testing.assert_close(u[:, 0, 5, 3], expected)
+    assert u.abs().sum() == expected.abs().sum()  # nothing anywhere else
+    du = torch.zeros(16, 16, 16, dtype=torch.float64)
+    du[5, 2, 7] = 1.0  # position (1, 1), input 2, output 7
+    grad = winograd.weight_from_transformed(du, out_channels=16, in_channels=16)
+    torch.testing.assert_close(grad[7, 2], torch.full((3, 3), 0.25, dtype=torch.float64))  # G's row 1: 1/2 each
+    assert grad.abs().sum() == 9 * 0.25
+
+
+def test_the_winograd_kernel_refuses_what_it_does_not_compute(winograd_kernels):
+    u = winograd.transformed_weight(torch.randn(16, 16, 3, 3))
+    for bad in (torch.randn(2, 16, 5, 5),  # NCHW
+                _channels_last(torch.randn(2, 24, 5, 5)),  # not a multiple of 16 channels
+                _channels_last(torch.randn(2, 16, 5, 5, dtype=torch.bfloat16))):
+        with pytest.raises(RuntimeError, match="winograd_conv3x3: x must be"):
+            winograd_kernels.winograd_conv3x3(bad, u)
+    with pytest.raises(RuntimeError, match="transformed weight"):
+        winograd_kernels.winograd_conv3x3(_channels_last(torch.randn(2, 32, 5, 5)), u)  # u is for 16 inputs
+    with pytest.raises(RuntimeError, match="map size"):
+        winograd_kernels.winograd_weight_grad(_channels_last(torch.randn(2, 16, 5, 5)),
+                                              _channels_last(torch.randn(2, 16, 4, 4)))
+
+
+def _fake_kernels(winograd_built: bool = True) -> types.SimpleNamespace:
+    return types.SimpleNamespace(has_direct_conv=lambda: True, has_winograd_conv=lambda: winograd_built)
+
+
+def test_the_winograd_rules_cover_fp32_3x3_stride_1_layers_from_32_channels_where_onednn_runs_avx2(monkeypatch):
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    kernels = _fake_kernels()
+    every = {"forward", "backward-data", "backward-weights"}
+    for channels in (32, 64, 128, 256):
+        assert direct_passes(1, 3, 1, channels, channels, torch.float32, kernels) == every
+    assert direct_passes(1, 3, 1, 512, 512, torch.float32, kernels) == {"backward-weights"}
+    assert direct_passes(1, 3, 1, 1024, 1024, torch.float32, kernels) == frozenset()
+    assert direct_passes(1, 3, 1, 16, 16, torch.float32, kernels) == {"forward", "backward-data"}  # the direct one
+    for other in ((1, 3, 1, 64, 64, torch.bfloat16), (2, 3, 1, 64, 64, torch.float32), (1, 1, 0, 64, 64, torch.float32),
+                  (1, 3, 0, 64, 64, torch.float32), (1, 3, 1, 48, 40, torch.float32), (1, 3, 1, 16, 32, torch.float32)):
+        assert direct_passes(*other, kernels) == frozenset(), other
+    assert direct_passes(1, 3, 1, 64, 64, torch.float32, _fake_kernels(winograd_built=False)) == frozenset()
+    assert direct_passes(1, 3, 1, 64, 64, torch.float32, None) == frozenset()  # kernels off
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
+
+
+def test_winograd_takes_the_weight_gradient_from_the_fp32_avx2_gemm_rule(monkeypatch):
+    """A 512->512 layer on 4x4 maps: the GEMM rule names its weight gradient too; the module plans it as ours."""
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv, "_patch_kernels_for", lambda x: _fake_kernels())
+    layer = Conv2d(512, 512, 3, padding=1, bias=False)
+    x = _channels_last(torch.randn(2, 512, 4, 4))
+    passes, direct = layer._plan(x, torch.float32)
+    assert direct == {"backward-weights"} and "backward-weights" not in passes
+
+
+def test_the_module_runs_winograd_where_the_rules_say_and_equals_float64s(winograd_kernels, fused, monkeypatch):
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    torch.manual_seed(0)
+    reference = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+    ours = Conv2d(32, 32, 3, padding=1, bias=False)
+    ours.load_state_dict(reference.state_dict())
+    ours = ours.to(memory_format=torch.channels_last)
+    x = _channels_last(torch.randn(3, 32, 9, 11)).requires_grad_()
+    grad_out = torch.randn(3, 32, 9, 11)
+    y = ours(x)
+    assert y.grad_fn.name() == "_CpuConvBackward"
+    assert y.grad_fn.direct == {"forward", "backward-data", "backward-weights"} and y.grad_fn.passes == frozenset()
+    assert [t is None for t in y.grad_fn.saved_tensors] == [True, False, False]  # x, for the weight gradient
+    y.backward(grad_out)
+    x64 = x.detach().double().requires_grad_()
+    w64 = reference.weight.detach().double().requires_grad_()
+    expected = F.conv2d(x64, w64, padding=1)
+    expected.backward(grad_out.double())
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-4)
+    assert ours.weight.grad.shape == ours.weight.shape
+
+
+def test_an_fp32_resnet_step_with_winograd_is_as_accurate_as_with_onednn(winograd_kernels, fused, monkeypatch):
+    """A width-0.5 encoder (32 to 256 channels, maps of 16 down to 2 px) against the same step in float64: with
+    Winograd on its stride-1 3x3 layers, the outputs and every gradient are as close to float64 as with oneDNN
+    alone. Relative norms, not elementwise: BatchNorm over 2x2 maps amplifies float32 rounding in small entries."""
+
+    def step(dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = resnet(18, width_multiplier=0.5, cifar_stem=True, in_channels=3).to(memory_format=torch.channels_last)
+        for module in model.modules():  # residual BN scales start at zero, which would stop their branch's grads
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.uniform_(module.weight, 0.5, 1.5)
+        model = model.to(dtype)
+        out = model(torch.randn(4, 3, 16, 16).to(dtype))
+        direction = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        (out * direction).sum().backward()
+        return out.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+    def error(got: torch.Tensor, exact: torch.Tensor) -> float:
+        return ((got.double() - exact).norm() / exact.norm()).item()
+
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    calls = []
+    weight_grad = winograd.weight_grad
+    monkeypatch.setattr(winograd, "weight_grad", lambda k, x, g: calls.append(x.shape[1]) or weight_grad(k, x, g))
+    ours_out, ours_grads = step(torch.float32)
+    assert calls == [256] * 3 + [128] * 3 + [64] * 3 + [32] * 4  # every stride-1 3x3 layer, backward from the top
+    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    onednn_out, onednn_grads = step(torch.float32)
+    assert len(calls) == 13
+    exact_out, exact_grads = step(torch.float64)
+    assert error(ours_out, exact_out) < 1e-5 and error(onednn_out, exact_out) < 1e-5
+    assert ours_grads.keys() == onednn_grads.keys() == exact_grads.keys()
+    for name, exact in exact_grads.items():
+        ours, onednn = error(ours_grads[name], exact), error(onednn_grads[name], exact)
+        assert ours < max(2 * onednn, 1e-6) and ours < 1e-4, (name, ours, onednn)
