@@ -23,11 +23,13 @@ patches and the gradient's transpose are the compiled kernels' (:mod:`simclrv2.m
 on, PyTorch's copies otherwise. The other is fp32 where oneDNN runs its AVX2 kernels: there the weight gradient onto
 the last stage's 4×4 maps from 256 outputs is a GEMM (``FP32_AVX2_GEMM_RULES``).
 
-Two shapes run our own direct kernels instead (``direct_passes``; :mod:`simclrv2.models.cpu_kernels`, eager only):
+Some shapes run our own kernels instead (``direct_passes``; :mod:`simclrv2.models.cpu_kernels`, eager only):
 a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16 (the forward one sweep
-over the output at memory speed); and on AVX2 or AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first
+over the output at memory speed); on AVX2 or AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first
 stage), forward and input gradient, where oneDNN reached 60-70 % of the fp32 peak and the direct kernel ~86 %
-(AVX-512).
+(AVX-512); and in fp32 where oneDNN runs its AVX2 kernels, 3×3 stride-1 convolutions from 32 channels by
+Winograd's F(2×2, 3×3) (:mod:`simclrv2.models.winograd`, ``FP32_AVX2_WINOGRAD_RULES``), which needs 2.25x fewer
+multiplications than oneDNN's direct kernels, already near the machine's peak there.
 
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
 and state dict are those of :class:`torch.nn.Conv2d`, and anything else (other fp32 convolutions, GPUs, groups,
@@ -293,7 +295,7 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
 
 def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int, out_channels: int,
                   dtype: torch.dtype, kernels: Any) -> frozenset[str]:
-    """Which passes of a CPU convolution run the compiled direct kernels (``kernels``, None where they are off):
+    """Which passes of a CPU convolution run our compiled kernels (``kernels``, None where they are off):
     measured at batch 512 on a 2-core AMX Xeon (benchmarks/conv_shapes.py), against oneDNN's passes:
 
     - a one-channel stride-1 input with fewer than ``SINGLE_CHANNEL_MIN_OUT`` outputs, forward and weight gradient,
@@ -303,7 +305,9 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
       AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2 against
       8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was at best
       even with it on AVX-512, and on AVX2 three own loops took 12.6, 14.1 and 15.5 ms against oneDNN's 15.0, 12.7
-      and 12.6 in the same runs: no clear win)."""
+      and 12.6 in the same runs: no clear win);
+    - in fp32 where oneDNN runs its AVX2 kernels, a 3×3 convolution with stride 1 and padding 1 whose channel counts
+      (multiples of 16) a rule of ``FP32_AVX2_WINOGRAD_RULES`` covers: Winograd's F(2×2, 3×3)."""
     if kernels is None or stride != 1 or not DIRECT_KERNELS:
         return frozenset()
     if in_channels == 1 and out_channels < SINGLE_CHANNEL_MIN_OUT and dtype in (torch.float32, torch.bfloat16):
@@ -412,7 +416,8 @@ def _direct_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
 
 class Conv2d(nn.Conv2d):
     """:class:`torch.nn.Conv2d` (same parameters and checkpoints) whose passes run on CPU as GEMMs over patches
-    where ``GEMM_RULES`` says they are faster than oneDNN's, or as the direct kernels where ``direct_passes`` does."""
+    where ``GEMM_RULES`` says they are faster than oneDNN's, or as our kernels (direct or Winograd) where
+    ``direct_passes`` does."""
 
     def _plan(self, x: Tensor, dtype: torch.dtype) -> tuple[frozenset[str], frozenset[str]]:
         """The passes of this call that run as GEMMs and those that run the direct kernels (only passes that will
