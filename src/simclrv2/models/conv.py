@@ -82,12 +82,16 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 16, 256),)
 # In fp32 where oneDNN runs its AVX2 kernels, a 3x3 convolution with stride 1 and padding 1 runs Winograd's F(2x2, 3x3)
 # (simclrv2.models.winograd: 2.25x fewer multiplications; oneDNN has no Winograd path on AVX2) for the passes and
-# channel counts here: (pass, fewest, most channels, in and out alike). At batch 512 on a 2-core AVX2-only AMD EPYC
-# (benchmarks/conv_shapes.py --precision fp32), forward / weight gradient against oneDNN's: 32->32 at 14 px 9.2 /
-# 9.4 ms against 11.0 / 14.9, 64->64 at 7 px 8.6 / 9.7 against 10.7 / 14.7, 128->128 at 4 px 8.0 / 9.7 against
-# 12.5 / 18.4, 256->256 at 7 px 111 / 153 against 156 / 209; 512->512 at 4 px 160-170 / 252 against 173-175 / 324
-# (and 311 for FP32_AVX2_GEMM_RULES' GEMM). The input gradient is the forward of the output gradient. At 16
-# channels the transforms cost more than they save (12.0 / 13.8 against 11.4 / 12.4 ms): the direct kernel below.
+# channel counts here: (pass, fewest, most channels, in and out alike). At batch 512 on a 2-core AVX2-only AMD EPYC,
+# medians of three fresh processes (benchmarks/conv_shapes.py --width 0.25 1 --precision fp32 --rounds 3), forward /
+# input gradient / weight gradient in ms, Winograd against oneDNN: 32->32 at 14 px 12.2 / 12.3 / 13.7 against 13.1 /
+# 13.5 / 20.8; 64->64 at 7 px 13.5 / 12.7 / 12.6 against 16.8 / 17.2 / 23.6; 128->128 at 4 px 8.2 / 9.3 / 12.6
+# against 13.0 / 13.8 / 19.1; 64->64 at 28 px 125 / 126 / 112 against 197 / 202 / 324; 128->128 at 14 px 111 / 109
+# / 136 against 200 / 193 / 273; 256->256 at 7 px 140 / 119 / 210 against 179 / 180 / 276; 512->512 at 4 px, weight
+# gradient only, 238 against 448 (and 287-311 for FP32_AVX2_GEMM_RULES' GEMM, earlier). 512's forward was even with
+# oneDNN's in one process (160-170 against 173-175 ms), so it stays oneDNN's. At 16 channels the transforms cost
+# more than they save (12.0 / 13.8 ms forward / weight gradient against 11.4 / 12.4, one process): the direct
+# kernel below.
 FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int], ...] = (
     ("forward", 32, 256),
     ("backward-data", 32, 256),

@@ -4,8 +4,9 @@ Four families live in one extension (``kernels/``): the fused training BatchNorm
 (:mod:`simclrv2.models.bn_relu`), the memory re-layouts of the convolutions that run as GEMMs (the im2col
 patches and the gradient's transpose, :mod:`simclrv2.models.conv`), and the sum of a residual block input's two
 gradients (:mod:`simclrv2.models.branch`), which only move memory or do almost no arithmetic, where PyTorch's
-generic copies and separate ops make several slow passes; and direct convolutions for the shapes oneDNN runs far
-below the machine (a one-channel stem, and on AVX-512 an fp32 16-channel 3×3 layer; :mod:`simclrv2.models.conv`).
+generic copies and separate ops make several slow passes; and convolutions of our own: direct ones for the shapes
+oneDNN runs far below the machine (a one-channel stem, an fp32 16-channel 3×3 layer), and Winograd's F(2×2, 3×3)
+for fp32 3×3 layers where oneDNN runs AVX2 (:mod:`simclrv2.models.conv`, :mod:`simclrv2.models.winograd`).
 The extension is compiled
 with the system's C++ compiler (~30-60 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
 ``run.fused_kernels`` on; without a compiler everything runs PyTorch's ops as before, with a one-line warning.
@@ -73,8 +74,8 @@ def build_kernels() -> ModuleType | None:
         return None
     from torch.utils.cpp_extension import load
 
-    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums, direct convolutions): "
-             "loading (the first time on a machine compiles them, ~30-60 s)")
+    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums, direct and Winograd "
+             "convolutions): loading (the first time on a machine compiles them, ~30-60 s)")
     try:
         module = load(_build_name(), [str(path) for path in SOURCES], extra_cflags=_flags(),
                       extra_ldflags=["-fopenmp"])
