@@ -9,11 +9,12 @@ given dtype and memory layout, and reports GFLOP/s and the share of this machine
 (measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). Where the encoder's Conv2d runs a
 pass as a GEMM over the input's patches (``simclrv2.models.conv.GEMM_RULES``: small output maps, wide GEMMs, bf16 only),
 that GEMM is timed too (forward-gemm, backward-data-gemm, backward-weights-gemm, the last from the patches forward
-kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass; likewise the compiled direct
-kernels where ``simclrv2.models.conv.direct_passes`` gives them a pass (forward-direct, ...). The last column per
-pass is the share of the step's convolution time, weighted by how many layers have the shape. One JSON line per
-row, then a Markdown table; ``--out`` also writes the lines to a file. Freed memory is kept for reuse, as training
-sessions do (``run.keep_freed_memory``): otherwise glibc maps each large output afresh and its page faults are timed.
+kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass; likewise our compiled kernels
+(direct, or Winograd's where oneDNN runs AVX2) where ``simclrv2.models.conv.direct_passes`` gives them a pass
+(forward-direct, ...). The last column per pass is the share of the step's convolution time, weighted by how
+many layers have the shape. One JSON line per row, then a Markdown table; ``--out`` also writes the lines to a
+file. Freed memory is kept for reuse, as training sessions do (``run.keep_freed_memory``): otherwise glibc maps
+each large output afresh and its page faults are timed.
 
 Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
 and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine. Where
@@ -83,7 +84,7 @@ class ConvShape:
                                 compiled_layouts)
 
     def direct_passes(self, dtype: torch.dtype, layout: torch.memory_format) -> frozenset[str]:
-        """The passes the encoder's Conv2d gives to the compiled direct kernels (channels_last inputs only)."""
+        """The passes the encoder's Conv2d gives to our compiled kernels (channels_last inputs only)."""
         if self.groups != 1 or (layout != torch.channels_last and self.in_channels != 1):
             return frozenset()
         return conv.direct_passes(self.stride, self.kernel, self.padding, self.in_channels, self.out_channels, dtype,

@@ -127,8 +127,9 @@ def main() -> None:
                         "out the rules added where the compiled re-layouts run, no-winograd Winograd's, to measure "
                         "what they give")
     p.add_argument("--no-direct-kernels", action="store_true",
-                   help="oneDNN's passes where the direct convolution kernels would run (simclrv2.models.conv."
-                        "direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers), to measure them")
+                   help="oneDNN's passes where our convolution kernels would run (simclrv2.models.conv."
+                        "direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers, Winograd's fp32 3x3 "
+                        "layers where oneDNN runs AVX2), to measure them")
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="run.keep_freed_memory = false: glibc's default allocation, to measure what it gives (it "
                         "lasts for the process, so compare separate invocations)")
