@@ -90,8 +90,8 @@ FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 1
 # / 136 against 200 / 193 / 273; 256->256 at 7 px 140 / 119 / 210 against 179 / 180 / 276; 512->512 at 4 px, weight
 # gradient only, 238 against 448 (and 287-311 for FP32_AVX2_GEMM_RULES' GEMM, earlier). 512's forward was even with
 # oneDNN's in one process (160-170 against 173-175 ms), so it stays oneDNN's. At 16 channels the transforms cost
-# more than they save (12.0 / 13.8 ms forward / weight gradient against 11.4 / 12.4, one process): the direct
-# kernel below.
+# more than they save (12.0 / 13.8 ms forward / weight gradient against oneDNN's 11.4 / 12.4, one process): the
+# direct kernel below takes that forward.
 FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int], ...] = (
     ("forward", 32, 256),
     ("backward-data", 32, 256),
