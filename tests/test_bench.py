@@ -199,15 +199,22 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
     shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
     assert sum(shares) == pytest.approx(1.0, abs=0.01) and min(shares) >= 0
     by_shape = {r["shape"]: r for r in rows}
+
+    # timed, and the form the step pays; not its rounded share, which a loaded machine can round to 0 at batch 2
+    def paid(row: dict, form: str) -> bool:
+        return f"{form}_ms" in row and row.get(f"{form}_paid", True)
+
     stem = by_shape["1->16 3x3/1 @28px"]
-    assert stem["forward_time_share"] == 0 < stem["forward-direct_time_share"]
-    assert stem["backward-weights_time_share"] == 0 < stem["backward-weights-direct_time_share"]
+    assert not paid(stem, "forward") and paid(stem, "forward-direct") and stem["forward_time_share"] == 0
+    assert not paid(stem, "backward-weights") and paid(stem, "backward-weights-direct")
+    assert stem["backward-weights_time_share"] == 0
     assert stem["backward-data_time_share"] == 0  # the images need no gradient
     first_stage = by_shape["16->16 3x3/1 @28px"]
     if fused.has_direct_conv():  # AVX2 or AVX-512
-        assert first_stage["forward_time_share"] == 0 < first_stage["forward-direct_time_share"]
-        assert first_stage["backward-data_time_share"] == 0 < first_stage["backward-data-direct_time_share"]
-        assert first_stage["backward-weights_time_share"] > 0  # oneDNN's
+        assert not paid(first_stage, "forward") and paid(first_stage, "forward-direct")
+        assert not paid(first_stage, "backward-data") and paid(first_stage, "backward-data-direct")
+        assert first_stage["forward_time_share"] == first_stage["backward-data_time_share"] == 0
+        assert paid(first_stage, "backward-weights")  # oneDNN's
     else:
         assert not any(k.endswith("-direct_ms") for k in first_stage)
     # beyond them, only Winograd's stride-1 3x3 layers, where oneDNN runs AVX2
