@@ -12,9 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from simclrv2.config import load_config
 from simclrv2.data import DATASETS, guard
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` laid out channels_last, the layout the compiled convolution kernels take."""
+    return t.contiguous(memory_format=torch.channels_last)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import channels_last
 from simclrv2.models import conv
 from simclrv2.models.conv import Conv2d, direct_passes
 from simclrv2.models.resnet import resnet
@@ -21,10 +22,6 @@ from simclrv2.models.resnet import resnet
 # (height, width) against the row blocks (14 pixels on AVX-512, 6 on AVX2): whole blocks, a remainder, one pixel,
 # fewer pixels than a block, both borders in one block
 SIZES = [(28, 28), (14, 14), (5, 17), (1, 1), (3, 30), (2, 15), (4, 3)]
-
-
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 @pytest.fixture
@@ -42,8 +39,8 @@ def test_the_16_channel_direct_conv_and_its_input_gradient_equal_float64s(direct
     grad_out = torch.randn(3, 16, height, width)
     expected = F.conv2d(x.double(), weight.double(), padding=1)
     expected_grad = torch.nn.grad.conv2d_input(x.shape, weight.double(), grad_out.double(), padding=1)
-    got = direct_kernels.direct_conv3x3(_channels_last(x), weight, False)
-    got_grad = direct_kernels.direct_conv3x3(_channels_last(grad_out), weight, True)
+    got = direct_kernels.direct_conv3x3(channels_last(x), weight, False)
+    got_grad = direct_kernels.direct_conv3x3(channels_last(grad_out), weight, True)
     for result, reference in ((got, expected), (got_grad, expected_grad)):
         assert result.dtype == torch.float32 and result.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(result.double(), reference, rtol=1e-5, atol=1e-5)
@@ -52,12 +49,12 @@ def test_the_16_channel_direct_conv_and_its_input_gradient_equal_float64s(direct
 def test_the_16_channel_direct_conv_refuses_what_it_does_not_compute(direct_kernels):
     weight = torch.randn(16, 16, 3, 3)
     for bad in (torch.randn(2, 16, 5, 5),  # NCHW
-                _channels_last(torch.randn(2, 8, 5, 5)),  # 8 channels
-                _channels_last(torch.randn(2, 16, 5, 5, dtype=torch.bfloat16))):
+                channels_last(torch.randn(2, 8, 5, 5)),  # 8 channels
+                channels_last(torch.randn(2, 16, 5, 5, dtype=torch.bfloat16))):
         with pytest.raises(RuntimeError, match="direct_conv3x3"):
             direct_kernels.direct_conv3x3(bad, weight, False)
     with pytest.raises(RuntimeError, match="weight"):
-        direct_kernels.direct_conv3x3(_channels_last(torch.randn(2, 16, 5, 5)), torch.randn(16, 16, 5, 5), False)
+        direct_kernels.direct_conv3x3(channels_last(torch.randn(2, 16, 5, 5)), torch.randn(16, 16, 5, 5), False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -141,7 +138,7 @@ def _pair(in_channels: int, out_channels: int) -> tuple[nn.Conv2d, Conv2d]:
 def test_the_module_runs_an_fp32_16_channel_conv_directly_and_equals_nn_conv2d(direct_kernels, fused):
     reference, ours = _pair(16, 16)
     ours = ours.to(memory_format=torch.channels_last)
-    x = _channels_last(torch.randn(3, 16, 9, 20)).requires_grad_()
+    x = channels_last(torch.randn(3, 16, 9, 20)).requires_grad_()
     grad_out = torch.randn(3, 16, 9, 20)
     y = ours(x)
     assert y.grad_fn.name() == "_CpuConvBackward" and y.grad_fn.direct == {"forward", "backward-data"}
@@ -160,7 +157,7 @@ def test_the_module_runs_an_fp32_16_channel_conv_directly_and_equals_nn_conv2d(d
 def test_without_the_compiled_kernels_or_in_nchw_the_16_channel_conv_is_onednns(kernels, request):
     _, ours = _pair(16, 16)
     request.getfixturevalue("unfused")
-    assert ours(_channels_last(torch.randn(2, 16, 5, 5))).grad_fn.name() == "ConvolutionBackward0"
+    assert ours(channels_last(torch.randn(2, 16, 5, 5))).grad_fn.name() == "ConvolutionBackward0"
     request.getfixturevalue("fused")
     assert ours(torch.randn(2, 16, 5, 5)).grad_fn.name() == "ConvolutionBackward0"  # NCHW
 

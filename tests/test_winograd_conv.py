@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import channels_last
 from simclrv2.models import conv, winograd
 from simclrv2.models.conv import Conv2d, direct_passes
 from simclrv2.models.resnet import resnet
@@ -19,10 +20,6 @@ from simclrv2.models.resnet import resnet
 # tiles than one block of the kernel (several blocks, a last one of a few rows), in != out both ways
 SHAPES = [(3, 32, 32, 14, 14), (2, 32, 32, 7, 7), (4, 64, 64, 4, 4), (2, 16, 32, 5, 9), (2, 48, 16, 2, 3),
           (1, 32, 16, 1, 1), (5, 32, 32, 16, 17)]
-
-
-def _channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last)
 
 
 @pytest.fixture
@@ -42,9 +39,9 @@ def test_the_three_winograd_passes_equal_float64s(winograd_kernels, batch, in_ch
     expected = F.conv2d(x64, w64, padding=1)
     expected_input_grad = torch.nn.grad.conv2d_input(x.shape, w64, g64, padding=1)
     expected_weight_grad = torch.nn.grad.conv2d_weight(x64, weight.shape, g64, padding=1)
-    got = winograd.forward(winograd_kernels, _channels_last(x), weight)
+    got = winograd.forward(winograd_kernels, channels_last(x), weight)
     got_input_grad = winograd.input_grad(winograd_kernels, grad_out, weight)
-    got_weight_grad = winograd.weight_grad(winograd_kernels, _channels_last(x), grad_out)
+    got_weight_grad = winograd.weight_grad(winograd_kernels, channels_last(x), grad_out)
     for result in (got, got_input_grad, got_weight_grad):
         assert result.dtype == torch.float32 and result.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
@@ -73,15 +70,15 @@ def test_the_weight_transforms_are_exact_for_a_single_tap():
 def test_the_winograd_kernel_refuses_what_it_does_not_compute(winograd_kernels):
     u = winograd.transformed_weight(torch.randn(16, 16, 3, 3))
     for bad in (torch.randn(2, 16, 5, 5),  # NCHW
-                _channels_last(torch.randn(2, 24, 5, 5)),  # not a multiple of 16 channels
-                _channels_last(torch.randn(2, 16, 5, 5, dtype=torch.bfloat16))):
+                channels_last(torch.randn(2, 24, 5, 5)),  # not a multiple of 16 channels
+                channels_last(torch.randn(2, 16, 5, 5, dtype=torch.bfloat16))):
         with pytest.raises(RuntimeError, match="winograd_conv3x3: x must be"):
             winograd_kernels.winograd_conv3x3(bad, u)
     with pytest.raises(RuntimeError, match="transformed weight"):
-        winograd_kernels.winograd_conv3x3(_channels_last(torch.randn(2, 32, 5, 5)), u)  # u is for 16 inputs
+        winograd_kernels.winograd_conv3x3(channels_last(torch.randn(2, 32, 5, 5)), u)  # u is for 16 inputs
     with pytest.raises(RuntimeError, match="map size"):
-        winograd_kernels.winograd_weight_grad(_channels_last(torch.randn(2, 16, 5, 5)),
-                                              _channels_last(torch.randn(2, 16, 4, 4)))
+        winograd_kernels.winograd_weight_grad(channels_last(torch.randn(2, 16, 5, 5)),
+                                              channels_last(torch.randn(2, 16, 4, 4)))
 
 
 def _fake_kernels(winograd_built: bool = True) -> types.SimpleNamespace:
@@ -114,7 +111,7 @@ def test_winograd_takes_the_weight_gradient_from_the_fp32_avx2_gemm_rule(monkeyp
     monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
     monkeypatch.setattr(conv, "_patch_kernels_for", lambda x: _fake_kernels())
     layer = Conv2d(512, 512, 3, padding=1, bias=False)
-    x = _channels_last(torch.randn(2, 512, 4, 4))
+    x = channels_last(torch.randn(2, 512, 4, 4))
     passes, direct = layer._plan(x, torch.float32)
     assert direct == {"backward-weights"} and "backward-weights" not in passes
 
@@ -126,7 +123,7 @@ def test_the_module_runs_winograd_where_the_rules_say_and_equals_float64s(winogr
     ours = Conv2d(32, 32, 3, padding=1, bias=False)
     ours.load_state_dict(reference.state_dict())
     ours = ours.to(memory_format=torch.channels_last)
-    x = _channels_last(torch.randn(3, 32, 9, 11)).requires_grad_()
+    x = channels_last(torch.randn(3, 32, 9, 11)).requires_grad_()
     grad_out = torch.randn(3, 32, 9, 11)
     y = ours(x)
     assert y.grad_fn.name() == "_CpuConvBackward"
