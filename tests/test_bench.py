@@ -209,8 +209,15 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
     assert not paid(stem, "backward-weights") and paid(stem, "backward-weights-direct")
     assert stem["backward-weights_time_share"] == 0
     assert stem["backward-data_time_share"] == 0  # the images need no gradient
+    from simclrv2.models import conv
+
+    winograd = conv.ONEDNN_RUNS_AVX2 and fused.has_winograd_conv()
     first_stage = by_shape["16->16 3x3/1 @28px"]
-    if fused.has_direct_conv():  # AVX2 or AVX-512
+    if winograd:  # F(4x4, 3x3) takes all three passes
+        for name in ("forward", "backward-data", "backward-weights"):
+            assert not paid(first_stage, name) and paid(first_stage, f"{name}-direct")
+            assert first_stage[f"{name}_time_share"] == 0
+    elif fused.has_direct_conv():  # AVX2 or AVX-512
         assert not paid(first_stage, "forward") and paid(first_stage, "forward-direct")
         assert not paid(first_stage, "backward-data") and paid(first_stage, "backward-data-direct")
         assert first_stage["forward_time_share"] == first_stage["backward-data_time_share"] == 0
@@ -218,9 +225,6 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
     else:
         assert not any(k.endswith("-direct_ms") for k in first_stage)
     # beyond them, only Winograd's stride-1 3x3 layers, where oneDNN runs AVX2
-    from simclrv2.models import conv
-
-    winograd = conv.ONEDNN_RUNS_AVX2 and fused.has_winograd_conv()
     for row in rows:
         if row["shape"][:3] not in ("1->", "16-"):
             ours = any(k.endswith("-direct_ms") for k in row)

@@ -27,9 +27,10 @@ Some shapes run our own kernels instead (``direct_passes``; :mod:`simclrv2.model
 a one-channel stem with fewer outputs than that, forward and weight gradient in fp32 and bf16 (the forward one sweep
 over the output at memory speed); on AVX2 or AVX-512, an fp32 16->16 3×3 convolution (width 0.25's first
 stage), forward and input gradient, where oneDNN reached 60-70 % of the fp32 peak and the direct kernel ~86 %
-(AVX-512); and in fp32 where oneDNN runs its AVX2 kernels, 3×3 stride-1 convolutions from 32 channels by
-Winograd's F(2×2, 3×3) (:mod:`simclrv2.models.winograd`, ``FP32_AVX2_WINOGRAD_RULES``), which needs 2.25x fewer
-multiplications than oneDNN's direct kernels, already near the machine's peak there.
+(AVX-512); and in fp32 where oneDNN runs its AVX2 kernels, 3×3 stride-1 convolutions from 16 channels by
+Winograd's F(4×4, 3×3) or F(2×2, 3×3) (:mod:`simclrv2.models.winograd`, ``FP32_AVX2_WINOGRAD_RULES``), which need 4x
+or 2.25x fewer multiplications than oneDNN's direct kernels, already near the machine's peak there (these take the
+16-channel layer's passes from the direct kernel too).
 
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
 and state dict are those of :class:`torch.nn.Conv2d`, and anything else (other fp32 convolutions, GPUs, groups,
@@ -80,22 +81,24 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # stride-2 weight gradient onto 7x7 (118 against 144). The medians of three fresh processes with this rule
 # (--rounds 3): 311 against 356, 163 against 184 and 21 against 68 ms.
 FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 16, 256),)
-# In fp32 where oneDNN runs its AVX2 kernels, a 3x3 convolution with stride 1 and padding 1 runs Winograd's F(2x2, 3x3)
-# (simclrv2.models.winograd: 2.25x fewer multiplications; oneDNN has no Winograd path on AVX2) for the passes and
-# channel counts here: (pass, fewest, most channels, in and out alike). At batch 512 on a 2-core AVX2-only AMD EPYC,
-# medians of three fresh processes (benchmarks/conv_shapes.py --width 0.25 1 --precision fp32 --rounds 3), forward /
-# input gradient / weight gradient in ms, Winograd against oneDNN: 32->32 at 14 px 12.2 / 12.3 / 13.7 against 13.1 /
-# 13.5 / 20.8; 64->64 at 7 px 13.5 / 12.7 / 12.6 against 16.8 / 17.2 / 23.6; 128->128 at 4 px 8.2 / 9.3 / 12.6
-# against 13.0 / 13.8 / 19.1; 64->64 at 28 px 125 / 126 / 112 against 197 / 202 / 324; 128->128 at 14 px 111 / 109
-# / 136 against 200 / 193 / 273; 256->256 at 7 px 140 / 119 / 210 against 179 / 180 / 276; 512->512 at 4 px, weight
-# gradient only, 238 against 448 (and 287-311 for FP32_AVX2_GEMM_RULES' GEMM, earlier). 512's forward was even with
-# oneDNN's in one process (160-170 against 173-175 ms), so it stays oneDNN's. At 16 channels the transforms cost
-# more than they save (12.0 / 13.8 ms forward / weight gradient against oneDNN's 11.4 / 12.4, one process): the
-# direct kernel below takes that forward.
-FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int], ...] = (
-    ("forward", 32, 256),
-    ("backward-data", 32, 256),
-    ("backward-weights", 32, 512),
+# In fp32 where oneDNN runs its AVX2 kernels, a 3x3 convolution with stride 1 and padding 1 runs Winograd's F(m x m,
+# 3x3) (simclrv2.models.winograd; oneDNN has no Winograd path on AVX2) for the passes and channel counts here:
+# (pass, fewest, most channels, in and out alike, tile width m); the first rule that covers a pass decides.
+# F(4x4, 3x3) needs 4x fewer multiplications than a direct convolution, F(2x2, 3x3) 2.25x. At batch 512 on a 2-core
+# AVX2-only AMD EPYC, best of five in one process, forward / input gradient / weight gradient in ms, F(4x4) against
+# F(2x2) against oneDNN (the 16-channel forward and input gradient: against the direct kernel):
+# 16->16 at 28 px 9.6 / 9.6 / 11.0 against 12.4 / 12.5 / 13.3 against 10.8 / 10.8 / 12.7; 32->32 at 14 px 7.4 / 7.6 /
+# 9.0 against 8.2 / 8.7 / 9.1 against 10.9 / - / 15.2; 64->64 at 7 px 5.5 / 5.8 / 7.0 against 7.9 / 8.3 / 8.9;
+# 128->128 at 4 px 6.5 / 6.7 / 7.3 against 8.5 / 8.5 / 10.1; 64->64 at 28 px 67 / 67 / 81 against 95 / 95 / 104
+# against 167 / - / 253; 128->128 at 14 px 71 / 73 / 88 against 88 / 88 / 104; 256->256 at 7 px 72 / 73 / 89 against
+# 111 / 111 / 141; 512->512 at 4 px 138 / 135 / 231 against 140 / 137 / 207 against 174 / - / 319. 512's forward
+# was even with oneDNN's in an earlier session (160-170 against 173-175 ms), so it stays oneDNN's; its weight gradient
+# is F(2x2)'s (a GEMM before, FP32_AVX2_GEMM_RULES: 287-311 ms).
+FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
+    ("forward", 16, 256, 4),
+    ("backward-data", 16, 256, 4),
+    ("backward-weights", 16, 256, 4),
+    ("backward-weights", 512, 512, 2),
 )
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
@@ -297,6 +300,25 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     return frozenset(passes)
 
 
+def winograd_tile(name: str, kernel_size: int, padding: int, in_channels: int, out_channels: int,
+                  dtype: torch.dtype, kernels: Any) -> int | None:
+    """The output tile width m of Winograd's F(m×m, 3×3) for this pass of a stride-1 convolution, or None where no
+    rule of ``FP32_AVX2_WINOGRAD_RULES`` covers it: fp32, 3×3 with padding 1, channels in multiples of 16, where
+    oneDNN runs its AVX2 kernels and the Winograd kernel was built (``kernels``, None where they are off)."""
+    if (kernels is None or dtype != torch.float32 or kernel_size != 3 or padding != 1 or not ONEDNN_RUNS_AVX2
+            or in_channels % winograd.STRIP or out_channels % winograd.STRIP or not kernels.has_winograd_conv()):
+        return None
+    fewer, more = min(in_channels, out_channels), max(in_channels, out_channels)
+    return next((tile for rule, fewest, most, tile in FP32_AVX2_WINOGRAD_RULES
+                 if rule == name and fewest <= fewer and more <= most), None)
+
+
+def _is_direct_16(kernel_size: int, padding: int, in_channels: int, out_channels: int, dtype: torch.dtype,
+                  kernels: Any) -> bool:
+    return (dtype == torch.float32 and in_channels == out_channels == 16 and kernel_size == 3 and padding == 1
+            and kernels.has_direct_conv())
+
+
 def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int, out_channels: int,
                   dtype: torch.dtype, kernels: Any) -> frozenset[str]:
     """Which passes of a CPU convolution run our compiled kernels (``kernels``, None where they are off):
@@ -305,27 +327,22 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
     - a one-channel stride-1 input with fewer than ``SINGLE_CHANNEL_MIN_OUT`` outputs, forward and weight gradient,
       fp32 or bf16: 1->16 at 28 px 1.0 ms against 1.9 forward and 2.4 against 3.5-5.0 weight gradient, both dtypes;
       from 64 outputs the GEMMs' forward was as fast or faster;
-    - an fp32 16->16 3×3 convolution with stride 1 and padding 1, where the kernel was built (AVX2 with FMA, or
-      AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2 against
-      8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was at best
-      even with it on AVX-512, and on AVX2 three own loops took 12.6, 14.1 and 15.5 ms against oneDNN's 15.0, 12.7
-      and 12.6 in the same runs: no clear win);
     - in fp32 where oneDNN runs its AVX2 kernels, a 3×3 convolution with stride 1 and padding 1 whose channel counts
-      (multiples of 16) a rule of ``FP32_AVX2_WINOGRAD_RULES`` covers: Winograd's F(2×2, 3×3)."""
+      (multiples of 16) a rule of ``FP32_AVX2_WINOGRAD_RULES`` covers: Winograd's F(m×m, 3×3) (``winograd_tile``);
+    - elsewhere, an fp32 16->16 3×3 convolution with stride 1 and padding 1, where the kernel was built (AVX2 with
+      FMA, or AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2
+      against 8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was
+      at best even with it on AVX-512, and on AVX2 three own loops took 12.6, 14.1 and 15.5 ms against oneDNN's 15.0,
+      12.7 and 12.6 in the same runs: no clear win)."""
     if kernels is None or stride != 1 or not DIRECT_KERNELS:
         return frozenset()
     if in_channels == 1 and out_channels < SINGLE_CHANNEL_MIN_OUT and dtype in (torch.float32, torch.bfloat16):
         return frozenset({"forward", "backward-weights"})
-    if (dtype == torch.float32 and in_channels == out_channels == 16 and kernel_size == 3 and padding == 1
-            and kernels.has_direct_conv()):
-        return frozenset({"forward", "backward-data"})
-    if (dtype == torch.float32 and kernel_size == 3 and padding == 1 and ONEDNN_RUNS_AVX2
-            and in_channels % winograd.STRIP == 0 and out_channels % winograd.STRIP == 0):
-        passes = frozenset(name for name, fewest, most in FP32_AVX2_WINOGRAD_RULES
-                           if fewest <= min(in_channels, out_channels) and max(in_channels, out_channels) <= most)
-        if passes and kernels.has_winograd_conv():
-            return passes
-    return frozenset()
+    passes = {name for name in ("forward", "backward-data", "backward-weights")
+              if winograd_tile(name, kernel_size, padding, in_channels, out_channels, dtype, kernels) is not None}
+    if _is_direct_16(kernel_size, padding, in_channels, out_channels, dtype, kernels):
+        passes |= {"forward", "backward-data"}
+    return frozenset(passes)
 
 
 def _grad_by_onednn(which: int, grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
@@ -396,26 +413,34 @@ def _direct_kernels() -> Any:
 def _direct_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, padding: int) -> Tensor:
     """The weight gradient of a shape ``direct_passes`` gives to our kernels: a stem's, or Winograd's; in the
     weight's dtype."""
+    kernels = _direct_kernels()
     if x.shape[1] == 1:
-        return _direct_kernels().stem_conv_weight_grad(x, grad_out, weight.shape[-1], padding).to(weight.dtype)
-    return winograd.weight_grad(_direct_kernels(), x, grad_out)
+        return kernels.stem_conv_weight_grad(x, grad_out, weight.shape[-1], padding).to(weight.dtype)
+    tile = winograd_tile("backward-weights", weight.shape[-1], padding, x.shape[1], grad_out.shape[1], x.dtype, kernels)
+    return winograd.weight_grad(kernels, x, grad_out, tile)
 
 
 def _direct_forward(x: Tensor, weight: Tensor, padding: int) -> Tensor:
-    """The forward of a shape ``direct_passes`` gives to our kernels: the stem's, the 16-channel one or
-    Winograd's."""
+    """The forward of a shape ``direct_passes`` gives to our kernels: the stem's, Winograd's or the 16-channel
+    one."""
+    kernels = _direct_kernels()
     if x.shape[1] == 1:
-        return _direct_kernels().stem_conv_forward(x, weight, padding)
-    if x.shape[1] == weight.shape[0] == 16:
-        return _direct_kernels().direct_conv3x3(x, weight, False)
-    return winograd.forward(_direct_kernels(), x, weight)
+        return kernels.stem_conv_forward(x, weight, padding)
+    tile = winograd_tile("forward", weight.shape[-1], padding, x.shape[1], weight.shape[0], x.dtype, kernels)
+    if tile is None:
+        return kernels.direct_conv3x3(x, weight, False)
+    return winograd.forward(kernels, x, weight, tile)
 
 
 def _direct_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
-    """The input gradient of a shape ``direct_passes`` gives to our kernels: the 16-channel one or Winograd's."""
-    if grad_out.shape[1] == weight.shape[1] == 16:
-        return _direct_kernels().direct_conv3x3(grad_out.contiguous(memory_format=torch.channels_last), weight, True)
-    return winograd.input_grad(_direct_kernels(), grad_out, weight)
+    """The input gradient of a shape ``direct_passes`` gives to our kernels (all 3×3 with padding 1): Winograd's or
+    the 16-channel one."""
+    kernels = _direct_kernels()
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    tile = winograd_tile("backward-data", 3, 1, weight.shape[1], weight.shape[0], grad_out.dtype, kernels)
+    if tile is None:
+        return kernels.direct_conv3x3(grad_out, weight, True)
+    return winograd.input_grad(kernels, grad_out, weight, tile)
 
 
 class Conv2d(nn.Conv2d):

@@ -42,11 +42,11 @@ at::Tensor transpose(const at::Tensor& a);
 bool has_direct_conv();
 at::Tensor direct_conv3x3(const at::Tensor& x, const at::Tensor& weight, bool input_grad);
 
-// winograd_conv.cpp: a float32 3x3 convolution (stride 1, padding 1) by Winograd's F(2x2, 3x3), and its weight
+// winograd_conv.cpp: a float32 3x3 convolution (stride 1, padding 1) by Winograd's F(2x2, 3x3) or F(4x4, 3x3), and its weight
 // gradient's transformed sum, on AVX2 with FMA.
 bool has_winograd_conv();
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u);
-at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out);
+at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t tile);
 
 // stem_conv.cpp: a one-input-channel convolution (stride 1) and its weight gradient.
 at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding);
