@@ -44,6 +44,9 @@ from simclrv2.models.cpu_kernels import active_kernels, use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from pretrain_throughput import GEMM_RULE_SETS, use_gemm_rules  # noqa: E402
+
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 ONEDNN_PASSES = ("forward", "backward-data", "backward-weights")
@@ -271,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fused-kernels", action="store_true",
                         help="the GEMMs' patches and transposes by PyTorch's copies instead of the compiled kernels "
                              "(run.fused_kernels = false)")
+    parser.add_argument("--gemm-rules", choices=tuple(GEMM_RULE_SETS), default="default",
+                        help="the convolution rule set to time (pretrain_throughput.py --gemm-rules): e.g. "
+                             "winograd-f2 times Winograd's F(2x2, 3x3) where the package's rules run F(4x4, 3x3)")
     parser.add_argument("--out", type=Path, help="also write the JSON lines here")
     parser.add_argument("--rounds", type=int, default=1,
                         help="time everything in this many fresh processes, one after another, and report each "
@@ -285,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)
     keep_freed_memory()
     fused = use_fused_kernels(not args.no_fused_kernels)  # as a CPU session does with run.fused_kernels
+    use_gemm_rules(args.gemm_rules)
     peaks = {p: gemm_peak_gflops(DTYPES[p]) for p in args.precision}
-    header = {"bench": "conv_shapes", "fused_kernels": fused, **cpu_kind(),
+    header = {"bench": "conv_shapes", "fused_kernels": fused, "gemm_rules": args.gemm_rules, **cpu_kind(),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "gemm_peak_gflops": {k: round(v, 1) for k, v in peaks.items()}}
     print(json.dumps(header), flush=True)

@@ -271,6 +271,23 @@ def test_conv_shapes_rounds_run_fresh_processes_and_write_each_round_and_the_med
     assert "| 0.25 | fp32 | channels_last |" in capsys.readouterr().out
 
 
+def test_conv_shapes_time_the_rule_set_they_are_given(tmp_path, monkeypatch):
+    from simclrv2.models import conv
+
+    for name in sys.modules["pretrain_throughput"].RULE_NAMES:  # loaded by conv_shapes
+        monkeypatch.setattr(conv, name, getattr(conv, name))  # put back after the test, whatever happens
+    out = tmp_path / "shapes.jsonl"
+    assert conv_shapes.main(["--width", "0.25", "--precision", "fp32", "--batch", "1", "--repeats", "1",
+                             "--gemm-rules", "no-winograd", "--out", str(out)]) == 0
+    header, *rows = (json.loads(line) for line in out.read_text().splitlines())
+    assert header["gemm_rules"] == "no-winograd" and conv.FP32_AVX2_WINOGRAD_RULES == ()
+    for row in rows:  # only the stem and the 16-channel direct kernel are ours without Winograd's rules
+        if row["shape"][:3] not in ("1->", "16-"):
+            assert not any(k.endswith("-direct_ms") for k in row), row["shape"]
+        if row["shape"].startswith("16->16"):
+            assert "backward-weights-direct_ms" not in row
+
+
 def test_streaming_stage_table_gives_each_stage_and_folder_and_checks_the_goals():
     def stages(finetune, distill):
         return {"finetune": {"first_step_s": finetune[0], "peak_rss_mb": finetune[1]},
