@@ -125,15 +125,21 @@ def test_the_winograd_rules_cover_fp32_3x3_stride_1_layers_from_16_channels_wher
     monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
     kernels = _fake_kernels()
     every = {"forward", "backward-data", "backward-weights"}
-    for channels in (16, 32, 64, 128, 256):
+    for channels in (16, 32, 64, 128, 256, 512):
         assert direct_passes(1, 3, 1, channels, channels, torch.float32, kernels) == every
         for name in every:
             assert conv.winograd_tile(name, 3, 1, channels, channels, torch.float32, kernels) == 4
     assert direct_passes(1, 3, 1, 16, 32, torch.float32, kernels) == every
-    assert direct_passes(1, 3, 1, 512, 512, torch.float32, kernels) == {"backward-weights"}
-    assert conv.winograd_tile("backward-weights", 3, 1, 512, 512, torch.float32, kernels) == 2
-    assert conv.winograd_tile("forward", 3, 1, 512, 512, torch.float32, kernels) is None
     assert direct_passes(1, 3, 1, 1024, 1024, torch.float32, kernels) == frozenset()
+    assert direct_passes(1, 3, 1, 512, 1024, torch.float32, kernels) == frozenset()
+    assert conv.winograd_tile("forward", 3, 1, 1024, 1024, torch.float32, kernels) is None
+    # the first rule that covers a pass names its tile
+    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", (("forward", 16, 64, 2), ("forward", 16, 512, 4)))
+    assert conv.winograd_tile("forward", 3, 1, 64, 64, torch.float32, kernels) == 2
+    assert conv.winograd_tile("forward", 3, 1, 128, 128, torch.float32, kernels) == 4
+    assert direct_passes(1, 3, 1, 128, 128, torch.float32, kernels) == {"forward"}
+    monkeypatch.undo()
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
     for other in ((1, 3, 1, 64, 64, torch.bfloat16), (2, 3, 1, 64, 64, torch.float32), (1, 1, 0, 64, 64, torch.float32),
                   (1, 3, 0, 64, 64, torch.float32), (1, 3, 1, 48, 40, torch.float32), (1, 3, 1, 8, 8, torch.float32)):
         assert direct_passes(*other, kernels) == frozenset(), other
@@ -155,9 +161,11 @@ def test_winograd_takes_the_weight_gradient_from_the_fp32_avx2_gemm_rule(monkeyp
     monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
     monkeypatch.setattr(conv, "_patch_kernels_for", lambda x: _fake_kernels())
     layer = Conv2d(512, 512, 3, padding=1, bias=False)
-    x = channels_last(torch.randn(2, 512, 4, 4))
+    x = channels_last(torch.randn(2, 512, 4, 4)).requires_grad_()
     passes, direct = layer._plan(x, torch.float32)
-    assert direct == {"backward-weights"} and "backward-weights" not in passes
+    assert direct == {"forward", "backward-data", "backward-weights"} and passes == frozenset()
+    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", ())
+    assert layer._plan(x, torch.float32) == ({"backward-weights"}, frozenset())  # the GEMM rule's, without them
 
 
 def test_the_module_runs_winograd_where_the_rules_say_and_equals_float64s(winograd_kernels, fused, monkeypatch):

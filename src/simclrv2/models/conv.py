@@ -95,10 +95,9 @@ FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 1
 # was even with oneDNN's in an earlier session (160-170 against 173-175 ms), so it stays oneDNN's; its weight gradient
 # is F(2x2)'s (a GEMM before, FP32_AVX2_GEMM_RULES: 287-311 ms).
 FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
-    ("forward", 16, 256, 4),
-    ("backward-data", 16, 256, 4),
-    ("backward-weights", 16, 256, 4),
-    ("backward-weights", 512, 512, 2),
+    ("forward", 16, 512, 4),
+    ("backward-data", 16, 512, 4),
+    ("backward-weights", 16, 512, 4),
 )
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch

@@ -61,11 +61,16 @@ struct Tile {
 
 // Tiles per block: the most whose V and M (`positions` planes each) fit kBlockBytes, but at least C*K/1024 so that
 // the matrices U[xi] read from the outer caches for each block are used for enough products (256 channels' forward
-// at 7 px, F(2x2), one process: 148-177 ms in blocks of 6 tiles, 120-147 in blocks of 128-240).
-int64_t block_tiles(int positions, int64_t in_ch, int64_t out_ch) {
+// at 7 px, F(2x2), one process: 148-177 ms in blocks of 6 tiles, 120-147 in blocks of 128-240). Then evened out so
+// that each thread gets as many blocks, of as many tiles: 512 channels' one-tile 4 px images in blocks of 240 had
+// left one of two threads 32 of the 512 tiles.
+int64_t block_tiles(int positions, int64_t in_ch, int64_t out_ch, int64_t tiles) {
   const int64_t fit = kBlockBytes / (positions * static_cast<int64_t>(sizeof(float)) * (in_ch + out_ch));
-  const int64_t tiles = std::min(kMaxBlock, std::max<int64_t>({kRows, fit, in_ch * out_ch / 1024}));
-  return tiles / kRows * kRows;
+  const int64_t most = std::min(kMaxBlock, std::max<int64_t>({kRows, fit, in_ch * out_ch / 1024})) / kRows * kRows;
+  const int64_t threads = std::max(1, at::get_num_threads());
+  const int64_t blocks = ((tiles + most - 1) / most + threads - 1) / threads * threads;
+  const int64_t even = (tiles + blocks - 1) / blocks;
+  return std::max<int64_t>(kRows, (even + kRows - 1) / kRows * kRows);
 }
 
 // The three 1-D transforms of F(m, 3) on 8 channels at once; the 2-D ones apply them to columns, then rows.
@@ -327,7 +332,7 @@ void forward_tiles(const at::Tensor& x, const at::Tensor& u, at::Tensor& y) {
   constexpr int kPositions = (M + 2) * (M + 2);
   const int64_t in_ch = x.size(1), out_ch = y.size(1);
   const Geometry g(x, M);
-  const int64_t block = block_tiles(kPositions, in_ch, out_ch), blocks = (g.tiles + block - 1) / block;
+  const int64_t block = block_tiles(kPositions, in_ch, out_ch, g.tiles), blocks = (g.tiles + block - 1) / block;
   const float* xp = x.data_ptr<float>();
   const float* up = u.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -357,7 +362,7 @@ void weight_grad_tiles(const at::Tensor& x, const at::Tensor& grad_out, at::Tens
   constexpr int kPositions = (M + 2) * (M + 2);
   const int64_t in_ch = x.size(1), out_ch = grad_out.size(1);
   const Geometry g(x, M);
-  const int64_t block = block_tiles(kPositions, in_ch, out_ch), blocks = (g.tiles + block - 1) / block;
+  const int64_t block = block_tiles(kPositions, in_ch, out_ch, g.tiles), blocks = (g.tiles + block - 1) / block;
   const int64_t size = kPositions * in_ch * out_ch;
   const int threads = at::get_num_threads();
   std::unique_ptr<float[]> partial(new float[threads * size]());  // one sum per thread, zeroed
