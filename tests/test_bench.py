@@ -211,9 +211,12 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
     assert stem["backward-data_time_share"] == 0  # the images need no gradient
     from simclrv2.models import conv
 
-    winograd = conv.ONEDNN_RUNS_AVX2 and fused.has_winograd_conv()
+    def winograd(shape: str) -> bool:  # whether this CPU kind's Winograd rules take a 3x3 stride-1 layer's forward
+        channels = [int(c) for c in shape.split(" ")[0].split("->")]
+        return "3x3/1" in shape and conv.winograd_tile("forward", 3, 1, *channels, torch.float32, fused) is not None
+
     first_stage = by_shape["16->16 3x3/1 @28px"]
-    if winograd:  # F(4x4, 3x3) takes all three passes
+    if winograd(first_stage["shape"]):  # F(4x4, 3x3) takes all three passes
         for name in ("forward", "backward-data", "backward-weights"):
             assert not paid(first_stage, name) and paid(first_stage, f"{name}-direct")
             assert first_stage[f"{name}_time_share"] == 0
@@ -224,11 +227,11 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
         assert paid(first_stage, "backward-weights")  # oneDNN's
     else:
         assert not any(k.endswith("-direct_ms") for k in first_stage)
-    # beyond them, only Winograd's stride-1 3x3 layers, where oneDNN runs AVX2
+    # beyond them, only Winograd's stride-1 3x3 layers, where the CPU kind has Winograd rules
     for row in rows:
         if row["shape"][:3] not in ("1->", "16-"):
             ours = any(k.endswith("-direct_ms") for k in row)
-            assert ours == (winograd and "3x3/1" in row["shape"]), row["shape"]
+            assert ours == winograd(row["shape"]), row["shape"]
 
 
 def _round(shapes_ms: dict[str, dict[str, float]]) -> list[dict]:
@@ -280,7 +283,8 @@ def test_conv_shapes_time_the_rule_set_they_are_given(tmp_path, monkeypatch):
     assert conv_shapes.main(["--width", "0.25", "--precision", "fp32", "--batch", "1", "--repeats", "1",
                              "--gemm-rules", "no-winograd", "--out", str(out)]) == 0
     header, *rows = (json.loads(line) for line in out.read_text().splitlines())
-    assert header["gemm_rules"] == "no-winograd" and conv.FP32_AVX2_WINOGRAD_RULES == ()
+    assert header["gemm_rules"] == "no-winograd"
+    assert conv.FP32_AVX2_WINOGRAD_RULES == conv.FP32_AVX512_BF16_WINOGRAD_RULES == ()
     for row in rows:  # only the stem and the 16-channel direct kernel are ours without Winograd's rules
         if row["shape"][:3] not in ("1->", "16-"):
             assert not any(k.endswith("-direct_ms") for k in row), row["shape"]

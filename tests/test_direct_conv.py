@@ -110,9 +110,10 @@ def _fake_kernels(vectors: bool) -> types.SimpleNamespace:
 
 
 def test_the_direct_rules_cover_small_stems_and_fp32_16_channel_3x3_convolutions_only(monkeypatch):
-    """Where oneDNN does not run AVX2 (AVX-512 CPUs): Winograd's rules take the 16-channel layer elsewhere
-    (tests/test_winograd_conv.py)."""
+    """On a CPU kind without Winograd rules (AVX-512 with full-width units): Winograd's rules take the 16-channel
+    layer where oneDNN runs AVX2 (tests/test_winograd_conv.py)."""
     monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", False)
     kernels = _fake_kernels(vectors=True)
     stem, conv16 = {"forward", "backward-weights"}, {"forward", "backward-data"}
     for dtype in (torch.float32, torch.bfloat16):
@@ -201,8 +202,10 @@ def test_an_fp32_width_quarter_resnet_step_with_the_direct_kernels_equals_onednn
     calls = []
     direct_forward = conv._direct_forward
     monkeypatch.setattr(conv, "_direct_forward", lambda *args: calls.append(args[0].shape[1]) or direct_forward(*args))
-    # Winograd's rules would take the 16-channel layers where oneDNN runs AVX2 (tests/test_winograd_conv.py)
+    # Winograd's rules would take the 16-channel layers where oneDNN runs AVX2, and the wider ones on AVX-512-BF16
+    # without AMX (tests/test_winograd_conv.py)
     monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", ())
+    monkeypatch.setattr(conv, "FP32_AVX512_BF16_WINOGRAD_RULES", ())
     direct_out, direct_grads = step()
     assert calls == [1, 16, 16, 16, 16]  # the stem and the first stage's four convolutions
     monkeypatch.setattr(conv, "DIRECT_KERNELS", False)

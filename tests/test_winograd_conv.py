@@ -149,11 +149,46 @@ def test_the_winograd_rules_cover_fp32_3x3_stride_1_layers_from_16_channels_wher
     direct_16 = {"forward", "backward-data"}
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, _fake_kernels(winograd_built=False)) == direct_16
     monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", False)  # AVX-512 with full-width units: no Winograd rules
+    assert conv.fp32_winograd_rules() == ()
     assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, kernels) == direct_16
     monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
     monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
     assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
+
+
+def test_on_avx512_bf16_without_amx_winograd_takes_3x3_stride_1_layers_from_32_channels(monkeypatch):
+    """AMD's Zen 4: oneDNN's AVX-512 kernels, F(4x4, 3x3) from 32 channels; 512's weight gradient stays oneDNN's
+    and the 16-channel layer keeps the direct kernel's forward and input gradient."""
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", True)
+    assert conv.fp32_winograd_rules() is conv.FP32_AVX512_BF16_WINOGRAD_RULES
+    kernels = _fake_kernels()
+    every = {"forward", "backward-data", "backward-weights"}
+    for channels in (32, 64, 128, 256):
+        assert direct_passes(1, 3, 1, channels, channels, torch.float32, kernels) == every
+        assert conv.winograd_tile("backward-weights", 3, 1, channels, channels, torch.float32, kernels) == 4
+    assert direct_passes(1, 3, 1, 512, 512, torch.float32, kernels) == {"forward", "backward-data"}
+    assert direct_passes(1, 3, 1, 16, 16, torch.float32, kernels) == {"forward", "backward-data"}
+    assert conv.winograd_tile("forward", 3, 1, 16, 16, torch.float32, kernels) is None  # the direct kernel's
+    assert direct_passes(1, 3, 1, 64, 64, torch.bfloat16, kernels) == frozenset()  # bf16 stays oneDNN's
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)  # oneDNN held to AVX2 there: the AVX2 rules decide
+    assert conv.fp32_winograd_rules() is conv.FP32_AVX2_WINOGRAD_RULES
+
+
+@pytest.mark.parametrize(("bf16", "amx", "cap", "expected"), [
+    (True, False, None, True), (True, False, "AVX512_CORE", True), (True, False, "AVX2", False),
+    (True, True, None, False), (False, False, None, False)])
+def test_avx512_bf16_without_amx_names_zen_4s_kind_unless_onednn_is_held_to_avx2(monkeypatch, bf16, amx, cap,
+                                                                                 expected):
+    from simclrv2 import runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_avx2_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert runtime.avx512_bf16_without_amx(cap) is expected
 
 
 def test_winograd_takes_the_weight_gradient_from_the_fp32_avx2_gemm_rule(monkeypatch):

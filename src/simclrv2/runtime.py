@@ -62,6 +62,14 @@ def onednn_runs_avx2(isa_cap: str | None = None) -> bool:
     return isa_cap is not None and isa_cap.upper() in _ISA_CAPS_AVX2
 
 
+def avx512_bf16_without_amx(isa_cap: str | None = None) -> bool:
+    """Whether the CPU has AVX-512 with BF16 but no AMX tiles, and ``isa_cap`` leaves oneDNN its AVX-512 kernels:
+    AMD's Zen 4 EPYCs (and Intel's rare Cooper Lake). Zen 4 runs a 512-bit FMA as two 256-bit halves, so oneDNN's
+    AVX-512 fp32 kernels there do no more multiplications a cycle than AVX2 ones."""
+    return (torch.cpu._is_avx512_bf16_supported() and not torch.cpu._is_amx_tile_supported()
+            and not onednn_runs_avx2(isa_cap))
+
+
 def bf16_is_fast(device: torch.device) -> bool:
     """Whether bf16 convolutions run on native kernels here. On a CPU without AVX-512 BF16/AMX, oneDNN has no
     bf16 path and PyTorch falls back to a reference convolution that is 10-20x slower than fp32."""

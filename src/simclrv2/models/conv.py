@@ -30,7 +30,9 @@ stage), forward and input gradient, where oneDNN reached 60-70 % of the fp32 pea
 (AVX-512); and in fp32 where oneDNN runs its AVX2 kernels, 3×3 stride-1 convolutions from 16 channels by
 Winograd's F(4×4, 3×3) or F(2×2, 3×3) (:mod:`simclrv2.models.winograd`, ``FP32_AVX2_WINOGRAD_RULES``), which need 4x
 or 2.25x fewer multiplications than oneDNN's direct kernels, already near the machine's peak there (these take the
-16-channel layer's passes from the direct kernel too).
+16-channel layer's passes from the direct kernel too); on a CPU with AVX-512-BF16 and no AMX (AMD's Zen 4, which
+splits each 512-bit FMA in two), fp32 3×3 stride-1 convolutions from 32 channels by F(4×4, 3×3) as well
+(``FP32_AVX512_BF16_WINOGRAD_RULES``).
 
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
 and state dict are those of :class:`torch.nn.Conv2d`, and anything else (other fp32 convolutions, GPUs, groups,
@@ -48,7 +50,7 @@ from torch import Tensor, nn
 
 from simclrv2.models import winograd
 from simclrv2.models.cpu_kernels import active_kernels
-from simclrv2.runtime import onednn_runs_avx2, onednn_uses_amx
+from simclrv2.runtime import avx512_bf16_without_amx, onednn_runs_avx2, onednn_uses_amx
 
 # (pass, largest output map Ho·Wo, fewest columns of the pass's GEMM: Co forward and for the weight gradient,
 # Ci for the input gradient): where the GEMM measured faster than oneDNN (module docstring).
@@ -85,19 +87,37 @@ FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 1
 # 3x3) (simclrv2.models.winograd; oneDNN has no Winograd path on AVX2) for the passes and channel counts here:
 # (pass, fewest, most channels, in and out alike, tile width m); the first rule that covers a pass decides.
 # F(4x4, 3x3) needs 4x fewer multiplications than a direct convolution, F(2x2, 3x3) 2.25x. At batch 512 on a 2-core
-# AVX2-only AMD EPYC, best of five in one process, forward / input gradient / weight gradient in ms, F(4x4) against
-# F(2x2) against oneDNN (the 16-channel forward and input gradient: against the direct kernel):
-# 16->16 at 28 px 9.6 / 9.6 / 11.0 against 12.4 / 12.5 / 13.3 against 10.8 / 10.8 / 12.7; 32->32 at 14 px 7.4 / 7.6 /
-# 9.0 against 8.2 / 8.7 / 9.1 against 10.9 / - / 15.2; 64->64 at 7 px 5.5 / 5.8 / 7.0 against 7.9 / 8.3 / 8.9;
-# 128->128 at 4 px 6.5 / 6.7 / 7.3 against 8.5 / 8.5 / 10.1; 64->64 at 28 px 67 / 67 / 81 against 95 / 95 / 104
-# against 167 / - / 253; 128->128 at 14 px 71 / 73 / 88 against 88 / 88 / 104; 256->256 at 7 px 72 / 73 / 89 against
-# 111 / 111 / 141; 512->512 at 4 px 138 / 135 / 231 against 140 / 137 / 207 against 174 / - / 319. 512's forward
-# was even with oneDNN's in an earlier session (160-170 against 173-175 ms), so it stays oneDNN's; its weight gradient
-# is F(2x2)'s (a GEMM before, FP32_AVX2_GEMM_RULES: 287-311 ms).
+# AVX2-only AMD EPYC (machine h), medians of three fresh processes (conv_shapes.py --width 0.25 1 --precision fp32
+# --rounds 3 at commit bfe5a99; that file was lost with the machine), forward / input gradient / weight gradient in
+# ms, F(4x4) against oneDNN (the 16-channel forward and input gradient: against the direct kernel): 16->16 at 28 px
+# 8.1 / 7.9 / 8.5 against 11.1 / 11.0 / 12.3; 32->32 at 14 px 6.7 / 6.6 / 7.8 against 10.7 / 10.8 / 13.9; 64->64 at
+# 7 px 5.5 / 5.5 / 6.6 against 10.6 / 10.6 / 13.0; 128->128 at 4 px 6.0 / 6.4 / 8.2 against 11.9 / 12.0 / 18.2;
+# 64->64 at 28 px 66 / 65 / 83 against 168 / 169 / 249; 128->128 at 14 px 72 / 72 / 92 against 161 / 162 / 215;
+# 256->256 at 7 px 73 / 73 / 95 against 154 / 156 / 209; 512->512 at 4 px 85 / 83 / 155 against 177 / 179 / 314.
+# The width-1 encoder step in one process, the rule sets alternated (gemm_rules_ab.py --width 1 --precision fp32
+# --rules default winograd-f2 no-winograd, same commit and machine, file lost too) took 0.76x the time of F(2x2)
+# from 32 channels (WINOGRAD_F2 in benchmarks/pretrain_throughput.py) and 0.54x oneDNN's.
 FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
     ("forward", 16, 512, 4),
     ("backward-data", 16, 512, 4),
     ("backward-weights", 16, 512, 4),
+)
+# The same for fp32 on a CPU with AVX-512-BF16 and no AMX (runtime.avx512_bf16_without_amx: AMD's Zen 4), where
+# oneDNN runs its AVX-512 kernels but the CPU splits each 512-bit FMA in two, so the AVX2 Winograd kernel's 4x fewer
+# multiplications still pay. At batch 512 on a 2-core AMD EPYC with AVX-512-BF16 (machine i), best of five in one
+# process, four fresh processes, forward / input gradient / weight gradient in ms, F(4x4) against oneDNN's AVX-512:
+# 32->32 at 14 px 6.8-8.6 / 7.0-8.7 / 8.1-9.5 against 9.1-9.7 / 9.0-9.8 / 8.9-11.4; 64->64 at 7 px 5.4-6.8 / 5.0-6.9
+# / 6.2-8.2 against 7.5-8.3 / 7.6-8.7 / 9.4-10.4; 128->128 at 4 px 5.0-7.1 / 4.9-7.3 / 7.1-9.3 against 8.4-9.3 /
+# 8.7-9.5 / 11.9-14.5; 64->64 at 28 px 92-108 / 84-107 / 71-85 against 167-175 / 166-179 / 146-168; 128->128 at 14
+# px 74-105 / 74-131 / 83-89 against 125-149 / 126-150 / 136-146; 256->256 at 7 px 65-85 / 68-101 / 121-134
+# against 114-121 / 114-122 / 131-156; 512->512 at 4 px 116-133 / 126-175 / 204-237 against 135-167 / 144-167 /
+# 197-226, so 512's weight gradient stays oneDNN's. At 16->16 at 28 px F(4x4) was even with oneDNN forward (10.3-11.2
+# against 11.3-11.4) and slower for the weight gradient (10.1-12.1 against 8.5-10.1): that layer keeps the direct
+# kernel's forward and input gradient and oneDNN's weight gradient.
+FP32_AVX512_BF16_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
+    ("forward", 32, 512, 4),
+    ("backward-data", 32, 512, 4),
+    ("backward-weights", 32, 256, 4),
 )
 # A stride-1 convolution of a one-channel input (a grayscale image into the stem) with at least this many outputs
 # runs forward and the weight gradient as GEMMs in every dtype, whatever oneDNN runs: for 1->64 at 28 px and batch
@@ -115,6 +135,8 @@ GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ONEDNN_USES_AMX = onednn_uses_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 # Whether oneDNN runs its AVX2 kernels in this process (FP32_AVX2_GEMM_RULES), read once for the same reasons.
 ONEDNN_RUNS_AVX2 = onednn_runs_avx2(os.environ.get("ONEDNN_MAX_CPU_ISA"))
+# Whether this is a CPU with AVX-512-BF16 and no AMX running oneDNN's AVX-512 (FP32_AVX512_BF16_WINOGRAD_RULES).
+AVX512_BF16_WITHOUT_AMX = avx512_bf16_without_amx(os.environ.get("ONEDNN_MAX_CPU_ISA"))
 
 
 def _kernels_for(t: Tensor):
@@ -299,16 +321,26 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     return frozenset(passes)
 
 
+def fp32_winograd_rules() -> tuple[tuple[str, int, int, int], ...]:
+    """The Winograd rules of this CPU kind: ``FP32_AVX2_WINOGRAD_RULES`` where oneDNN runs its AVX2 kernels,
+    ``FP32_AVX512_BF16_WINOGRAD_RULES`` on AVX-512-BF16 without AMX, none elsewhere (oneDNN's AVX-512 kernels on
+    CPUs with full-width 512-bit units, and AMX, unmeasured against them)."""
+    if ONEDNN_RUNS_AVX2:
+        return FP32_AVX2_WINOGRAD_RULES
+    return FP32_AVX512_BF16_WINOGRAD_RULES if AVX512_BF16_WITHOUT_AMX else ()
+
+
 def winograd_tile(name: str, kernel_size: int, padding: int, in_channels: int, out_channels: int,
                   dtype: torch.dtype, kernels: Any) -> int | None:
     """The output tile width m of Winograd's F(m×m, 3×3) for this pass of a stride-1 convolution, or None where no
-    rule of ``FP32_AVX2_WINOGRAD_RULES`` covers it: fp32, 3×3 with padding 1, channels in multiples of 16, where
-    oneDNN runs its AVX2 kernels and the Winograd kernel was built (``kernels``, None where they are off)."""
-    if (kernels is None or dtype != torch.float32 or kernel_size != 3 or padding != 1 or not ONEDNN_RUNS_AVX2
+    rule of this CPU kind's (``fp32_winograd_rules``) covers it: fp32, 3×3 with padding 1, channels in multiples of
+    16, and the Winograd kernel built (``kernels``, None where they are off)."""
+    rules = fp32_winograd_rules()
+    if (not rules or kernels is None or dtype != torch.float32 or kernel_size != 3 or padding != 1
             or in_channels % winograd.STRIP or out_channels % winograd.STRIP or not kernels.has_winograd_conv()):
         return None
     fewer, more = min(in_channels, out_channels), max(in_channels, out_channels)
-    return next((tile for rule, fewest, most, tile in FP32_AVX2_WINOGRAD_RULES
+    return next((tile for rule, fewest, most, tile in rules
                  if rule == name and fewest <= fewer and more <= most), None)
 
 
@@ -326,8 +358,9 @@ def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int,
     - a one-channel stride-1 input with fewer than ``SINGLE_CHANNEL_MIN_OUT`` outputs, forward and weight gradient,
       fp32 or bf16: 1->16 at 28 px 1.0 ms against 1.9 forward and 2.4 against 3.5-5.0 weight gradient, both dtypes;
       from 64 outputs the GEMMs' forward was as fast or faster;
-    - in fp32 where oneDNN runs its AVX2 kernels, a 3×3 convolution with stride 1 and padding 1 whose channel counts
-      (multiples of 16) a rule of ``FP32_AVX2_WINOGRAD_RULES`` covers: Winograd's F(m×m, 3×3) (``winograd_tile``);
+    - in fp32 where oneDNN runs its AVX2 kernels or on AVX-512-BF16 without AMX, a 3×3 convolution with stride 1
+      and padding 1 whose channel counts (multiples of 16) a Winograd rule of the CPU kind covers: Winograd's
+      F(m×m, 3×3) (``winograd_tile``);
     - elsewhere, an fp32 16->16 3×3 convolution with stride 1 and padding 1, where the kernel was built (AVX2 with
       FMA, or AVX-512): forward and input gradient 5.2-5.7 ms against oneDNN's 6.2-8.3 at 28 px on AVX-512, 7.8-8.2
       against 8.9-10.0 built for AVX2 with oneDNN held to AVX2 (its weight gradient stays oneDNN's: an own loop was
