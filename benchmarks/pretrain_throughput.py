@@ -49,20 +49,21 @@ sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
 # A/B switches of --gemm-rules, as (GEMM_RULES, GEMM_RULES_WITH_COMPILED_LAYOUTS, FP32_AVX2_GEMM_RULES,
-# FP32_AVX2_WINOGRAD_RULES, FP32_AVX512_BF16_WINOGRAD_RULES): the package's rules, none (oneDNN throughout but for
-# the one-channel stem and the 16-channel direct kernel), the weight gradient on 4x4 maps alone, the rules without
-# those added for the compiled re-layouts, the rules without Winograd's, and Winograd's F(2x2, 3x3) alone, as before
-# F(4x4, 3x3) (from 32 channels; the 16-channel layer's forward and input gradient the direct kernel's)
+# FP32_AVX2_WINOGRAD_RULES, FP32_AVX512_BF16_WINOGRAD_RULES, AVX512_BF16_GEMM_RULES): the package's rules, none
+# (oneDNN throughout but for the one-channel stem and the 16-channel direct kernel), the weight gradient on 4x4 maps
+# alone, the rules without those added for the compiled re-layouts, the rules without Winograd's, and Winograd's
+# F(2x2, 3x3) alone, as before F(4x4, 3x3) (from 32 channels; the 16-channel layer's forward and input gradient the
+# direct kernel's)
 RULE_NAMES = ("GEMM_RULES", "GEMM_RULES_WITH_COMPILED_LAYOUTS", "FP32_AVX2_GEMM_RULES", "FP32_AVX2_WINOGRAD_RULES",
-              "FP32_AVX512_BF16_WINOGRAD_RULES")
+              "FP32_AVX512_BF16_WINOGRAD_RULES", "AVX512_BF16_GEMM_RULES")
 WEIGHT_GRAD_4PX = (("backward-weights", 16, 1),)
 WINOGRAD_F2 = (("forward", 32, 256, 2), ("backward-data", 32, 256, 2), ("backward-weights", 32, 512, 2))
 _DEFAULT = tuple(getattr(conv, name) for name in RULE_NAMES)
-GEMM_RULE_SETS = {"default": _DEFAULT, "none": ((), (), (), (), ()),
-                  "weight-grad-4px": (WEIGHT_GRAD_4PX, (), (), (), ()),
+GEMM_RULE_SETS = {"default": _DEFAULT, "none": ((), (), (), (), (), ()),
+                  "weight-grad-4px": (WEIGHT_GRAD_4PX, (), (), (), (), ()),
                   "no-compiled-layout-rules": (_DEFAULT[0], (), *_DEFAULT[2:]),
-                  "no-winograd": (*_DEFAULT[:3], (), ()),
-                  "winograd-f2": (*_DEFAULT[:3], WINOGRAD_F2, WINOGRAD_F2)}
+                  "no-winograd": (*_DEFAULT[:3], (), (), _DEFAULT[5]),
+                  "winograd-f2": (*_DEFAULT[:3], WINOGRAD_F2, WINOGRAD_F2, _DEFAULT[5])}
 
 
 def use_gemm_rules(name: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
@@ -204,7 +205,52 @@ def test_the_module_takes_the_compiled_layout_rules_only_where_the_kernels_run(a
 def test_without_amx_in_onednn_every_pass_stays_onednn(monkeypatch):
     """Measured with oneDNN held to AVX-512-BF16 on an AMX CPU: the GEMMs made the step slower there."""
     monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
-    assert gemm_passes(1, 16, 512, 512) == frozenset()
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", False)  # an AMX Xeon held below AMX
+    assert gemm_passes(1, 16, 512, 512) == gemm_passes(2, 16, 256, 512) == frozenset()
+
+
+@pytest.fixture
+def zen4(monkeypatch):
+    """A CPU with AVX-512-BF16 and no AMX (AMD's Zen 4), oneDNN on its AVX-512 kernels."""
+    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", True)
+
+
+def test_on_avx512_bf16_without_amx_the_strided_weight_gradient_onto_small_maps_is_a_gemm(zen4, monkeypatch):
+    bf16, strided_weight_grad = torch.bfloat16, {"backward-weights"}
+    assert gemm_passes(2, 16, 256, 512, bf16) == gemm_passes(2, 49, 128, 256, bf16) == strided_weight_grad
+    assert gemm_passes(2, 16, 64, 128, bf16) == gemm_passes(2, 49, 32, 64, bf16) == strided_weight_grad
+    assert gemm_passes(1, 16, 512, 512, bf16) == gemm_passes(1, 49, 256, 256, bf16) == frozenset()  # stride 1
+    assert gemm_passes(2, 196, 64, 128, bf16) == frozenset()  # larger maps
+    assert gemm_passes(2, 16, 256, 512, torch.float32) == gemm_passes(2, 16, 256, 512, torch.float16) == frozenset()
+    monkeypatch.setattr(conv, "AVX512_BF16_GEMM_RULES", ())
+    assert gemm_passes(2, 16, 256, 512, bf16) == frozenset()  # read at call time: the benchmarks' A/B switch
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_the_strided_bf16_weight_gradient_gemm_equals_onednns_and_float64(zen4, fused, monkeypatch, kernel_size):
+    torch.manual_seed(5)
+    layer = Conv2d(8, 64, kernel_size, stride=2, padding=kernel_size // 2, bias=False)
+    x = torch.randn(3, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(3, 64, 4, 4)
+
+    def weight_grad() -> tuple[Any, torch.Tensor]:
+        layer.weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        y.backward(grad_out.to(y.dtype))
+        return y.grad_fn, layer.weight.grad
+
+    ours_fn, ours = weight_grad()
+    assert ours_fn.name() == "_CpuConvBackward" and ours_fn.passes == {"backward-weights"}
+    monkeypatch.setattr(conv, "AVX512_BF16_GEMM_RULES", ())
+    onednn_fn, onednn = weight_grad()
+    assert onednn_fn.name() != "_CpuConvBackward" or not onednn_fn.passes
+    exact = torch.nn.grad.conv2d_weight(x.bfloat16().double(), layer.weight.shape, grad_out.bfloat16().double(),
+                                        stride=2, padding=kernel_size // 2)
+    for got in (ours, onednn):  # fp32 sums of the same bf16 products, each rounded once to bf16
+        torch.testing.assert_close(got.double(), exact, rtol=2 ** -7, atol=1e-2)
 
 
 def test_the_amx_answer_follows_the_isa_cap_the_process_started_with():

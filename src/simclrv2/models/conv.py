@@ -83,6 +83,15 @@ REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 # stride-2 weight gradient onto 7x7 (118 against 144). The medians of three fresh processes with this rule
 # (--rounds 3): 311 against 356, 163 against 184 and 21 against 68 ms.
 FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 16, 256),)
+# In bf16 on a CPU with AVX-512-BF16 and no AMX (AMD's Zen 4, AVX512_BF16_WITHOUT_AMX), the weight gradient of a
+# strided convolution onto maps up to 7x7 is a GEMM ("backward-weights-strided": the stride-1 layers' were slower
+# as GEMMs there). At batch 512 on a 2-core AMD EPYC with AVX-512-BF16 (conv_shapes.py --width 0.25 1 --precision
+# bf16 --candidates, conv-shapes-candidates-bf16-f017170-2026-12-04-epyc-avx512bf16-i.jsonl): 256->512 3x3 stride 2
+# 57 ms against oneDNN's 105, its 1x1 shortcut 7.1 against 39.2, 128->256 3x3 stride 2 onto 7x7 48.7 against 95.5;
+# width 0.25's 64->128 4.7 against 6.8 and 0.7 against 3.3, 32->64 3x3 5.4 against 6.7. The 1x1 shortcuts onto 7x7
+# maps were a little slower (7.4 against 6.1, 0.9 against 0.6 ms) but are left in the rule, which has no kernel size;
+# the stride-1 layers' weight gradients (256->256 at 7 px 88.8 against 80.2) and the forward passes stay oneDNN's.
+AVX512_BF16_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights-strided", 49, 1),)
 # In fp32 where oneDNN runs its AVX2 kernels, a 3x3 convolution with stride 1 and padding 1 runs Winograd's F(m x m,
 # 3x3) (simclrv2.models.winograd; oneDNN has no Winograd path on AVX2) for the passes and channel counts here:
 # (pass, fewest, most channels, in and out alike, tile width m); the first rule that covers a pass decides.
@@ -300,25 +309,29 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     input with ``SINGLE_CHANNEL_MIN_OUT`` or more outputs in any dtype on any CPU; otherwise, in bf16/fp16, none unless
     oneDNN runs on AMX, where the rules were measured (with oneDNN held to AVX-512-BF16 on the same CPU, the GEMMs
     made width 1's step 8 % slower), plus ``GEMM_RULES_WITH_COMPILED_LAYOUTS`` where the compiled re-layouts run; in
-    fp32, ``FP32_AVX2_GEMM_RULES`` where oneDNN runs AVX2, none elsewhere. The rules are read at call time
-    (benchmarks switch them for an A/B)."""
+    bf16 on a CPU with AVX-512-BF16 and no AMX, ``AVX512_BF16_GEMM_RULES``; in fp32, ``FP32_AVX2_GEMM_RULES`` where
+    oneDNN runs AVX2, none elsewhere. The rules are read at call time (benchmarks switch them for an A/B)."""
     if stride == 1 and in_channels == 1 and out_channels >= SINGLE_CHANNEL_MIN_OUT and dtype in GEMM_DTYPES:
         return frozenset({"forward", "backward-weights"})
     if dtype == torch.float32 and ONEDNN_RUNS_AVX2:
         rules = FP32_AVX2_GEMM_RULES
     elif ONEDNN_USES_AMX and dtype in REDUCED_PRECISION:
         rules = GEMM_RULES + (GEMM_RULES_WITH_COMPILED_LAYOUTS if compiled_layouts else ())
+    elif AVX512_BF16_WITHOUT_AMX and dtype == torch.bfloat16:
+        rules = AVX512_BF16_GEMM_RULES
     else:
         return frozenset()
     columns = {"forward": out_channels, "backward-data": in_channels, "backward-data-strided": in_channels,
-               "backward-weights": out_channels}
+               "backward-weights": out_channels, "backward-weights-strided": out_channels}
     passes = {name for name, max_area, min_columns in rules
               if out_area <= max_area and columns[name] >= min_columns}
     if stride != 1:  # a strided input gradient has its own rule and form (input_grad_by_phases)
         passes.discard("backward-data")
         if "backward-data-strided" in passes:
             passes.add("backward-data")
-    passes.discard("backward-data-strided")
+        if "backward-weights-strided" in passes:  # the same form as stride 1's, a rule of its own
+            passes.add("backward-weights")
+    passes -= {"backward-data-strided", "backward-weights-strided"}
     return frozenset(passes)
 
 
