@@ -48,28 +48,29 @@ from simclrv2.stages.pretrain import pretrain
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
-# A/B switches of --gemm-rules, as (GEMM_RULES, GEMM_RULES_WITH_COMPILED_LAYOUTS, FP32_AVX2_GEMM_RULES,
-# FP32_AVX2_WINOGRAD_RULES, FP32_AVX512_BF16_WINOGRAD_RULES, AVX512_BF16_GEMM_RULES): the package's rules, none
-# (oneDNN throughout but for the one-channel stem and the 16-channel direct kernel), the weight gradient on 4x4 maps
-# alone, the rules without those added for the compiled re-layouts, the rules without Winograd's, and Winograd's
-# F(2x2, 3x3) alone, as before F(4x4, 3x3) (from 32 channels; the 16-channel layer's forward and input gradient the
-# direct kernel's)
+# A/B switches of --gemm-rules, each a value for every rule of simclrv2.models.conv named in RULE_NAMES: the
+# package's rules, none (oneDNN throughout but for the one-channel stem and the 16-channel direct kernel), the weight
+# gradient on 4x4 maps alone, the rules without those added for the compiled re-layouts, the rules without
+# Winograd's, and Winograd's F(2x2, 3x3) alone, as before F(4x4, 3x3) (from 32 channels; the 16-channel layer's
+# forward and input gradient the direct kernel's)
 RULE_NAMES = ("GEMM_RULES", "GEMM_RULES_WITH_COMPILED_LAYOUTS", "FP32_AVX2_GEMM_RULES", "FP32_AVX2_WINOGRAD_RULES",
               "FP32_AVX512_BF16_WINOGRAD_RULES", "AVX512_BF16_GEMM_RULES")
 WEIGHT_GRAD_4PX = (("backward-weights", 16, 1),)
 WINOGRAD_F2 = (("forward", 32, 256, 2), ("backward-data", 32, 256, 2), ("backward-weights", 32, 512, 2))
-_DEFAULT = tuple(getattr(conv, name) for name in RULE_NAMES)
-GEMM_RULE_SETS = {"default": _DEFAULT, "none": ((), (), (), (), (), ()),
-                  "weight-grad-4px": (WEIGHT_GRAD_4PX, (), (), (), (), ()),
-                  "no-compiled-layout-rules": (_DEFAULT[0], (), *_DEFAULT[2:]),
-                  "no-winograd": (*_DEFAULT[:3], (), (), _DEFAULT[5]),
-                  "winograd-f2": (*_DEFAULT[:3], WINOGRAD_F2, WINOGRAD_F2, _DEFAULT[5])}
+_DEFAULT = {name: getattr(conv, name) for name in RULE_NAMES}
+_NONE = dict.fromkeys(RULE_NAMES, ())
+GEMM_RULE_SETS = {"default": _DEFAULT, "none": _NONE,
+                  "weight-grad-4px": {**_NONE, "GEMM_RULES": WEIGHT_GRAD_4PX},
+                  "no-compiled-layout-rules": {**_DEFAULT, "GEMM_RULES_WITH_COMPILED_LAYOUTS": ()},
+                  "no-winograd": {**_DEFAULT, "FP32_AVX2_WINOGRAD_RULES": (), "FP32_AVX512_BF16_WINOGRAD_RULES": ()},
+                  "winograd-f2": {**_DEFAULT, "FP32_AVX2_WINOGRAD_RULES": WINOGRAD_F2,
+                                  "FP32_AVX512_BF16_WINOGRAD_RULES": WINOGRAD_F2}}
 
 
 def use_gemm_rules(name: str) -> None:
     """Switch the package's convolution rules to the set ``name`` for this process (read by Conv2d at each call):
     an A/B switch of the benchmarks, not an option."""
-    for rule, value in zip(RULE_NAMES, GEMM_RULE_SETS[name], strict=True):
+    for rule, value in GEMM_RULE_SETS[name].items():
         setattr(conv, rule, value)
 
 
@@ -126,9 +127,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
     p.add_argument("--gemm-rules", choices=tuple(GEMM_RULE_SETS), default="default",
                    help="which convolution passes run as GEMMs over patches (simclrv2.models.conv.GEMM_RULES, "
-                        "and FP32_AVX2_GEMM_RULES in fp32 where oneDNN runs AVX2) and which run Winograd's "
-                        "(FP32_AVX2_WINOGRAD_RULES, FP32_AVX512_BF16_WINOGRAD_RULES): none leaves every rule out "
-                        "(oneDNN throughout but for a "
+                        "FP32_AVX2_GEMM_RULES in fp32 where oneDNN runs AVX2, AVX512_BF16_GEMM_RULES in bf16 on "
+                        "AVX-512-BF16 without AMX) and which run Winograd's (FP32_AVX2_WINOGRAD_RULES, "
+                        "FP32_AVX512_BF16_WINOGRAD_RULES): none leaves every rule out (oneDNN throughout but for a "
                         "one-channel stem and the 16-channel direct kernel), weight-grad-4px the weight gradient on "
                         "4x4 maps only (the rule before the others were measured), no-compiled-layout-rules leaves "
                         "out the rules added where the compiled re-layouts run, no-winograd Winograd's, winograd-f2 "

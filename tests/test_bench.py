@@ -391,7 +391,7 @@ def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_de
     assert gemm_rules_ab.main(["--width", "0.125", "--batch", "2", "--precision", "bf16", "--pairs", "3",
                                "--warmup", "1", "--rules", "default", "none"]) == 0
     record = json.loads(capsys.readouterr().out)
-    default = gemm_rules_ab.GEMM_RULE_SETS["default"][0]
+    default = gemm_rules_ab.GEMM_RULE_SETS["default"]["GEMM_RULES"]
     assert seen == [default, (), default, (), (), default, default, ()]  # warm-ups, then A B, B A, A B
     assert conv.GEMM_RULES == default  # the package's rules again after the A/B
     assert len(record["steps_s"]["default"]) == len(record["steps_s"]["none"]) == 3
