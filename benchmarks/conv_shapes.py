@@ -197,7 +197,7 @@ def rows_for(width: float, batch: int, precision: str, layout: str, repeats: int
                               direct)
         measured = [p for p in PASSES if p in seconds]
         rows.append({"width": width, "precision": precision, "layout": layout, "shape": shape.label(),
-                     "layers": layers, "gflop": round(shape.gflop, 3),
+                     "layers": layers, "gflop": round(shape.gflop, 6),  # unrounded enough for the rounds' GFLOP/s
                      **{f"{p}_ms": round(1e3 * seconds[p], 2) for p in measured},
                      **{f"{p}_gflops": round(shape.gflop / seconds[p], 1) for p in measured}})
         # the step pays one form of each pass: the direct kernel's or the GEMM where the encoder takes it

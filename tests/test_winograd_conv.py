@@ -111,10 +111,31 @@ def test_the_winograd_kernel_refuses_what_it_does_not_compute(winograd_kernels):
         winograd_kernels.winograd_conv3x3(channels_last(torch.randn(2, 16, 5, 5)), torch.zeros(25, 1, 16, 16))
     with pytest.raises(RuntimeError, match="map size"):
         winograd_kernels.winograd_weight_grad(channels_last(torch.randn(2, 16, 5, 5)),
-                                              channels_last(torch.randn(2, 16, 4, 4)), 2)
+                                              channels_last(torch.randn(2, 16, 4, 4)), 2, 1 << 20)
     with pytest.raises(RuntimeError, match="tile must be 2 or 4"):
         winograd_kernels.winograd_weight_grad(channels_last(torch.randn(2, 16, 5, 5)),
-                                              channels_last(torch.randn(2, 16, 5, 5)), 3)
+                                              channels_last(torch.randn(2, 16, 5, 5)), 3, 1 << 20)
+    with pytest.raises(RuntimeError, match="budget must be positive"):
+        winograd_kernels.winograd_weight_grad(channels_last(torch.randn(2, 16, 5, 5)),
+                                              channels_last(torch.randn(2, 16, 5, 5)), 2, 0)
+
+
+@pytest.mark.parametrize("tile", winograd.TILES)
+def test_a_small_partial_sums_budget_sums_the_positions_in_groups_to_the_same_gradient(winograd_kernels, tile):
+    """A many-core CPU's budget case, forced on this one: one position per group (a budget below one position's
+    copies), a few per group, and all at once must give the same dU, bit for bit (each position's sum runs over
+    the same tiles in the same order)."""
+    gen = torch.Generator().manual_seed(5)
+    x = channels_last(torch.randn(3, 32, 11, 9, generator=gen))
+    grad_out = channels_last(torch.randn(3, 48, 11, 9, generator=gen))
+    one_position = torch.get_num_threads() * 32 * 48 * 4  # bytes of every thread's copy of one position
+    whole = winograd_kernels.winograd_weight_grad(x, grad_out, tile, winograd.PARTIAL_SUMS_BUDGET_BYTES)
+    for budget in (1, 5 * one_position, (tile + 2) ** 2 * one_position - 1):
+        torch.testing.assert_close(winograd_kernels.winograd_weight_grad(x, grad_out, tile, budget), whole,
+                                   rtol=0, atol=0)
+    expected = torch.nn.grad.conv2d_weight(x.double(), (48, 32, 3, 3), grad_out.double(), padding=1)
+    grad = winograd.weight_from_transformed(whole, 48, 32).double()
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-3)
 
 
 def _fake_kernels(winograd_built: bool = True) -> types.SimpleNamespace:

@@ -28,6 +28,11 @@ _G = {
 TILES = tuple(_G)
 # The kernel's GEMMs read U in strips of this many output channels.
 STRIP = 16
+# The most memory the weight gradient's per-thread partial sums of dU may take: each thread's full copy is
+# (m+2)² C K floats (37.7 MB for F(4×4) at 512 channels), so a 64-thread CPU would otherwise hold 2.4 GB for one
+# layer; past this the kernel sums the positions in groups (a pass over the tiles each, transforms recomputed).
+# On 2-4 threads every layer of a ResNet fits in one group.
+PARTIAL_SUMS_BUDGET_BYTES = 256 << 20
 
 
 def _g(like: Tensor, tile: int) -> Tensor:
@@ -66,7 +71,8 @@ def input_grad(kernels: Any, grad_out: Tensor, weight: Tensor, tile: int = 2) ->
                                     transformed_weight(swapped, tile))
 
 
-def weight_grad(kernels: Any, x: Tensor, grad_out: Tensor, tile: int = 2) -> Tensor:
+def weight_grad(kernels: Any, x: Tensor, grad_out: Tensor, tile: int = 2,
+                budget_bytes: int = PARTIAL_SUMS_BUDGET_BYTES) -> Tensor:
     """dL/dW, float32, channels_last."""
-    du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile)
+    du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile, budget_bytes)
     return weight_from_transformed(du, grad_out.shape[1], x.shape[1])

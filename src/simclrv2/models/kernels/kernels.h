@@ -52,7 +52,7 @@ at::Tensor direct_conv3x3(const at::Tensor& x, const at::Tensor& weight, bool in
 // gradient's transformed sum, on AVX2 with FMA.
 bool has_winograd_conv();
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u);
-at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t tile);
+at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t tile, int64_t budget_bytes);
 
 // stem_conv.cpp: a one-input-channel convolution (stride 1) and its weight gradient.
 at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding);

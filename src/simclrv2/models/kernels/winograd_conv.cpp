@@ -12,7 +12,8 @@
 // (tests/test_winograd_conv.py checks both against float64). The weight gradient is the adjoint:
 // dU[xi] = V[xi]^T @ (A dY A^T)[xi] summed over tiles, then dW = G^T dU G (in Python).
 //
-// Tiles are processed in blocks that keep V and M in the core's L2; each thread sums its own dU. Without AVX2 and
+// Tiles are processed in blocks that keep V and M in the core's L2; each thread sums its own dU (within a memory
+// budget, weight_grad_tiles). Without AVX2 and
 // FMA the kernel is not compiled and simclrv2.models.conv leaves these passes to oneDNN.
 #include "kernels.h"
 
@@ -356,46 +357,58 @@ void forward_tiles(const at::Tensor& x, const at::Tensor& u, at::Tensor& y) {
   });
 }
 
-// dU, ((m+2)^2, C, K), summed over the tiles of F(m x m, 3x3).
+// dU, ((m+2)^2, C, K), summed over the tiles of F(m x m, 3x3). Each thread sums its tiles' products into its own
+// copy (no atomics), and the copies are added at the end. A copy of all positions is (m+2)^2 C K floats, 37.7 MB for
+// F(4x4) at 512 channels: with many threads, past budget_bytes for all copies, the positions are taken in groups,
+// one pass over the tiles per group, each recomputing the tiles' transforms (at 512 channels ~2 % of a pass's work).
 template <int M>
-void weight_grad_tiles(const at::Tensor& x, const at::Tensor& grad_out, at::Tensor& du) {
+void weight_grad_tiles(const at::Tensor& x, const at::Tensor& grad_out, at::Tensor& du, int64_t budget_bytes) {
   constexpr int kPositions = (M + 2) * (M + 2);
   const int64_t in_ch = x.size(1), out_ch = grad_out.size(1);
   const Geometry g(x, M);
   const int64_t block = block_tiles(kPositions, in_ch, out_ch, g.tiles), blocks = (g.tiles + block - 1) / block;
-  const int64_t size = kPositions * in_ch * out_ch;
+  const int64_t per_position = in_ch * out_ch;
   const int threads = at::get_num_threads();
-  std::unique_ptr<float[]> partial(new float[threads * size]());  // one sum per thread, zeroed
+  const int64_t group = std::clamp<int64_t>(
+      budget_bytes / (threads * per_position * static_cast<int64_t>(sizeof(float))), 1, kPositions);
+  std::unique_ptr<float[]> partial(new float[threads * group * per_position]);
   const float* xp = x.data_ptr<float>();
   const float* dyp = grad_out.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    std::unique_ptr<float[]> v(new float[kPositions * block * in_ch]), m(new float[kPositions * block * out_ch]);
-    float* sum = partial.get() + at::get_thread_num() * size;
-    for (int64_t index = first; index < last; ++index) {
-      const int64_t t0 = index * block, count = std::min(block, g.tiles - t0);
-      Tile tile(g, t0);
-      for (int64_t b = 0; b < count; ++b, tile.next(g)) {
-        input_transform<M>(xp, g, in_ch, tile, v.get(), block, b);
-        grad_transform<M>(dyp, g, out_ch, tile, m.get(), block, b);
-      }
-      for (int xi = 0; xi < kPositions; ++xi) {
-        const float* v_xi = v.get() + xi * block * in_ch;
-        const float* m_xi = m.get() + xi * block * out_ch;
-        float* sum_xi = sum + xi * in_ch * out_ch;
-        for (int64_t c = 0; c < in_ch; c += kRows) {
-          weight_rows_of(static_cast<int>(std::min<int64_t>(kRows, in_ch - c)), v_xi + c, m_xi,
-                         sum_xi + c * out_ch, count, in_ch, out_ch);
+  float* out = du.data_ptr<float>();
+  for (int64_t first_position = 0; first_position < kPositions; first_position += group) {
+    const int64_t positions = std::min<int64_t>(group, kPositions - first_position);
+    const int64_t size = positions * per_position;
+    std::fill(partial.get(), partial.get() + threads * size, 0.0f);
+    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+      std::unique_ptr<float[]> v(new float[kPositions * block * in_ch]), m(new float[kPositions * block * out_ch]);
+      float* sum = partial.get() + at::get_thread_num() * size;
+      for (int64_t index = first; index < last; ++index) {
+        const int64_t t0 = index * block, count = std::min(block, g.tiles - t0);
+        Tile tile(g, t0);
+        for (int64_t b = 0; b < count; ++b, tile.next(g)) {
+          input_transform<M>(xp, g, in_ch, tile, v.get(), block, b);
+          grad_transform<M>(dyp, g, out_ch, tile, m.get(), block, b);
+        }
+        for (int64_t p = 0; p < positions; ++p) {
+          const int64_t xi = first_position + p;
+          const float* v_xi = v.get() + xi * block * in_ch;
+          const float* m_xi = m.get() + xi * block * out_ch;
+          float* sum_xi = sum + p * per_position;
+          for (int64_t c = 0; c < in_ch; c += kRows) {
+            weight_rows_of(static_cast<int>(std::min<int64_t>(kRows, in_ch - c)), v_xi + c, m_xi,
+                           sum_xi + c * out_ch, count, in_ch, out_ch);
+          }
         }
       }
-    }
-  });
-  float* out = du.data_ptr<float>();
-  at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
-    for (int th = 0; th < threads; ++th) {
-      const float* p = partial.get() + th * size;
-      for (int64_t i = begin; i < end; ++i) out[i] += p[i];
-    }
-  });
+    });
+    float* out_group = out + first_position * per_position;
+    at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
+      for (int th = 0; th < threads; ++th) {
+        const float* p = partial.get() + th * size;
+        for (int64_t i = begin; i < end; ++i) out_group[i] += p[i];
+      }
+    });
+  }
 }
 #endif
 
@@ -440,10 +453,12 @@ at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u) {
 }
 
 // dU ((m+2)^2, C, K) = the sum over tiles of V[xi]^T (A dY A^T)[xi] for conv2d(x, ., stride 1, padding 1) with
-// output gradient grad_out, by F(m x m, 3x3) with m = tile (2 or 4); the weight gradient is G^T dU G.
-at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t tile) {
+// output gradient grad_out, by F(m x m, 3x3) with m = tile (2 or 4); the weight gradient is G^T dU G. The threads'
+// partial sums take at most budget_bytes (more only where one position's per thread does not fit).
+at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t tile, int64_t budget_bytes) {
   TORCH_CHECK(has_winograd_conv(), "winograd_conv3x3: built without AVX2 and FMA");
   TORCH_CHECK(tile == 2 || tile == 4, "winograd_weight_grad: the tile must be 2 or 4 outputs wide, not ", tile);
+  TORCH_CHECK(budget_bytes > 0, "winograd_weight_grad: the partial sums' budget must be positive, not ", budget_bytes);
   check_input(x, "x");
   check_input(grad_out, "the output gradient");
   TORCH_CHECK(grad_out.size(0) == x.size(0) && grad_out.size(2) == x.size(2) && grad_out.size(3) == x.size(3),
@@ -453,9 +468,9 @@ at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out,
                       x.options().memory_format(at::MemoryFormat::Contiguous));
 #if defined(SIMCLRV2_WINOGRAD_CONV)
   if (tile == 2) {
-    weight_grad_tiles<2>(x, grad_out, du);
+    weight_grad_tiles<2>(x, grad_out, du, budget_bytes);
   } else {
-    weight_grad_tiles<4>(x, grad_out, du);
+    weight_grad_tiles<4>(x, grad_out, du, budget_bytes);
   }
 #endif
   return du;
