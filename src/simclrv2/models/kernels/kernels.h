@@ -2,7 +2,7 @@
 #pragma once
 
 // The tensor class and the few factory functions the kernels call, not <ATen/ATen.h> (every op's declaration):
-// each file compiles ~1.5 s faster, and the first run on a machine builds the extension.
+// each file compiles ~1.5 s faster in the extension's first build on a machine.
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -360,7 +360,8 @@ void forward_tiles(const at::Tensor& x, const at::Tensor& u, at::Tensor& y) {
 // dU, ((m+2)^2, C, K), summed over the tiles of F(m x m, 3x3). Each thread sums its tiles' products into its own
 // copy (no atomics), and the copies are added at the end. A copy of all positions is (m+2)^2 C K floats, 37.7 MB for
 // F(4x4) at 512 channels: with many threads, past budget_bytes for all copies, the positions are taken in groups,
-// one pass over the tiles per group, each recomputing the tiles' transforms (at 512 channels ~2 % of a pass's work).
+// one pass over the tiles per group, each recomputing the tiles' transforms (O(C + K) work a tile against the
+// products' O(C K); the cost is unmeasured on a many-core CPU).
 template <int M>
 void weight_grad_tiles(const at::Tensor& x, const at::Tensor& grad_out, at::Tensor& du, int64_t budget_bytes) {
   constexpr int kPositions = (M + 2) * (M + 2);
