@@ -71,8 +71,8 @@ def input_grad(kernels: Any, grad_out: Tensor, weight: Tensor, tile: int = 2) ->
                                     transformed_weight(swapped, tile))
 
 
-def weight_grad(kernels: Any, x: Tensor, grad_out: Tensor, tile: int = 2,
-                budget_bytes: int = PARTIAL_SUMS_BUDGET_BYTES) -> Tensor:
+def weight_grad(kernels: Any, x: Tensor, grad_out: Tensor, tile: int = 2) -> Tensor:
     """dL/dW, float32, channels_last."""
-    du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile, budget_bytes)
+    du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile,
+                                      PARTIAL_SUMS_BUDGET_BYTES)
     return weight_from_transformed(du, grad_out.shape[1], x.shape[1])
