@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import shutil
 import sys
@@ -415,3 +416,32 @@ def test_bn_relu_shapes_times_both_paths_for_every_stage(capsys):
         (c, s, shortcut) for c, s in ((8, 28), (16, 14), (32, 7), (64, 4)) for shortcut in (False, True)]
     assert all(r["pytorch_ms"] > 0 and r["fused_ms"] > 0 and r["fused_gbps"] > 0 for r in records)
     assert all(r["bn_only_pytorch_ms"] > 0 and r["bn_only_fused_ms"] > 0 for r in records if not r["shortcut"])
+
+
+_eval_ab_spec = importlib.util.spec_from_file_location(
+    "eval_forward_ab", Path(__file__).parents[1] / "benchmarks" / "eval_forward_ab.py")
+eval_forward_ab = importlib.util.module_from_spec(_eval_ab_spec)
+_eval_ab_spec.loader.exec_module(eval_forward_ab)
+
+
+def test_eval_forward_ab_alternates_the_two_batchnorm_paths_and_restores_the_package(fused, monkeypatch, capsys):
+    from simclrv2.models import bn_relu
+
+    package_test = bn_relu._fusable_eval
+    eval_calls = []
+    real = fused.bn_relu_eval
+    monkeypatch.setattr(fused, "bn_relu_eval", lambda *a: eval_calls.append(1) or real(*a), raising=False)
+    paths = []
+    timed = eval_forward_ab.encoder_features
+    monkeypatch.setattr(eval_forward_ab, "encoder_features",
+                        lambda *a: paths.append((bn_relu._fusable_eval is package_test, len(eval_calls))) or timed(*a))
+    assert eval_forward_ab.main(["--width", "0.125", "--precision", "fp32", "--images", "8", "--batch-size", "4",
+                                 "--pairs", "2"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [kernel for kernel, _ in paths] == [True, False, True, False, False, True]  # warm-ups, A B, B A
+    calls_before = [count for _, count in paths] + [len(eval_calls)]
+    added = [b - a for a, b in itertools.pairwise(calls_before)]
+    assert added == [40, 0, 40, 0, 0, 40]  # 20 BatchNorms a batch, two batches, on the kernel's path only
+    assert bn_relu._fusable_eval is package_test
+    low, high = record["pytorch_over_kernel"]["range"]
+    assert low <= record["pytorch_over_kernel"]["median"] <= high and len(record["seconds"]["kernel"]) == 2

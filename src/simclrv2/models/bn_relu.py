@@ -1,4 +1,4 @@
-"""Training-mode BatchNorm → (+ shortcut) → ReLU as one compiled CPU kernel.
+"""BatchNorm → (+ shortcut) → ReLU as one compiled CPU kernel, in training and in evaluation.
 
 On a CPU these layers move memory and do almost no arithmetic, so their cost is the number of passes over each
 activation. PyTorch runs BatchNorm, ReLU and their backward ops separately, 13-14 passes per activation (16-17 with
@@ -12,9 +12,13 @@ layers run as before, with a one-line warning.
 
 The fused path changes nothing else: the same modules, parameters, running statistics and state-dict keys, so
 checkpoints, the TF import and global BatchNorm see an ordinary ``nn.BatchNorm2d`` followed by ``nn.ReLU``.
-It is taken only where it is exact to use: training mode on CPU, channels_last float32/bfloat16 tensors, a
-plain affine ``nn.BatchNorm2d`` that tracks running statistics. The kernels are PyTorch operators
-(``torch.ops.simclrv2``), so a model under ``torch.compile`` keeps them and inductor fuses what lies around them.
+It is taken only where it is exact to use: CPU, channels_last float32/bfloat16 tensors, a plain affine
+``nn.BatchNorm2d`` that tracks running statistics, in training mode. In evaluation mode (running statistics), where
+nothing needs a gradient (the kNN monitor, final evaluations, a distillation teacher), the same layers are one pass
+over memory (``bn_relu_eval``) where PyTorch makes four (BatchNorm, then ReLU) or seven (with the add); with a
+residual it also rounds once where PyTorch rounds BatchNorm's bf16 output before the add. The training kernels are
+PyTorch operators (``torch.ops.simclrv2``), so a model under ``torch.compile`` keeps them and inductor fuses what
+lies around them; traced, scripted or compiled evaluation runs PyTorch's ops.
 """
 
 from __future__ import annotations
@@ -108,18 +112,43 @@ class _BatchNormReLU(torch.autograd.Function):
         return *_gradients(ctx, grad_out, active_kernels().bn_relu_backward), None, None
 
 
+def _kernel_tensors(x: Tensor, residual: Tensor | None) -> bool:
+    """Whether x (and the residual) are tensors the kernels read: CPU, channels_last, float32 or bfloat16."""
+    if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
+                                and residual.is_contiguous(memory_format=torch.channels_last))
+
+
 def _fusable(x: Tensor, bn: nn.Module, residual: Tensor | None) -> bool:
-    """Whether this call may use the kernels (see the module docstring)."""
+    """Whether this training-mode call may use the kernels (see the module docstring)."""
     if active_kernels() is None or not bn.training or type(bn) is not nn.BatchNorm2d or torch.jit.is_scripting():
         return False
     if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
         return False
-    if x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.bfloat16):
+    return _kernel_tensors(x, residual) and x.numel() // x.shape[1] >= 2
+
+
+def _fusable_eval(x: Tensor, bn: nn.Module, residual: Tensor | None) -> bool:
+    """Whether this evaluation-mode call (running statistics, nothing to differentiate) may use the one-pass kernel.
+    Tracing, scripting and torch.compile see PyTorch's ops: an exported graph must not name our kernels, and
+    inductor fuses BatchNorm in evaluation itself."""
+    if active_kernels() is None or bn.training or type(bn) is not nn.BatchNorm2d:
         return False
-    if not x.is_contiguous(memory_format=torch.channels_last) or x.numel() // x.shape[1] < 2:
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    return residual is None or (residual.shape == x.shape and residual.dtype == x.dtype
-                                and residual.is_contiguous(memory_format=torch.channels_last))
+    if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias, residual)):
+        return False
+    return _kernel_tensors(x, residual)
+
+
+def _evaluated(x: Tensor, bn: nn.BatchNorm2d, residual: Tensor | None, relu: bool) -> Tensor:
+    return active_kernels().bn_relu_eval(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, residual, bn.eps,
+                                         relu)
 
 
 def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
@@ -142,6 +171,8 @@ def _fused(x: Tensor, bn: nn.BatchNorm2d, residual: Tensor | None, relu: bool) -
 
 def batch_norm_relu(x: Tensor, bn: nn.BatchNorm2d, residual: Tensor | None = None) -> Tensor:
     """``relu(bn(x) + residual)`` (or ``relu(bn(x))``), fused where it can be, else PyTorch's ops."""
+    if _fusable_eval(x, bn, residual):
+        return _evaluated(x, bn, residual, relu=True)
     if not _fusable(x, bn, residual):
         y = bn(x)
         return torch.relu(y + residual) if residual is not None else torch.relu_(y)
@@ -151,6 +182,8 @@ def batch_norm_relu(x: Tensor, bn: nn.BatchNorm2d, residual: Tensor | None = Non
 def batch_norm(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """``bn(x)`` through the same kernel where it can be (a projection shortcut's BatchNorm: PyTorch's training
     BatchNorm makes more passes over memory), else ``bn`` itself."""
+    if _fusable_eval(x, bn, None):
+        return _evaluated(x, bn, None, relu=False)
     return _fused(x, bn, None, relu=False) if _fusable(x, bn, None) else bn(x)
 
 

@@ -1,5 +1,6 @@
 // Training-mode BatchNorm + (residual add) + ReLU over channels_last CPU tensors, forward and backward, in few
-// passes over memory; and BatchNorm alone (a projection shortcut's), which PyTorch also runs in several passes. On a
+// passes over memory; and BatchNorm alone (a projection shortcut's), which PyTorch also runs in several passes. In
+// evaluation mode (running statistics) the same layers are one pass: read x (and the residual), write the output. On a
 // 2-core CPU these layers are memory-bound: PyTorch's separate BatchNorm, ReLU and
 // backward ops read or write every activation 13-14 times (16-17 with the add); here the forward reads it twice and
 // writes it once, and the backward reads (gradient, input) twice and writes once, recomputing ReLU's mask from the
@@ -15,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -264,6 +266,59 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
     if (x.scalar_type() == at::kFloat) run(float{}, count); else run(at::BFloat16{}, count);
   });
   return {out, mean, var, invstd, scale, shift};
+}
+
+// relu(batch_norm(x) [+ residual]), or batch_norm(x), with the running statistics (evaluation mode) in one pass
+// over x. scale and shift are formed as PyTorch's CPU BatchNorm forms them in evaluation (invstd = 1/sqrt(var + eps),
+// scale = weight * invstd, shift = bias - mean * scale), so BatchNorm alone gives its output.
+at::Tensor bn_relu_eval(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& running_mean, const at::Tensor& running_var,
+                        const c10::optional<at::Tensor>& residual, double eps, bool relu) {
+  check_input(x, "input");
+  const int64_t channels = x.size(1);
+  for (const at::Tensor* t : {&weight, &bias, &running_mean, &running_var}) {
+    TORCH_CHECK(t->dim() == 1 && t->numel() == channels, "BatchNorm parameters and statistics must have one value "
+                "per channel");
+  }
+  const at::Tensor* res = nullptr;
+  if (residual.has_value()) {
+    check_input(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),
+                "residual must match the input's shape and dtype");
+    res = &*residual;
+  }
+  TORCH_CHECK(relu || res == nullptr, "a residual is added before the ReLU: give relu=true with it");
+  auto w = weight.to(at::kFloat).contiguous();
+  auto b = bias.to(at::kFloat).contiguous();
+  auto mean = running_mean.to(at::kFloat).contiguous();
+  auto var = running_var.to(at::kFloat).contiguous();
+  std::vector<float> scale(channels), shift(channels);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float inv = 1.f / std::sqrt(var.data_ptr<float>()[c] + static_cast<float>(eps));
+    scale[c] = w.data_ptr<float>()[c] * inv;
+    shift[c] = b.data_ptr<float>()[c] - mean.data_ptr<float>()[c] * scale[c];
+  }
+  auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const int64_t rows = x.numel() / std::max<int64_t>(channels, 1);
+  auto run = [&](auto tag, auto count) {
+    using scalar_t = decltype(tag);
+    constexpr int kC = decltype(count)::value;
+    const auto call = [&](auto kernel, const scalar_t* res_data) {
+      kernel(x.data_ptr<scalar_t>(), res_data, out.data_ptr<scalar_t>(), rows, channels, scale.data(), shift.data());
+    };
+    if (res != nullptr) {
+      call(normalise<kC, Tail::kAddRelu, scalar_t>, res->data_ptr<scalar_t>());
+    } else if (relu) {
+      call(normalise<kC, Tail::kRelu, scalar_t>, static_cast<const scalar_t*>(nullptr));
+    } else {
+      call(normalise<kC, Tail::kNone, scalar_t>, static_cast<const scalar_t*>(nullptr));
+    }
+  };
+  if (x.numel() == 0) return out;
+  with_channel_count(channels, [&](auto count) {
+    if (x.scalar_type() == at::kFloat) run(float{}, count); else run(at::BFloat16{}, count);
+  });
+  return out;
 }
 
 // (grad_input, grad_weight, grad_bias, grad_residual or an empty tensor). `out` (the forward's output) is needed

@@ -39,6 +39,10 @@ std::vector<at::Tensor> bn_relu_backward(const at::Tensor& grad_out, const c10::
                                          const at::Tensor& x, const at::Tensor& mean, const at::Tensor& invstd,
                                          const at::Tensor& weight, const at::Tensor& scale,
                                          const at::Tensor& shift, bool with_residual, bool relu);
+// The same layers in evaluation mode (the running statistics), forward only.
+at::Tensor bn_relu_eval(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& running_mean, const at::Tensor& running_var,
+                        const c10::optional<at::Tensor>& residual, double eps, bool relu);
 
 // layout.cpp: the re-layouts of the convolutions that run as GEMMs.
 at::Tensor patches(const at::Tensor& x, int64_t k, int64_t stride, int64_t pad);

@@ -9,6 +9,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_relu_forward", &simclrv2::bn_relu_forward,
         "relu(batch_norm(x) [+ residual]) or batch_norm(x), training mode, channels_last");
   m.def("bn_relu_backward", &simclrv2::bn_relu_backward, "gradients of bn_relu_forward");
+  m.def("bn_relu_eval", &simclrv2::bn_relu_eval,
+        "relu(batch_norm(x) [+ residual]) or batch_norm(x), evaluation mode (running statistics), channels_last");
   m.def("patches", &simclrv2::patches, "im2col of a channels_last tensor, (N*Ho*Wo, k*k*C)");
   m.def("transpose", &simclrv2::transpose, "a contiguous 2-D tensor transposed, contiguous");
   m.def("has_direct_conv", &simclrv2::has_direct_conv,
