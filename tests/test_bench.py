@@ -445,3 +445,40 @@ def test_eval_forward_ab_alternates_the_two_batchnorm_paths_and_restores_the_pac
     assert bn_relu._fusable_eval is package_test
     low, high = record["pytorch_over_kernel"]["range"]
     assert low <= record["pytorch_over_kernel"]["median"] <= high and len(record["seconds"]["kernel"]) == 2
+
+
+_predict_ab_spec = importlib.util.spec_from_file_location(
+    "predict_ab", Path(__file__).parents[1] / "benchmarks" / "predict_ab.py")
+predict_ab = importlib.util.module_from_spec(_predict_ab_spec)
+_predict_ab_spec.loader.exec_module(predict_ab)
+
+
+def test_predict_ab_rotates_kernels_and_pytorchs_ops_on_both_layouts_and_leaves_the_switch_off(
+        kernels, unfused, monkeypatch, capsys):
+    from simclrv2.models import bn_relu, cpu_kernels
+
+    seen = []
+    predict = predict_ab.LoadedModel.predict
+
+    def spy(model, images, batch_size):
+        evaluated = []
+        real = bn_relu._evaluated
+        monkeypatch.setattr(bn_relu, "_evaluated", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+        try:
+            return predict(model, images, batch_size=batch_size)
+        finally:
+            monkeypatch.setattr(bn_relu, "_evaluated", real)
+            weight = next(w for w in model.encoder.parameters() if w.dim() == 4 and w.shape[1] > 1)
+            layout = weight.is_contiguous(memory_format=torch.channels_last)  # a 1-channel stem is both
+            seen.append((cpu_kernels.active_kernels() is kernels, layout, len(evaluated)))
+
+    monkeypatch.setattr(predict_ab.LoadedModel, "predict", spy)
+    assert predict_ab.main(["--width", "0.125", "--images", "8", "--batch-size", "4", "--rounds", "2"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    # 20 BatchNorms a batch, two batches, on the kernels' path only
+    on, off, off_last = (True, True, 40), (False, False, 0), (False, True, 0)
+    assert seen == [on, off, off_last, on, off, off_last, off_last, off, on]  # warm-ups, A B C, C B A
+    assert cpu_kernels.active_kernels() is None
+    for name in ("pytorch", "pytorch-channels-last"):
+        low, high = record[f"{name}_over_kernels"]["range"]
+        assert low <= record[f"{name}_over_kernels"]["median"] <= high and len(record["seconds"][name]) == 2

@@ -42,6 +42,40 @@ def test_predict_writes_one_row_per_image_of_an_unlabeled_folder(classifier_run,
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_predict_runs_the_compiled_kernels_unless_told_not_to_and_restores_the_switch(
+        classifier_run, unlabeled, tmp_path, kernels, unfused, monkeypatch):
+    from simclrv2.models import bn_relu, cpu_kernels
+
+    calls = []
+    evaluated = bn_relu._evaluated
+    monkeypatch.setattr(bn_relu, "_evaluated", lambda *args, **kwargs: calls.append(1) or evaluated(*args, **kwargs))
+    on, off = tmp_path / "on.csv", tmp_path / "off.csv"
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(on)]) == 0
+    assert calls, "predict ran PyTorch's BatchNorm instead of the one-pass kernel"
+    assert cpu_kernels.active_kernels() is None  # as this process had it before the command
+    count = len(calls)
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(off),
+                 "--no-fused-kernels"]) == 0
+    assert len(calls) == count
+    with_kernels, without = list(csv.DictReader(on.open())), list(csv.DictReader(off.open()))
+    assert [r["image"] for r in with_kernels] == [r["image"] for r in without]
+    for a, b in zip(with_kernels, without, strict=True):
+        np.testing.assert_allclose([float(a[f"p_{c}"]) for c in CLASSES], [float(b[f"p_{c}"]) for c in CLASSES],
+                                   atol=1e-5)
+
+
+def test_embed_with_the_kernels_leaves_a_session_s_kernels_on(pretrain_run, unlabeled, tmp_path, fused):
+    from simclrv2.models import cpu_kernels
+
+    assert main(["embed", "--checkpoint", str(pretrain_run), str(unlabeled), "--output", str(tmp_path / "a"),
+                 "--no-fused-kernels"]) == 0
+    assert cpu_kernels.active_kernels() is fused
+    assert main(["embed", "--checkpoint", str(pretrain_run), str(unlabeled), "--output", str(tmp_path / "b")]) == 0
+    assert cpu_kernels.active_kernels() is fused
+    np.testing.assert_allclose(np.load(tmp_path / "a" / "features.npy"), np.load(tmp_path / "b" / "features.npy"),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_predict_top_k_as_json_lines(classifier_run, unlabeled, tmp_path):
     out = tmp_path / "pred.jsonl"
     assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(out),

@@ -76,3 +76,17 @@ def test_onnx_export_gives_the_same_outputs_for_any_batch_size(classifier, tmp_p
 def test_unknown_export_format_lists_the_valid_ones():
     with pytest.raises(SimCLRv2Error, match="safetensors, onnx, pt2"):
         parse_formats("safetensors,torchscript")
+
+
+def test_pt2_export_with_the_compiled_kernels_on_holds_pytorchs_ops_only(tmp_path, fused):
+    """A training session in the same process leaves the kernels on; torch.export must still trace PyTorch's ops
+    (a call into the extension would make a program that cannot run without simclrv2), with channels_last
+    weights as the stages lay them out."""
+    model = simclrv2.load(write_classifier_run(tmp_path / "run", image_size=40)).to(memory_format=torch.channels_last)
+    written = export_model(model, tmp_path / "export", ("pt2",))
+    program = torch.export.load(str(written["pt2"]))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not [t for t in targets if "simclrv2" in t or "bn_relu" in t]
+    assert any("conv2d" in t for t in targets) and any("batch_norm" in t for t in targets)
+    for n in (1, 5):
+        torch.testing.assert_close(program.module()(_batch(n)), model(_batch(n)), rtol=1e-4, atol=1e-5)

@@ -15,10 +15,12 @@ with the system's C++ compiler (~30-60 s, cached by torch in ``TORCH_EXTENSIONS_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -98,6 +100,21 @@ def use_fused_kernels(enabled: bool) -> bool:
         return False
     _KERNELS["active"] = kernels
     return True
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool) -> Iterator[bool]:
+    """The kernels on (or off) for a block, and the switch as it was afterwards; yields whether they are on. For
+    commands that may run inside another program's process (``simclrv2.cli.main``: predict, embed), which must not
+    change how that program's later forward passes run."""
+    before = _KERNELS.get("active")
+    try:
+        yield use_fused_kernels(enabled)
+    finally:
+        if before is None:
+            _KERNELS.pop("active", None)
+        else:
+            _KERNELS["active"] = before
 
 
 def active_kernels() -> ModuleType | None:
