@@ -46,6 +46,8 @@ def export_model(model: LoadedModel, output: str | Path, formats: tuple[str, ...
     output = output_folder(Path(output))
     if model.device.type != "cpu":  # export a CPU copy; the caller's model stays where it is
         model = copy.deepcopy(model).cpu()
+    if not all(p.is_contiguous() for p in model.parameters()):  # channels_last, as predict lays it out
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # what torch.export saves whole
     model.eval()
     example = torch.rand(_EXAMPLE_BATCH, model.preprocess.channels, model.preprocess.image_size,
                          model.preprocess.image_size, generator=torch.Generator().manual_seed(0))
