@@ -95,6 +95,23 @@ def test_predict_prints_csv_without_output_and_no_progress_bar_off_a_terminal(cl
     assert "\r" not in captured.err and "img/s" not in captured.err
 
 
+def test_the_kernels_build_message_stays_off_a_csv_on_stdout(classifier_run, unlabeled, kernels, unfused,
+                                                              monkeypatch, capsys):
+    """A first predict on a machine compiles the kernels and says so: that line must not land in the CSV."""
+    from simclrv2.logs import get_logger
+    from simclrv2.models import cpu_kernels
+
+    def build_and_say_so():
+        get_logger().info("compiled CPU kernels: loading")
+        return kernels
+
+    monkeypatch.setattr(cpu_kernels, "build_kernels", build_and_say_so)
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled / "trip")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0].startswith("image,prediction,") and len(captured.out.splitlines()) == 2
+    assert "compiled CPU kernels: loading" in captured.err
+
+
 def test_predict_reads_a_dataset_split_with_its_ids(tiny_fashion, tmp_path):
     run = write_classifier_run(tmp_path / "grey", image_size=28, channels=1, classes=tuple("0123456789"))
     out = tmp_path / "pred.csv"

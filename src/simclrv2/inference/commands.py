@@ -80,21 +80,27 @@ def run_command(args: argparse.Namespace) -> None:
         return
     from simclrv2.models.cpu_kernels import fused_kernels
 
-    with fused_kernels(model.device.type == "cpu" and args.fused_kernels) as on:
-        if on:  # the kernels take channels_last activations, as training lays them out
-            model.to(memory_format=torch.channels_last)
-        {"predict": _predict, "embed": _embed}[args.command](model, args)
+    data = sys.stdout
+    csv_on_stdout = args.command == "predict" and args.output is None
+    # stdout carrying the CSV holds nothing else: log lines (the kernels' build among them) go to stderr meanwhile
+    with contextlib.redirect_stdout(sys.stderr) if csv_on_stdout else contextlib.nullcontext():
+        with fused_kernels(model.device.type == "cpu" and args.fused_kernels) as on:
+            if on:  # the kernels take channels_last activations, as training lays them out
+                model.to(memory_format=torch.channels_last)
+            if args.command == "predict":
+                _predict(model, args, data)
+            else:
+                _embed(model, args)
 
 
-def _predict(model, args: argparse.Namespace) -> None:
+def _predict(model, args: argparse.Namespace, stdout) -> None:
+    """The CSV goes to ``stdout`` (the real one, taken before any redirect) when there is no ``--output``."""
     from simclrv2.inference.predict import predict
     from simclrv2.inference.sources import open_images
 
     source = open_images(args.images, model.preprocess, args.data_dir)
     if args.output is None:
-        data = sys.stdout
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the CSV: log lines go to stderr meanwhile
-            predict(model, source, None, top_k=args.top_k, batch_size=args.batch_size, stdout=data)
+        predict(model, source, None, top_k=args.top_k, batch_size=args.batch_size, stdout=stdout)
         return
     count = predict(model, source, args.output, top_k=args.top_k, batch_size=args.batch_size)
     print(f"predicted {count} images: {args.output}", file=sys.stderr)
