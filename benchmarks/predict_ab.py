@@ -1,8 +1,9 @@
 """A/B of ``simclrv2 predict`` on CPU within one process: with the compiled kernels against PyTorch's ops.
 
-    python benchmarks/predict_ab.py --width 0.25 1 --images 4096 --rounds 6
+    python benchmarks/predict_ab.py --width 0.25 1 --precision fp32 bf16 --images 4096 --rounds 6
 
-Times :meth:`simclrv2.LoadedModel.predict` (float32, 256 images a call: the command's defaults) on ``--images``
+Times :meth:`simclrv2.LoadedModel.predict` (in each ``--precision``; 256 images a call, the command's default) on
+``--images``
 random one-channel 28 px images, through a CIFAR-stem ResNet-18 classifier on projection-head layer 1. The first
 two paths are what the command runs: ``kernels``, its default, switches the compiled kernels on and lays the
 network out channels_last; ``pytorch`` (``--no-fused-kernels``) runs PyTorch's ops on the layout a checkpoint loads
@@ -53,12 +54,12 @@ def classifier_with_statistics(width: float) -> LoadedModel:
     return model.eval()
 
 
-def interleaved(models: dict[str, LoadedModel], images: torch.Tensor, batch_size: int, rounds: int
+def interleaved(models: dict[str, LoadedModel], images: torch.Tensor, batch_size: int, precision: str, rounds: int
                 ) -> dict[str, list[float]]:
     def timed(name: str) -> float:
         with fused_kernels(name == "kernels"):
             start = time.perf_counter()
-            models[name].predict(images, batch_size=batch_size)
+            models[name].predict(images, batch_size=batch_size, precision=precision)
             return time.perf_counter() - start
 
     for name in PATHS:  # warm-up: oneDNN's primitives, the allocator
@@ -81,6 +82,7 @@ def summary(seconds: dict[str, list[float]], count: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=float, nargs="+", default=[0.25, 1.0])
+    parser.add_argument("--precision", choices=["fp32", "bf16"], nargs="+", default=["fp32"])
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=256, help="images a call (predict's --batch-size)")
     parser.add_argument("--rounds", type=int, default=6)
@@ -97,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         loaded = classifier_with_statistics(width)
         channels_last = copy.deepcopy(loaded).to(memory_format=torch.channels_last)
         models = {"kernels": channels_last, "pytorch": loaded, "pytorch-channels-last": channels_last}
-        seconds = interleaved(models, images, args.batch_size, args.rounds)
-        print(json.dumps({"bench": "predict_ab", "width": width, "precision": "fp32", "images": args.images,
-                          "batch_size": args.batch_size, "rounds": args.rounds, **summary(seconds, args.images),
-                          "seconds": {name: [round(s, 4) for s in t] for name, t in seconds.items()},
-                          **cpu_kind(), "torch": torch.__version__, "threads": torch.get_num_threads()}),
-              flush=True)
+        for precision in args.precision:
+            seconds = interleaved(models, images, args.batch_size, precision, args.rounds)
+            print(json.dumps({"bench": "predict_ab", "width": width, "precision": precision, "images": args.images,
+                              "batch_size": args.batch_size, "rounds": args.rounds, **summary(seconds, args.images),
+                              "seconds": {name: [round(s, 4) for s in t] for name, t in seconds.items()},
+                              **cpu_kind(), "torch": torch.__version__, "threads": torch.get_num_threads()}),
+                  flush=True)
     return 0
 
 

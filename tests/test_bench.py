@@ -460,12 +460,12 @@ def test_predict_ab_rotates_kernels_and_pytorchs_ops_on_both_layouts_and_leaves_
     seen = []
     predict = predict_ab.LoadedModel.predict
 
-    def spy(model, images, batch_size):
+    def spy(model, images, batch_size, precision):
         evaluated = []
         real = bn_relu._evaluated
         monkeypatch.setattr(bn_relu, "_evaluated", lambda *a, **k: evaluated.append(1) or real(*a, **k))
         try:
-            return predict(model, images, batch_size=batch_size)
+            return predict(model, images, batch_size=batch_size, precision=precision)
         finally:
             monkeypatch.setattr(bn_relu, "_evaluated", real)
             weight = next(w for w in model.encoder.parameters() if w.dim() == 4 and w.shape[1] > 1)

@@ -154,6 +154,23 @@ def test_embed_writes_features_and_an_index_in_the_same_order(pretrain_run, unla
     assert json.loads((out / "embedding.json").read_text())["shape"] == [3, 64]  # hidden width 512 x 0.125
 
 
+def test_embed_and_predict_take_a_precision_and_embed_records_it(pretrain_run, classifier_run, unlabeled, tmp_path):
+    for precision in ("bf16", "auto"):
+        out = tmp_path / precision
+        assert main(["embed", "--checkpoint", str(pretrain_run), str(unlabeled), "--output", str(out),
+                     "--precision", precision]) == 0
+        recorded = json.loads((out / "embedding.json").read_text())["precision"]
+        assert recorded == "bf16" if precision == "bf16" else recorded in ("bf16", "fp32")
+    exact, reduced = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(exact)]) == 0
+    assert main(["predict", "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(reduced),
+                 "--precision", "bf16"]) == 0
+    p_exact = [[float(r[f"p_{c}"]) for c in CLASSES] for r in csv.DictReader(exact.open())]
+    p_reduced = [[float(r[f"p_{c}"]) for c in CLASSES] for r in csv.DictReader(reduced.open())]
+    assert p_exact != p_reduced
+    np.testing.assert_allclose(p_reduced, p_exact, atol=0.03)
+
+
 def test_embed_knn_labels_each_image_by_its_labelled_neighbours(pretrain_run, tmp_path):
     labelled = tmp_path / "labelled"
     _write_images(labelled, [f"red/{i}.png" for i in range(3)], seed=1)

@@ -32,6 +32,27 @@ def test_predict_gives_the_softmax_of_the_classifier_logits(classifier_run):
     assert not torch.allclose(probabilities[0], probabilities[1])  # the weights are not trivial
 
 
+def test_predict_and_embed_in_bf16_run_the_network_in_bf16_and_stay_near_float32(classifier_run, pretrain_run):
+    model = simclrv2.load(classifier_run)
+    images = _images(8)
+    seen = []
+    model.classifier.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    exact, reduced = model.predict(images), model.predict(images, precision="bf16")
+    assert seen == [torch.float32, torch.bfloat16]
+    assert reduced.dtype == torch.float32 and not torch.equal(reduced, exact)
+    torch.testing.assert_close(reduced, exact, atol=0.03, rtol=0)  # bf16's 8 bits through 18 layers
+    encoder = simclrv2.load(pretrain_run)
+    features = encoder.embed(images, precision="bf16")
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, encoder.embed(images), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16-math", "float32"])
+def test_an_unknown_inference_precision_lists_the_valid_ones(classifier_run, precision):
+    with pytest.raises(SimCLRv2Error, match="fp32, bf16, auto"):
+        simclrv2.load(classifier_run).predict(_images(1), precision=precision)
+
+
 def test_pil_images_arrays_and_tensors_give_the_same_predictions(classifier_run):
     model = simclrv2.load(classifier_run)
     images = _images(2)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from simclrv2.inference.export import FORMATS, ONNX_OPSET
+from simclrv2.inference.model import PRECISIONS
 
 COMMANDS = ("predict", "embed", "export")
 _IMAGES_HELP = ("a folder of images (sub-folders included; no labels needed), one image file, or DATASET:SPLIT "
@@ -24,6 +25,9 @@ def _common(p: argparse.ArgumentParser, images: bool = True) -> None:
         p.add_argument("images", metavar="FOLDER_OR_SPLIT", help=_IMAGES_HELP)
         p.add_argument("--data-dir", help="where DATASET's files are (default: searched as for training)")
         p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32 (default: the numbers the run's own evaluation gave), bf16 autocast, or auto "
+                       "(bf16 where the hardware runs it fast, as training's default)")
         p.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=True,
                        help="on CPU, run the package's compiled kernels where they are faster than PyTorch's ops, "
                        "as training does (compiled once per machine, ~30-60 s, then cached; default: on)")
@@ -100,9 +104,11 @@ def _predict(model, args: argparse.Namespace, stdout) -> None:
 
     source = open_images(args.images, model.preprocess, args.data_dir)
     if args.output is None:
-        predict(model, source, None, top_k=args.top_k, batch_size=args.batch_size, stdout=stdout)
+        predict(model, source, None, top_k=args.top_k, batch_size=args.batch_size, stdout=stdout,
+                precision=args.precision)
         return
-    count = predict(model, source, args.output, top_k=args.top_k, batch_size=args.batch_size)
+    count = predict(model, source, args.output, top_k=args.top_k, batch_size=args.batch_size,
+                    precision=args.precision)
     print(f"predicted {count} images: {args.output}", file=sys.stderr)
 
 
@@ -115,7 +121,7 @@ def _embed(model, args: argparse.Namespace) -> None:
     if args.knn:
         knn = KnnOptions(open_labelled(args.knn, model.preprocess, args.data_dir), args.knn_k, args.knn_temperature)
     written = embed(model, source, args.output, layer=args.layer, normalize=args.normalize,
-                    batch_size=args.batch_size, knn=knn)
+                    batch_size=args.batch_size, knn=knn, precision=args.precision)
     count = len(written["index"].read_text().splitlines())  # unreadable images were skipped
     print(f"embedded {count} images: {', '.join(str(p) for p in written.values())}")
 

@@ -9,6 +9,11 @@ from torch import Tensor, nn
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.inference.preprocess import ImageInput, Preprocessing
 from simclrv2.inference.spec import InferenceSpec
+from simclrv2.runtime import autocast
+
+# What inference runs in: float32 (the default: the numbers a checkpoint's own evaluation gave), bf16 autocast, or
+# auto (bf16 where the hardware runs it fast, as training's run.precision = "auto").
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class LoadedModel(nn.Module):
@@ -57,29 +62,35 @@ class LoadedModel(nn.Module):
         return h if self.classifier is None else self.classifier(h)
 
     @torch.inference_mode()
-    def predict(self, images: ImageInput, batch_size: int = 256) -> Tensor:
-        """(N, classes) class probabilities of raw images (PIL, arrays or tensors), on the CPU."""
+    def predict(self, images: ImageInput, batch_size: int = 256, precision: str = "fp32") -> Tensor:
+        """(N, classes) class probabilities of raw images (PIL, arrays or tensors), on the CPU, computed in
+        ``precision`` (``PRECISIONS``)."""
         if self.classifier is None:
             raise SimCLRv2Error(f"{self.spec.source} is a pretrained encoder without a classifier: use embed(), "
                                 "or load a fine-tuned, supervised or distilled run to predict classes")
-        return self._batched(images, batch_size, lambda x: self(x).float().softmax(dim=1))
+        return self._batched(images, batch_size, lambda x: self(x).float().softmax(dim=1), precision)
 
     @torch.inference_mode()
-    def embed(self, images: ImageInput, layer: int = 0, normalize: bool = False, batch_size: int = 256) -> Tensor:
-        """(N, D) features of raw images at head layer ``layer`` (0: the encoder output), on the CPU;
-        L2-normalised when ``normalize`` (what cosine kNN and retrieval use)."""
+    def embed(self, images: ImageInput, layer: int = 0, normalize: bool = False, batch_size: int = 256,
+              precision: str = "fp32") -> Tensor:
+        """(N, D) float32 features of raw images at head layer ``layer`` (0: the encoder output), on the CPU;
+        L2-normalised when ``normalize`` (what cosine kNN and retrieval use); computed in ``precision``."""
         self._check_layer(layer)
 
         def run(x: Tensor) -> Tensor:
             h = self.features(x, layer).float()
             return F.normalize(h, dim=1) if normalize else h
 
-        return self._batched(images, batch_size, run)
+        return self._batched(images, batch_size, run, precision)
 
-    def _batched(self, images: ImageInput, batch_size: int, run) -> Tensor:
+    def _batched(self, images: ImageInput, batch_size: int, run, precision: str) -> Tensor:
+        if precision not in PRECISIONS:
+            raise SimCLRv2Error(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (auto: bf16 where "
+                                "the hardware runs it fast, else fp32)")
         x = self.preprocess(images)  # (N, C, S, S) float in [0, 1]
         device = self.device
-        return torch.cat([run(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
+        with autocast(device, precision):
+            return torch.cat([run(x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)])
 
     def _check_layer(self, layer: int) -> int:
         if not isinstance(layer, int) or not 0 <= layer <= len(self.head):
