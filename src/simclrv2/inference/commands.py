@@ -26,8 +26,9 @@ def _common(p: argparse.ArgumentParser, images: bool = True) -> None:
         p.add_argument("--data-dir", help="where DATASET's files are (default: searched as for training)")
         p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
         p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp32 (default: the numbers the run's own evaluation gave), bf16 autocast, or auto "
-                       "(bf16 where the hardware runs it fast, as training's default)")
+                       help="fp32 (default: full precision, whatever the run trained in), bf16 autocast (faster "
+                       "where the CPU or GPU has bf16; probabilities move by ~0.001), or auto (bf16 where the "
+                       "hardware runs it fast, as training's default)")
         p.add_argument("--fused-kernels", action=argparse.BooleanOptionalAction, default=True,
                        help="on CPU, run the package's compiled kernels where they are faster than PyTorch's ops, "
                        "as training does (compiled once per machine, ~30-60 s, then cached; default: on)")

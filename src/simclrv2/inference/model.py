@@ -11,7 +11,7 @@ from simclrv2.inference.preprocess import ImageInput, Preprocessing
 from simclrv2.inference.spec import InferenceSpec
 from simclrv2.runtime import autocast
 
-# What inference runs in: float32 (the default: the numbers a checkpoint's own evaluation gave), bf16 autocast, or
+# What inference runs in: float32 (the default: full precision, whatever the network trained in), bf16 autocast, or
 # auto (bf16 where the hardware runs it fast, as training's run.precision = "auto").
 PRECISIONS = ("fp32", "bf16", "auto")
 

@@ -98,6 +98,5 @@ def predict(model: LoadedModel, source: ImageSource, output: Path | None, top_k:
                             "(with --knn for labels), or pass a fine-tuned, supervised or distilled run")
     top_k = min(top_k, len(model.classes))
     batches = (prediction_rows(model.classes, ids, probabilities, top_k)
-               for ids, probabilities in run_model(model, source, batch_size, "predict",
-                                                             precision=precision))
+               for ids, probabilities in run_model(model, source, batch_size, "predict", precision=precision))
     return write_predictions(batches, output, stdout)
