@@ -35,6 +35,12 @@ from conv_shapes import best_seconds  # noqa: E402
 STAGES = ((64, 28), (128, 14), (256, 7), (512, 4))  # base channels and map size of each stage at 28 px
 
 
+def gb_per_s(byte_count: float, seconds: float) -> float:
+    """GB/s to three significant figures: a tiny shape's rate on a loaded machine stays above 0 (rounded to one
+    decimal, 0.04 GB/s read 0.0)."""
+    return float(f"{byte_count / seconds / 1e9:.3g}")
+
+
 def both_ways(step, repeats: int) -> dict[str, float]:
     """Best seconds of ``step`` with PyTorch's ops and with the compiled kernels."""
     seconds = {}
@@ -65,22 +71,21 @@ def time_shape(batch: int, channels: int, size: int, dtype: torch.dtype, with_sh
 
         for name, seconds_bn in both_ways(bn_only, repeats).items():
             sums[f"bn_only_{name}_ms"] = round(seconds_bn * 1e3, 2)
-            sums[f"bn_only_{name}_gbps"] = round(8 * size_bytes / seconds_bn / 1e9, 1)
+            sums[f"bn_only_{name}_gbps"] = gb_per_s(8 * size_bytes, seconds_bn)
         kernels = build_kernels()  # main() checked it built; cached
         accumulated = grad.clone()
         seconds_sum = {"pytorch": best_seconds(lambda: accumulated.add_(shortcut), repeats),  # as autograd does
                        "compiled": best_seconds(lambda: kernels.add(grad, shortcut), repeats)}
         sums.update({f"grad_sum_{name}_ms": round(value * 1e3, 2) for name, value in seconds_sum.items()})
-        sums.update({f"grad_sum_{name}_gbps": round(3 * size_bytes / value / 1e9, 1)
-                     for name, value in seconds_sum.items()})
+        sums.update({f"grad_sum_{name}_gbps": gb_per_s(3 * size_bytes, value) for name, value in seconds_sum.items()})
     # with the shortcut: read in forward; in backward the saved output is read once and the shortcut's gradient
     # written, then read in place of the gradient and the output
     passes = 11 if with_shortcut else 8
     return {"channels": channels, "size": size, "shortcut": with_shortcut,
             "pytorch_ms": round(seconds["pytorch"] * 1e3, 2), "fused_ms": round(seconds["fused"] * 1e3, 2),
             "speedup": round(seconds["pytorch"] / seconds["fused"], 2),
-            "fused_gbps": round(passes * size_bytes / seconds["fused"] / 1e9, 1),
-            "copy_gbps": round(2 * size_bytes / best_seconds(x.clone, repeats) / 1e9, 1), **sums}
+            "fused_gbps": gb_per_s(passes * size_bytes, seconds["fused"]),
+            "copy_gbps": gb_per_s(2 * size_bytes, best_seconds(x.clone, repeats)), **sums}
 
 
 def main(argv: list[str] | None = None) -> int:
