@@ -211,6 +211,34 @@ void check_input(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, name, " must be float32 or bfloat16");
 }
 
+// The residual to add before the ReLU (nullptr: none), checked against x; a residual comes with the ReLU only.
+const at::Tensor* checked_residual(const at::Tensor& x, const c10::optional<at::Tensor>& residual, bool relu) {
+  const at::Tensor* res = nullptr;
+  if (residual.has_value()) {
+    check_input(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),
+                "residual must match the input's shape and dtype");
+    res = &*residual;
+  }
+  TORCH_CHECK(relu || res == nullptr, "a residual is added before the ReLU: give relu=true with it");
+  return res;
+}
+
+// out = x * scale + shift, then the tail: the residual added and ReLU, ReLU alone, or nothing.
+template <int kC, typename T>
+void normalise_with_tail(const at::Tensor& x, const at::Tensor* res, bool relu, at::Tensor& out, int64_t rows,
+                         int64_t channels, const float* scale, const float* shift) {
+  const T* in = x.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  if (res != nullptr) {
+    normalise<kC, Tail::kAddRelu, T>(in, res->data_ptr<T>(), o, rows, channels, scale, shift);
+  } else if (relu) {
+    normalise<kC, Tail::kRelu, T>(in, nullptr, o, rows, channels, scale, shift);
+  } else {
+    normalise<kC, Tail::kNone, T>(in, nullptr, o, rows, channels, scale, shift);
+  }
+}
+
 }  // namespace
 
 namespace simclrv2 {
@@ -232,14 +260,7 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
   auto scale = at::empty({channels}, x.options().dtype(at::kFloat));
   auto shift = at::empty({channels}, x.options().dtype(at::kFloat));
   auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-  const at::Tensor* res = nullptr;
-  if (residual.has_value()) {
-    check_input(*residual, "residual");
-    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),
-                "residual must match the input's shape and dtype");
-    res = &*residual;
-  }
-  TORCH_CHECK(relu || res == nullptr, "a residual is added before the ReLU: give relu=true with it");
+  const at::Tensor* res = checked_residual(x, residual, relu);
   auto run = [&](auto tag, auto count) {
     using scalar_t = decltype(tag);
     constexpr int kC = decltype(count)::value;
@@ -250,17 +271,8 @@ std::vector<at::Tensor> bn_relu_forward(const at::Tensor& x, const at::Tensor& w
       scale.data_ptr<float>()[c] = w.data_ptr<float>()[c] * inv;
       shift.data_ptr<float>()[c] = b.data_ptr<float>()[c] - mean.data_ptr<float>()[c] * w.data_ptr<float>()[c] * inv;
     }
-    const auto call = [&](auto kernel, const scalar_t* res_data) {
-      kernel(x.data_ptr<scalar_t>(), res_data, out.data_ptr<scalar_t>(), rows, channels, scale.data_ptr<float>(),
-             shift.data_ptr<float>());
-    };
-    if (res != nullptr) {
-      call(normalise<kC, Tail::kAddRelu, scalar_t>, res->data_ptr<scalar_t>());
-    } else if (relu) {
-      call(normalise<kC, Tail::kRelu, scalar_t>, static_cast<const scalar_t*>(nullptr));
-    } else {
-      call(normalise<kC, Tail::kNone, scalar_t>, static_cast<const scalar_t*>(nullptr));
-    }
+    normalise_with_tail<kC, scalar_t>(x, res, relu, out, rows, channels, scale.data_ptr<float>(),
+                                      shift.data_ptr<float>());
   };
   with_channel_count(channels, [&](auto count) {
     if (x.scalar_type() == at::kFloat) run(float{}, count); else run(at::BFloat16{}, count);
@@ -280,14 +292,7 @@ at::Tensor bn_relu_eval(const at::Tensor& x, const at::Tensor& weight, const at:
     TORCH_CHECK(t->dim() == 1 && t->numel() == channels, "BatchNorm parameters and statistics must have one value "
                 "per channel");
   }
-  const at::Tensor* res = nullptr;
-  if (residual.has_value()) {
-    check_input(*residual, "residual");
-    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),
-                "residual must match the input's shape and dtype");
-    res = &*residual;
-  }
-  TORCH_CHECK(relu || res == nullptr, "a residual is added before the ReLU: give relu=true with it");
+  const at::Tensor* res = checked_residual(x, residual, relu);
   auto w = weight.to(at::kFloat).contiguous();
   auto b = bias.to(at::kFloat).contiguous();
   auto mean = running_mean.to(at::kFloat).contiguous();
@@ -300,23 +305,14 @@ at::Tensor bn_relu_eval(const at::Tensor& x, const at::Tensor& weight, const at:
   }
   auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   const int64_t rows = x.numel() / std::max<int64_t>(channels, 1);
-  auto run = [&](auto tag, auto count) {
-    using scalar_t = decltype(tag);
-    constexpr int kC = decltype(count)::value;
-    const auto call = [&](auto kernel, const scalar_t* res_data) {
-      kernel(x.data_ptr<scalar_t>(), res_data, out.data_ptr<scalar_t>(), rows, channels, scale.data(), shift.data());
-    };
-    if (res != nullptr) {
-      call(normalise<kC, Tail::kAddRelu, scalar_t>, res->data_ptr<scalar_t>());
-    } else if (relu) {
-      call(normalise<kC, Tail::kRelu, scalar_t>, static_cast<const scalar_t*>(nullptr));
-    } else {
-      call(normalise<kC, Tail::kNone, scalar_t>, static_cast<const scalar_t*>(nullptr));
-    }
-  };
   if (x.numel() == 0) return out;
   with_channel_count(channels, [&](auto count) {
-    if (x.scalar_type() == at::kFloat) run(float{}, count); else run(at::BFloat16{}, count);
+    constexpr int kC = decltype(count)::value;
+    if (x.scalar_type() == at::kFloat) {
+      normalise_with_tail<kC, float>(x, res, relu, out, rows, channels, scale.data(), shift.data());
+    } else {
+      normalise_with_tail<kC, at::BFloat16>(x, res, relu, out, rows, channels, scale.data(), shift.data());
+    }
   });
   return out;
 }
