@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -26,6 +27,9 @@ from simclrv2.models import bn_relu, resnet
 from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from ab_rounds import images_per_second, median_seconds, paired_ratio, rotated_rounds  # noqa: E402
 
 PATHS = ("kernel", "pytorch")
 
@@ -69,23 +73,14 @@ def interleaved(model: torch.nn.Module, images: ImageDataset, precision: str, ba
         return time.perf_counter() - start
 
     try:
-        for name in PATHS:  # warm-up: oneDNN's primitives, the allocator
-            timed(name)
-        seconds: dict[str, list[float]] = {name: [] for name in PATHS}
-        for index in range(pairs):
-            for name in PATHS if index % 2 == 0 else tuple(reversed(PATHS)):
-                seconds[name].append(timed(name))
+        return rotated_rounds(PATHS, timed, pairs)
     finally:
         bn_relu._fusable_eval = _FUSABLE_EVAL
-    return seconds
 
 
 def summary(seconds: dict[str, list[float]], count: int) -> dict:
-    ratios = [p / k for p, k in zip(seconds["pytorch"], seconds["kernel"], strict=True)]
-    return {**{f"{name}_median_s": round(statistics.median(t), 4) for name, t in seconds.items()},
-            **{f"{name}_images_per_s": round(count / statistics.median(t)) for name, t in seconds.items()},
-            "pytorch_over_kernel": {"median": round(statistics.median(ratios), 3),
-                                    "range": [round(min(ratios), 3), round(max(ratios), 3)]}}
+    return {**median_seconds(seconds), **images_per_second(seconds, count),
+            "pytorch_over_kernel": paired_ratio(seconds["pytorch"], seconds["kernel"])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from ab_rounds import median_seconds, paired_ratio, rotated_rounds  # noqa: E402
 from pretrain_throughput import GEMM_RULE_SETS, use_gemm_rules  # noqa: E402
 from step_profile import encoder_step  # noqa: E402
 
@@ -44,27 +44,20 @@ def step_seconds(model: torch.nn.Module, images: torch.Tensor, precision: str) -
 def interleaved(model: torch.nn.Module, images: torch.Tensor, precision: str, rules: list[str], pairs: int,
                 warmup: int) -> dict[str, list[float]]:
     """Seconds per step under each rule set, alternating A B / B A so that neither always runs first."""
-    for name in rules:
+    def timed(name: str) -> float:
         use_gemm_rules(name)
-        for _ in range(warmup):
-            step_seconds(model, images, precision)
-    seconds: dict[str, list[float]] = {name: [] for name in rules}
-    for index in range(pairs):
-        for name in rules if index % 2 == 0 else list(reversed(rules)):
-            use_gemm_rules(name)
-            seconds[name].append(step_seconds(model, images, precision))
-    use_gemm_rules("default")
-    return seconds
+        return step_seconds(model, images, precision)
+
+    try:
+        return rotated_rounds(rules, timed, pairs, warmup)
+    finally:
+        use_gemm_rules("default")
 
 
 def summary(seconds: dict[str, list[float]]) -> dict:
     first, *others = seconds
-    result = {f"{name}_median_s": round(statistics.median(times), 4) for name, times in seconds.items()}
-    for other in others:
-        ratios = [a / b for a, b in zip(seconds[first], seconds[other], strict=True)]
-        result[f"{first}_over_{other}"] = {"median": round(statistics.median(ratios), 3),
-                                           "range": [round(min(ratios), 3), round(max(ratios), 3)]}
-    return result
+    return {**median_seconds(seconds),
+            **{f"{first}_over_{other}": paired_ratio(seconds[first], seconds[other]) for other in others}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -33,6 +34,9 @@ from simclrv2.models.cpu_kernels import build_kernels, fused_kernels
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
+from ab_rounds import images_per_second, median_seconds, paired_ratio, rotated_rounds  # noqa: E402
 
 PATHS = ("kernels", "pytorch", "pytorch-channels-last")
 CLASSES = tuple(str(k) for k in range(10))
@@ -62,21 +66,12 @@ def interleaved(models: dict[str, LoadedModel], images: torch.Tensor, batch_size
             models[name].predict(images, batch_size=batch_size, precision=precision)
             return time.perf_counter() - start
 
-    for name in PATHS:  # warm-up: oneDNN's primitives, the allocator
-        timed(name)
-    seconds: dict[str, list[float]] = {name: [] for name in PATHS}
-    for index in range(rounds):
-        for name in PATHS if index % 2 == 0 else tuple(reversed(PATHS)):
-            seconds[name].append(timed(name))
-    return seconds
+    return rotated_rounds(PATHS, timed, rounds)
 
 
 def summary(seconds: dict[str, list[float]], count: int) -> dict:
-    ratios = {name: [t / k for t, k in zip(seconds[name], seconds["kernels"], strict=True)] for name in PATHS[1:]}
-    return {**{f"{name}_median_s": round(statistics.median(t), 4) for name, t in seconds.items()},
-            **{f"{name}_images_per_s": round(count / statistics.median(t)) for name, t in seconds.items()},
-            **{f"{name}_over_kernels": {"median": round(statistics.median(r), 3),
-                                        "range": [round(min(r), 3), round(max(r), 3)]} for name, r in ratios.items()}}
+    return {**median_seconds(seconds), **images_per_second(seconds, count),
+            **{f"{name}_over_kernels": paired_ratio(seconds[name], seconds["kernels"]) for name in PATHS[1:]}}
 
 
 def main(argv: list[str] | None = None) -> int:
