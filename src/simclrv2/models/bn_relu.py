@@ -122,11 +122,14 @@ def _kernel_tensors(x: Tensor, residual: Tensor | None) -> bool:
                                 and residual.is_contiguous(memory_format=torch.channels_last))
 
 
+def _plain_batch_norm(bn: nn.Module) -> bool:
+    """An affine ``nn.BatchNorm2d`` (not a subclass) that tracks running statistics: what the kernels implement."""
+    return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats and bn.running_mean is not None
+
+
 def _fusable(x: Tensor, bn: nn.Module, residual: Tensor | None) -> bool:
     """Whether this training-mode call may use the kernels (see the module docstring)."""
-    if active_kernels() is None or not bn.training or type(bn) is not nn.BatchNorm2d or torch.jit.is_scripting():
-        return False
-    if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
+    if active_kernels() is None or not bn.training or not _plain_batch_norm(bn) or torch.jit.is_scripting():
         return False
     return _kernel_tensors(x, residual) and x.numel() // x.shape[1] >= 2
 
@@ -135,11 +138,9 @@ def _fusable_eval(x: Tensor, bn: nn.Module, residual: Tensor | None) -> bool:
     """Whether this evaluation-mode call (running statistics, nothing to differentiate) may use the one-pass kernel.
     Tracing, scripting and torch.compile see PyTorch's ops: an exported graph must not name our kernels, and
     inductor fuses BatchNorm in evaluation itself."""
-    if active_kernels() is None or bn.training or type(bn) is not nn.BatchNorm2d:
+    if active_kernels() is None or bn.training or not _plain_batch_norm(bn):
         return False
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    if not (bn.affine and bn.track_running_stats and bn.running_mean is not None):
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, bn.weight, bn.bias, residual)):
         return False
