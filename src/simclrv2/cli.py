@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,6 +102,14 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"shards: {out} (train on them with data.dataset = 'webdataset', data.data_dir = '{out}')")
 
 
+def _info(args: argparse.Namespace, config: Any) -> None:
+    from simclrv2.info import format_info, machine_info
+
+    with contextlib.redirect_stdout(sys.stderr):  # log lines (the kernels' build) stay off the report, JSON or not
+        info = machine_info(config)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simclrv2", description="SimCLRv2: self-supervised pretraining, "
                                      "fine-tuning from the projection head, and distillation.", allow_abbrev=False)
@@ -113,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="print the resolved TOML: defaults, then --config, then --section.key options",
         epilog=CONFIG_EPILOG, allow_abbrev=False)
     _add_config_options(show)
+    i = sub.add_parser("info", help="what a run would do on this machine: precision, compiled kernels and where "
+                       "each convolution pass runs", epilog=CONFIG_EPILOG, allow_abbrev=False)
+    i.add_argument("--json", action="store_true", help="one JSON object, e.g. for a bug report or a script")
+    _add_config_options(i)
     r = sub.add_parser("report", help="(re)build the HTML report of a run or pipeline directory", allow_abbrev=False)
     r.add_argument("run_dir", type=Path)
     d = sub.add_parser("download", help="download a dataset (needs internet) and verify its checksums",
@@ -150,6 +164,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt:") and v is not None}
     if args.command == "config":
         print(to_toml(load_config(resolve_config(args.config) if args.config else None, overrides)), end="")
+        return 0
+    if args.command == "info":
+        _info(args, load_config(resolve_config(args.config) if args.config else None, overrides))
         return 0
     if args.resume and args.overwrite:
         raise SimCLRv2Error("--resume and --overwrite exclude each other: choose one")

@@ -489,6 +489,23 @@ def _direct_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
     return winograd.input_grad(kernels, grad_out, weight, tile)
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a CPU convolution of ``x`` computes in: autocast's where it is on (float64 stays float64)."""
+    if torch.is_autocast_enabled("cpu") and x.dtype != torch.float64:
+        return torch.get_autocast_dtype("cpu")
+    return x.dtype
+
+
+def _direct_engine(name: str, conv: nn.Conv2d, dtype: torch.dtype) -> str:
+    """Which of our kernels runs a pass ``direct_passes`` gave them, named as ``_direct_forward`` and its kin
+    choose."""
+    if conv.in_channels == 1:
+        return "stem kernel"
+    tile = winograd_tile(name, conv.kernel_size[0], conv.padding[0], conv.in_channels, conv.out_channels, dtype,
+                         active_kernels())
+    return f"Winograd F({tile}x{tile})" if tile is not None else "direct 16-channel kernel"
+
+
 class Conv2d(nn.Conv2d):
     """:class:`torch.nn.Conv2d` (same parameters and checkpoints) whose passes run on CPU as GEMMs over patches
     where ``GEMM_RULES`` says they are faster than oneDNN's, or as our kernels (direct or Winograd) where
@@ -516,9 +533,23 @@ class Conv2d(nn.Conv2d):
             passes, direct = passes - {"backward-weights"}, direct - {"backward-weights"}
         return passes - direct, direct
 
+    def engines(self, x: Tensor) -> dict[str, str]:
+        """Where each pass of a call on ``x`` runs, by the same plan as :meth:`forward`: "oneDNN", "GEMM", a kernel
+        of ours ("Winograd F(4x4)", "direct 16-channel kernel", "stem kernel"), or "PyTorch" off the CPU; passes that
+        will not run (no gradient asked) are left out. What ``simclrv2 info`` prints."""
+        dtype = _compute_dtype(x)
+        passes, direct = self._plan(x, dtype)
+        will_run = ["forward"]
+        if torch.is_grad_enabled() and x.requires_grad:
+            will_run.append("backward-data")
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            will_run.append("backward-weights")
+        off_cpu = "PyTorch" if x.device.type != "cpu" else "oneDNN"
+        return {name: _direct_engine(name, self, dtype) if name in direct else "GEMM" if name in passes else off_cpu
+                for name in will_run}
+
     def forward(self, x: Tensor) -> Tensor:
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu") if autocast and x.dtype != torch.float64 else x.dtype
+        dtype = _compute_dtype(x)
         passes, direct = self._plan(x, dtype)
         if not passes and not direct:
             return super().forward(x)
