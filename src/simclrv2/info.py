@@ -23,7 +23,7 @@ from simclrv2.models.conv import Conv2d
 from simclrv2.models.cpu_kernels import fused_kernels
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind, provenance
-from simclrv2.runtime import autocast, bf16_is_fast, prepare_model, resolve_device, resolve_precision
+from simclrv2.runtime import autocast, prepare_model, resolve_device, resolve_precision
 
 # The image size and channels of the built-in datasets, for a config that keeps their own (data.image_size = 0).
 DATASET_GEOMETRY: dict[str, tuple[int, int]] = {
@@ -68,7 +68,7 @@ def convolution_plan(spec: ModelSpec, image_size: int, device: torch.device, pre
     """Where each pass of the encoder's convolutions runs in a training step: one row per shape and plan, with how
     many layers share it, in the order the forward pass meets them."""
     encoder = prepare_model(spec.build_simclr(seed=0).encoder, device, channels_last)
-    images = torch.rand(2, spec.in_channels, image_size, image_size, device=device)
+    images = torch.zeros(2, spec.in_channels, image_size, image_size, device=device)  # values do not matter
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     rows: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, Any]] = {}
@@ -118,10 +118,10 @@ def machine_info(config: Any) -> dict[str, Any]:
     }
 
 
-def _bf16_note(info: dict[str, Any], device: torch.device) -> str:
+def _bf16_note(info: dict[str, Any]) -> str:
     if info["precision_config"] != "auto":
         return "as the config sets it"
-    if bf16_is_fast(device):
+    if info["bf16_fast"]:
         return "this machine has native bf16 kernels"
     return "no native bf16 kernels here: bf16 would fall back to a slow reference path"
 
@@ -139,7 +139,7 @@ def format_info(info: dict[str, Any]) -> str:
                                                         ("MKL_ENABLE_INSTRUCTIONS", "mkl_enable_instructions"))
                 if info[key]]
         lines.append(f"CPU features: {flags}" + (f"; held by {', '.join(caps)}" if caps else ""))
-    lines += [f"precision:    {info['precision_config']} -> {info['precision']} ({_bf16_note(info, device)})",
+    lines += [f"precision:    {info['precision_config']} -> {info['precision']} ({_bf16_note(info)})",
               f"kernels:      {info['compiled_kernels']}",
               f"network:      {info['network']} ({info['network_geometry']})",
               "convolutions: where each pass of a training step runs",
