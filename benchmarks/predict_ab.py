@@ -3,16 +3,15 @@
     python benchmarks/predict_ab.py --width 0.25 1 --precision fp32 bf16 --images 4096 --rounds 6
 
 Times :meth:`simclrv2.LoadedModel.predict` (in each ``--precision``; 256 images a call, the command's default) on
-``--images``
-random one-channel 28 px images, through a CIFAR-stem ResNet-18 classifier on projection-head layer 1. The first
-two paths are what the command runs: ``kernels``, its default, switches the compiled kernels on and lays the
-network out channels_last; ``pytorch`` (``--no-fused-kernels``) runs PyTorch's ops on the layout a checkpoint loads
-in. The third, ``pytorch-channels-last``, runs PyTorch's ops on the kernels' layout, to tell the layout's share of
-the difference from the kernels'. Each round runs every path, in turn forwards and backwards; the output gives each
-path's median seconds and, for each other path, the median and range of its time over the kernels' in the same
-round (above 1: the kernels are faster). The BatchNorm running
-statistics come from a few training-mode batches, so the layers normalise as in a trained network. Needs an
-otherwise idle machine.
+``--images`` random one-channel 28 px images, through a CIFAR-stem ResNet-18 classifier on projection-head layer 1.
+The first two paths are what the command and the method run: ``kernels``, their default, switches the compiled
+kernels on and passes channels_last batches to the network as a checkpoint loads it; ``pytorch``
+(``--no-fused-kernels``, ``fused_kernels=False``) runs PyTorch's ops on the loaded layout. The third,
+``pytorch-channels-last``, runs PyTorch's ops on a network laid out channels_last, to tell the layout's share of
+the difference from the kernels'. Each round runs every path, in turn forwards and backwards; the output gives
+each path's median seconds and, for each other path, the median and range of its time over the kernels' in the
+same round (above 1: the kernels are faster). The BatchNorm running statistics come from a few training-mode
+batches, so the layers normalise as in a trained network. Needs an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from simclrv2.inference.loading import build_model
 from simclrv2.inference.model import LoadedModel
 from simclrv2.inference.preprocess import Preprocessing
 from simclrv2.inference.spec import InferenceSpec
-from simclrv2.models.cpu_kernels import build_kernels, fused_kernels
+from simclrv2.models.cpu_kernels import build_kernels
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
@@ -61,10 +60,9 @@ def classifier_with_statistics(width: float) -> LoadedModel:
 def interleaved(models: dict[str, LoadedModel], images: torch.Tensor, batch_size: int, precision: str, rounds: int
                 ) -> dict[str, list[float]]:
     def timed(name: str) -> float:
-        with fused_kernels(name == "kernels"):
-            start = time.perf_counter()
-            models[name].predict(images, batch_size=batch_size, precision=precision)
-            return time.perf_counter() - start
+        start = time.perf_counter()
+        models[name].predict(images, batch_size=batch_size, precision=precision, fused_kernels=name == "kernels")
+        return time.perf_counter() - start
 
     return rotated_rounds(PATHS, timed, rounds)
 
@@ -93,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for width in args.width:
         loaded = classifier_with_statistics(width)
         channels_last = copy.deepcopy(loaded).to(memory_format=torch.channels_last)
-        models = {"kernels": channels_last, "pytorch": loaded, "pytorch-channels-last": channels_last}
+        models = {"kernels": loaded, "pytorch": loaded, "pytorch-channels-last": channels_last}
         for precision in args.precision:
             seconds = interleaved(models, images, args.batch_size, precision, args.rounds)
             print(json.dumps({"bench": "predict_ab", "width": width, "precision": precision, "images": args.images,

@@ -32,6 +32,32 @@ def test_predict_gives_the_softmax_of_the_classifier_logits(classifier_run):
     assert not torch.allclose(probabilities[0], probabilities[1])  # the weights are not trivial
 
 
+def test_predict_and_embed_run_the_compiled_kernels_by_default_and_leave_the_switch_as_it_was(
+        classifier_run, kernels, unfused, monkeypatch):
+    from simclrv2.models import bn_relu, cpu_kernels
+
+    calls = []
+    evaluated = bn_relu._evaluated
+    monkeypatch.setattr(bn_relu, "_evaluated", lambda *args, **kwargs: calls.append(1) or evaluated(*args, **kwargs))
+    model = simclrv2.load(classifier_run)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    images = _images(n=6)
+    fused = model.predict(images)
+    assert calls, "predict ran PyTorch's BatchNorm instead of the one-pass kernel"
+    features = model.embed(images, layer=1)
+    count = len(calls)
+    assert count > 1 and cpu_kernels.active_kernels() is None  # the switch as it was before the calls
+    # the weights keep their layout and values, and still train
+    assert all(p.is_contiguous() for p in model.parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, weights[name], rtol=0, atol=0)
+    model(images.float() / 255).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    torch.testing.assert_close(fused, model.predict(images, fused_kernels=False), rtol=0, atol=1e-5)
+    torch.testing.assert_close(features, model.embed(images, layer=1, fused_kernels=False), rtol=1e-4, atol=1e-5)
+    assert len(calls) == count  # fused_kernels=False: PyTorch's ops
+
+
 def test_predict_and_embed_in_bf16_run_the_network_in_bf16_and_stay_near_float32(classifier_run, pretrain_run):
     model = simclrv2.load(classifier_run)
     images = _images(8)

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from simclrv2.inference.export import FORMATS, ONNX_OPSET
 from simclrv2.inference.model import PRECISIONS
 
@@ -83,19 +81,14 @@ def run_command(args: argparse.Namespace) -> None:
     if args.command == "export":  # torch.export traces PyTorch's ops whatever the switch says
         _export(model, args)
         return
-    from simclrv2.models.cpu_kernels import fused_kernels
-
     data = sys.stdout
     csv_on_stdout = args.command == "predict" and args.output is None
     # stdout carrying the CSV holds nothing else: log lines (the kernels' build among them) go to stderr meanwhile
     with contextlib.redirect_stdout(sys.stderr) if csv_on_stdout else contextlib.nullcontext():
-        with fused_kernels(model.device.type == "cpu" and args.fused_kernels) as on:
-            if on:  # the kernels take channels_last activations, as training lays them out
-                model.to(memory_format=torch.channels_last)
-            if args.command == "predict":
-                _predict(model, args, data)
-            else:
-                _embed(model, args)
+        if args.command == "predict":
+            _predict(model, args, data)
+        else:
+            _embed(model, args)
 
 
 def _predict(model, args: argparse.Namespace, stdout) -> None:
@@ -106,10 +99,10 @@ def _predict(model, args: argparse.Namespace, stdout) -> None:
     source = open_images(args.images, model.preprocess, args.data_dir)
     if args.output is None:
         predict(model, source, None, top_k=args.top_k, batch_size=args.batch_size, stdout=stdout,
-                precision=args.precision)
+                precision=args.precision, fused_kernels=args.fused_kernels)
         return
     count = predict(model, source, args.output, top_k=args.top_k, batch_size=args.batch_size,
-                    precision=args.precision)
+                    precision=args.precision, fused_kernels=args.fused_kernels)
     print(f"predicted {count} images: {args.output}", file=sys.stderr)
 
 
@@ -122,7 +115,7 @@ def _embed(model, args: argparse.Namespace) -> None:
     if args.knn:
         knn = KnnOptions(open_labelled(args.knn, model.preprocess, args.data_dir), args.knn_k, args.knn_temperature)
     written = embed(model, source, args.output, layer=args.layer, normalize=args.normalize,
-                    batch_size=args.batch_size, knn=knn, precision=args.precision)
+                    batch_size=args.batch_size, knn=knn, precision=args.precision, fused_kernels=args.fused_kernels)
     count = len(written["index"].read_text().splitlines())  # unreadable images were skipped
     print(f"embedded {count} images: {', '.join(str(p) for p in written.values())}")
 

@@ -34,23 +34,25 @@ class KnnOptions:
 
 
 def features_of(model: LoadedModel, source: ImageSource, layer: int, normalize: bool,
-                batch_size: int, precision: str = "fp32") -> tuple[tuple[str, ...], torch.Tensor]:
+                batch_size: int, precision: str = "fp32", fused_kernels: bool = True
+                ) -> tuple[tuple[str, ...], torch.Tensor]:
     """(ids, (N, D) float32 features) of every readable image of ``source``, in its order."""
     ids, outputs = [], []
     for batch_ids, features in run_model(model, source, batch_size, "embed", layer=layer, normalize=normalize,
-                                           precision=precision):
+                                           precision=precision, fused_kernels=fused_kernels):
         ids += batch_ids
         outputs.append(features)
     return tuple(ids), torch.cat(outputs)
 
 
 def embed(model: LoadedModel, source: ImageSource, output: Path, layer: int = 0, normalize: bool = False,
-          batch_size: int = 256, knn: KnnOptions | None = None, precision: str = "fp32") -> dict[str, Path]:
+          batch_size: int = 256, knn: KnnOptions | None = None, precision: str = "fp32",
+          fused_kernels: bool = True) -> dict[str, Path]:
     """Writes ``features.npy``, ``index.txt`` (one id per line, in row order; unreadable images are skipped),
     ``embedding.json`` and, with ``knn``, ``knn.csv`` (image, predicted class); returns the files written."""
     if output.exists() and not output.is_dir():
         raise SimCLRv2Error(f"--output {output} is a file; choose a folder")
-    ids, features = features_of(model, source, layer, normalize, batch_size, precision)
+    ids, features = features_of(model, source, layer, normalize, batch_size, precision, fused_kernels)
     output_folder(output)
     written = {"features": output / FEATURES_FILE, "index": output / INDEX_FILE}
     np.save(written["features"], features.numpy())
@@ -60,17 +62,18 @@ def embed(model: LoadedModel, source: ImageSource, output: Path, layer: int = 0,
              "shape": list(features.shape)}
     if knn is not None:
         written["knn"] = output / KNN_FILE
-        about["knn"] = _write_knn(model, ids, features, layer, normalize, batch_size, precision, knn,
-                                  written["knn"])
+        about["knn"] = _write_knn(model, ids, features, layer, normalize, batch_size, (precision, fused_kernels),
+                                  knn, written["knn"])
     atomic_write_text(output / "embedding.json", json.dumps(about, indent=1) + "\n")
     written["about"] = output / "embedding.json"
     return written
 
 
 def _write_knn(model: LoadedModel, ids: tuple[str, ...], features: torch.Tensor, layer: int, normalize: bool,
-               batch_size: int, precision: str, knn: KnnOptions, path: Path) -> dict:
+               batch_size: int, compute: tuple[str, bool], knn: KnnOptions, path: Path) -> dict:
+    """The bank's features computed as the images' were (``compute``: precision and fused kernels)."""
     bank = ImageSource(knn.labelled.name, knn.labelled.ids, dataset=knn.labelled)
-    _, bank_features = features_of(model, bank, layer, normalize, batch_size, precision)
+    _, bank_features = features_of(model, bank, layer, normalize, batch_size, *compute)
     labels = knn_predict(bank_features, knn.labelled.require_labels("kNN labelling"), features,
                          knn.labelled.num_classes, k=knn.k, temperature=knn.temperature)
     with path.open("w", newline="") as f:

@@ -88,7 +88,8 @@ def _write_rows(batches: Iterator[list[dict]], kind: str, handle: IO[str]) -> in
 
 
 def predict(model: LoadedModel, source: ImageSource, output: Path | None, top_k: int = 0,
-            batch_size: int = 256, stdout: IO[str] | None = None, precision: str = "fp32") -> int:
+            batch_size: int = 256, stdout: IO[str] | None = None, precision: str = "fp32",
+            fused_kernels: bool = True) -> int:
     """Predicts every readable image of ``source`` and writes the records (to ``stdout`` without ``output``);
     returns the number of images written."""
     if top_k < 0:
@@ -98,5 +99,6 @@ def predict(model: LoadedModel, source: ImageSource, output: Path | None, top_k:
                             "(with --knn for labels), or pass a fine-tuned, supervised or distilled run")
     top_k = min(top_k, len(model.classes))
     batches = (prediction_rows(model.classes, ids, probabilities, top_k)
-               for ids, probabilities in run_model(model, source, batch_size, "predict", precision=precision))
+               for ids, probabilities in run_model(model, source, batch_size, "predict", precision=precision,
+                                                    fused_kernels=fused_kernels))
     return write_predictions(batches, output, stdout)
