@@ -162,16 +162,18 @@ def run(argv: Sequence[str] | None = None) -> int:
         import_command.run_command(args)
         return 0
     overrides = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt:") and v is not None}
+    def config() -> Any:  # loaded where each command needs it, so a stage's option errors come first
+        return load_config(resolve_config(args.config) if args.config else None, overrides)
+
     if args.command == "config":
-        print(to_toml(load_config(resolve_config(args.config) if args.config else None, overrides)), end="")
+        print(to_toml(config()), end="")
         return 0
     if args.command == "info":
-        _info(args, load_config(resolve_config(args.config) if args.config else None, overrides))
+        _info(args, config())
         return 0
     if args.resume and args.overwrite:
         raise SimCLRv2Error("--resume and --overwrite exclude each other: choose one")
-    config = load_config(resolve_config(args.config) if args.config else None, overrides)
-    STAGES[args.command][1](args, config)
+    STAGES[args.command][1](args, config())
     return 0
 
 

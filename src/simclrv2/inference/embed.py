@@ -62,7 +62,7 @@ def embed(model: LoadedModel, source: ImageSource, output: Path, layer: int = 0,
              "shape": list(features.shape)}
     if knn is not None:
         written["knn"] = output / KNN_FILE
-        about["knn"] = _write_knn(model, ids, features, layer, normalize, batch_size, (precision, fused_kernels),
+        about["knn"] = _write_knn(model, ids, features, layer, normalize, batch_size, precision, fused_kernels,
                                   knn, written["knn"])
     atomic_write_text(output / "embedding.json", json.dumps(about, indent=1) + "\n")
     written["about"] = output / "embedding.json"
@@ -70,10 +70,10 @@ def embed(model: LoadedModel, source: ImageSource, output: Path, layer: int = 0,
 
 
 def _write_knn(model: LoadedModel, ids: tuple[str, ...], features: torch.Tensor, layer: int, normalize: bool,
-               batch_size: int, compute: tuple[str, bool], knn: KnnOptions, path: Path) -> dict:
-    """The bank's features computed as the images' were (``compute``: precision and fused kernels)."""
+               batch_size: int, precision: str, fused_kernels: bool, knn: KnnOptions, path: Path) -> dict:
+    """The bank's features computed as the images' were: same layer, precision and kernels."""
     bank = ImageSource(knn.labelled.name, knn.labelled.ids, dataset=knn.labelled)
-    _, bank_features = features_of(model, bank, layer, normalize, batch_size, *compute)
+    _, bank_features = features_of(model, bank, layer, normalize, batch_size, precision, fused_kernels)
     labels = knn_predict(bank_features, knn.labelled.require_labels("kNN labelling"), features,
                          knn.labelled.num_classes, k=knn.k, temperature=knn.temperature)
     with path.open("w", newline="") as f:
