@@ -20,6 +20,14 @@ Where the peer harness's virtual environment exists (``--peer-python``, made by 
 ``--rounds N`` measures everything N times (ours, then the peer, at each width, every round) and the table gives
 each side's median with the range of the rounds' paired ratios: on machines whose speed moves from process to
 process, one pair of runs can put the ratio a fifth off.
+
+Beyond the peer protocol, ``--device cuda`` times the same stage on a GPU (no peer there), and ``--depth``,
+``--sk-ratio`` and ``--image-size`` time the paper's bigger networks (Fashion-MNIST resized; an ImageNet stem above
+32 px). On a GPU each line also gives the step's GFLOP per pair (forward and backward, counted once by
+``torch.utils.flop_counter``) and the TFLOP/s that makes, beside the device's measured matmul peak in the step's
+dtype (``--gemm-peak``):
+
+    python benchmarks/pretrain_throughput.py --device cuda --depth 50 --width 1 2 --image-size 224 --batch 256
 """
 
 from __future__ import annotations
@@ -35,12 +43,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from simclrv2.config import load_config
 from simclrv2.models import conv, count_parameters
 from simclrv2.models.cpu_kernels import FLAGS_VARIABLE
 from simclrv2.models.spec import ModelSpec
-from simclrv2.provenance import cpu_kind
+from simclrv2.provenance import cpu_kind, device_name
 from simclrv2.runtime import resolve_precision
 from simclrv2.stages.engine import StepTime
 from simclrv2.stages.pretrain import pretrain
@@ -74,18 +83,47 @@ def use_gemm_rules(name: str) -> None:
         setattr(conv, rule, value)
 
 
+def step_gflop_per_pair(spec: ModelSpec, image_size: int, device: torch.device, channels_last: bool) -> float:
+    """GFLOP of one pair's forward and backward through encoder and head (two views, fp32 on ``device``): what a
+    step's TFLOP/s is counted from. The loss and optimiser add well under 1 %."""
+    model = spec.build_simclr().to(device)
+    views = torch.rand(2, spec.in_channels, image_size, image_size, device=device)
+    if channels_last:
+        model, views = model.to(memory_format=torch.channels_last), views.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        model(views).sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
+    """The best TFLOP/s of an n^3 matmul in ``dtype`` on a GPU (TF32 off: fp32 is fp32): the step's ceiling."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize(device)
+        best = min(best, start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / best / 1e12
+
+
 def measure(data_dir: str | None, width: float, precision: str, head_layers: int, batch: int, steps: int,
             warmup: int, channels_last: bool, compile_model: bool = False, keep_freed_memory: bool = True,
-            fused_kernels: bool = True) -> dict:
+            fused_kernels: bool = True, device: str = "cpu", depth: int = 18, sk_ratio: float = 0.0,
+            image_size: int = 28, cudnn_benchmark: bool = True) -> dict:
     """One configuration: ``simclrv2 pretrain`` for ``warmup + steps`` steps, its steps timed by the engine."""
     config = load_config(None, {
         "data.dataset": "fashion-mnist", "data.data_dir": data_dir or "", "data.val_size": "0",
-        "data.train_limit": str(batch * (warmup + steps)), "model.depth": "18", "model.width_multiplier": str(width),
-        "model.stem": "cifar", "model.head_layers": str(head_layers), "augment.blur_prob": "0",
-        "augment.grayscale_prob": "0", "pretrain.epochs": "1", "pretrain.batch_size": str(batch),
-        "pretrain.temperature": "0.5", "run.device": "cpu", "run.precision": precision,
-        "run.channels_last": str(channels_last).lower(), "run.compile": str(compile_model).lower(),
-        "run.keep_freed_memory": str(keep_freed_memory).lower(), "run.fused_kernels": str(fused_kernels).lower(),
+        "data.train_limit": str(batch * (warmup + steps)), "data.image_size": str(image_size),
+        "model.depth": str(depth), "model.width_multiplier": str(width), "model.sk_ratio": str(sk_ratio),
+        "model.stem": "cifar" if image_size <= 32 else "imagenet", "model.head_layers": str(head_layers),
+        "augment.blur_prob": "0", "augment.grayscale_prob": "0", "pretrain.epochs": "1",
+        "pretrain.batch_size": str(batch), "pretrain.temperature": "0.5", "run.device": device,
+        "run.precision": precision, "run.channels_last": str(channels_last).lower(),
+        "run.compile": str(compile_model).lower(), "run.keep_freed_memory": str(keep_freed_memory).lower(),
+        "run.fused_kernels": str(fused_kernels).lower(), "run.cudnn_benchmark": str(cudnn_benchmark).lower(),
         "run.progress": "false", "run.tensorboard": "false", "run.knn_every": "0", "run.log_every": "1000000"})
     times: list[StepTime] = []
     with tempfile.TemporaryDirectory() as run_dir:
@@ -93,13 +131,26 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
     timed = times[warmup:]
     e2e_s, data_s, model_s = (sum(getattr(t, key) for t in timed) / len(timed)
                               for key in ("step_s", "data_s", "model_s"))
+    spec = ModelSpec.from_config(config.model, image_size, 1)
+    on = torch.device(device)
+    resolved = resolve_precision(precision, on)
+    if on.type == "cuda":
+        gflop = step_gflop_per_pair(spec, image_size, on, channels_last)
+        gpu = {"device": device_name(on), "cudnn_benchmark": cudnn_benchmark, "gflop_per_pair": round(gflop, 2),
+               "model_tflops": round(gflop * batch / model_s / 1e3, 1),
+               "peak_memory_gib": round(torch.cuda.max_memory_allocated(on) / 2**30, 2)}
+        torch.cuda.reset_peak_memory_stats(on)
+    else:
+        gpu = {}
     return {
         "bench": "simclrv2_pretrain_throughput",
-        "arch": f"resnet18w{width:g}",
+        "arch": f"resnet{depth}w{width:g}" + ("sk" if sk_ratio else ""),
         "width": width,
-        "params": count_parameters(ModelSpec.from_config(config.model, 28, 1).build_simclr()),
+        "image_size": image_size,
+        "params": count_parameters(spec.build_simclr()),
         "head_layers": head_layers,
-        "precision": resolve_precision(precision, torch.device("cpu")),
+        "precision": resolved,
+        **gpu,
         "channels_last": channels_last,
         "compile": compile_model,
         "keep_freed_memory": keep_freed_memory,
@@ -117,6 +168,15 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=float, nargs="+", default=[0.25, 1.0])
+    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (no peer runs there)")
+    p.add_argument("--depth", type=int, default=18, help="ResNet depth (the peer protocol's is 18)")
+    p.add_argument("--sk-ratio", type=float, default=0.0, help="Selective Kernels (0.0625 in the paper; 0: off)")
+    p.add_argument("--image-size", type=int, default=28,
+                   help="Fashion-MNIST resized to this side (the peer protocol's is 28; an ImageNet stem above 32)")
+    p.add_argument("--no-cudnn-benchmark", action="store_true",
+                   help="run.cudnn_benchmark = false: cuDNN's heuristic algorithms instead of timed ones")
+    p.add_argument("--gemm-peak", action="store_true",
+                   help="on a GPU, also time an 8192^3 matmul in bf16 and fp32 (TF32 off): the step's ceiling")
     p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32", "bf16-math"],
                    help="auto: bf16 where the CPU has native bf16 kernels (AVX-512 BF16/AMX), else fp32")
     p.add_argument("--head-layers", type=int, default=2)
@@ -160,6 +220,14 @@ def main() -> None:
     use_gemm_rules(args.gemm_rules)
     conv.DIRECT_KERNELS = not args.no_direct_kernels
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
+    on_gpu = torch.device(args.device).type == "cuda"
+    if on_gpu:
+        not_ready = "the peer runs on the CPU only: no ratios on a GPU"
+        if args.gemm_peak:
+            peaks = {name: round(matmul_peak_tflops(torch.device(args.device), dtype), 1)
+                     for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+            print(json.dumps({"bench": "gpu_matmul_peak", "device": device_name(torch.device(args.device)),
+                              "n": 8192, "tflops": peaks}), flush=True)
     if args.rounds < 1:
         p.error(f"--rounds must be at least 1, got {args.rounds}")
     ours, peers = [], []
@@ -169,7 +237,8 @@ def main() -> None:
                 steps = args.steps or (20 if width < 1 else 10)
                 result = measure(args.data_dir, width, precision, args.head_layers, args.batch, steps, args.warmup,
                                  not args.no_channels_last, args.compile, not args.no_keep_freed_memory,
-                                 not args.no_fused_kernels)
+                                 not args.no_fused_kernels, args.device, args.depth, args.sk_ratio,
+                                 args.image_size, not args.no_cudnn_benchmark)
                 result.update(round=round_index, gemm_rules=args.gemm_rules, direct_kernels=conv.DIRECT_KERNELS,
                               kernel_flags=os.environ.get(FLAGS_VARIABLE, ""), **cpu_kind(),
                               torch=torch.__version__, torch_threads=torch.get_num_threads(),

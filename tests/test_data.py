@@ -135,6 +135,23 @@ def test_image_size_and_channels_apply_to_array_datasets(tmp_path):
         load_dataset("fashion-mnist", data_dir=tmp_path, image_size=0)
 
 
+def test_limit_keeps_the_first_images_and_resizes_only_those(tmp_path, monkeypatch):
+    import simclrv2.data as data_module
+
+    write_fashion(tmp_path, 5)
+    native = load_dataset("fashion-mnist", data_dir=tmp_path)
+    resized_counts = []
+    real_resize = data_module.resize_images
+    monkeypatch.setattr(data_module, "resize_images",
+                        lambda images, size: resized_counts.append(len(images)) or real_resize(images, size))
+    first = load_dataset("fashion-mnist", data_dir=tmp_path, image_size=32, limit=2)
+    assert resized_counts == [2] and first.images.shape == (2, 1, 32, 32)
+    assert first.ids == native.ids[:2] and torch.equal(first.labels, native.labels[:2])
+    assert len(load_dataset("fashion-mnist", data_dir=tmp_path, limit=50)) == 5  # a limit above the size: all
+    with pytest.raises(SimCLRv2Error, match="limit must be >= 0"):
+        load_dataset("fashion-mnist", data_dir=tmp_path, limit=-1)
+
+
 # ------------------------------------------------------------------------------------ finding the data
 
 

@@ -144,6 +144,9 @@ class RunConfig:
     # CPU training: the compiled kernels (models.cpu_kernels: BatchNorm(+add)+ReLU as one kernel, the GEMM
     # convolutions' patches and transposes, the sum of a block input's bf16 gradients; a C++ compiler, built once)
     fused_kernels: bool = True
+    # CUDA: cuDNN times its convolution algorithms for each new input shape and keeps the fastest (the shapes of a
+    # training run repeat); false for bit-reproducible runs
+    cudnn_benchmark: bool = True
     progress: bool = True  # a progress bar when the output is a terminal
     log_every: int = 10  # steps between metric lines (and progress-bar refreshes)
     tensorboard: bool = True  # also write TensorBoard scalars to RUN/tensorboard when tensorboard is installed

@@ -9,6 +9,8 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from simclrv2.data import cifar, download, idx, locate, stl10
 from simclrv2.data.dataset import DatasetSpec, ImageDataset, convert_channels, resize_images
 from simclrv2.data.folder import read_folder
@@ -91,9 +93,13 @@ def _data_folder(name: str, spec: DatasetSpec, data_dir: str | Path | None, down
     return locate.check_data_dir(path, spec)
 
 
+def _first(dataset: ImageDataset, limit: int) -> ImageDataset:
+    return dataset.subset(torch.arange(min(limit, len(dataset)))) if 0 < limit < len(dataset) else dataset
+
+
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None,
                  image_size: int | None = None, download: bool = False,
-                 channels: int | None = None) -> ImageDataset:
+                 channels: int | None = None, limit: int = 0) -> ImageDataset:
     """One split of a dataset, in memory as a uint8 (N, C, S, S) tensor.
 
     image_size: the side of the returned images; None keeps the dataset's own (image folders: the most
@@ -102,6 +108,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     download: fetch the dataset into the cache (or into ``data_dir``) when it is not found.
     channels: 1 (grey) or 3 (RGB); None keeps the dataset's own (image folders: 1 when every training image
         is grey, else 3).
+    limit: keep only the first ``limit`` images (0: all), taken before resizing, so a quick run at a large
+        ``image_size`` does not resize the images it drops.
     """
     spec = _spec(name)
     if split not in spec.splits:
@@ -111,10 +119,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
         raise SimCLRv2Error(f"image_size must be >= 1 (or None for the dataset's own size), got {image_size}")
     if channels not in (None, 1, 3):
         raise SimCLRv2Error(f"channels must be 1 or 3 (or None for the dataset's own), got {channels}")
+    if limit < 0:
+        raise SimCLRv2Error(f"limit must be >= 0 (0 keeps every image), got {limit}")
     if name == "folder":
         root = find_data_dir(name, data_dir)
-        return read_folder(root, split, image_size, channels)
-    dataset = spec.read(_data_folder(name, spec, data_dir, download), split)
+        return _first(read_folder(root, split, image_size, channels), limit)
+    dataset = _first(spec.read(_data_folder(name, spec, data_dir, download), split), limit)
     images = dataset.images
     if image_size is not None:
         images = resize_images(images, image_size)

@@ -52,9 +52,8 @@ def load_split(data, split: str, limit: int = 0) -> ImageDataset:
         image_size=data.image_size or None,
         download=data.download,
         channels=data.channels or None,
+        limit=limit,
     )
-    if limit:
-        dataset = dataset.subset(torch.arange(min(limit, len(dataset))))
     if len(dataset) == 0:
         raise SimCLRv2Error(f"{dataset.name} holds no images")
     return dataset

@@ -180,6 +180,8 @@ def open_session(stage: str, config: Any, run_dir: str | Path, *, resume: bool, 
     if device.type == "cpu" and run.keep_freed_memory:
         keep_freed_memory()
     use_fused_kernels(device.type == "cpu" and run.fused_kernels)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = run.cudnn_benchmark
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     dist.barrier()  # every process has checked before the main one may write the run (Session.create)
