@@ -177,7 +177,7 @@ def main() -> None:
                    help="run.cudnn_benchmark = false: cuDNN's heuristic algorithms instead of timed ones")
     p.add_argument("--gemm-peak", action="store_true",
                    help="on a GPU, also time an 8192^3 matmul in bf16 and fp32 (TF32 off): the step's ceiling")
-    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32", "bf16-math"],
+    p.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32", "bf16-math", "tf32"],
                    help="auto: bf16 where the CPU has native bf16 kernels (AVX-512 BF16/AMX), else fp32")
     p.add_argument("--head-layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=256)

@@ -25,6 +25,7 @@ from simclrv2.augment.geometry import resized_crop, sample_crop_boxes
 from simclrv2.checkpoint import load_checkpoint, read_metrics
 from simclrv2.config import load_config
 from simclrv2.models.spec import ModelSpec
+from simclrv2.runtime import set_fp32_math
 from simclrv2.stages.pipeline import pipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -33,15 +34,15 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(autouse=True)
 def exact_cuda_math():
-    """TF32 off and cuDNN's deterministic algorithms while a test compares with the CPU; the stages set
-    ``cudnn.benchmark`` themselves (``run.cudnn_benchmark``), so it is put back after each test."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-             torch.backends.cudnn.deterministic)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    """Exact fp32 (no TF32) and cuDNN's deterministic algorithms while a test compares with the CPU. The stages set
+    ``cudnn.benchmark`` (``run.cudnn_benchmark``) and the fp32 mode themselves, so both are put back after each test;
+    TF32 through the package's own switch, since torch refuses to mix its two ways of setting it."""
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    set_fp32_math("fp32")
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     yield
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark,
-     torch.backends.cudnn.deterministic) = saved
+    set_fp32_math("fp32")
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
 
 
 def test_nt_xent_and_its_gradients_match_the_cpu():

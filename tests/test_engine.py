@@ -80,6 +80,28 @@ def test_bf16_math_on_a_torch_without_the_setting_is_a_clear_error_and_other_pre
         set_fp32_math("bf16-math")
 
 
+def test_fp32_is_exact_on_cuda_too_and_tf32_is_an_opt_in_for_cuda_only(tmp_path):
+    """PyTorch's default runs cuDNN's fp32 convolutions in TF32; a session in fp32 turns that off (set here on any
+    build: the flags exist without a GPU), tf32 turns it on for cuBLAS and cuDNN, and tf32 off CUDA is refused."""
+    from simclrv2.runtime import set_fp32_math
+
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn)
+    if not all(hasattr(b, "fp32_precision") for b in backends):
+        pytest.skip(f"torch {torch.__version__} has no fp32_precision settings")
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default
+        _session(tmp_path / "a", **{"run.precision": "fp32"})
+        assert [b.fp32_precision for b in backends] == ["ieee"] * 3
+        set_fp32_math("tf32")
+        assert [b.fp32_precision for b in backends] == ["tf32"] * 3
+        set_fp32_math("bf16")
+        assert [b.fp32_precision for b in backends] == ["ieee"] * 3
+    finally:
+        set_fp32_math("fp32")
+    with pytest.raises(SimCLRv2Error, match="'tf32' is a CUDA mode .* on cpu use 'bf16', 'fp32' or 'bf16-math'"):
+        _session(tmp_path / "b", **{"run.device": "cpu", "run.precision": "tf32"})
+
+
 def _toy_task(losses: list[float], budget: Budget) -> Task:
     """A one-parameter model whose loss is scripted: the engine's bookkeeping, not learning, is under test."""
     model = nn.Linear(1, 1)

@@ -83,7 +83,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if bf16_is_fast(device) else "fp32"
     if precision == "bf16-math" and device.type != "cpu":
         raise SimCLRv2Error(f"run.precision = 'bf16-math' is a CPU mode (oneDNN fpmath); on {device.type} use "
-                            "'bf16' or 'fp32'")
+                            + ("'bf16', 'tf32' or 'fp32'" if device.type == "cuda" else "'bf16' or 'fp32'"))
+    if precision == "tf32" and device.type != "cuda":
+        raise SimCLRv2Error(f"run.precision = 'tf32' is a CUDA mode (TF32 tensor cores); on {device.type} use "
+                            "'bf16', 'fp32'" + (" or 'bf16-math'" if device.type == "cpu" else ""))
     if precision in ("bf16", "bf16-math") and not bf16_is_fast(device):
         warnings.warn(f"bf16 has no fast kernels on this {device.type}; run.precision = 'fp32' or 'auto' is faster",
                       stacklevel=2)
@@ -91,9 +94,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def set_fp32_math(precision: str) -> None:
-    """``bf16-math`` lets oneDNN run fp32 convolutions and matmuls on bf16 hardware (bf16 products, fp32 sums);
-    every other precision restores exact fp32 kernels. The setting is process-wide, so each stage sets it from
-    its own config when it starts, in the forward and the backward pass alike."""
+    """How fp32 convolutions and matmuls multiply, for the whole process: each stage sets it from its own config
+    when it starts, in the forward and the backward pass alike. Exactly in fp32 for every precision but two
+    opt-in modes: ``bf16-math`` lets oneDNN multiply in bf16 on the CPU and ``tf32`` lets CUDA's tensor cores multiply
+    in TF32 (both sum in fp32). PyTorch's own default runs cuDNN's fp32 convolutions in TF32; ``fp32`` turns that
+    off, so that ``fp32`` means fp32 on every device."""
+    _set_mkldnn_math(precision)
+    _set_cuda_math(precision)
+
+
+def _set_mkldnn_math(precision: str) -> None:
     backends = [getattr(torch.backends.mkldnn, kind, None) for kind in ("conv", "matmul")]
     if not all(hasattr(backend, "fp32_precision") for backend in backends):  # a torch older than the setting
         if precision == "bf16-math":
@@ -102,6 +112,19 @@ def set_fp32_math(precision: str) -> None:
         return
     for backend in backends:
         backend.fp32_precision = "bf16" if precision == "bf16-math" else "none"
+
+
+def _set_cuda_math(precision: str) -> None:
+    """TF32 on or off for cuBLAS and cuDNN. Through ``fp32_precision`` where torch has it: torch refuses to read
+    its older ``allow_tf32`` flags once the two ways of setting them were mixed."""
+    tf32 = precision == "tf32"
+    backends = [getattr(torch.backends.cuda, "matmul", None), *(getattr(torch.backends.cudnn, kind, None)
+                                                                for kind in ("conv", "rnn"))]
+    if all(hasattr(backend, "fp32_precision") for backend in backends):
+        for backend in backends:
+            backend.fp32_precision = "tf32" if tf32 else "ieee"
+    else:  # a torch older than the setting
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
 
 
 @contextlib.contextmanager

@@ -134,7 +134,9 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     # auto: bf16 autocast where the hardware runs it fast (GPU; CPU with AVX-512 BF16/AMX), else fp32.
-    # bf16-math (CPU, opt-in): fp32 tensors whose convolutions and matmuls multiply in bf16 (oneDNN fpmath mode)
+    # bf16-math (CPU, opt-in): fp32 tensors whose convolutions and matmuls multiply in bf16 (oneDNN fpmath mode).
+    # tf32 (CUDA, opt-in): the same with TF32 tensor cores. fp32 is exact fp32 everywhere (on CUDA too, where
+    # PyTorch's own default runs convolutions in TF32)
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -168,7 +170,7 @@ class RunConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
             f"run.device = {self.device!r} is not one of: auto, cpu, cuda, cuda:N, mps",
         )
-        _check_choice("run", "precision", self.precision, ("auto", "bf16", "fp32", "bf16-math"))
+        _check_choice("run", "precision", self.precision, ("auto", "bf16", "fp32", "bf16-math", "tf32"))
         _check(self.threads >= 0, "run.threads must be >= 0 (0 keeps torch's default)")
         _check(self.log_every >= 1, "run.log_every must be >= 1")
         _check(self.knn_every >= 0, "run.knn_every must be >= 0")
