@@ -115,16 +115,10 @@ def _set_mkldnn_math(precision: str) -> None:
 
 
 def _set_cuda_math(precision: str) -> None:
-    """TF32 on or off for cuBLAS and cuDNN. Through ``fp32_precision`` where torch has it: torch refuses to read
-    its older ``allow_tf32`` flags once the two ways of setting them were mixed."""
-    tf32 = precision == "tf32"
-    backends = [getattr(torch.backends.cuda, "matmul", None), *(getattr(torch.backends.cudnn, kind, None)
-                                                                for kind in ("conv", "rnn"))]
-    if all(hasattr(backend, "fp32_precision") for backend in backends):
-        for backend in backends:
-            backend.fp32_precision = "tf32" if tf32 else "ieee"
-    else:  # a torch older than the setting
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    """TF32 on or off for cuBLAS and cuDNN, through torch's ``allow_tf32`` flags: its newer ``fp32_precision``
+    settings, once set, make torch refuse to read those flags, which its own code still does (``cudnn.flags()`` in
+    the ONNX export, for one); the flags set both."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 @contextlib.contextmanager
