@@ -7,26 +7,33 @@ benchmark script ``benchmarks/gpu_check.sh`` runs it first.
 from __future__ import annotations
 
 import copy
+import csv
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import streaming_helpers as helpers
 from conftest import QUICK, quick_config_values
 from simclrv2 import LARS, load, nt_xent_loss, param_groups
 from simclrv2.augment import AugmentConfig, simclr_views
 from simclrv2.augment.color import apply_jitter_, sample_jitter
 from simclrv2.augment.geometry import resized_crop, sample_crop_boxes
 from simclrv2.checkpoint import load_checkpoint, read_metrics
+from simclrv2.cli import main
 from simclrv2.config import load_config
 from simclrv2.models.spec import ModelSpec
 from simclrv2.runtime import set_fp32_math
+from simclrv2.stages.finetune import finetune
 from simclrv2.stages.pipeline import pipeline
+from simclrv2.stages.pretrain import pretrain
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -173,3 +180,29 @@ def test_torchrun_on_one_gpu_runs_nccl_with_global_batchnorm(tmp_path, tiny_fash
     assert final["step"] > 0 and losses and all(loss == loss and loss > 0 for loss in losses)
     record = json.loads((tmp_path / "run" / "result.json").read_text())["details"]["provenance"]
     assert record["device"].startswith("cuda") and record["precision"] == "bf16"
+
+
+def test_streamed_pretraining_on_the_gpu_then_predict_and_embed_there_from_the_command_line(tmp_path, capsys):
+    """Image folders streamed by DataLoader workers into pinned memory and on to the GPU; then the command-line
+    ``predict`` and ``embed`` with ``--device cuda`` give what the CPU gives."""
+    data = helpers.write_splits(tmp_path / "data", helpers.smooth_images(48, 32), helpers.smooth_images(16, 32, 1))
+    device = {"run.device": "cuda", "run.precision": "auto", "data.stream": "stream", "data.workers": 2}
+    pretrain(helpers.tiny_config(data, 32, {**device, "pretrain.epochs": 2, "pretrain.batch_size": 16}),
+             tmp_path / "pretrain")
+    assert all(math.isfinite(loss) for loss in helpers.losses(tmp_path / "pretrain"))
+    run = tmp_path / "finetune"
+    finetune(helpers.tiny_config(data, 32, {**device, "finetune.pretrained": tmp_path / "pretrain",
+                                            "finetune.labels": "100%", "finetune.epochs": 2,
+                                            "finetune.min_steps": 0, "finetune.batch_size": 8}), run)
+    for where in ("cpu", "cuda"):
+        assert main(["predict", "--checkpoint", str(run), str(data / "test"), "--output",
+                     str(tmp_path / f"predict-{where}.csv"), "--device", where]) == 0, capsys.readouterr().err
+        assert main(["embed", "--checkpoint", str(run), str(data / "test"), "--output",
+                     str(tmp_path / f"embed-{where}"), "--device", where]) == 0, capsys.readouterr().err
+    rows = {where: list(csv.DictReader((tmp_path / f"predict-{where}.csv").open())) for where in ("cpu", "cuda")}
+    assert [r["image"] for r in rows["cuda"]] == [r["image"] for r in rows["cpu"]] and len(rows["cpu"]) == 16
+    for on_gpu, on_cpu in zip(rows["cuda"], rows["cpu"], strict=True):
+        probabilities = [(float(on_gpu[k]), float(on_cpu[k])) for k in on_cpu if k.startswith("p_")]
+        assert all(abs(a - b) < 1e-4 for a, b in probabilities), (on_gpu, on_cpu)
+    np.testing.assert_allclose(np.load(tmp_path / "embed-cuda" / "features.npy"),
+                               np.load(tmp_path / "embed-cpu" / "features.npy"), rtol=1e-3, atol=1e-4)
