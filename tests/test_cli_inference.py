@@ -42,6 +42,20 @@ def test_predict_writes_one_row_per_image_of_an_unlabeled_folder(classifier_run,
     assert "Traceback" not in capsys.readouterr().err
 
 
+def test_predict_and_embed_commands_run_exact_fp32_math(classifier_run, unlabeled, tmp_path):
+    """The commands own their process, so fp32 is exact there as in training: PyTorch's default of TF32 for cuDNN's
+    convolutions is turned off (the flag exists without a GPU)."""
+    from simclrv2.runtime import set_fp32_math
+
+    try:
+        for command, output in (("predict", tmp_path / "p.csv"), ("embed", tmp_path / "e")):
+            torch.backends.cudnn.allow_tf32 = True  # PyTorch's default
+            assert main([command, "--checkpoint", str(classifier_run), str(unlabeled), "--output", str(output)]) == 0
+            assert torch.backends.cudnn.allow_tf32 is False, command
+    finally:
+        set_fp32_math("fp32")
+
+
 def test_predict_runs_the_compiled_kernels_unless_told_not_to_and_restores_the_switch(
         classifier_run, unlabeled, tmp_path, kernels, unfused, monkeypatch):
     from simclrv2.models import bn_relu, cpu_kernels

@@ -76,11 +76,14 @@ def add_parsers(sub: Any) -> None:
 
 def run_command(args: argparse.Namespace) -> None:
     from simclrv2.inference import loading
+    from simclrv2.runtime import resolve_precision, set_fp32_math
 
     model = loading.load(args.checkpoint, device=args.device)
     if args.command == "export":  # torch.export traces PyTorch's ops whatever the switch says
         _export(model, args)
         return
+    # the command owns its process: fp32 means exact fp32 here too (PyTorch's default runs cuDNN's in TF32)
+    set_fp32_math(resolve_precision(args.precision, model.device))
     data = sys.stdout
     csv_on_stdout = args.command == "predict" and args.output is None
     # stdout carrying the CSV holds nothing else: log lines (the kernels' build among them) go to stderr meanwhile
