@@ -86,7 +86,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
                             + ("'bf16', 'tf32' or 'fp32'" if device.type == "cuda" else "'bf16' or 'fp32'"))
     if precision == "tf32" and device.type != "cuda":
         raise SimCLRv2Error(f"run.precision = 'tf32' is a CUDA mode (TF32 tensor cores); on {device.type} use "
-                            "'bf16', 'fp32'" + (" or 'bf16-math'" if device.type == "cpu" else ""))
+                            + ("'bf16', 'fp32' or 'bf16-math'" if device.type == "cpu" else "'bf16' or 'fp32'"))
     if precision in ("bf16", "bf16-math") and not bf16_is_fast(device):
         warnings.warn(f"bf16 has no fast kernels on this {device.type}; run.precision = 'fp32' or 'auto' is faster",
                       stacklevel=2)
