@@ -4,8 +4,10 @@ The compiled kernel (``kernels/winograd_conv.cpp``) does the per-tile work: the 
 the GEMMs over channels, one per position of the (m+2)×(m+2) transformed tile. What is per weight, not per pixel,
 lives here: the kernel's transform ``U = G g Gᵀ`` for forward, the same for the input gradient (the convolution of
 the output gradient with the kernel flipped and its channels swapped), and ``dW = Gᵀ dU G`` after the kernel has
-summed ``dU`` over the tiles. These are a few thousand flops per weight, against the millions per weight of the
-passes themselves.
+summed ``dU`` over the tiles. These are a few hundred flops per weight, against the millions per weight of the
+passes themselves, but they are paid every call whatever the batch: each is one GEMM with the Kronecker product
+G ⊗ G over all channel pairs at once (``U = (G ⊗ G) vec(g)``), and a copy into the kernel's layout. With
+``torch.einsum`` instead they took ~15 ms of a float32 step (most of a batch-8 step's fixed cost).
 
 F(2×2, 3×3) needs 16 products per channel pair for 4 outputs (2.25× fewer than a direct convolution), F(4×4, 3×3)
 36 for 16 (4× fewer) but with larger transform entries, so about one decimal digit less float32 accuracy; both
@@ -41,21 +43,39 @@ def _g(like: Tensor, tile: int) -> Tensor:
     return torch.tensor(_G[tile], dtype=like.dtype, device=like.device)
 
 
+def _kron(like: Tensor, tile: int) -> Tensor:
+    """G ⊗ G, ((m+2)², 9): row a·(m+2)+b, column i·3+j holds G[a, i]·G[b, j], so that U = G g Gᵀ is
+    ``_kron @ g.flatten()`` and dW = Gᵀ dU G is ``_kron.T @ dU.flatten()``."""
+    g = _g(like, tile)
+    return torch.kron(g, g)
+
+
+def _transformed(kron: Tensor, taps: Tensor) -> Tensor:
+    """``kron @ taps`` over every channel pair, written straight into the kernel's layout ((m+2)², K/16, C, 16): the
+    tile's positions outer, then strips of 16 outputs, the inputs and the strip's outputs. ``taps`` is (3, 3, K, C),
+    any strides; only its 9·K·C values are copied into that order, not the (m+2)²·K·C result."""
+    out_channels, in_channels = taps.shape[2:]
+    strips = taps.reshape(9, out_channels // STRIP, STRIP, in_channels).transpose(2, 3).reshape(9, -1)
+    return (kron @ strips).view(kron.shape[0], out_channels // STRIP, in_channels, STRIP)
+
+
 def transformed_weight(weight: Tensor, tile: int = 2) -> Tensor:
-    """(K, C, 3, 3) -> G g Gᵀ for every channel pair, packed as the kernel reads it: ((m+2)², K/16, C, 16), the
-    tile's positions outer, then strips of 16 outputs, the inputs and the strip's outputs."""
-    k, c = weight.shape[:2]
-    g = _g(weight, tile)
-    u = torch.einsum("ai,kcij,bj->abck", g, weight, g)  # (m+2, m+2, C, K)
-    return u.reshape((tile + 2) ** 2, c, k // STRIP, STRIP).permute(0, 2, 1, 3).contiguous()
+    """(K, C, 3, 3) -> G g Gᵀ for every channel pair, packed as the kernel reads it (``_transformed``)."""
+    return _transformed(_kron(weight, tile), weight.permute(2, 3, 0, 1))
+
+
+def transformed_swapped_flipped_weight(weight: Tensor, tile: int = 2) -> Tensor:
+    """``transformed_weight(weight.flip(2, 3).transpose(0, 1))`` without making that kernel: the input gradient's.
+    Tap (i, j) of the flipped kernel is tap (2-i, 2-j) = 8 - (3i+j) of the kernel, so G ⊗ G's columns reversed."""
+    return _transformed(_kron(weight, tile).flip(1), weight.permute(2, 3, 1, 0))  # channels swapped
 
 
 def weight_from_transformed(du: Tensor, out_channels: int, in_channels: int) -> Tensor:
     """The kernel's ((m+2)², C, K) sum dU -> the weight gradient Gᵀ dU G, (K, C, 3, 3), laid out channels_last
     like the encoder's weights."""
     side = round(du.shape[0] ** 0.5)
-    g = _g(du, side - 2)
-    grad = torch.einsum("ai,abck,bj->kcij", g, du.view(side, side, in_channels, out_channels), g)
+    taps = _kron(du, side - 2).T @ du.view(side * side, in_channels * out_channels)  # (9, C·K)
+    grad = taps.view(3, 3, in_channels, out_channels).permute(3, 2, 0, 1)  # (K, C, 3, 3)
     return grad.contiguous(memory_format=torch.channels_last)
 
 
@@ -66,9 +86,8 @@ def forward(kernels: Any, x: Tensor, weight: Tensor, tile: int = 2) -> Tensor:
 
 def input_grad(kernels: Any, grad_out: Tensor, weight: Tensor, tile: int = 2) -> Tensor:
     """dL/dx: the same convolution of the output gradient with the kernel flipped and its channels swapped."""
-    swapped = weight.flip(2, 3).transpose(0, 1)
     return kernels.winograd_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
-                                    transformed_weight(swapped, tile))
+                                    transformed_swapped_flipped_weight(weight, tile))
 
 
 def weight_grad(kernels: Any, x: Tensor, grad_out: Tensor, tile: int = 2) -> Tensor:

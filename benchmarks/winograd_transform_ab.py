@@ -1,0 +1,116 @@
+"""The Winograd layers' per-call weight transforms: one GEMM with G ⊗ G (the package's) against torch.einsum (before),
+alternated step by step in one process.
+
+    python benchmarks/winograd_transform_ab.py --width 0.25 --batch 64 --pairs 40
+
+A step is a classifier's forward, cross-entropy, backward and SGD step on random 28 px images (the fine-tuning and
+supervised stages' step; ``--batch 512`` is a pretraining step's image count). The two transforms are swapped into
+``simclrv2.models.winograd`` before each step, in alternating order. The line gives each side's median and the
+median and quartiles of the paired ratios, new over old. The transforms are paid per call whatever the batch, so
+they weigh most on small batches. They run only where the Winograd rules take a layer (fp32, where oneDNN runs
+AVX2, or on AVX-512-BF16 CPUs without AMX); elsewhere both sides run the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import simclrv2.models.winograd as winograd
+from simclrv2 import load_config
+from simclrv2.models.cpu_kernels import FLAGS_VARIABLE, build_kernels, use_fused_kernels
+from simclrv2.models.spec import ModelSpec
+from simclrv2.optim import build_optimizer, param_groups
+from simclrv2.provenance import cpu_kind
+from simclrv2.runtime import keep_freed_memory
+
+
+def einsum_transformed_weight(weight: Tensor, tile: int) -> Tensor:
+    """The transform as it was: G g Gᵀ by einsum, then a re-layout of the whole result."""
+    k, c = weight.shape[:2]
+    g = winograd._g(weight, tile)
+    u = torch.einsum("ai,kcij,bj->abck", g, weight, g)
+    return u.reshape((tile + 2) ** 2, c, k // winograd.STRIP, winograd.STRIP).permute(0, 2, 1, 3).contiguous()
+
+
+def einsum_weight_from_transformed(du: Tensor, out_channels: int, in_channels: int) -> Tensor:
+    side = round(du.shape[0] ** 0.5)
+    g = winograd._g(du, side - 2)
+    grad = torch.einsum("ai,abck,bj->kcij", g, du.view(side, side, in_channels, out_channels), g)
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+def einsum_passes() -> dict:
+    """forward, input_grad and weight_grad as ``simclrv2.models.winograd`` had them, with the einsum transforms."""
+    def forward(kernels, x, weight, tile=2):
+        return kernels.winograd_conv3x3(x, einsum_transformed_weight(weight, tile))
+
+    def input_grad(kernels, grad_out, weight, tile=2):
+        swapped = weight.flip(2, 3).transpose(0, 1)
+        return kernels.winograd_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
+                                        einsum_transformed_weight(swapped, tile))
+
+    def weight_grad(kernels, x, grad_out, tile=2):
+        du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile,
+                                          winograd.PARTIAL_SUMS_BUDGET_BYTES)
+        return einsum_weight_from_transformed(du, grad_out.shape[1], x.shape[1])
+
+    return {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--pairs", type=int, default=40, help="steps timed on each side")
+    args = p.parse_args()
+    keep_freed_memory()
+    if build_kernels() is None:
+        raise SystemExit("the compiled kernels did not build: no Winograd layers to measure")
+    use_fused_kernels(True)
+    sides = {"gemm": {name: getattr(winograd, name) for name in ("forward", "input_grad", "weight_grad")},
+             "einsum": einsum_passes()}
+    spec = ModelSpec.from_config(load_config("demo", {"model.width_multiplier": str(args.width)}).model, 28, 1)
+    model = spec.build_classifier(1, 10, seed=0).to(memory_format=torch.channels_last).train()
+    optimizer = build_optimizer(param_groups(model, 1e-4), "sgd", 0.01, 1e-4, 0.9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 1, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch,), generator=gen)
+
+    def step(side: str) -> float:
+        for name, function in sides[side].items():
+            setattr(winograd, name, function)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        return time.perf_counter() - start
+
+    for side in ("einsum", "gemm", "einsum", "gemm"):  # warm-up: oneDNN's primitives, the allocator
+        step(side)
+    times: dict[str, list[float]] = {"einsum": [], "gemm": []}
+    for i in range(args.pairs):
+        for side in ("einsum", "gemm") if i % 2 == 0 else ("gemm", "einsum"):
+            times[side].append(step(side))
+    for name, function in sides["gemm"].items():
+        setattr(winograd, name, function)
+    ratios = sorted(new / old for new, old in zip(times["gemm"], times["einsum"], strict=True))
+    print(json.dumps({"bench": "winograd_transform_ab", "width": args.width, "batch": args.batch, "pairs": args.pairs,
+                      "einsum_ms": round(statistics.median(times["einsum"]) * 1e3, 1),
+                      "gemm_ms": round(statistics.median(times["gemm"]) * 1e3, 1),
+                      "paired_ratio_median": round(statistics.median(ratios), 3),
+                      "paired_ratio_quartiles": [round(ratios[len(ratios) // 4], 3),
+                                                 round(ratios[3 * len(ratios) // 4], 3)],
+                      **cpu_kind(), "kernel_flags": os.environ.get(FLAGS_VARIABLE, ""),
+                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
