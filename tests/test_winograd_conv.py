@@ -179,6 +179,30 @@ def test_the_winograd_rules_cover_fp32_3x3_stride_1_layers_from_16_channels_wher
     assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
 
 
+@pytest.mark.parametrize("avx2", [True, False])
+def test_under_bf16_math_our_fp32_kernels_step_aside_for_onednn(monkeypatch, avx2):
+    """run.precision = "bf16-math" asks oneDNN to multiply fp32 convolutions in bf16: Winograd's layers, the
+    16-channel direct kernel and the fp32 GEMM rules go to oneDNN then, and come back with exact fp32 math; the
+    one-channel stem's kernel stays."""
+    if not hasattr(torch.backends.mkldnn.conv, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no bf16 fpmath mode")
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", avx2)
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", not avx2)
+    kernels = _fake_kernels()
+    exact = {shape: direct_passes(*shape, torch.float32, kernels) for shape in ((1, 3, 1, 64, 64), (1, 3, 1, 16, 16))}
+    assert all(exact.values())
+    strided_gemm = conv.gemm_passes(2, 16, 256, 512, torch.float32)
+    assert bool(strided_gemm) == avx2  # the fp32 GEMM rules are AVX2's
+    monkeypatch.setattr(torch.backends.mkldnn.conv, "fp32_precision", "bf16")
+    assert not conv.fp32_math_is_exact()
+    assert all(direct_passes(*shape, torch.float32, kernels) == frozenset() for shape in exact)
+    assert conv.gemm_passes(2, 16, 256, 512, torch.float32) == frozenset()
+    assert direct_passes(1, 3, 1, 1, 16, torch.float32, kernels) == {"forward", "backward-weights"}  # the stem
+    monkeypatch.setattr(torch.backends.mkldnn.conv, "fp32_precision", "none")
+    assert {shape: direct_passes(*shape, torch.float32, kernels) for shape in exact} == exact
+    assert conv.gemm_passes(2, 16, 256, 512, torch.float32) == strided_gemm
+
+
 def test_on_avx512_bf16_without_amx_winograd_takes_3x3_stride_1_layers_from_32_channels(monkeypatch):
     """AMD's Zen 4: oneDNN's AVX-512 kernels, F(4x4, 3x3) from 32 channels; 512's weight gradient stays oneDNN's
     and the 16-channel layer keeps the direct kernel's forward and input gradient."""

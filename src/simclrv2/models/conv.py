@@ -314,7 +314,7 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     if stride == 1 and in_channels == 1 and out_channels >= SINGLE_CHANNEL_MIN_OUT and dtype in GEMM_DTYPES:
         return frozenset({"forward", "backward-weights"})
     if dtype == torch.float32 and ONEDNN_RUNS_AVX2:
-        rules = FP32_AVX2_GEMM_RULES
+        rules = FP32_AVX2_GEMM_RULES if fp32_math_is_exact() else ()
     elif ONEDNN_USES_AMX and dtype in REDUCED_PRECISION:
         rules = GEMM_RULES + (GEMM_RULES_WITH_COMPILED_LAYOUTS if compiled_layouts else ())
     elif AVX512_BF16_WITHOUT_AMX and dtype == torch.bfloat16:
@@ -335,6 +335,14 @@ def gemm_passes(stride: int, out_area: int, in_channels: int, out_channels: int,
     return frozenset(passes)
 
 
+def fp32_math_is_exact() -> bool:
+    """False while ``run.precision = "bf16-math"`` lets oneDNN multiply fp32 convolutions in bf16 (its fpmath mode,
+    ``runtime.set_fp32_math``). Our fp32 kernels (Winograd's, the 16-channel direct kernel, the fp32 GEMM rules) then
+    step aside for oneDNN's, so that the mode does what it says; the one-channel stem's kernels stay, exact."""
+    conv = getattr(torch.backends.mkldnn, "conv", None)
+    return getattr(conv, "fp32_precision", "none") != "bf16"
+
+
 def fp32_winograd_rules() -> tuple[tuple[str, int, int, int], ...]:
     """The Winograd rules of this CPU kind: ``FP32_AVX2_WINOGRAD_RULES`` where oneDNN runs its AVX2 kernels,
     ``FP32_AVX512_BF16_WINOGRAD_RULES`` on AVX-512-BF16 without AMX, none elsewhere (oneDNN's AVX-512 kernels on
@@ -347,11 +355,12 @@ def fp32_winograd_rules() -> tuple[tuple[str, int, int, int], ...]:
 def winograd_tile(name: str, kernel_size: int, padding: int, in_channels: int, out_channels: int,
                   dtype: torch.dtype, kernels: Any) -> int | None:
     """The output tile width m of Winograd's F(m×m, 3×3) for this pass of a stride-1 convolution, or None where no
-    rule of this CPU kind's (``fp32_winograd_rules``) covers it: fp32, 3×3 with padding 1, channels in multiples of
-    16, and the Winograd kernel built (``kernels``, None where they are off)."""
+    rule of this CPU kind's (``fp32_winograd_rules``) covers it: fp32 multiplied exactly (``fp32_math_is_exact``),
+    3×3 with padding 1, channels in multiples of 16, and the Winograd kernel built (``kernels``, None where off)."""
     rules = fp32_winograd_rules()
-    if (not rules or kernels is None or dtype != torch.float32 or kernel_size != 3 or padding != 1
-            or in_channels % winograd.STRIP or out_channels % winograd.STRIP or not kernels.has_winograd_conv()):
+    if (not rules or kernels is None or dtype != torch.float32 or not fp32_math_is_exact() or kernel_size != 3
+            or padding != 1 or in_channels % winograd.STRIP or out_channels % winograd.STRIP
+            or not kernels.has_winograd_conv()):
         return None
     fewer, more = min(in_channels, out_channels), max(in_channels, out_channels)
     return next((tile for rule, fewest, most, tile in rules
@@ -361,7 +370,7 @@ def winograd_tile(name: str, kernel_size: int, padding: int, in_channels: int, o
 def _is_direct_16(kernel_size: int, padding: int, in_channels: int, out_channels: int, dtype: torch.dtype,
                   kernels: Any) -> bool:
     return (dtype == torch.float32 and in_channels == out_channels == 16 and kernel_size == 3 and padding == 1
-            and kernels.has_direct_conv())
+            and fp32_math_is_exact() and kernels.has_direct_conv())
 
 
 def direct_passes(stride: int, kernel_size: int, padding: int, in_channels: int, out_channels: int,
