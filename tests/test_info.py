@@ -72,6 +72,24 @@ def test_the_plan_names_the_kernel_each_rule_gives_a_pass(kernels, monkeypatch):
         "direct 16-channel kernel", "direct 16-channel kernel", "oneDNN")
 
 
+def test_under_bf16_math_the_plan_gives_onednn_what_winograd_would_take(kernels, monkeypatch):
+    """A bf16-math run hands the fp32 3x3 layers to oneDNN's bf16 fpmath (conv.fp32_math_is_exact), and the plan
+    says so; the process's own fpmath setting is left as it was."""
+    if not (kernels.has_winograd_conv() and hasattr(torch.backends.mkldnn.conv, "fp32_precision")):
+        pytest.skip("needs the Winograd kernel and oneDNN's fpmath setting")
+    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", True)
+    monkeypatch.setattr("simclrv2.runtime.bf16_is_fast", lambda device: True)  # bf16-math warns where it is slow
+
+    def layer(precision: str) -> dict:
+        rows = {row["shape"]: row for row in machine_info(_config(**{"run.precision": precision}))["convolutions"]}
+        return rows["64->64 3x3/1 @7px"]
+
+    assert layer("fp32")["forward"] == "Winograd F(4x4)"
+    assert {layer("bf16-math")[name] for name in ("forward", "input_gradient", "weight_gradient")} == {"oneDNN"}
+    assert torch.backends.mkldnn.conv.fp32_precision == "none"
+
+
 def test_the_process_kernel_switch_is_left_as_it_was(kernels):
     with fused_kernels(False):
         machine_info(_config())

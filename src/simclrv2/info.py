@@ -23,7 +23,7 @@ from simclrv2.models.conv import Conv2d
 from simclrv2.models.cpu_kernels import fused_kernels
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind, provenance
-from simclrv2.runtime import autocast, prepare_model, resolve_device, resolve_precision
+from simclrv2.runtime import autocast, onednn_fp32_math, prepare_model, resolve_device, resolve_precision
 
 # The image size and channels of the built-in datasets, for a config that keeps their own (data.image_size = 0).
 DATASET_GEOMETRY: dict[str, tuple[int, int]] = {
@@ -97,7 +97,7 @@ def machine_info(config: Any) -> dict[str, Any]:
     image_size, channels, geometry = network_geometry(config.data)
     spec = ModelSpec.from_config(config.model, image_size, channels)
     on_cpu = device.type == "cpu"
-    with fused_kernels(on_cpu and run.fused_kernels) as kernels_on:
+    with fused_kernels(on_cpu and run.fused_kernels) as kernels_on, onednn_fp32_math(precision):
         plan = convolution_plan(spec, image_size, device, run.precision, run.channels_last)
     if not on_cpu:
         kernels = f"not used on {device.type}"

@@ -114,6 +114,24 @@ def _set_mkldnn_math(precision: str) -> None:
         backend.fp32_precision = "bf16" if precision == "bf16-math" else "none"
 
 
+@contextlib.contextmanager
+def onednn_fp32_math(precision: str) -> Iterator[None]:
+    """:func:`set_fp32_math`'s oneDNN half for one block, the process's setting put back after it: the convolution
+    rules read it (``conv.fp32_math_is_exact``), so ``simclrv2 info`` plans under it as a run of ``precision``
+    would."""
+    backends = [getattr(torch.backends.mkldnn, kind, None) for kind in ("conv", "matmul")]
+    if not all(hasattr(backend, "fp32_precision") for backend in backends):  # a torch older than the setting
+        yield
+        return
+    saved = [backend.fp32_precision for backend in backends]
+    _set_mkldnn_math(precision)
+    try:
+        yield
+    finally:
+        for backend, value in zip(backends, saved, strict=True):
+            backend.fp32_precision = value
+
+
 def _set_cuda_math(precision: str) -> None:
     """TF32 on or off for cuBLAS and cuDNN, through torch's ``allow_tf32`` flags: its newer ``fp32_precision``
     settings, once set, make torch refuse to read those flags, which its own code still does (``cudnn.flags()`` in
