@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import shutil
+import socket
 import struct
 from pathlib import Path
 
@@ -21,6 +22,13 @@ from simclrv2.data import DATASETS, guard
 def channels_last(t: torch.Tensor) -> torch.Tensor:
     """``t`` laid out channels_last, the layout the compiled convolution kernels take."""
     return t.contiguous(memory_format=torch.channels_last)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

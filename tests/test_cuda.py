@@ -11,7 +11,6 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 import streaming_helpers as helpers
-from conftest import QUICK, quick_config_values
+from conftest import QUICK, free_port, quick_config_values
 from simclrv2 import LARS, load, nt_xent_loss, param_groups
 from simclrv2.augment import AugmentConfig, simclr_views
 from simclrv2.augment.color import apply_jitter_, sample_jitter
@@ -159,19 +158,13 @@ def test_every_stage_trains_on_the_gpu_and_its_networks_load_on_the_cpu(tmp_path
     torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_on_one_gpu_runs_nccl_with_global_batchnorm(tmp_path, tiny_fashion):
     """The multi-GPU path on the one GPU there is: NCCL, SyncBatchNorm and the gathered negatives."""
     overrides = {**QUICK, "data.data_dir": str(tiny_fashion), "run.device": "cuda", "run.precision": "auto",
                  "pretrain.global_bn": "true", "pretrain.epochs": "1"}
     args = [a for key, value in overrides.items() for a in (f"--{key}", value)]
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port",
-                           str(_free_port()), "-m", "simclrv2.cli", "pretrain", "--run-dir", str(tmp_path / "run"),
+                           str(free_port()), "-m", "simclrv2.cli", "pretrain", "--run-dir", str(tmp_path / "run"),
                            *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"},
                           timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -5,13 +5,13 @@ gather's backward was wrong)."""
 from __future__ import annotations
 
 import multiprocessing
-import socket
 
 import pytest
 import torch
 from torch import nn
 
 import dist_helpers
+from conftest import free_port
 from dist_helpers import BN_ROWS, ROWS, TEMPERATURE, WORLD
 from simclrv2 import dist
 from simclrv2.dist import _shard
@@ -194,12 +194,6 @@ def test_convert_with_an_nccl_group_prefers_syncbatchnorm_unless_told_not_to(mon
 # ---------------------------------------------------------------- two gloo processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     """Spawns WORLD processes once for the whole module (each spawn costs seconds of imports)."""
@@ -208,7 +202,7 @@ def two_processes(tmp_path_factory):
     torch.save(inputs, out / "inputs.pt")
     scenarios = ["basics", "gather", "global_bn", "head", "nt_xent"]
     context = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     processes = [
         context.Process(target=dist_helpers.worker, args=(r, port, str(out), scenarios)) for r in range(WORLD)
     ]

@@ -7,7 +7,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,20 +17,15 @@ import torch
 
 import ddp_step_helpers as helpers
 import streaming_helpers
+from conftest import free_port
 from simclrv2.checkpoint import load_checkpoint, read_metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_one_pretraining_step_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     """Same loss, parameter gradients and BN statistics as one process with plain BN on the whole batch:
     negatives gathered with gradients, global BN, DDP's gradient averaging, each process with its own images."""
     context = multiprocessing.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     processes = [context.Process(target=helpers.worker, args=(r, port, str(tmp_path))) for r in range(helpers.WORLD)]
     for p in processes:
         p.start()
@@ -54,7 +48,7 @@ def test_one_pretraining_step_on_two_processes_equals_one_process_on_the_global_
 
 def _torchrun(args: list[str], **kwargs) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(_free_port()), "-m", "simclrv2.cli", *args]
+           str(free_port()), "-m", "simclrv2.cli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True, **kwargs)

@@ -4,13 +4,13 @@ signal mid-epoch, and disjoint reads by two gloo processes (folder and shards)."
 from __future__ import annotations
 
 import multiprocessing
-import socket
 
 import pytest
 import torch
 
 import simclrv2.stages.pretrain as pretrain_module
 import streaming_helpers as helpers
+from conftest import free_port
 from simclrv2.checkpoint import load_checkpoint
 from simclrv2.errors import Interrupted
 from simclrv2.stages.pretrain import pretrain
@@ -67,12 +67,6 @@ def test_a_signal_mid_epoch_and_resume_are_exact_on_the_streaming_path(folder, t
     assert helpers.losses(tmp_path / "resumed") == helpers.losses(tmp_path / "straight")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["folder", "shards"])
 def test_two_gloo_processes_read_disjoint_parts(tmp_path, kind):
@@ -82,7 +76,7 @@ def test_two_gloo_processes_read_disjoint_parts(tmp_path, kind):
         from simclrv2.data.streaming.shards import prepare_shards
 
         data = prepare_shards(data, tmp_path / "shards", shard_size=10)
-    context, port = multiprocessing.get_context("spawn"), _free_port()
+    context, port = multiprocessing.get_context("spawn"), free_port()
     processes = [context.Process(target=helpers.read_epoch_worker, args=(r, 2, port, str(data), kind, str(tmp_path)))
                  for r in range(2)]
     for p in processes:
