@@ -143,11 +143,13 @@ def test_conv_shapes_cover_every_convolution_of_the_encoder_and_its_flops():
     from torch.utils.flop_counter import FlopCounterMode
 
     from simclrv2.models import resnet
+    from simclrv2.models.cpu_kernels import fused_kernels
 
     shapes = conv_shapes.encoder_conv_shapes(0.25, batch=4)
     assert sum(shapes.values()) == 20  # CIFAR stem, 16 block convolutions, 3 projection shortcuts
     assert conv_shapes.ConvShape(4, 16, 28, 16, 3, 1, 1, 1) in shapes  # the first stage's 3x3
-    with FlopCounterMode(display=False) as counter:
+    # PyTorch's convolutions, which the counter sees, whatever switch an earlier test's session left on
+    with fused_kernels(False), FlopCounterMode(display=False) as counter:
         resnet(18, 0.25, cifar_stem=True, in_channels=1)(torch.zeros(4, 1, 28, 28))
     assert sum(s.gflop * n for s, n in shapes.items()) * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-9)
 
