@@ -83,11 +83,12 @@ def use_gemm_rules(name: str) -> None:
         setattr(conv, rule, value)
 
 
-def step_gflop_per_pair(spec: ModelSpec, image_size: int, device: torch.device, channels_last: bool) -> float:
+def step_gflop_per_pair(model: torch.nn.Module, in_channels: int, image_size: int, device: torch.device,
+                        channels_last: bool) -> float:
     """GFLOP of one pair's forward and backward through encoder and head (two views, fp32 on ``device``): what a
     step's TFLOP/s is counted from. The loss and optimiser add well under 1 %."""
-    model = spec.build_simclr().to(device)
-    views = torch.rand(2, spec.in_channels, image_size, image_size, device=device)
+    model = model.to(device)
+    views = torch.rand(2, in_channels, image_size, image_size, device=device)
     if channels_last:
         model, views = model.to(memory_format=torch.channels_last), views.contiguous(memory_format=torch.channels_last)
     with FlopCounterMode(display=False) as counter:
@@ -132,10 +133,12 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
     e2e_s, data_s, model_s = (sum(getattr(t, key) for t in timed) / len(timed)
                               for key in ("step_s", "data_s", "model_s"))
     spec = ModelSpec.from_config(config.model, image_size, 1)
+    model = spec.build_simclr()  # built once: the paper's largest network takes seconds to build
+    params = count_parameters(model)
     on = torch.device(device)
     resolved = resolve_precision(precision, on)
     if on.type == "cuda":
-        gflop = step_gflop_per_pair(spec, image_size, on, channels_last)
+        gflop = step_gflop_per_pair(model, spec.in_channels, image_size, on, channels_last)
         gpu = {"device": device_name(on), "cudnn_benchmark": cudnn_benchmark, "gflop_per_pair": round(gflop, 2),
                "model_tflops": round(gflop * batch / model_s / 1e3, 1),
                "peak_memory_gib": round(torch.cuda.max_memory_allocated(on) / 2**30, 2)}
@@ -147,7 +150,7 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
         "arch": f"resnet{depth}w{width:g}" + ("sk" if sk_ratio else ""),
         "width": width,
         "image_size": image_size,
-        "params": count_parameters(spec.build_simclr()),
+        "params": params,
         "head_layers": head_layers,
         "precision": resolved,
         **gpu,

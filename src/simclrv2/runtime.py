@@ -103,9 +103,16 @@ def set_fp32_math(precision: str) -> None:
     _set_cuda_math(precision)
 
 
-def _set_mkldnn_math(precision: str) -> None:
+def _onednn_math_backends() -> list:
+    """oneDNN's convolution and matmul settings whose ``fp32_precision`` the fpmath mode sets; empty on a torch
+    older than the setting."""
     backends = [getattr(torch.backends.mkldnn, kind, None) for kind in ("conv", "matmul")]
-    if not all(hasattr(backend, "fp32_precision") for backend in backends):  # a torch older than the setting
+    return backends if all(hasattr(backend, "fp32_precision") for backend in backends) else []
+
+
+def _set_mkldnn_math(precision: str) -> None:
+    backends = _onednn_math_backends()
+    if not backends:
         if precision == "bf16-math":
             raise SimCLRv2Error(f"run.precision = 'bf16-math' needs a torch with torch.backends.mkldnn.conv."
                                 f"fp32_precision (this is {torch.__version__}); upgrade torch or use 'bf16' or 'fp32'")
@@ -119,8 +126,8 @@ def onednn_fp32_math(precision: str) -> Iterator[None]:
     """:func:`set_fp32_math`'s oneDNN half for one block, the process's setting put back after it: the convolution
     rules read it (``conv.fp32_math_is_exact``), so ``simclrv2 info`` plans under it as a run of ``precision``
     would."""
-    backends = [getattr(torch.backends.mkldnn, kind, None) for kind in ("conv", "matmul")]
-    if not all(hasattr(backend, "fp32_precision") for backend in backends):  # a torch older than the setting
+    backends = _onednn_math_backends()
+    if not backends:
         yield
         return
     saved = [backend.fp32_precision for backend in backends]
