@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from simclrv2.checkpoint import load_checkpoint, read_metrics
-from test_distributed_training import _descendants, _free_port, _kill_tree
+from test_distributed_training import _descendants, _kill_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds workers via /proc")]
 
@@ -25,7 +26,7 @@ def _options(data: Path) -> list[str]:
 
 
 def _launch(target: list[str], run_dir: Path, data: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
            *target, "pretrain", "--run-dir", str(run_dir), *_options(data)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
                                                                                os.environ.get("PYTHONPATH", "")])}
