@@ -199,3 +199,10 @@ def test_streamed_pretraining_on_the_gpu_then_predict_and_embed_there_from_the_c
         assert all(abs(a - b) < 1e-4 for a, b in probabilities), (on_gpu, on_cpu)
     np.testing.assert_allclose(np.load(tmp_path / "embed-cuda" / "features.npy"),
                                np.load(tmp_path / "embed-cpu" / "features.npy"), rtol=1e-3, atol=1e-4)
+
+
+def test_info_on_the_gpu_names_cudnn_for_every_convolution_pass(capsys):
+    assert main(["info", "--model.width_multiplier", "0.25", "--run.device", "cuda", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    engines = {row[name] for row in info["convolutions"] for name in ("forward", "input_gradient", "weight_gradient")}
+    assert engines == {"cuDNN", "-"}  # "-": the images ask for no input gradient of the stem

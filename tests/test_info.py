@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -119,3 +120,15 @@ def test_the_text_report_lists_the_set_up_then_the_plan(capsys):
     assert lines[header].split()[2:] == ["forward", "input", "gradient", "weight", "gradient"]
     assert lines[header + 1].split()[:2] == ["1", "1->16"]
     assert format_info(machine_info(_config(**{"run.fused_kernels": "false"}))).count("\n") == len(lines) - 1
+
+
+def test_off_the_cpu_the_plan_names_the_library_that_runs_the_convolution(monkeypatch):
+    """cuDNN on CUDA while it is on, PyTorch's own kernels where it is off or on other devices (meta here)."""
+    layer = conv.Conv2d(16, 16, 3, padding=1, bias=False).to("meta")
+    x = torch.zeros(2, 16, 8, 8, device="meta", requires_grad=True)
+    assert layer.engines(x) == {"forward": "PyTorch", "backward-data": "PyTorch", "backward-weights": "PyTorch"}
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))  # all the choice reads of the tensor
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    assert conv._library_engine(on_cuda) == "cuDNN"
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", False)
+    assert conv._library_engine(on_cuda) == "PyTorch"

@@ -465,13 +465,25 @@ def _direct_kernels() -> Any:
     return kernels
 
 
+def _direct_kernel(name: str, kernel_size: int, padding: int, in_channels: int, out_channels: int,
+                   dtype: torch.dtype, kernels: Any) -> tuple[str, int | None]:
+    """Which of our kernels runs pass ``name`` of a shape ``direct_passes`` gave them: ("stem", None) for one
+    input channel, ("winograd", m) where a Winograd rule covers the pass, else ("direct-16", None). The one choice
+    that the passes below make and that ``simclrv2 info`` names."""
+    if in_channels == 1:
+        return "stem", None
+    tile = winograd_tile(name, kernel_size, padding, in_channels, out_channels, dtype, kernels)
+    return ("winograd", tile) if tile is not None else ("direct-16", None)
+
+
 def _direct_weight_grad(x: Tensor, grad_out: Tensor, weight: Tensor, padding: int) -> Tensor:
     """The weight gradient of a shape ``direct_passes`` gives to our kernels: a stem's, or Winograd's; in the
     weight's dtype."""
     kernels = _direct_kernels()
-    if x.shape[1] == 1:
+    kind, tile = _direct_kernel("backward-weights", weight.shape[-1], padding, x.shape[1], grad_out.shape[1],
+                                x.dtype, kernels)
+    if kind == "stem":
         return kernels.stem_conv_weight_grad(x, grad_out, weight.shape[-1], padding).to(weight.dtype)
-    tile = winograd_tile("backward-weights", weight.shape[-1], padding, x.shape[1], grad_out.shape[1], x.dtype, kernels)
     return winograd.weight_grad(kernels, x, grad_out, tile)
 
 
@@ -479,12 +491,12 @@ def _direct_forward(x: Tensor, weight: Tensor, padding: int) -> Tensor:
     """The forward of a shape ``direct_passes`` gives to our kernels: the stem's, Winograd's or the 16-channel
     one."""
     kernels = _direct_kernels()
-    if x.shape[1] == 1:
+    kind, tile = _direct_kernel("forward", weight.shape[-1], padding, x.shape[1], weight.shape[0], x.dtype, kernels)
+    if kind == "stem":
         return kernels.stem_conv_forward(x, weight, padding)
-    tile = winograd_tile("forward", weight.shape[-1], padding, x.shape[1], weight.shape[0], x.dtype, kernels)
-    if tile is None:
-        return kernels.direct_conv3x3(x, weight, False)
-    return winograd.forward(kernels, x, weight, tile)
+    if kind == "winograd":
+        return winograd.forward(kernels, x, weight, tile)
+    return kernels.direct_conv3x3(x, weight, False)
 
 
 def _direct_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
@@ -492,10 +504,10 @@ def _direct_input_grad(grad_out: Tensor, weight: Tensor) -> Tensor:
     the 16-channel one."""
     kernels = _direct_kernels()
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    tile = winograd_tile("backward-data", 3, 1, weight.shape[1], weight.shape[0], grad_out.dtype, kernels)
-    if tile is None:
-        return kernels.direct_conv3x3(grad_out, weight, True)
-    return winograd.input_grad(kernels, grad_out, weight, tile)
+    kind, tile = _direct_kernel("backward-data", 3, 1, weight.shape[1], weight.shape[0], grad_out.dtype, kernels)
+    if kind == "winograd":
+        return winograd.input_grad(kernels, grad_out, weight, tile)
+    return kernels.direct_conv3x3(grad_out, weight, True)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -506,13 +518,21 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def _direct_engine(name: str, conv: nn.Conv2d, dtype: torch.dtype) -> str:
-    """Which of our kernels runs a pass ``direct_passes`` gave them, named as ``_direct_forward`` and its kin
-    choose."""
-    if conv.in_channels == 1:
-        return "stem kernel"
-    tile = winograd_tile(name, conv.kernel_size[0], conv.padding[0], conv.in_channels, conv.out_channels, dtype,
-                         active_kernels())
-    return f"Winograd F({tile}x{tile})" if tile is not None else "direct 16-channel kernel"
+    """The name ``simclrv2 info`` gives the kernel of ours that runs a pass ``direct_passes`` gave them."""
+    kind, tile = _direct_kernel(name, conv.kernel_size[0], conv.padding[0], conv.in_channels, conv.out_channels,
+                                dtype, active_kernels())
+    return {"stem": "stem kernel", "winograd": f"Winograd F({tile}x{tile})",
+            "direct-16": "direct 16-channel kernel"}[kind]
+
+
+def _library_engine(x: Tensor) -> str:
+    """The library PyTorch hands a convolution of ``x`` to when ours do not take it: oneDNN on the CPU, cuDNN on
+    CUDA where it is on (it is, unless switched off), else PyTorch's own kernels."""
+    if x.device.type == "cpu":
+        return "oneDNN"
+    if x.device.type == "cuda" and torch.backends.cudnn.is_available() and torch.backends.cudnn.enabled:
+        return "cuDNN"
+    return "PyTorch"
 
 
 class Conv2d(nn.Conv2d):
@@ -544,7 +564,8 @@ class Conv2d(nn.Conv2d):
 
     def engines(self, x: Tensor) -> dict[str, str]:
         """Where each pass of a call on ``x`` runs, by the same plan as :meth:`forward`: "oneDNN", "GEMM", a kernel
-        of ours ("Winograd F(4x4)", "direct 16-channel kernel", "stem kernel"), or "PyTorch" off the CPU; passes that
+        of ours ("Winograd F(4x4)", "direct 16-channel kernel", "stem kernel"), or off the CPU "cuDNN" (or "PyTorch"
+        where cuDNN is off); passes that
         will not run (no gradient asked) are left out. What ``simclrv2 info`` prints."""
         dtype = _compute_dtype(x)
         passes, direct = self._plan(x, dtype)
@@ -553,8 +574,8 @@ class Conv2d(nn.Conv2d):
             will_run.append("backward-data")
         if torch.is_grad_enabled() and self.weight.requires_grad:
             will_run.append("backward-weights")
-        off_cpu = "PyTorch" if x.device.type != "cpu" else "oneDNN"
-        return {name: _direct_engine(name, self, dtype) if name in direct else "GEMM" if name in passes else off_cpu
+        library = _library_engine(x)
+        return {name: _direct_engine(name, self, dtype) if name in direct else "GEMM" if name in passes else library
                 for name in will_run}
 
     def forward(self, x: Tensor) -> Tensor:
