@@ -31,8 +31,8 @@ stage), forward and input gradient, where oneDNN reached 60-70 % of the fp32 pea
 Winograd's F(4×4, 3×3) or F(2×2, 3×3) (:mod:`simclrv2.models.winograd`, ``FP32_AVX2_WINOGRAD_RULES``), which need 4x
 or 2.25x fewer multiplications than oneDNN's direct kernels, already near the machine's peak there (these take the
 16-channel layer's passes from the direct kernel too); on a CPU with AVX-512-BF16 and no AMX (AMD's Zen 4, which
-splits each 512-bit FMA in two), fp32 3×3 stride-1 convolutions from 32 channels by F(4×4, 3×3) as well
-(``FP32_AVX512_BF16_WINOGRAD_RULES``).
+splits each 512-bit FMA in two, and Zen 5, where they still measured faster), fp32 3×3 stride-1 convolutions from 32
+channels by F(4×4, 3×3) as well (``FP32_AVX512_BF16_WINOGRAD_RULES``).
 
 Every product is an fp32 sum of the same bf16 products rounded once to the output dtype, as oneDNN's; parameters
 and state dict are those of :class:`torch.nn.Conv2d`, and anything else (other fp32 convolutions, GPUs, groups,
@@ -91,6 +91,8 @@ FP32_AVX2_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights", 1
 # width 0.25's 64->128 4.7 against 6.8 and 0.7 against 3.3, 32->64 3x3 5.4 against 6.7. The 1x1 shortcuts onto 7x7
 # maps were a little slower (7.4 against 6.1, 0.9 against 0.6 ms) but are left in the rule, which has no kernel size;
 # the stride-1 layers' weight gradients (256->256 at 7 px 88.8 against 80.2) and the forward passes stay oneDNN's.
+# On Zen 5 (machine j) the bf16 step with every rule took 0.981x (0.942-0.992) the time without any at width 1, even
+# at 0.25 (gemm_rules_ab.py --precision bf16 --rules default none, gemm-rules-ab-bf16-5b73545-…-zen5-j.jsonl).
 AVX512_BF16_GEMM_RULES: tuple[tuple[str, int, int], ...] = (("backward-weights-strided", 49, 1),)
 # In fp32 where oneDNN runs its AVX2 kernels, a 3x3 convolution with stride 1 and padding 1 runs Winograd's F(m x m,
 # 3x3) (simclrv2.models.winograd; oneDNN has no Winograd path on AVX2) for the passes and channel counts here:
@@ -123,7 +125,10 @@ FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
 # in scratch runs (best of five, four processes) it took 204-237 ms against oneDNN's 197-226. At 16->16 on 28 px
 # maps F(4x4) was even with oneDNN forward (10.3-11.2 ms against 11.3-11.4) and slower for the weight gradient
 # (10.1-12.1 against 8.5-10.1) in those runs: that layer keeps the direct kernel's forward and input gradient (8.2
-# and 8.8 ms against oneDNN's 9.5 and 9.9 in the rounds) and oneDNN's weight gradient.
+# and 8.8 ms against oneDNN's 9.5 and 9.9 in the rounds) and oneDNN's weight gradient. On a Zen 5 EPYC (machine j,
+# whose 512-bit FMAs are whole: its bf16 GEMM peak is ~2.1x i's) they still paid: the fp32 encoder step took 0.887x
+# (0.868-0.901) the time without them at width 1 and 0.959x at width 0.25 (gemm_rules_ab.py --rules default
+# no-winograd, gemm-rules-ab-fp32-winograd-5b73545-2026-12-04-epyc-zen5-j.jsonl; j's passes not timed one by one).
 FP32_AVX512_BF16_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
     ("forward", 32, 512, 4),
     ("backward-data", 32, 512, 4),
