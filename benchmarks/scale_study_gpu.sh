@@ -7,6 +7,8 @@
 # DATA_DIR holds fashion-mnist/; writes OUT_DIR/{gpu.txt,test_cuda.txt,scale_w<width>.jsonl,throughput.jsonl,
 # logs.tar.gz}. Each width's JSONL is the study's --results file for that width: merge them with
 #   cat OUT_DIR/scale_w*.jsonl > benchmarks/results/scale_study_gpu.jsonl
+# and report with `python benchmarks/scale_report.py --results benchmarks/results/scale_study_gpu.jsonl` (it writes
+# scale_study_gpu.md and .png beside it; leave out --readme, whose block holds the CPU study).
 # Widths, epochs, subsets, seeds and the base config: WIDTHS, EPOCHS, SUBSETS, SEEDS, CONFIG in the environment
 # (defaults below).
 set -u

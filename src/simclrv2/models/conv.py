@@ -569,9 +569,9 @@ class Conv2d(nn.Conv2d):
 
     def engines(self, x: Tensor) -> dict[str, str]:
         """Where each pass of a call on ``x`` runs, by the same plan as :meth:`forward`: "oneDNN", "GEMM", a kernel
-        of ours ("Winograd F(4x4)", "direct 16-channel kernel", "stem kernel"), or off the CPU "cuDNN" (or "PyTorch"
-        where cuDNN is off); passes that
-        will not run (no gradient asked) are left out. What ``simclrv2 info`` prints."""
+        of ours ("Winograd F(4x4)", "direct 16-channel kernel", "stem kernel"), or off the CPU "cuDNN" ("PyTorch"
+        where cuDNN is off); passes that will not run (no gradient asked) are left out. What ``simclrv2 info``
+        prints."""
         dtype = _compute_dtype(x)
         passes, direct = self._plan(x, dtype)
         will_run = ["forward"]
