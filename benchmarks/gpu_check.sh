@@ -17,13 +17,7 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 
-{
-    date -u
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-    "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn',
-torch.backends.cudnn.version(), torch.cuda.get_device_name())"
-    nproc; git rev-parse --short HEAD 2>/dev/null
-} > "$out/gpu.txt" 2>&1
+bash benchmarks/gpu_header.sh "$python" > "$out/gpu.txt" 2>&1
 
 timeout 300 "$python" -m pytest -q -p no:cacheprovider tests/test_cuda.py > "$out/test_cuda.txt" 2>&1
 echo "test_cuda exit $?" >> "$out/test_cuda.txt"

@@ -26,10 +26,7 @@ export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUN
 python=${PYTHON:-python3}
 
 {
-    date -u
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
-    "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-    nproc; git rev-parse --short HEAD 2>/dev/null
+    bash benchmarks/gpu_header.sh "$python"
     echo "widths $widths; epochs $epochs; subsets $subsets; seeds $seeds; limit $limit s"
 } > "$out/gpu.txt" 2>&1
 
