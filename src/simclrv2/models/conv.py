@@ -128,7 +128,9 @@ FP32_AVX2_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
 # and 8.8 ms against oneDNN's 9.5 and 9.9 in the rounds) and oneDNN's weight gradient. On a Zen 5 EPYC (machine j,
 # whose 512-bit FMAs are whole: its bf16 GEMM peak is ~2.1x i's) they still paid: the fp32 encoder step took 0.887x
 # (0.868-0.901) the time without them at width 1 and 0.959x at width 0.25 (gemm_rules_ab.py --rules default
-# no-winograd, gemm-rules-ab-fp32-winograd-5b73545-2026-12-04-epyc-zen5-j.jsonl; j's passes not timed one by one).
+# no-winograd, gemm-rules-ab-fp32-winograd-5b73545-2026-12-04-epyc-zen5-j.jsonl). Per pass on j (conv_shapes.py
+# --rounds 3, conv-shapes-rounds-1cdaa5e-2026-12-04-epyc-zen5-j.jsonl) F(4x4) was 1.1-1.5x faster except the
+# weight gradient at 256 channels (70.8 against 60.5 ms) and 32 (5.7 against 5.0): ~1 % of the step, kept as one set.
 FP32_AVX512_BF16_WINOGRAD_RULES: tuple[tuple[str, int, int, int], ...] = (
     ("forward", 32, 512, 4),
     ("backward-data", 32, 512, 4),
