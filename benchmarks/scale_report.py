@@ -80,6 +80,20 @@ def chosen_recipes(rows: list[dict]) -> dict[tuple[float, str], str]:
     return chosen
 
 
+def self_distillation_gain(rows: list[dict], width: float, labels: str, fine_tuned: dict[int, float]) -> list[float]:
+    """Self-distilled − its own teacher's test top-1, by seed: the teacher's score recorded with the student
+    (``teacher_test_top1``), else the fine-tuned run of the same seed in the table. A student made from an earlier
+    teacher, before its fine-tuned run was redone, is compared with that teacher, not with its replacement."""
+    gains = []
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        if (r["method"], r["part"], r["width"], r.get("labels")) != ("distilled", "distill", width, labels):
+            continue
+        teacher = r.get("teacher_test_top1", fine_tuned.get(r["seed"]))
+        if teacher is not None and r.get("test_top1") is not None:
+            gains.append(r["test_top1"] - teacher)
+    return gains
+
+
 def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tuple[str, dict]:
     """Test top-1 per width and subset for each method, and fine-tuned − supervised paired by seed."""
     lines = ["| width (encoder params) | labels | supervised | fine-tuned (layer 1) | self-distilled | "
@@ -93,7 +107,8 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
             ft = by_seed(rows, method="fine-tuned", recipe=chosen.get((width, "fine-tuned")), **common)
             kd = by_seed(rows, method="distilled", part="distill", width=width, labels=labels)
             gain = paired(ft, sup)
-            cells[(width, labels)] = {"supervised": sup, "fine-tuned": ft, "distilled": kd, "gain": gain}
+            cells[(width, labels)] = {"supervised": sup, "fine-tuned": ft, "distilled": kd, "gain": gain,
+                                      "distill_gain": self_distillation_gain(rows, width, labels, ft)}
             lines.append(f"| {width:g} ({encoder_params(width):.2f} M) | {labels} | {mean_sd(list(sup.values()))} | "
                          f"{mean_sd(list(ft.values()))} | {mean_sd(list(kd.values()))} | {mean_sd(gain)} |")
     return "\n".join(lines), cells
@@ -232,12 +247,27 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
                        f"{_verdict(statistics.fmean(gain) >= 2)} |")
     if "10/class" in subsets:
         out += _best_pipeline_claim(rows, cells, widths)
+    out += _self_distillation_claims(cells, widths, subsets)
     head = [r for r in head_rows(rows) if r["head_layers"] == 3 and r.get("labels") == "10/class"]
     layer_gain = paired(by_seed(head, head_layer=1), by_seed(head, head_layer=0))
     if layer_gain:
         out.append(f"| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class) ≥ 0 | layer 1 best, "
                    f"most so with few labels (ImageNet) | {mean_sd(layer_gain)} | "
                    f"{_verdict(statistics.fmean(layer_gain) >= 0)} |")
+    return out
+
+
+def _self_distillation_claims(cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
+    """Per label subset, the self-distilled student against its own fine-tuned teacher (``self_distillation_gain``)
+    at every width that has both: the claim holds where the mean gain is positive at each of them."""
+    out = []
+    for labels in subsets:
+        gains = [(w, cells[(w, labels)]["distill_gain"]) for w in widths if cells[(w, labels)]["distill_gain"]]
+        if gains:
+            text = ", ".join(f"width {w:g}: {mean_sd(g)}" for w, g in gains)
+            holds = all(statistics.fmean(g) > 0 for _, g in gains)
+            out.append(f"| self-distilled − its own fine-tuned teacher ({labels}) > 0 at every width | "
+                       f"the student beats its teacher (ImageNet) | {text} | {_verdict(holds)} |")
     return out
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from simclrv2 import distill, finetune, load_config, pretrain, supervised
 from simclrv2.config import Config
 from simclrv2.logs import get_logger, setup_logging
-from simclrv2.results import StageResult
+from simclrv2.results import RESULT_FILE, StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
@@ -303,13 +303,20 @@ class Study:
                 self.run(self.classifier_run("finetune", "memory", pretrained, labels, seed, recipe, lr))
 
 
+def percent(top1: float | None) -> float | None:
+    return None if top1 is None else round(100 * top1, 2)
+
+
 def row(run: Run, result: StageResult, out: Path) -> dict[str, Any]:
     """One line of the results file: the run's facts, its scores in %, and its wall time when measured."""
     record = {"run": run.name, "part": run.part, **run.facts,
-              "val_top1": None if result.val_top1 is None else round(100 * result.val_top1, 2),
-              "test_top1": None if result.test_top1 is None else round(100 * result.test_top1, 2)}
+              "val_top1": percent(result.val_top1), "test_top1": percent(result.test_top1)}
     if run.stage == "pretrain":
         record["knn_val"] = round(100 * result.details["knn_top1"], 2) if "knn_top1" in result.details else None
+    if run.stage == "distill" and (Path(result.details["teacher"]) / RESULT_FILE).exists():
+        # the teacher's scores beside the student's: a later rerun of the teacher replaces the teacher's own row
+        teacher = StageResult.read(result.details["teacher"])
+        record.update(teacher_val_top1=percent(teacher.val_top1), teacher_test_top1=percent(teacher.test_top1))
     sidecar = out / run.name / "study.json"
     if sidecar.exists():
         record["wall_s"] = json.loads(sidecar.read_text())["wall_s"]

@@ -56,7 +56,8 @@ class FakeStages:
             if stage == "finetune":  # pretraining at τ 0.1 fine-tunes best
                 val -= abs(config.pretrain.temperature - 0.1) / 10
             test = 1.5 - val + config.run.seed / 100
-            details = {"knn_top1": 0.7} if stage == "pretrain" else {}
+            details = ({"knn_top1": 0.7} if stage == "pretrain" else
+                       {"teacher": config.distill.teacher} if stage == "distill" else {})
             result = StageResult(stage, str(run_dir), None, None if stage == "pretrain" else _scores(val),
                                  None if stage == "pretrain" else _scores(test), details)
             run_dir.mkdir(parents=True)
@@ -116,6 +117,22 @@ def test_distillation_starts_each_student_from_its_own_pretraining(fake, tmp_pat
         assert Path(c.distill.student_pretrained).name == "pretrain-w0.25-h3-s0"
         assert Path(c.distill.teacher).name.startswith("distill-finetune-w0.5-")
     assert {r["method"] for r in rows if r["run"].startswith("distill")} == {"distilled", "big-to-small"}
+
+
+def test_a_distilled_row_carries_its_teachers_scores_and_is_compared_with_them(fake, tmp_path):
+    rows = {r["run"]: r for r in _study(tmp_path, "--parts", "size", "distill")}
+    student = rows["distill-finetune-w0.5-h3-layer1-1pct-sgd-0.01-s1-e2"]
+    teacher = rows["finetune-w0.5-h3-layer1-1pct-sgd-0.01-s1"]
+    assert (student["teacher_val_top1"], student["teacher_test_top1"]) == (teacher["val_top1"], teacher["test_top1"])
+    # the teacher's row redone later (another pretraining): the student is still compared with its own teacher
+    redone = dict(teacher, test_top1=teacher["test_top1"] + 3.0)
+    table_rows = [redone if r["run"] == teacher["run"] else r for r in rows.values()]
+    _, cells, *_ = scale_report.report(table_rows)
+    gains = cells[(0.5, "1%")]["distill_gain"]
+    assert gains == [pytest.approx(rows[f"distill-finetune-w0.5-h3-layer1-1pct-sgd-0.01-s{s}-e2"]["test_top1"]
+                                   - rows[f"finetune-w0.5-h3-layer1-1pct-sgd-0.01-s{s}"]["test_top1"])
+                     for s in (0, 1)]
+    assert cells[(0.5, "1%")]["fine-tuned"][1] == redone["test_top1"]
 
 
 def test_big_to_small_takes_the_teacher_width_with_the_best_fine_tuning_validation(fake, tmp_path, monkeypatch):
@@ -199,7 +216,7 @@ def test_pretraining_temperature_is_chosen_by_the_fine_tuned_validation_mean(fak
 
 def _cell(sup: dict, ft: dict, kd: dict | None = None) -> dict:
     return {"supervised": sup, "fine-tuned": ft, "distilled": kd or {},
-            "gain": scale_report.paired(ft, sup)}
+            "gain": scale_report.paired(ft, sup), "distill_gain": scale_report.paired(kd or {}, ft)}
 
 
 def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
@@ -213,7 +230,7 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
               "memory": 0, "head_layers": 3, "labels": "10/class", "head_layer": j, "seed": s,
               "test_top1": 70.0 + j - s / 2} for j in (0, 1, 2, 3) for s in (0, 1)]
     claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
-    assert len(claims) == 6
+    assert len(claims) == 7
     by_name = {c.split(" | ")[0]: c for c in claims}
     assert by_name["| fine-tuned − supervised grows with width (10/class; widths 0.25, 1; paired by seed)"].endswith(
         "| +5.0 (n=2) → +11.0 (n=2) | holds |")
@@ -221,7 +238,8 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
     assert claims[2].endswith("| +4.5 vs +2.0 | holds |")  # 85.5 - 81.0 against 82.5 - 80.5
     assert claims[3].endswith("| 2.5 ± 0.0 (n=2) | holds |")  # 83/84 against 80.5/81.5
     assert claims[4].endswith("fine-tuned, width 1 − supervised width 1: 11.0 ± 0.0 (n=2) | holds |")
-    assert claims[5].endswith("| 1.0 ± 0.0 (n=2) | holds |")
+    assert claims[5].endswith("| width 0.25: 2.0 ± 0.0 (n=2) | holds |")  # 72/73 against 70/71, its teacher
+    assert claims[6].endswith("| 1.0 ± 0.0 (n=2) | holds |")
 
     cells[(1.0, "1%")] = _cell({0: 82, 1: 83}, {0: 82, 1: 83})  # no gain at width 1: neither trend nor spread
     rows = [dict(r, test_top1=r["test_top1"] - 1) if r["part"] == "big-to-small" else r for r in rows]
@@ -229,6 +247,21 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
     assert "| +0.5 (n=2) → +0.0 (n=2) | **does not hold** |" in claims[1]
     assert claims[2].endswith("| +1.5 vs +2.0 | **does not hold** |")
     assert claims[3].endswith("| 1.5 ± 0.0 (n=2) | **does not hold** |")
+
+
+def test_self_distillation_holds_only_where_every_width_gains_on_its_own_teacher():
+    cells = {(0.25, "1%"): _cell({0: 80, 1: 81}, {0: 80.5, 1: 81.5}, {0: 81.0, 1: 81.5}),
+             (1.0, "1%"): _cell({0: 82, 1: 83}, {0: 85, 1: 86}, {1: 85.0, 2: 90.0})}
+    claims = scale_report._self_distillation_claims(cells, [0.25, 1.0], ["1%"])
+    # width 1 pairs seed 1 only (seed 2 has no fine-tuned teacher): 85 - 86 = -1
+    assert claims == ["| self-distilled − its own fine-tuned teacher (1%) > 0 at every width | the "
+                      "student beats its teacher (ImageNet) | width 0.25: 0.2 ± 0.4 (n=2), width 1: -1.0 ± 0.0 "
+                      "(n=1) | **does not hold** |"]
+    cells[(1.0, "1%")]["distill_gain"] = []  # a width without self-distilled runs is left out, not counted a loss
+    assert scale_report._self_distillation_claims(cells, [0.25, 1.0], ["1%"])[0].endswith(
+        "| width 0.25: 0.2 ± 0.4 (n=2) | holds |")
+    cells[(0.25, "1%")]["distill_gain"] = []
+    assert scale_report._self_distillation_claims(cells, [0.25, 1.0], ["1%"]) == []
 
 
 def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tmp_path):
