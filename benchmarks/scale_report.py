@@ -267,7 +267,7 @@ def _self_distillation_claims(cells: dict, widths: list[float], subsets: list[st
             text = ", ".join(f"width {w:g}: {mean_sd(g)}" for w, g in gains)
             holds = all(statistics.fmean(g) > 0 for _, g in gains)
             out.append(f"| self-distilled − its own fine-tuned teacher ({labels}) > 0 at every width | "
-                       f"the student beats its teacher (ImageNet) | {text} | {_verdict(holds)} |")
+                       f"+1.7 at 1 %, +0.8 at 10 % (R152-3×-SK, ImageNet) | {text} | {_verdict(holds)} |")
     return out
 
 
