@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from readme_block import write_readme
+from scale_study import DISTILL_EPOCHS
 
 from simclrv2 import load_config
 from simclrv2.models import resnet
@@ -80,14 +81,21 @@ def chosen_recipes(rows: list[dict]) -> dict[tuple[float, str], str]:
     return chosen
 
 
-def self_distillation_gain(rows: list[dict], width: float, labels: str, fine_tuned: dict[int, float]) -> list[float]:
+def self_distilled(rows: list[dict], width: float, labels: str, epochs: int | None = DISTILL_EPOCHS) -> list[dict]:
+    """The self-distilled runs of a size-table cell at one length (None: every length), by seed; rows from before
+    the length was varied lack ``distill_epochs``: they ran the default."""
+    return sorted((r for r in rows if r["method"] == "distilled" and r["part"] == "distill" and r["width"] == width
+                   and r.get("labels") == labels
+                   and epochs in (None, r.get("distill_epochs", DISTILL_EPOCHS))), key=lambda r: r["seed"])
+
+
+def self_distillation_gain(rows: list[dict], width: float, labels: str, fine_tuned: dict[int, float],
+                           epochs: int = DISTILL_EPOCHS) -> list[float]:
     """Self-distilled − its own teacher's test top-1, by seed: the teacher's score recorded with the student
     (``teacher_test_top1``), else the fine-tuned run of the same seed in the table. A student made from an earlier
     teacher, before its fine-tuned run was redone, is compared with that teacher, not with its replacement."""
     gains = []
-    for r in sorted(rows, key=lambda r: r["seed"]):
-        if (r["method"], r["part"], r["width"], r.get("labels")) != ("distilled", "distill", width, labels):
-            continue
+    for r in self_distilled(rows, width, labels, epochs):
         teacher = r.get("teacher_test_top1", fine_tuned.get(r["seed"]))
         if teacher is not None and r.get("test_top1") is not None:
             gains.append(r["test_top1"] - teacher)
@@ -105,7 +113,7 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
             common = {"width": width, "labels": labels, "head_layers": 3, "memory": 0, "head_layer": 1}
             sup = by_seed(rows, method="supervised", recipe=chosen.get((width, "supervised")), **common)
             ft = by_seed(rows, method="fine-tuned", recipe=chosen.get((width, "fine-tuned")), **common)
-            kd = by_seed(rows, method="distilled", part="distill", width=width, labels=labels)
+            kd = {r["seed"]: r["test_top1"] for r in self_distilled(rows, width, labels)}
             gain = paired(ft, sup)
             cells[(width, labels)] = {"supervised": sup, "fine-tuned": ft, "distilled": kd, "gain": gain,
                                       "distill_gain": self_distillation_gain(rows, width, labels, ft)}
@@ -146,6 +154,20 @@ def pretrain_table(rows: list[dict]) -> str:
             knn = "–" if r.get("knn_val") is None else f"{r['knn_val']:.1f}"
             lines.append(f"| {r['run']} | {r['pretrain_epochs']} | {knn} |")
     return "\n".join(lines)
+
+
+def distill_length_table(rows: list[dict], cells: dict) -> str:
+    """Self-distillation at every length run, for the cells run at more than one, each student against its own
+    teacher; "" where none was."""
+    lines = ["| width | labels | epochs | self-distilled | − its own teacher |", "|---|---|---|---|---|"]
+    for (width, labels), cell in cells.items():
+        lengths = sorted({r.get("distill_epochs", DISTILL_EPOCHS) for r in self_distilled(rows, width, labels, None)})
+        for epochs in lengths if len(lengths) > 1 else []:
+            runs = self_distilled(rows, width, labels, epochs)
+            gain = self_distillation_gain(rows, width, labels, cell["fine-tuned"], epochs)
+            lines.append(f"| {width:g} | {labels} | {epochs} | {mean_sd([r['test_top1'] for r in runs])} | "
+                         f"{mean_sd(gain)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def head_rows(rows: list[dict]) -> list[dict]:
@@ -333,6 +355,9 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
               recipe_table(rows), "", pretrain_table(rows)]
     if any(r["part"] == "distill-recipe" for r in rows):
         parts += ["", "Self-distillation recipes (1 % labels, seed 0), on validation:", "", distill_recipe_table(rows)]
+    lengths = distill_length_table(rows, cells)
+    if lengths:
+        parts += ["", "Self-distillation's length (epochs over all training images):", "", lengths]
     if any(r["part"] == "head" for r in rows):
         parts += ["", "Head depth (fine-tuning from each layer):", "", head_table(rows, subsets)]
     if any(r["part"] == "memory" for r in rows):

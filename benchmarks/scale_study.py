@@ -50,6 +50,8 @@ SUPERVISED_GRID = {"sgd-0.03": 0.03, "sgd-0.1": 0.1, "sgd-0.3": 0.3}
 # (optimiser, lr, distillation temperature): the shipped AdamW at the paper's τ 0.1, AdamW and SGD at τ 1
 DISTILL_GRID = {"adamw-1e-3-t0.1": ("adamw", 1e-3, 0.1), "adamw-1e-3-t1": ("adamw", 1e-3, 1.0),
                 "sgd-0.05-t1": ("sgd", 0.05, 1.0)}
+# Self-distillation's length in epochs over all training images: the size table's; --distill-epochs adds others
+DISTILL_EPOCHS = 2
 # NT-Xent temperatures: the paper's 0.1, the demo's 0.2 and the package default 0.5
 TEMPERATURE_GRID = (0.1, 0.2, 0.5)
 
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument("--grid-labels", default="1%", help="the label subset recipes are chosen on")
-    parser.add_argument("--distill-epochs", type=int, nargs="+", default=[2])
+    parser.add_argument("--distill-epochs", type=int, nargs="+", default=[DISTILL_EPOCHS])
     parser.add_argument("--head-width", type=float, default=0.25)
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")

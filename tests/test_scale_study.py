@@ -284,3 +284,18 @@ def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tm
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert scale_report.chosen_recipes(rows)[(0.25, "fine-tuned")] == "sgd-0.01"
     assert f"| **sgd-0.01** | {choice['scores']['sgd-0.01']:.1f} |" in scale_report.recipe_table(rows)
+
+
+def test_self_distillation_lengths_get_their_own_table_and_the_size_table_keeps_the_default():
+    def student(seed: int, epochs: int | None, test: float) -> dict:
+        row = {"method": "distilled", "part": "distill", "width": 0.25, "labels": "1%", "seed": seed,
+               "test_top1": test, "teacher_test_top1": 80.0}
+        return row if epochs is None else dict(row, distill_epochs=epochs)
+
+    rows = [student(0, None, 80.5), student(1, 2, 81.0), student(0, 5, 82.0), student(1, 5, 81.0)]
+    assert [r["test_top1"] for r in scale_report.self_distilled(rows, 0.25, "1%")] == [80.5, 81.0]
+    cells = {(0.25, "1%"): _cell({0: 79.0, 1: 79.0}, {0: 80.0, 1: 80.0})}
+    assert scale_report.distill_length_table(rows, cells).splitlines()[2:] == [
+        "| 0.25 | 1% | 2 | 80.8 ± 0.4 (n=2) | 0.8 ± 0.4 (n=2) |",
+        "| 0.25 | 1% | 5 | 81.5 ± 0.7 (n=2) | 1.5 ± 0.7 (n=2) |"]
+    assert scale_report.distill_length_table(rows[:2], cells) == ""  # one length: the size table says it all
