@@ -89,13 +89,13 @@ def self_distilled(rows: list[dict], width: float, labels: str, epochs: int | No
                    and epochs in (None, r.get("distill_epochs", DISTILL_EPOCHS))), key=lambda r: r["seed"])
 
 
-def self_distillation_gain(rows: list[dict], width: float, labels: str, fine_tuned: dict[int, float],
-                           epochs: int = DISTILL_EPOCHS) -> list[float]:
-    """Self-distilled − its own teacher's test top-1, by seed: the teacher's score recorded with the student
-    (``teacher_test_top1``), else the fine-tuned run of the same seed in the table. A student made from an earlier
-    teacher, before its fine-tuned run was redone, is compared with that teacher, not with its replacement."""
+def self_distillation_gain(students: list[dict], fine_tuned: dict[int, float]) -> list[float]:
+    """Each student's test top-1 − its own teacher's, in the students' order: the teacher's score recorded with
+    the student (``teacher_test_top1``), else the fine-tuned run of the same seed in the table. A student made from
+    an earlier teacher, before its fine-tuned run was redone, is compared with that teacher, not with its
+    replacement."""
     gains = []
-    for r in self_distilled(rows, width, labels, epochs):
+    for r in students:
         teacher = r.get("teacher_test_top1", fine_tuned.get(r["seed"]))
         if teacher is not None and r.get("test_top1") is not None:
             gains.append(r["test_top1"] - teacher)
@@ -113,10 +113,11 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
             common = {"width": width, "labels": labels, "head_layers": 3, "memory": 0, "head_layer": 1}
             sup = by_seed(rows, method="supervised", recipe=chosen.get((width, "supervised")), **common)
             ft = by_seed(rows, method="fine-tuned", recipe=chosen.get((width, "fine-tuned")), **common)
-            kd = {r["seed"]: r["test_top1"] for r in self_distilled(rows, width, labels)}
+            students = self_distilled(rows, width, labels)
+            kd = {r["seed"]: r["test_top1"] for r in students}
             gain = paired(ft, sup)
             cells[(width, labels)] = {"supervised": sup, "fine-tuned": ft, "distilled": kd, "gain": gain,
-                                      "distill_gain": self_distillation_gain(rows, width, labels, ft)}
+                                      "distill_gain": self_distillation_gain(students, ft)}
             lines.append(f"| {width:g} ({encoder_params(width):.2f} M) | {labels} | {mean_sd(list(sup.values()))} | "
                          f"{mean_sd(list(ft.values()))} | {mean_sd(list(kd.values()))} | {mean_sd(gain)} |")
     return "\n".join(lines), cells
@@ -164,7 +165,7 @@ def distill_length_table(rows: list[dict], cells: dict) -> str:
         lengths = sorted({r.get("distill_epochs", DISTILL_EPOCHS) for r in self_distilled(rows, width, labels, None)})
         for epochs in lengths if len(lengths) > 1 else []:
             runs = self_distilled(rows, width, labels, epochs)
-            gain = self_distillation_gain(rows, width, labels, cell["fine-tuned"], epochs)
+            gain = self_distillation_gain(runs, cell["fine-tuned"])
             lines.append(f"| {width:g} | {labels} | {epochs} | {mean_sd([r['test_top1'] for r in runs])} | "
                          f"{mean_sd(gain)} |")
     return "\n".join(lines) if len(lines) > 2 else ""

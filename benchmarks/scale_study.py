@@ -314,7 +314,7 @@ def row(run: Run, result: StageResult, out: Path) -> dict[str, Any]:
     record = {"run": run.name, "part": run.part, **run.facts,
               "val_top1": percent(result.val_top1), "test_top1": percent(result.test_top1)}
     if run.stage == "pretrain":
-        record["knn_val"] = round(100 * result.details["knn_top1"], 2) if "knn_top1" in result.details else None
+        record["knn_val"] = percent(result.details.get("knn_top1"))
     if run.stage == "distill" and (Path(result.details["teacher"]) / RESULT_FILE).exists():
         # the teacher's scores beside the student's: a later rerun of the teacher replaces the teacher's own row
         teacher = StageResult.read(result.details["teacher"])
