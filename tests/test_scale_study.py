@@ -299,3 +299,25 @@ def test_self_distillation_lengths_get_their_own_table_and_the_size_table_keeps_
         "| 0.25 | 1% | 2 | 80.8 ± 0.4 (n=2) | 0.8 ± 0.4 (n=2) |",
         "| 0.25 | 1% | 5 | 81.5 ± 0.7 (n=2) | 1.5 ± 0.7 (n=2) |"]
     assert scale_report.distill_length_table(rows[:2], cells) == ""  # one length: the size table says it all
+
+
+def test_head_depth_compares_each_head_from_the_layer_validation_chose_not_test():
+    """Validation prefers the 2-layer head's layer 2, test its layer 1: the table bolds layer 2 and the claim pairs
+    the 3-layer head's chosen layer with it, seed by seed."""
+    def run(heads: int, layer: int, seed: int, val: float, test: float) -> dict:
+        return {"part": "size" if (heads, layer) == (3, 1) else "head", "method": "fine-tuned", "width": 0.25,
+                "recipe": "sgd-0.01", "memory": 0, "head_layers": heads, "labels": "1%", "head_layer": layer,
+                "seed": seed, "val_top1": val, "test_top1": test}
+
+    rows = [run(2, 0, s, 70.0, 70.0) for s in (0, 1)] + [run(2, 1, s, 71.0, 79.0) for s in (0, 1)]
+    rows += [run(2, 2, 0, 72.0, 75.0), run(2, 2, 1, 71.5, 77.0)]
+    rows += [run(3, j, s, 75.0 + (j == 1), 76.0 + s) for j in range(4) for s in (0, 1)]
+    assert scale_report.chosen_head_layers(scale_report.head_rows(rows)) == {(2, "1%"): 2, (3, "1%"): 1}
+    table = scale_report.head_table(rows, ["1%"]).splitlines()
+    assert table[2:5] == ["| 2 | 0 | 70.0 ± 0.0 (n=2) |", "| 2 | 1 | 79.0 ± 0.0 (n=2) |",
+                          "| 2 | 2 | **76.0 ± 1.4 (n=2)** |"]
+    assert table[6] == "| 3 | 1 | **76.5 ± 0.7 (n=2)** |"
+    # 3-layer from layer 1 (76, 77) − 2-layer from layer 2 (75, 77), paired by seed: +1, 0
+    assert scale_report._head_depth_claims(rows, ["1%", "10/class"]) == [
+        "| 3-layer head − 2-layer head, each from its layer chosen on validation (1%) ≥ 0 | deeper is better, most "
+        "so with few labels (ImageNet) | layer 1 − layer 2: 0.5 ± 0.7 (n=2) | holds |"]
