@@ -1,5 +1,5 @@
-"""The paper's findings at CPU scale: network size, head depth, distillation and a memory of negatives on
-Fashion-MNIST, every run through the package's own stages and its validation split.
+"""The paper's findings at CPU scale: network size, head depth, distillation, a memory of negatives and Selective
+Kernels on Fashion-MNIST, every run through the package's own stages and its validation split.
 
     python benchmarks/scale_study.py --widths 0.25 0.5 1 --subsets 10/class 1% --seeds 0 1 2 --out runs/scale
     python benchmarks/scale_report.py --readme      # tables, paired differences and the plot from the JSONL
@@ -11,8 +11,10 @@ recipes at every subset and seed; ``distill`` self-distils each fine-tuned netwo
 ``big-to-small`` self-distils the best fine-tuned network wider than 0.25 (chosen on validation: the width whose
 fine-tuning grid scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
-memory of ``--memory-size`` negatives. One pretraining per configuration (seed 0) serves every seed downstream;
-seeds change the label subset, the classifier's initialisation and the augmentations.
+memory of ``--memory-size`` negatives; ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels
+(``--sk-ratio``). The last three fine-tune with the size part's recipe for that width. One pretraining per
+configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
+initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
@@ -39,7 +41,7 @@ from simclrv2.results import RESULT_FILE, StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
-PARTS = ("size", "distill", "big-to-small", "head", "memory")
+PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels")
 # recipe choices made with the study's pretraining: the shipped distillation recipe against two candidates, and
 # pretraining's NT-Xent temperature
 EXTRA_PARTS = ("distill-recipes", "temperature")
@@ -102,9 +104,10 @@ class Study:
         return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)})
 
     def pretraining(self, width: float, head_layers: int = 3, memory: int = 0,
-                    temperature: float | None = None) -> Run:
-        """Seed 0's pretraining; ``temperature`` other than the base config's names its own run."""
-        c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers)
+                    temperature: float | None = None, sk_ratio: float = 0.0) -> Run:
+        """Seed 0's pretraining; ``temperature`` other than the base config's, and Selective Kernels
+        (``sk_ratio`` > 0), name their own runs."""
+        c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers, sk_ratio=sk_ratio)
         c = self.with_(c, "pretrain", epochs=self.args.pretrain_epochs, memory_size=memory)
         c = self.with_(c, "run", seed=0)
         name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "")
@@ -114,6 +117,9 @@ class Study:
         facts = {"width": width, "head_layers": head_layers, "memory": memory, "method": "pretraining",
                  "pretrain_epochs": self.args.pretrain_epochs, "seed": 0,
                  "pretrain_temperature": c.pretrain.temperature}
+        if sk_ratio:  # recorded only where used, so the rows from before Selective Kernels were studied match
+            name += f"-sk{sk_ratio:g}"
+            facts["sk_ratio"] = sk_ratio
         return Run(name + "-s0", "pretrain", "", facts, c)
 
     def classifier_run(self, stage: str, part: str, pretrained: Run, labels: str, seed: int, recipe: str,
@@ -132,6 +138,8 @@ class Study:
                  "seed": seed, "recipe": recipe, "head_layer": head_layer,
                  "pretrain_epochs": self.args.pretrain_epochs,
                  "pretrain_temperature": pretrained.facts["pretrain_temperature"]}
+        if "sk_ratio" in pretrained.facts:
+            facts["sk_ratio"] = pretrained.facts["sk_ratio"]
         return Run(name, stage, part, facts, c)
 
     def distillation(self, part: str, teacher: Run, epochs: int, student: Run | None = None) -> Run:
@@ -239,6 +247,8 @@ class Study:
             self.head_depth()
         if "memory" in parts:
             self.memory()
+        if "selective-kernels" in parts:
+            self.selective_kernels()
         if "distill-recipes" in parts:
             self.distill_recipes()
         if "temperature" in parts:
@@ -290,19 +300,26 @@ class Study:
             pretrained = self.pretraining(self.args.head_width, heads)
             self.run(pretrained)
             for labels in self.args.subsets:
-                for seed in self.args.head_seeds:
+                for seed in self.args.head_seeds or self.args.seeds:
                     for layer in range(heads + 1):
                         self.run(self.classifier_run("finetune", "head", pretrained, labels, seed, recipe, lr,
                                                      head_layer=layer))
 
     def memory(self) -> None:
-        width = self.args.head_width
-        recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
-        pretrained = self.pretraining(width, memory=self.args.memory_size)
+        self.fine_tune_variant("memory", self.pretraining(self.args.head_width, memory=self.args.memory_size))
+
+    def selective_kernels(self) -> None:
+        self.fine_tune_variant("selective-kernels", self.pretraining(self.args.head_width, sk_ratio=self.args.sk_ratio))
+
+    def fine_tune_variant(self, part: str, pretrained: Run) -> None:
+        """A pretraining that differs from the size part's at its width in one setting, fine-tuned (head layer 1)
+        with the recipe chosen for that width at every subset and seed: the pretraining is what varies, so the
+        downstream recipe is held fixed, and the size part's fine-tuned runs are the pairs to compare with."""
+        recipe, lr = self.chosen("finetune", "size", self.pretraining(pretrained.facts["width"]))
         self.run(pretrained)
         for labels in self.args.subsets:
             for seed in self.args.seeds:
-                self.run(self.classifier_run("finetune", "memory", pretrained, labels, seed, recipe, lr))
+                self.run(self.classifier_run("finetune", part, pretrained, labels, seed, recipe, lr))
 
 
 def percent(top1: float | None) -> float | None:
@@ -369,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid-labels", default="1%", help="the label subset recipes are chosen on")
     parser.add_argument("--distill-epochs", type=int, nargs="+", default=[DISTILL_EPOCHS])
     parser.add_argument("--head-width", type=float, default=0.25)
-    parser.add_argument("--head-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--head-seeds", type=int, nargs="+", help="the head part's seeds (default: --seeds)")
     parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")
     parser.add_argument("--memory-size", type=int, default=4096)
+    parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -40,6 +40,7 @@ class FakeStages:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.configs: dict[str, object] = {}
 
     def make(self, stage: str):
         def run(config, run_dir, resume=False):
@@ -47,6 +48,7 @@ class FakeStages:
             if (run_dir / "result.json").exists():
                 return StageResult.read(run_dir)
             self.calls.append((stage, run_dir.name))
+            self.configs[run_dir.name] = config
             width = config.model.width_multiplier
             lr = {"finetune": config.finetune.optimizer.base_lr,
                   "supervised": config.supervised.optimizer.base_lr}.get(stage, 0.0)
@@ -321,3 +323,28 @@ def test_head_depth_compares_each_head_from_the_layer_validation_chose_not_test(
     assert scale_report._head_depth_claims(rows, ["1%", "10/class"]) == [
         "| 3-layer head − 2-layer head, each from its layer chosen on validation (1%) ≥ 0 | deeper is better, most "
         "so with few labels (ImageNet) | layer 1 − layer 2: 0.5 ± 0.7 (n=2) | holds |"]
+
+
+def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_table(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "selective-kernels", "--widths", "0.25")
+    sk = [r for r in rows if r["part"] == "selective-kernels"]
+    assert {(r["labels"], r["seed"]) for r in sk} == {(s, seed) for s in ("10/class", "1%") for seed in (0, 1)}
+    assert all(r["sk_ratio"] == 0.0625 and r["recipe"] == "sgd-0.01" and r["head_layer"] == 1 for r in sk)
+    # the part's pretraining and every fine-tuning from it build the encoder with Selective Kernels
+    assert fake.configs["pretrain-w0.25-h3-sk0.0625-s0"].model.sk_ratio == 0.0625
+    assert all(fake.configs[r["run"]].model.sk_ratio == 0.0625 for r in sk)
+    assert all(fake.configs[r["run"]].finetune.pretrained.endswith("pretrain-w0.25-h3-sk0.0625-s0") for r in sk)
+    assert fake.configs["pretrain-w0.25-h3-s0"].model.sk_ratio == 0.0
+    assert {name for stage, name in fake.calls if stage == "pretrain"} == {
+        "pretrain-w0.25-h3-s0", "pretrain-w0.25-h3-sk0.0625-s0"}
+
+    # Selective Kernels' rows (same width, head, layer and recipe) would otherwise land in the plain encoder's cell
+    rows = [dict(r, test_top1=r["test_top1"] + 5) if r["part"] == "selective-kernels" else r for r in rows]
+    text, cells, _, _ = scale_report.report(rows)
+    plain = {r["seed"]: r["test_top1"] for r in rows if r["part"] == "size" and r["method"] == "fine-tuned"
+             and r["labels"] == "1%"}
+    assert cells[(0.25, "1%")]["fine-tuned"] == plain
+    assert "| 1% | " in text and "| 5.0 ± 0.0 (n=2) |\n" in text
+    assert ("| Selective Kernels − plain encoder, fine-tuned (width 0.25, 1%) > 0 | +6.6 at 1 %, +3.7 at 10 % "
+            "(ResNet-50, ImageNet) | 5.0 ± 0.0 (n=2) | holds |") in text
+    assert "Selective Kernels (1.04 M; kNN 70.0) | plain (0.70 M; kNN 70.0)" in text
