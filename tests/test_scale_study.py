@@ -322,7 +322,9 @@ def test_head_depth_compares_each_head_from_the_layer_validation_chose_not_test(
     # 3-layer from layer 1 (76, 77) − 2-layer from layer 2 (75, 77), paired by seed: +1, 0
     assert scale_report._head_depth_claims(rows, ["1%", "10/class"]) == [
         "| 3-layer head − 2-layer head, each from its layer chosen on validation (1%) ≥ 0 | deeper is better, most "
-        "so with few labels (ImageNet) | layer 1 − layer 2: 0.5 ± 0.7 (n=2) | holds |"]
+        "so with few labels (ImageNet) | layer 1 − layer 2: 0.5 ± 0.7 (n=2) | holds (within the seed spread) |"]
+    assert scale_report._paired_verdict([1.0, 2.0], True) == "holds"
+    assert scale_report._paired_verdict([-1.0, 0.5], False) == "**does not hold** (within the seed spread)"
 
 
 def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_table(fake, tmp_path):
