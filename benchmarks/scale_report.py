@@ -250,8 +250,9 @@ def memory_table(rows: list[dict], cells: dict, subsets: list[str]) -> str:
 
 
 def selective_kernels_table(rows: list[dict], cells: dict, subsets: list[str]) -> str:
-    """Fine-tuned test top-1 from a pretraining with Selective Kernels against the size part's plain encoder of the
-    same width (same recipe), paired by seed, with the encoders' sizes and kNN after pretraining."""
+    """Test top-1 of the encoder with Selective Kernels against the size part's plain encoder of the same width
+    (same recipes), fine-tuned and supervised only, each paired by seed; the header gives the encoders' sizes and
+    kNN after pretraining."""
     sk = [r for r in rows if r["part"] == "selective-kernels"]
     if not sk:
         return ""
@@ -259,15 +260,17 @@ def selective_kernels_table(rows: list[dict], cells: dict, subsets: list[str]) -
     knn = {bool(r.get("sk_ratio")): r.get("knn_val") for r in rows if r["method"] == "pretraining"
            and r["width"] == width and r["head_layers"] == 3 and not r["memory"]
            and r.get("pretrain_temperature") in (None, sk[0]["pretrain_temperature"])}
-    lines = [f"| labels | fine-tuned, Selective Kernels ({encoder_params(width, ratio):.2f} M; kNN {knn.get(True)}) | "
-             f"plain ({encoder_params(width):.2f} M; kNN {knn.get(False)}) | Selective Kernels − plain (paired) |",
-             "|---|---|---|---|"]
+    lines = [f"Width {width:g}: {encoder_params(width, ratio):.2f} M encoder parameters with Selective Kernels (kNN "
+             f"{knn.get(True)} after pretraining), {encoder_params(width):.2f} M without (kNN {knn.get(False)}).", "",
+             "| labels | method | Selective Kernels | plain | Selective Kernels − plain (paired) |",
+             "|---|---|---|---|---|"]
     for labels in subsets:
-        with_sk = by_seed(sk, labels=labels)
-        if with_sk and (width, labels) in cells:
-            plain = cells[(width, labels)]["fine-tuned"]
-            lines.append(f"| {labels} | {mean_sd(list(with_sk.values()))} | {mean_sd(list(plain.values()))} | "
-                         f"{mean_sd(paired(with_sk, plain))} |")
+        for method in ("fine-tuned", "supervised"):
+            with_sk = by_seed(sk, labels=labels, method=method)
+            if with_sk and (width, labels) in cells:
+                plain = cells[(width, labels)][method]
+                lines.append(f"| {labels} | {method} | {mean_sd(list(with_sk.values()))} | "
+                             f"{mean_sd(list(plain.values()))} | {mean_sd(paired(with_sk, plain))} |")
     return "\n".join(lines)
 
 
@@ -275,7 +278,7 @@ def _selective_kernels_claims(rows: list[dict], cells: dict, subsets: list[str])
     sk = [r for r in rows if r["part"] == "selective-kernels"]
     out = []
     for labels in subsets:
-        with_sk = by_seed(sk, labels=labels)
+        with_sk = by_seed(sk, labels=labels, method="fine-tuned")
         if not with_sk or (sk[0]["width"], labels) not in cells:
             continue
         gain = paired(with_sk, cells[(sk[0]["width"], labels)]["fine-tuned"])

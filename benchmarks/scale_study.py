@@ -12,7 +12,8 @@ recipes at every subset and seed; ``distill`` self-distils each fine-tuned netwo
 fine-tuning grid scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
 memory of ``--memory-size`` negatives; ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels
-(``--sk-ratio``). The last three fine-tune with the size part's recipe for that width. One pretraining per
+(``--sk-ratio``) and also trains that encoder supervised only. The last three use the size part's recipes for
+that width. One pretraining per
 configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
 initialisation and the augmentations.
 
@@ -309,17 +310,23 @@ class Study:
         self.fine_tune_variant("memory", self.pretraining(self.args.head_width, memory=self.args.memory_size))
 
     def selective_kernels(self) -> None:
-        self.fine_tune_variant("selective-kernels", self.pretraining(self.args.head_width, sk_ratio=self.args.sk_ratio))
+        """Selective Kernels change the encoder, not only its pretraining: the supervised-only runs of the same
+        encoder say how much of a gain is the architecture's own."""
+        pretrained = self.pretraining(self.args.head_width, sk_ratio=self.args.sk_ratio)
+        self.fine_tune_variant("selective-kernels", pretrained, stages=("finetune", "supervised"))
 
-    def fine_tune_variant(self, part: str, pretrained: Run) -> None:
+    def fine_tune_variant(self, part: str, pretrained: Run, stages: tuple[str, ...] = ("finetune",)) -> None:
         """A pretraining that differs from the size part's at its width in one setting, fine-tuned (head layer 1)
         with the recipe chosen for that width at every subset and seed: the pretraining is what varies, so the
-        downstream recipe is held fixed, and the size part's fine-tuned runs are the pairs to compare with."""
-        recipe, lr = self.chosen("finetune", "size", self.pretraining(pretrained.facts["width"]))
+        downstream recipe is held fixed, and the size part's runs are the pairs to compare with. ``stages`` may
+        add the supervised-only runs of the same encoder, with the supervised recipe of that width."""
+        plain = self.pretraining(pretrained.facts["width"])
+        recipes = {stage: self.chosen(stage, "size", plain) for stage in stages}
         self.run(pretrained)
         for labels in self.args.subsets:
             for seed in self.args.seeds:
-                self.run(self.classifier_run("finetune", part, pretrained, labels, seed, recipe, lr))
+                for stage, (recipe, lr) in recipes.items():
+                    self.run(self.classifier_run(stage, part, pretrained, labels, seed, recipe, lr))
 
 
 def percent(top1: float | None) -> float | None:

@@ -330,23 +330,31 @@ def test_head_depth_compares_each_head_from_the_layer_validation_chose_not_test(
 def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_table(fake, tmp_path):
     rows = _study(tmp_path, "--parts", "size", "selective-kernels", "--widths", "0.25")
     sk = [r for r in rows if r["part"] == "selective-kernels"]
-    assert {(r["labels"], r["seed"]) for r in sk} == {(s, seed) for s in ("10/class", "1%") for seed in (0, 1)}
-    assert all(r["sk_ratio"] == 0.0625 and r["recipe"] == "sgd-0.01" and r["head_layer"] == 1 for r in sk)
-    # the part's pretraining and every fine-tuning from it build the encoder with Selective Kernels
+    assert {(r["method"], r["labels"], r["seed"]) for r in sk} == {
+        (m, s, seed) for m in ("fine-tuned", "supervised") for s in ("10/class", "1%") for seed in (0, 1)}
+    # the plain encoder's recipes, chosen on validation: sgd-0.01 fine-tuned, sgd-0.1 supervised
+    assert {(r["method"], r["recipe"]) for r in sk} == {("fine-tuned", "sgd-0.01"), ("supervised", "sgd-0.1")}
+    assert all(r["sk_ratio"] == 0.0625 and r["head_layer"] == 1 for r in sk)
+    # the part's pretraining and every run of it build the encoder with Selective Kernels; fine-tuning starts
+    # from that pretraining
     assert fake.configs["pretrain-w0.25-h3-sk0.0625-s0"].model.sk_ratio == 0.0625
     assert all(fake.configs[r["run"]].model.sk_ratio == 0.0625 for r in sk)
-    assert all(fake.configs[r["run"]].finetune.pretrained.endswith("pretrain-w0.25-h3-sk0.0625-s0") for r in sk)
+    assert all(fake.configs[r["run"]].finetune.pretrained.endswith("pretrain-w0.25-h3-sk0.0625-s0") for r in sk
+               if r["method"] == "fine-tuned")
     assert fake.configs["pretrain-w0.25-h3-s0"].model.sk_ratio == 0.0
-    assert {name for stage, name in fake.calls if stage == "pretrain"} == {
-        "pretrain-w0.25-h3-s0", "pretrain-w0.25-h3-sk0.0625-s0"}
 
-    # Selective Kernels' rows (same width, head, layer and recipe) would otherwise land in the plain encoder's cell
-    rows = [dict(r, test_top1=r["test_top1"] + 5) if r["part"] == "selective-kernels" else r for r in rows]
+    # Selective Kernels' rows (same width, head, layer and recipes) would otherwise land in the plain encoder's cells
+    rows = [dict(r, test_top1=r["test_top1"] + (5 if r["method"] == "fine-tuned" else 1))
+            if r["part"] == "selective-kernels" else r for r in rows]
     text, cells, _, _ = scale_report.report(rows)
-    plain = {r["seed"]: r["test_top1"] for r in rows if r["part"] == "size" and r["method"] == "fine-tuned"
-             and r["labels"] == "1%"}
-    assert cells[(0.25, "1%")]["fine-tuned"] == plain
-    assert "| 1% | " in text and "| 5.0 ± 0.0 (n=2) |\n" in text
+    for method in ("fine-tuned", "supervised"):
+        plain = {r["seed"]: r["test_top1"] for r in rows if r["part"] == "size" and r["method"] == method
+                 and r["labels"] == "1%"}
+        assert cells[(0.25, "1%")][method] == plain
+    table = scale_report.selective_kernels_table(rows, cells, ["1%"]).splitlines()
+    assert table[0] == ("Width 0.25: 1.04 M encoder parameters with Selective Kernels (kNN 70.0 after pretraining), "
+                        "0.70 M without (kNN 70.0).")
+    assert table[4].startswith("| 1% | fine-tuned |") and table[4].endswith("| 5.0 ± 0.0 (n=2) |")
+    assert table[5].startswith("| 1% | supervised |") and table[5].endswith("| 1.0 ± 0.0 (n=2) |")
     assert ("| Selective Kernels − plain encoder, fine-tuned (width 0.25, 1%) > 0 | +6.6 at 1 %, +3.7 at 10 % "
             "(ResNet-50, ImageNet) | 5.0 ± 0.0 (n=2) | holds |") in text
-    assert "Selective Kernels (1.04 M; kNN 70.0) | plain (0.70 M; kNN 70.0)" in text
