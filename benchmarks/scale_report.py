@@ -454,7 +454,7 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
         parts += ["", "A memory of negatives in pretraining (width 0.25):", "", memory_table(rows, cells, subsets)]
     selective_kernels = selective_kernels_table(rows, cells, subsets)
     if selective_kernels:
-        parts += ["", "Selective Kernels in the encoder (pretrained and fine-tuned with the plain encoder's recipe):",
+        parts += ["", "Selective Kernels in the encoder (the plain encoder's recipes, one pretraining each):",
                   "", selective_kernels]
     temperatures, best = temperature_table(rows, load_config("demo").pretrain.temperature)
     if temperatures:
