@@ -354,7 +354,23 @@ def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_t
     table = scale_report.selective_kernels_table(rows, cells, ["1%"]).splitlines()
     assert table[0] == ("Width 0.25: 1.04 M encoder parameters with Selective Kernels (kNN 70.0 after pretraining), "
                         "0.70 M without (kNN 70.0).")
-    assert table[4].startswith("| 1% | fine-tuned |") and table[4].endswith("| 5.0 ± 0.0 (n=2) |")
-    assert table[5].startswith("| 1% | supervised |") and table[5].endswith("| 1.0 ± 0.0 (n=2) |")
-    assert ("| Selective Kernels − plain encoder, fine-tuned (width 0.25, 1%) > 0 | +6.6 at 1 %, +3.7 at 10 % "
-            "(ResNet-50, ImageNet) | 5.0 ± 0.0 (n=2) | holds |") in text
+    assert table[4].startswith("| 0.25 | 1% | fine-tuned |") and table[4].endswith("| 5.0 ± 0.0 (n=2) |")
+    assert table[5].startswith("| 0.25 | 1% | supervised |") and table[5].endswith("| 1.0 ± 0.0 (n=2) |")
+    assert ("| Selective Kernels − plain encoder, fine-tuned (1%) > 0 at every width | +6.6 at 1 %, +3.7 at 10 % "
+            "(ResNet-50, ImageNet) | width 0.25: 5.0 ± 0.0 (n=2) | holds |") in text
+
+
+def test_selective_kernels_hold_only_where_every_width_gains():
+    def run(width: float, seed: int, test: float) -> dict:
+        return {"part": "selective-kernels", "method": "fine-tuned", "width": width, "labels": "1%", "seed": seed,
+                "test_top1": test, "sk_ratio": 0.0625}
+
+    cells = {(0.25, "1%"): _cell({}, {0: 80.0, 1: 81.0}), (0.5, "1%"): _cell({}, {0: 82.0, 1: 82.0})}
+    rows = [run(0.25, 0, 81.0), run(0.25, 1, 82.0), run(0.5, 0, 81.0), run(0.5, 1, 82.5)]
+    # width 0.5: -1 and +0.5, a mean below zero within its spread
+    assert scale_report._selective_kernels_claims(rows, cells, ["1%"]) == [
+        "| Selective Kernels − plain encoder, fine-tuned (1%) > 0 at every width | +6.6 at 1 %, +3.7 at 10 % "
+        "(ResNet-50, ImageNet) | width 0.25: 1.0 ± 0.0 (n=2), width 0.5: -0.2 ± 1.1 (n=2) | **does not hold** "
+        "(within the seed spread at a width) |"]
+    assert scale_report._selective_kernels_claims(rows[:2], cells, ["1%"])[0].endswith(
+        "| width 0.25: 1.0 ± 0.0 (n=2) | holds |")
