@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--batch", type=int, default=256, help="pairs per step (the encoder sees 2x images)")
+    parser.add_argument("--sk-ratio", type=float, default=0.0, help="Selective Kernels (0: the plain encoder)")
     parser.add_argument("--no-keep-freed-memory", action="store_true", help="glibc's default allocation")
     parser.add_argument("--no-fused-kernels", action="store_true",
                         help="PyTorch's separate BatchNorm, add and ReLU ops instead of simclrv2.models.bn_relu's")
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     applied = False if args.no_keep_freed_memory else keep_freed_memory()
     fused = use_fused_kernels(not args.no_fused_kernels)  # as a CPU session does with run.fused_kernels
     torch.set_flush_denormal(True)
-    model = resnet(18, args.width, cifar_stem=True, in_channels=1).to(memory_format=torch.channels_last)
+    model = resnet(18, args.width, cifar_stem=True, in_channels=1, sk_ratio=args.sk_ratio)
+    model = model.to(memory_format=torch.channels_last)
     images = torch.randn(2 * args.batch, 1, 28, 28).to(memory_format=torch.channels_last)
 
     def step() -> None:
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(e.self_cpu_time_total for e in ops)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     stem_channels = round(64 * args.width)
-    record = {"bench": "step_profile", "width": args.width, "precision": args.precision, "batch": args.batch,
+    record = {"bench": "step_profile", "width": args.width, "sk_ratio": args.sk_ratio, "precision": args.precision,
+              "batch": args.batch,
               "keep_freed_memory": applied, "fused_kernels": fused, "step_s": round(step_s, 4),
               "ops": [{"name": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
                        "share": round(e.self_cpu_time_total / total, 3)} for e in ops[:args.rows]],

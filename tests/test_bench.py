@@ -489,3 +489,43 @@ def test_predict_ab_rotates_kernels_and_pytorchs_ops_on_both_layouts_and_leaves_
     for name in ("pytorch", "pytorch-channels-last"):
         low, high = record[f"{name}_over_kernels"]["range"]
         assert low <= record[f"{name}_over_kernels"]["median"] <= high and len(record["seconds"][name]) == 2
+
+
+_sk_ab_spec = importlib.util.spec_from_file_location(
+    "sk_mix_ab", Path(__file__).parents[1] / "benchmarks" / "sk_mix_ab.py")
+sk_mix_ab = importlib.util.module_from_spec(_sk_ab_spec)
+_sk_ab_spec.loader.exec_module(sk_mix_ab)
+
+
+def test_sk_mix_ab_times_the_same_gradients_on_both_paths_and_restores_the_package(capsys):
+    """The autograd path is the same function as the package's (same output and gradients), so the ratio compares
+    two ways of doing one thing; the paths alternate and the package's forward is back afterwards."""
+    from simclrv2.models import SelectiveKernelConv
+
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(4, 6, 2, 0.0625).double()
+    x = torch.randn(3, 4, 7, 7, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(3, 6, 4, 4, dtype=torch.double)
+
+    def grads(forward):
+        sk.zero_grad()
+        out = forward(sk, x)
+        (out * upstream).sum().backward()
+        return [out.detach()] + [p.grad.clone() for p in sk.parameters()]
+
+    for got, want in zip(grads(SelectiveKernelConv.forward), grads(sk_mix_ab.autograd_forward), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+    package = SelectiveKernelConv.forward
+    paths = []
+    step = sk_mix_ab.encoder_step
+    sk_mix_ab.encoder_step = lambda *a: paths.append(SelectiveKernelConv.forward is package) or step(*a)
+    try:
+        assert sk_mix_ab.main(["--width", "0.125", "--precision", "fp32", "--batch", "4", "--pairs", "2"]) == 0
+    finally:
+        sk_mix_ab.encoder_step = step
+    assert paths == [True, False, True, False, False, True]  # warm-ups, A B, B A
+    assert SelectiveKernelConv.forward is package
+    record = json.loads(capsys.readouterr().out)
+    low, high = record["autograd_over_package"]["range"]
+    assert low <= record["autograd_over_package"]["median"] <= high and len(record["seconds"]["package"]) == 2

@@ -202,6 +202,36 @@ def test_sk_conv_gradients_are_correct() -> None:
     assert torch.autograd.gradcheck(sk, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_sk_conv_gradients_match_the_naive_reference(memory_format: torch.memory_format) -> None:
+    """The mix and the gate's context have hand-written backward passes: every gradient, input and parameters,
+    must equal autograd's through the naive description, in either memory layout."""
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(3, 6, 2, SK).double()  # double: a wrong term shows, float32's rounding does not
+    for p in sk.parameters():
+        nn.init.normal_(p, std=0.5)
+    x = torch.randn(4, 3, 9, 9, dtype=torch.double).to(memory_format=memory_format).requires_grad_()
+    upstream = torch.randn(4, 6, 5, 5, dtype=torch.double)
+    grads = torch.autograd.grad((sk(x) * upstream).sum(), [x, *sk.parameters()])
+    expected = torch.autograd.grad((_naive_sk(sk, x) * upstream).sum(), [x, *sk.parameters()])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
+def test_sk_conv_keeps_bf16_and_channels_last_under_autocast() -> None:
+    """bf16 streams give a bf16 output, and channels_last stays channels_last both ways (a layout or dtype change
+    would cost the next convolution a copy)."""
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(8, 8, 1, SK)
+    x = torch.randn(4, 8, 7, 7).to(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sk(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    out.float().square().sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), sk(x.detach()), atol=0.1, rtol=0.05)
+
+
 def test_backward_reaches_every_parameter_of_an_sk_network() -> None:
     torch.manual_seed(0)
     model = build_simclr_model(50, 0.125, sk_ratio=SK, cifar_stem=True, head_layers=2, proj_dim=8)

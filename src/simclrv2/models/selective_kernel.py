@@ -10,6 +10,8 @@ BatchNorm layers use PyTorch's defaults, which are docs/recipe.md#encoder's eps 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -47,11 +49,58 @@ class SelectiveKernelConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         streams = batch_norm_relu(self.conv(x), self.bn)  # (B, 2C, H, W); fused on CPU where it can be
-        a, b = streams.chunk(2, dim=1)  # (B, C, H, W) each
-        context = (a + b).mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
-        logits = self.gate(context)  # (B, 2C, 1, 1)
-        weight_a, weight_b = torch.stack(logits.chunk(2, dim=1)).softmax(dim=0)  # over the two streams
-        return a * weight_a + b * weight_b
+        batch, c = streams.shape[0], self.channels
+        context = _SpatialMean.apply(streams).view(batch, 2, c).sum(dim=1)  # mean of the streams' sum: (B, C)
+        logits = self.gate(context.view(batch, c, 1, 1))  # (B, 2C, 1, 1)
+        # softmax over the two streams, in the streams' dtype: bf16 streams give a bf16 output
+        weights = logits.view(batch, 2, c, 1, 1).softmax(dim=1).to(streams.dtype)
+        return _MixStreams.apply(streams, weights)
+
+
+def _pair(streams: Tensor) -> Tensor:
+    """(B, 2C, H, W) as (B, 2, C, H, W), a view in NCHW and in channels_last alike (it splits the channel dim)."""
+    batch, channels, height, width = streams.shape
+    return streams.view(batch, 2, channels // 2, height, width)
+
+
+class _SpatialMean(torch.autograd.Function):
+    """Mean over H and W whose gradient stays a broadcast view: autograd's own writes a full (B, 2C, H, W) tensor
+    only to add it to the mix's gradient of the same streams."""
+
+    @staticmethod
+    def forward(ctx: Any, streams: Tensor) -> Tensor:
+        ctx.shape = streams.shape
+        return streams.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        height, width = ctx.shape[2:]
+        return (grad / (height * width))[:, :, None, None].expand(ctx.shape)
+
+
+class _MixStreams(torch.autograd.Function):
+    """a·w_a + b·w_b for the two halves of (B, 2C, H, W) streams and (B, 2, C, 1, 1) weights. Its backward writes
+    both halves' gradients straight into one tensor laid out like the streams (channels_last stays channels_last),
+    where autograd's version of chunk-multiply-add makes each half separately and then concatenates them."""
+
+    @staticmethod
+    def forward(ctx: Any, streams: Tensor, weights: Tensor) -> Tensor:
+        pair = _pair(streams)
+        ctx.save_for_backward(streams, weights)
+        return torch.mul(pair[:, 0], weights[:, 0]).addcmul_(pair[:, 1], weights[:, 1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        streams, weights = ctx.saved_tensors
+        pair = _pair(streams)
+        grad_streams = torch.empty_like(streams)
+        grad_pair = _pair(grad_streams)
+        grad_weights = torch.empty_like(weights)
+        for k in (0, 1):
+            torch.mul(grad, weights[:, k], out=grad_pair[:, k])
+            grad_weights[:, k] = (grad * pair[:, k]).sum(dim=(2, 3), keepdim=True)
+        return grad_streams, grad_weights
 
 
 class AvgPoolShortcut(FusingSequential):
