@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import statistics
 
 import pytest
 import torch
@@ -230,22 +231,17 @@ def test_a_compiled_training_step_runs_the_kernels_and_matches_eager(fused, monk
 @pytest.mark.parametrize(("depth", "sk_ratio"), [(18, 0.0), (18, 0.0625), (50, 0.0)])
 def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth, sk_ratio, monkeypatch):
     """One fp32 training step of whole encoders (BasicBlock, SK, Bottleneck) against the same step in float64:
-    outputs, all gradients together and the running statistics are as close fused as with PyTorch's ops.
+    outputs, all gradients together and the running statistics are as close fused as with PyTorch's ops, in the
+    median over five initialisations.
 
     The convolutions stay oneDNN's on both sides: this step's early gradients are badly conditioned (noise of 1e-5
     of the mean on the stage outputs moved the stem's gradient by 2e-2 in float64), so Winograd's F(4x4) rounding,
     ~10x oneDNN's elementwise, put them 3e-3 from float64 against 1.4e-5; tests/test_winograd_conv.py bounds
-    Winograd's error on a well-conditioned step."""
+    Winograd's error on a well-conditioned step. The same conditioning makes one initialisation's error a draw
+    (with Selective Kernels, 3e-5 to 8e-3 from one seed to the next, for either path), hence the median."""
     monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
-    torch.manual_seed(4)
-    model = resnet(depth, 0.25, sk_ratio=sk_ratio, cifar_stem=True, in_channels=1)
-    model = model.to(memory_format=torch.channels_last)
-    for module in model.modules():  # every block's residual branch contributes (its last γ starts at 0)
-        if isinstance(module, nn.BatchNorm2d):
-            nn.init.uniform_(module.weight, 0.5, 1.5)
-    x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 
-    def step(active, dtype):
+    def step(model, x, active, dtype):
         cpu_kernels._KERNELS["active"] = active
         copy_ = copy.deepcopy(model).to(dtype)
         out = copy_(x.to(dtype))
@@ -255,10 +251,22 @@ def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth,
         buffers = torch.cat([b.flatten() for b in copy_.buffers() if b.is_floating_point()])
         return [out, grads, buffers]
 
-    reference = step(None, torch.float64)  # float64 is never fused: PyTorch's ops throughout
-    fused, pytorch = step(kernels, torch.float32), step(None, torch.float32)
-    for got, baseline, expected in zip(fused, pytorch, reference, strict=True):
-        assert _relative_error(got, expected) <= max(2 * _relative_error(baseline, expected), 1e-6)
+    errors: dict[str, list[list[float]]] = {"fused": [], "pytorch": []}
+    for seed in range(5):
+        torch.manual_seed(seed)
+        model = resnet(depth, 0.25, sk_ratio=sk_ratio, cifar_stem=True, in_channels=1)
+        model = model.to(memory_format=torch.channels_last)
+        for module in model.modules():  # every block's residual branch contributes (its last γ starts at 0)
+            if isinstance(module, nn.BatchNorm2d):
+                nn.init.uniform_(module.weight, 0.5, 1.5)
+        x = torch.randn(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+        reference = step(model, x, None, torch.float64)  # float64 is never fused: PyTorch's ops throughout
+        for path, active in (("fused", kernels), ("pytorch", None)):
+            got = step(model, x, active, torch.float32)
+            errors[path].append([_relative_error(g, want) for g, want in zip(got, reference, strict=True)])
+    for index in range(3):  # output, gradients, running statistics
+        fused, pytorch = (statistics.median(e[index] for e in errors[path]) for path in ("fused", "pytorch"))
+        assert fused <= max(2 * pytorch, 1e-6)
 
 
 def test_use_fused_kernels_switches_the_path_and_reports_it(kernels, unfused):
