@@ -232,6 +232,21 @@ def test_sk_conv_keeps_bf16_and_channels_last_under_autocast() -> None:
     torch.testing.assert_close(out.float(), sk(x.detach()), atol=0.1, rtol=0.05)
 
 
+def test_sk_conv_compiles_as_one_graph_with_the_same_gradients() -> None:
+    """torch.compile (run.compile) traces the hand-written backward passes too: no graph break, same numbers."""
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(4, 6, 1, SK)
+    x = torch.randn(3, 4, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    eager = torch.autograd.grad(sk(x).square().sum(), [x, *sk.parameters()])
+    compiled = torch.compile(sk, backend="aot_eager", fullgraph=True)
+    try:
+        traced = torch.autograd.grad(compiled(x).square().sum(), [x, *sk.parameters()])
+    finally:
+        torch._dynamo.reset()
+    for got, want in zip(traced, eager, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_backward_reaches_every_parameter_of_an_sk_network() -> None:
     torch.manual_seed(0)
     model = build_simclr_model(50, 0.125, sk_ratio=SK, cifar_stem=True, head_layers=2, proj_dim=8)

@@ -79,9 +79,9 @@ class _SpatialMean(torch.autograd.Function):
 
 
 class _MixStreams(torch.autograd.Function):
-    """a·w_a + b·w_b for the two halves of (B, 2C, H, W) streams and (B, 2, C, 1, 1) weights. Its backward writes
-    both halves' gradients straight into one tensor laid out like the streams (channels_last stays channels_last),
-    where autograd's version of chunk-multiply-add makes each half separately and then concatenates them."""
+    """a·w_a + b·w_b for the two halves of (B, 2C, H, W) streams and (B, 2, C, 1, 1) weights. Its backward makes
+    both halves' gradients in one pass, laid out (B, H, W, 2, C), which is the streams' channels_last layout, where
+    autograd's version of chunk-multiply-add makes each half separately and then concatenates them."""
 
     @staticmethod
     def forward(ctx: Any, streams: Tensor, weights: Tensor) -> Tensor:
@@ -93,13 +93,11 @@ class _MixStreams(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         streams, weights = ctx.saved_tensors
-        pair = _pair(streams)
-        grad_streams = torch.empty_like(streams)
-        grad_pair = _pair(grad_streams)
-        grad_weights = torch.empty_like(weights)
-        for k in (0, 1):
-            torch.mul(grad, weights[:, k], out=grad_pair[:, k])
-            grad_weights[:, k] = (grad * pair[:, k]).sum(dim=(2, 3), keepdim=True)
+        batch, channels = grad.shape[:2]
+        per_pixel = grad.permute(0, 2, 3, 1).unsqueeze(3)  # (B, H, W, 1, C)
+        pair = streams.permute(0, 2, 3, 1).unflatten(3, (2, channels))  # (B, H, W, 2, C), a view
+        grad_streams = (per_pixel * weights.view(batch, 1, 1, 2, channels)).flatten(3).permute(0, 3, 1, 2)
+        grad_weights = (per_pixel * pair).sum(dim=(1, 2)).view_as(weights)
         return grad_streams, grad_weights
 
 
