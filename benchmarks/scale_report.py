@@ -320,11 +320,14 @@ def _verdict(holds: bool) -> str:
     return "holds" if holds else "**does not hold**"
 
 
+def _within_spread(gain: list[float]) -> bool:
+    """Whether a mean paired difference lies within one sd of zero: its sign alone says little there."""
+    return len(gain) > 1 and abs(statistics.fmean(gain)) < statistics.stdev(gain)
+
+
 def _paired_verdict(gain: list[float], holds: bool) -> str:
-    """The verdict on a mean paired difference, saying so where the mean lies within one sd of zero: its sign
-    alone says little there."""
-    noisy = len(gain) > 1 and abs(statistics.fmean(gain)) < statistics.stdev(gain)
-    return _verdict(holds) + (" (within the seed spread)" if noisy else "")
+    """The verdict on a mean paired difference, saying so where it is within the seed spread."""
+    return _verdict(holds) + (" (within the seed spread)" if _within_spread(gain) else "")
 
 
 def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
@@ -389,7 +392,7 @@ def _every_width_claim(claim_text: str, paper: str, gains: list[tuple[float, lis
     within one sd of zero."""
     text = ", ".join(f"width {w:g}: {mean_sd(g)}" for w, g in gains)
     holds = all(statistics.fmean(g) > 0 for _, g in gains)
-    noisy = any(len(g) > 1 and abs(statistics.fmean(g)) < statistics.stdev(g) for _, g in gains)
+    noisy = any(_within_spread(g) for _, g in gains)
     verdict = _verdict(holds) + (" (within the seed spread at a width)" if noisy else "")
     return f"| {claim_text} | {paper} | {text} | {verdict} |"
 

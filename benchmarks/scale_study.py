@@ -13,9 +13,8 @@ fine-tuning grid scored best) and distils that into a width-0.25 student; ``head
 ``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
 memory of ``--memory-size`` negatives; ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels
 (``--sk-ratio``) and also trains that encoder supervised only. The last three use the size part's recipes for
-that width. One pretraining per
-configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
-initialisation and the augmentations.
+that width. One pretraining per configuration (seed 0) serves every seed downstream; seeds change the label
+subset, the classifier's initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
