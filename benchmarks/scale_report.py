@@ -109,7 +109,8 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
              "fine-tuned − supervised (paired) |", "|---|---|---|---|---|---|"]
     cells: dict = {}
     chosen = chosen_recipes(rows)
-    rows = [r for r in rows if not r.get("sk_ratio")]  # the plain encoder's cells; Selective Kernels get their own
+    # the plain encoder's cells, from seed 0's pretraining; Selective Kernels and other pretrainings get their own
+    rows = [r for r in rows if not r.get("sk_ratio") and not r.get("pretrain_seed")]
     for width in widths:
         for labels in subsets:
             common = {"width": width, "labels": labels, "head_layers": 3, "memory": 0, "head_layer": 1}
@@ -260,7 +261,7 @@ def selective_kernels_table(rows: list[dict], cells: dict, subsets: list[str]) -
     for width in sorted({r["width"] for r in sk}):
         of_width = [r for r in sk if r["width"] == width]
         knn = {bool(r.get("sk_ratio")): r.get("knn_val") for r in rows if r["method"] == "pretraining"
-               and r["width"] == width and r["head_layers"] == 3 and not r["memory"]
+               and r["seed"] == 0 and r["width"] == width and r["head_layers"] == 3 and not r["memory"]
                and r.get("pretrain_temperature") in (None, of_width[0]["pretrain_temperature"])}
         sizes.append(f"Width {width:g}: {encoder_params(width, of_width[0]['sk_ratio']):.2f} M encoder parameters with "
                      f"Selective Kernels (kNN {_one_decimal(knn.get(True))} after pretraining), "
@@ -302,7 +303,7 @@ def temperature_table(rows: list[dict], base_temperature: float) -> tuple[str, f
     like = {k: swept[0][k] for k in ("width", "labels", "recipe", "head_layers", "memory", "head_layer")}
     finetuned = [r for r in rows if r["part"] in ("temperature", "size") and r["method"] == "fine-tuned"
                  and all(r.get(k) == v for k, v in like.items())]
-    pretraining = [r for r in rows if r["method"] == "pretraining" and r["width"] == like["width"]
+    pretraining = [r for r in rows if r["method"] == "pretraining" and r["seed"] == 0 and r["width"] == like["width"]
                    and r["head_layers"] == like["head_layers"] and not r["memory"]]
     lines = [f"| NT-Xent τ | kNN top-1 after pretraining | fine-tuned validation top-1 ({like['labels']}) | test |",
              "|---|---|---|---|"]
@@ -332,28 +333,8 @@ def _paired_verdict(gain: list[float], holds: bool) -> str:
 
 def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
     """The goal rows of the issue that the finished runs can answer, each with its numbers and verdict."""
-    out = []
-    for labels in subsets:
-        gains = [(w, cells[(w, labels)]["gain"]) for w in widths if cells[(w, labels)]["gain"]]
-        if len(gains) > 1:
-            means = [statistics.fmean(g) for _, g in gains]
-            grows = all(b > a for a, b in zip(means, means[1:], strict=False))
-            text = " → ".join(f"{m:+.1f} (n={len(g)})" for m, (_, g) in zip(means, gains, strict=True))
-            out.append(f"| fine-tuned − supervised grows with width ({labels}; widths "
-                       f"{', '.join(f'{w:g}' for w, _ in gains)}; paired by seed) | grows | {text} | "
-                       f"{_verdict(grows)} |")
-    if "1%" in subsets and len(widths) > 1:
-        small, large = min(widths), max(widths)
-
-        def spread(method: str) -> float | None:
-            a, b = cells[(large, "1%")][method], cells[(small, "1%")][method]
-            return statistics.fmean(a.values()) - statistics.fmean(b.values()) if a and b else None
-
-        ft, sup = spread("fine-tuned"), spread("supervised")
-        if ft is not None and sup is not None:
-            out.append(f"| width {large:g} − width {small:g}: fine-tuned spread ≥ 2× supervised spread (1 %) | "
-                       f"~17 vs ~4 points (ImageNet) | {ft:+.1f} vs {sup:+.1f} | "
-                       f"{_verdict(ft >= 2 * sup and ft > 0)} |")
+    out = _size_claims(cells, widths, subsets, "")
+    out += _size_claims(pretraining_seed_cells(rows, cells), widths, subsets, PRETRAINING_PER_SEED)
     big_to_small = by_seed(rows, method="big-to-small", width=0.25, labels="1%")
     if big_to_small and (0.25, "1%") in cells:
         gain = paired(big_to_small, cells[(0.25, "1%")]["fine-tuned"])
@@ -373,6 +354,72 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     out += _head_depth_claims(rows, subsets)
     out += _selective_kernels_claims(rows, cells, subsets)
     return out
+
+
+def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretrainings: str) -> list[str]:
+    """The paper's title claim on the size cells: fine-tuned − supervised grows with width (per label subset), and
+    at 1 % the fine-tuned spread between the smallest and largest width is at least twice the supervised one.
+    ``pretrainings`` names cells whose fine-tuned seeds come from other pretrainings than the size table's."""
+    out = []
+    for labels in subsets:
+        gains = [(w, cells[(w, labels)]["gain"]) for w in widths if cells.get((w, labels), {}).get("gain")]
+        if len(gains) > 1:
+            means = [statistics.fmean(g) for _, g in gains]
+            grows = all(b > a for a, b in zip(means, means[1:], strict=False))
+            text = " → ".join(f"{m:+.1f} (n={len(g)})" for m, (_, g) in zip(means, gains, strict=True))
+            out.append(f"| fine-tuned − supervised grows with width ({labels}; widths "
+                       f"{', '.join(f'{w:g}' for w, _ in gains)}; paired by seed{pretrainings}) | grows | {text} | "
+                       f"{_verdict(grows)} |")
+    if "1%" in subsets and len(widths) > 1:
+        small, large = min(widths), max(widths)
+
+        def spread(method: str) -> float | None:
+            a, b = (cells.get((w, "1%"), {}).get(method) for w in (large, small))
+            return statistics.fmean(a.values()) - statistics.fmean(b.values()) if a and b else None
+
+        ft, sup = spread("fine-tuned"), spread("supervised")
+        if ft is not None and sup is not None:
+            out.append(f"| width {large:g} − width {small:g}: fine-tuned spread ≥ 2× supervised spread (1 %"
+                       f"{pretrainings}) | ~17 vs ~4 points (ImageNet) | {ft:+.1f} vs {sup:+.1f} | "
+                       f"{_verdict(ft >= 2 * sup and ft > 0)} |")
+    return out
+
+
+PRETRAINING_PER_SEED = "; a pretraining per seed"
+
+
+def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
+    """The size cells again, with each fine-tuned seed s from a pretraining of seed s (the ``pretraining-seeds``
+    part; seed 0's is the size table's own), paired with the same supervised-only runs; only the cells that part
+    reached. The spread between these seeds includes the spread between pretrainings, which the size table's
+    seeds (one shared pretraining) leave out."""
+    replicated = [r for r in rows if r["part"] == "pretraining-seeds" and r.get("test_top1") is not None]
+    out = {}
+    for (width, labels), cell in cells.items():
+        own = by_seed([r for r in replicated if r["width"] == width and r["labels"] == labels])
+        if own and 0 in cell["fine-tuned"]:
+            fine_tuned = {0: cell["fine-tuned"][0], **own}
+            out[(width, labels)] = {"supervised": cell["supervised"], "fine-tuned": fine_tuned,
+                                    "shared": cell["fine-tuned"], "gain": paired(fine_tuned, cell["supervised"])}
+    return out
+
+
+def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
+    """Fine-tuned test top-1 from one shared pretraining (the size table) and from a pretraining per seed, each
+    paired with supervised only, and the kNN of each width's pretrainings."""
+    lines = ["| width | labels | supervised | fine-tuned, one pretraining | fine-tuned, a pretraining per seed | "
+             "fine-tuned − supervised, a pretraining per seed (paired) |", "|---|---|---|---|---|---|"]
+    knn = []
+    for width in sorted({w for w, _ in replicated}):
+        # the size part's pretrainings, by name: other parts' pretrainings of the width name their difference
+        values = sorted((r["seed"], r["knn_val"]) for r in rows if r["method"] == "pretraining" and r["width"] == width
+                        and r["run"] == f"pretrain-w{width}-h3-s{r['seed']}")
+        knn.append(f"width {width:g}: " + ", ".join(f"{v:.1f} (seed {s})" for s, v in values))
+    for (width, labels), cell in replicated.items():
+        lines.append(f"| {width:g} | {labels} | {mean_sd(list(cell['supervised'].values()))} | "
+                     f"{mean_sd(list(cell['shared'].values()))} | {mean_sd(list(cell['fine-tuned'].values()))} | "
+                     f"{mean_sd(cell['gain'])} |")
+    return "kNN top-1 on validation after each pretraining: " + "; ".join(knn) + ".\n\n" + "\n".join(lines)
 
 
 def _self_distillation_claims(cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
@@ -471,6 +518,10 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     if selective_kernels:
         parts += ["", "Selective Kernels in the encoder (the plain encoder's recipes, one pretraining each):",
                   "", selective_kernels]
+    replicated = pretraining_seed_cells(rows, cells)
+    if replicated:
+        parts += ["", "A pretraining per seed (seed s fine-tuned from a pretraining of seed s; the same "
+                  "supervised-only runs and recipes):", "", pretraining_seed_table(rows, replicated)]
     temperatures, best = temperature_table(rows, load_config("demo").pretrain.temperature)
     if temperatures:
         parts += ["", "Pretraining temperature, fine-tuned with the recipe chosen at the demo's τ (chosen on "

@@ -12,8 +12,9 @@ recipes at every subset and seed; ``distill`` self-distils each fine-tuned netwo
 fine-tuning grid scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
 memory of ``--memory-size`` negatives; ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels
-(``--sk-ratio``) and also trains that encoder supervised only. The last three use the size part's recipes for
-that width. One pretraining per configuration (seed 0) serves every seed downstream; seeds change the label
+(``--sk-ratio``) and also trains that encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from
+its own pretraining (seed s from a pretraining of seed s). The last four use the size part's recipes for that
+width. Elsewhere one pretraining per configuration (seed 0) serves every seed downstream; seeds change the label
 subset, the classifier's initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
@@ -41,7 +42,7 @@ from simclrv2.results import RESULT_FILE, StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
-PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels")
+PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels", "pretraining-seeds")
 # recipe choices made with the study's pretraining: the shipped distillation recipe against two candidates, and
 # pretraining's NT-Xent temperature
 EXTRA_PARTS = ("distill-recipes", "temperature")
@@ -104,23 +105,23 @@ class Study:
         return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)})
 
     def pretraining(self, width: float, head_layers: int = 3, memory: int = 0,
-                    temperature: float | None = None, sk_ratio: float = 0.0) -> Run:
-        """Seed 0's pretraining; ``temperature`` other than the base config's, and Selective Kernels
-        (``sk_ratio`` > 0), name their own runs."""
+                    temperature: float | None = None, sk_ratio: float = 0.0, seed: int = 0) -> Run:
+        """A pretraining (seed 0 serves every part but ``pretraining-seeds``); ``temperature`` other than the base
+        config's, and Selective Kernels (``sk_ratio`` > 0), name their own runs."""
         c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers, sk_ratio=sk_ratio)
         c = self.with_(c, "pretrain", epochs=self.args.pretrain_epochs, memory_size=memory)
-        c = self.with_(c, "run", seed=0)
+        c = self.with_(c, "run", seed=seed)
         name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "")
         if temperature is not None and temperature != self.base.pretrain.temperature:
             c = self.with_(c, "pretrain", temperature=temperature)
             name += f"-t{temperature}"
         facts = {"width": width, "head_layers": head_layers, "memory": memory, "method": "pretraining",
-                 "pretrain_epochs": self.args.pretrain_epochs, "seed": 0,
+                 "pretrain_epochs": self.args.pretrain_epochs, "seed": seed,
                  "pretrain_temperature": c.pretrain.temperature}
         if sk_ratio:  # recorded only where used, so the rows from before Selective Kernels were studied match
             name += f"-sk{sk_ratio:g}"
             facts["sk_ratio"] = sk_ratio
-        return Run(name + "-s0", "pretrain", "", facts, c)
+        return Run(name + f"-s{seed}", "pretrain", "", facts, c)
 
     def classifier_run(self, stage: str, part: str, pretrained: Run, labels: str, seed: int, recipe: str,
                        lr: float, head_layer: int = 1) -> Run:
@@ -130,7 +131,9 @@ class Study:
         optimizer = dataclasses.replace(getattr(c, section).optimizer, base_lr=lr)
         c = self.with_(c, section, optimizer=optimizer)
         c = self.with_(c, "finetune", labels=labels, head_layer=head_layer, pretrained=str(self.out / pretrained.name))
-        base = pretrained.name.removeprefix("pretrain-").removesuffix("-s0")
+        pretrain_seed = pretrained.facts["seed"]
+        base = pretrained.name.removeprefix("pretrain-").removesuffix(f"-s{pretrain_seed}")
+        base += f"-pre{pretrain_seed}" if pretrain_seed else ""
         layer = f"-layer{head_layer}" if stage == "finetune" else ""
         name = f"{stage}-{base}{layer}-{slug(labels)}-{recipe}-s{seed}"
         method = "fine-tuned" if stage == "finetune" else "supervised"
@@ -140,6 +143,8 @@ class Study:
                  "pretrain_temperature": pretrained.facts["pretrain_temperature"]}
         if "sk_ratio" in pretrained.facts:
             facts["sk_ratio"] = pretrained.facts["sk_ratio"]
+        if pretrain_seed:  # recorded only where not 0, as sk_ratio
+            facts["pretrain_seed"] = pretrain_seed
         return Run(name, stage, part, facts, c)
 
     def distillation(self, part: str, teacher: Run, epochs: int, student: Run | None = None) -> Run:
@@ -249,6 +254,8 @@ class Study:
             self.memory()
         if "selective-kernels" in parts:
             self.selective_kernels()
+        if "pretraining-seeds" in parts:
+            self.pretraining_seeds()
         if "distill-recipes" in parts:
             self.distill_recipes()
         if "temperature" in parts:
@@ -313,6 +320,20 @@ class Study:
         encoder say how much of a gain is the architecture's own."""
         pretrained = self.pretraining(self.args.head_width, sk_ratio=self.args.sk_ratio)
         self.fine_tune_variant("selective-kernels", pretrained, stages=("finetune", "supervised"))
+
+    def pretraining_seeds(self) -> None:
+        """Every other part's seeds share one pretraining, so their spread leaves out the pretraining's own. Here
+        seed s fine-tunes (chosen recipe, head layer 1) from a pretraining of seed s, at every width, subset and
+        seed; seed 0 is the size part's run. Paired with the size part's supervised-only runs of the same seed
+        (same label subset), the size claim is measured again with the spread between pretrainings in it."""
+        for width in self.args.widths:
+            recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
+            for seed in self.args.seeds:
+                pretrained = self.pretraining(width, seed=seed)
+                self.run(pretrained)
+                part = "pretraining-seeds" if seed else "size"
+                for labels in self.args.subsets:
+                    self.run(self.classifier_run("finetune", part, pretrained, labels, seed, recipe, lr))
 
     def fine_tune_variant(self, part: str, pretrained: Run, stages: tuple[str, ...] = ("finetune",)) -> None:
         """A pretraining that differs from the size part's at its width in one setting, fine-tuned (head layer 1)

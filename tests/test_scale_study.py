@@ -374,3 +374,58 @@ def test_selective_kernels_hold_only_where_every_width_gains():
         "(within the seed spread at a width) |"]
     assert scale_report._selective_kernels_claims(rows[:2], cells, ["1%"])[0].endswith(
         "| width 0.25: 1.0 ± 0.0 (n=2) | holds |")
+
+
+def test_pretraining_seeds_fine_tune_each_seed_from_its_own_pretraining(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "pretraining-seeds")
+    pretrainings = [name for stage, name in fake.calls if stage == "pretrain"]
+    assert sorted(pretrainings) == ["pretrain-w0.25-h3-s0", "pretrain-w0.25-h3-s1",
+                                    "pretrain-w0.5-h3-s0", "pretrain-w0.5-h3-s1"]
+    assert fake.configs["pretrain-w0.5-h3-s1"].run.seed == 1
+    replicated = [r for r in rows if r["part"] == "pretraining-seeds"]
+    # seed 0's pretraining is the size part's, so only seed 1 adds fine-tuned runs: 2 widths x 2 subsets
+    assert len(replicated) == 4
+    for r in replicated:
+        config = fake.configs[r["run"]]
+        assert (r["seed"], r["pretrain_seed"], r["method"], r["recipe"]) == (1, 1, "fine-tuned", "sgd-0.01")
+        assert config.run.seed == 1
+        assert Path(config.finetune.pretrained).name == f"pretrain-w{r['width']}-h3-s1"
+    # the size part's rows are neither renamed nor given a pretraining seed
+    assert not any("pretrain_seed" in r for r in rows if r["part"] == "size")
+    assert "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1" in {r["run"] for r in rows if r["part"] == "size"}
+
+
+def test_a_pretraining_per_seed_is_reported_beside_the_shared_one_and_stays_out_of_the_size_table():
+    common = {"method": "fine-tuned", "labels": "1%", "head_layers": 3, "memory": 0, "head_layer": 1,
+              "recipe": "sgd-0.01"}
+    rows = [{"part": "size", "run": f"ft-w{w}-s{s}", "width": w, "seed": s, "test_top1": top1, "val_top1": 0, **common}
+            for w, tops in ((0.25, (81, 82, 83)), (1.0, (82, 83, 84))) for s, top1 in enumerate(tops)]
+    rows += [{"part": "size", "run": f"sup-w{w}-s{s}", "width": w, "seed": s, "test_top1": top1, "val_top1": 0,
+              **dict(common, method="supervised", recipe="sgd-0.3")}
+             for w, tops in ((0.25, (80, 81, 82)), (1.0, (78, 79, 80))) for s, top1 in enumerate(tops)]
+    # seeds 1 and 2 from their own pretrainings: worse at width 0.25, better at width 1
+    rows += [{"part": "pretraining-seeds", "run": f"ft-w{w}-pre{s}-s{s}", "width": w, "seed": s, "pretrain_seed": s,
+              "test_top1": top1, **common} for w, tops in ((0.25, (80, 81)), (1.0, (85, 86)))
+             for s, top1 in zip((1, 2), tops, strict=True)]
+    rows += [{"part": "", "run": f"pretrain-w{w}-h3-s{s}", "method": "pretraining", "width": w, "seed": s,
+              "head_layers": 3, "memory": 0, "knn_val": 75.0 + s} for w in (0.25, 1.0) for s in (0, 1, 2)]
+    rows.append({"part": "", "run": "pretrain-w0.25-h4-s0", "method": "pretraining", "width": 0.25, "seed": 0,
+                 "head_layers": 4, "memory": 0, "knn_val": 10.0})
+    rows += [{"part": "choice", "method": "choice", "stage": stage, "width": w, "head_layers": 3, "memory": 0,
+              "recipe": recipe} for w in (0.25, 1.0) for stage, recipe in (("finetune", "sgd-0.01"),
+                                                                           ("supervised", "sgd-0.3"))]
+    _, cells = scale_report.size_table(rows, [0.25, 1.0], ["1%"])
+    assert cells[(0.25, "1%")]["fine-tuned"] == {0: 81, 1: 82, 2: 83}  # the shared pretraining's runs only
+    replicated = scale_report.pretraining_seed_cells(rows, cells)
+    assert replicated[(0.25, "1%")]["fine-tuned"] == {0: 81, 1: 80, 2: 81}
+    assert replicated[(1.0, "1%")]["gain"] == [4, 6, 6]
+    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["1%"])
+    assert ("| fine-tuned − supervised grows with width (1%; widths 0.25, 1; paired by seed; a pretraining per "
+            "seed) | grows | -0.3 (n=3) → +5.3 (n=3) | holds |") in claims
+    # 84.3 - 80.7 against 79 - 81; the shared pretraining's own spread row stays as it was (+1.0 vs -2.0)
+    assert any(c.endswith("(1 %; a pretraining per seed) | ~17 vs ~4 points (ImageNet) | +3.7 vs -2.0 | holds |")
+               for c in claims)
+    assert any(c.endswith("(1 %) | ~17 vs ~4 points (ImageNet) | +1.0 vs -2.0 | holds |") for c in claims)
+    table = scale_report.pretraining_seed_table(rows, replicated)
+    assert "width 0.25: 75.0 (seed 0), 76.0 (seed 1), 77.0 (seed 2)" in table  # not the 4-layer head's pretraining
+    assert "| 1 | 1% | 79.0 ± 1.0 (n=3) | 83.0 ± 1.0 (n=3) | 84.3 ± 2.1 (n=3) | 5.3 ± 1.2 (n=3) |" in table
