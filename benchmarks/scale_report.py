@@ -290,7 +290,7 @@ def _selective_kernels_claims(rows: list[dict], cells: dict, subsets: list[str])
                  if (gain := paired(by_seed(sk, width=w, labels=labels), cells[(w, labels)]["fine-tuned"]))]
         if gains:
             claim_text = f"Selective Kernels − plain encoder, fine-tuned ({labels}) > 0 at every width"
-            out.append(_every_width_claim(claim_text, "+6.6 at 1 %, +3.7 at 10 % (ResNet-50, ImageNet)", gains))
+            out.append(_every_width_claim(claim_text, SK_PAPER, gains))
     return out
 
 
@@ -334,7 +334,8 @@ def _paired_verdict(gain: list[float], holds: bool) -> str:
 def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
     """The goal rows of the issue that the finished runs can answer, each with its numbers and verdict."""
     out = _size_claims(cells, widths, subsets, "")
-    out += _size_claims(pretraining_seed_cells(rows, cells), widths, subsets, PRETRAINING_PER_SEED)
+    replicated = pretraining_seed_cells(rows, cells)
+    out += _size_claims(replicated, widths, subsets, PRETRAINING_PER_SEED)
     big_to_small = by_seed(rows, method="big-to-small", width=0.25, labels="1%")
     if big_to_small and (0.25, "1%") in cells:
         gain = paired(big_to_small, cells[(0.25, "1%")]["fine-tuned"])
@@ -353,6 +354,12 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
                    f"{_paired_verdict(layer_gain, statistics.fmean(layer_gain) >= 0)} |")
     out += _head_depth_claims(rows, subsets)
     out += _selective_kernels_claims(rows, cells, subsets)
+    sk = pretraining_seed_sk_gains(rows, replicated)
+    for labels in subsets:
+        gains = [(w, cell["gain"]) for (w, lab), cell in sk.items() if lab == labels]
+        if gains:
+            text = f"Selective Kernels − plain encoder, fine-tuned ({labels}{PRETRAINING_PER_SEED}) > 0 at every width"
+            out.append(_every_width_claim(text, SK_PAPER, gains))
     return out
 
 
@@ -386,6 +393,7 @@ def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretraini
 
 
 PRETRAINING_PER_SEED = "; a pretraining per seed"
+SK_PAPER = "+6.6 at 1 %, +3.7 at 10 % (ResNet-50, ImageNet)"
 
 
 def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
@@ -393,7 +401,8 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
     part; seed 0's is the size table's own), paired with the same supervised-only runs; only the cells that part
     reached. The spread between these seeds includes the spread between pretrainings, which the size table's
     seeds (one shared pretraining) leave out."""
-    replicated = [r for r in rows if r["part"] == "pretraining-seeds" and r.get("test_top1") is not None]
+    replicated = [r for r in rows if r["part"] == "pretraining-seeds" and not r.get("sk_ratio")
+                  and r.get("test_top1") is not None]
     out = {}
     for (width, labels), cell in cells.items():
         own = by_seed([r for r in replicated if r["width"] == width and r["labels"] == labels])
@@ -404,6 +413,21 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
     return out
 
 
+def pretraining_seed_sk_gains(rows: list[dict], replicated: dict) -> dict[tuple[float, str], dict]:
+    """(width, labels) -> Selective Kernels' fine-tuned runs, each seed from its own pretraining (seed 0: the
+    Selective Kernels part's), the plain encoder's from a pretraining per seed, and the difference paired by
+    seed, where both were replicated."""
+    sk = [r for r in rows if r.get("sk_ratio") and r["method"] == "fine-tuned" and r.get("test_top1") is not None
+          and (r["part"] == "pretraining-seeds" or (r["part"] == "selective-kernels" and r["seed"] == 0))]
+    out = {}
+    for (width, labels), cell in replicated.items():
+        own = by_seed([r for r in sk if r["width"] == width and r["labels"] == labels])
+        if len(own) > 1:
+            out[(width, labels)] = {"selective-kernels": own, "plain": cell["fine-tuned"],
+                                    "gain": paired(own, cell["fine-tuned"])}
+    return out
+
+
 def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
     """Fine-tuned test top-1 from one shared pretraining (the size table) and from a pretraining per seed, each
     paired with supervised only, and the kNN of each width's pretrainings."""
@@ -411,15 +435,32 @@ def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
              "fine-tuned − supervised, a pretraining per seed (paired) |", "|---|---|---|---|---|---|"]
     knn = []
     for width in sorted({w for w, _ in replicated}):
-        # the size part's pretrainings, by name: other parts' pretrainings of the width name their difference
-        values = sorted((r["seed"], r["knn_val"]) for r in rows if r["method"] == "pretraining" and r["width"] == width
-                        and r["run"] == f"pretrain-w{width}-h3-s{r['seed']}")
-        knn.append(f"width {width:g}: " + ", ".join(f"{v:.1f} (seed {s})" for s, v in values))
+        knn.append(f"width {width:g}: " + _knn_by_seed(rows, f"pretrain-w{width}-h3"))
     for (width, labels), cell in replicated.items():
         lines.append(f"| {width:g} | {labels} | {mean_sd(list(cell['supervised'].values()))} | "
                      f"{mean_sd(list(cell['shared'].values()))} | {mean_sd(list(cell['fine-tuned'].values()))} | "
                      f"{mean_sd(cell['gain'])} |")
-    return "kNN top-1 on validation after each pretraining: " + "; ".join(knn) + ".\n\n" + "\n".join(lines)
+    text = "kNN top-1 on validation after each pretraining: " + "; ".join(knn) + ".\n\n" + "\n".join(lines)
+    sk = pretraining_seed_sk_gains(rows, replicated)
+    if not sk:
+        return text
+    ratio = next(r["sk_ratio"] for r in rows if r.get("sk_ratio"))
+    knn = [f"width {w:g}: " + _knn_by_seed(rows, f"pretrain-w{w}-h3-sk{ratio:g}") for w in sorted({w for w, _ in sk})]
+    lines = ["| width | labels | Selective Kernels, fine-tuned | plain, fine-tuned | Selective Kernels − plain "
+             "(paired) |", "|---|---|---|---|---|"]
+    lines += [f"| {width:g} | {labels} | {mean_sd(list(cell['selective-kernels'].values()))} | "
+              f"{mean_sd(list(cell['plain'].values()))} | {mean_sd(cell['gain'])} |"
+              for (width, labels), cell in sk.items()]
+    return (text + "\n\nSelective Kernels, a pretraining per seed (kNN top-1 after each: " + "; ".join(knn) + "):\n\n"
+            + "\n".join(lines))
+
+
+def _knn_by_seed(rows: list[dict], prefix: str) -> str:
+    """The kNN top-1 of the pretrainings named ``prefix``-s<seed> (other parts' pretrainings of a width name what
+    they change, so they do not match), by seed."""
+    values = sorted((r["seed"], r["knn_val"]) for r in rows
+                    if r["method"] == "pretraining" and r["run"] == f"{prefix}-s{r['seed']}")
+    return ", ".join(f"{v:.1f} (seed {s})" for s, v in values)
 
 
 def _self_distillation_claims(cells: dict, widths: list[float], subsets: list[str]) -> list[str]:

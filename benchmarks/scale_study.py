@@ -13,9 +13,9 @@ fine-tuning grid scored best) and distils that into a width-0.25 student; ``head
 ``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
 memory of ``--memory-size`` negatives; ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels
 (``--sk-ratio``) and also trains that encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from
-its own pretraining (seed s from a pretraining of seed s). The last four use the size part's recipes for that
-width. Elsewhere one pretraining per configuration (seed 0) serves every seed downstream; seeds change the label
-subset, the classifier's initialisation and the augmentations.
+its own pretraining (seed s from a pretraining of seed s; ``--replicate`` adds Selective Kernels). The last four
+use the size part's recipes for that width. Elsewhere one pretraining per configuration (seed 0) serves every
+seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
@@ -324,16 +324,23 @@ class Study:
     def pretraining_seeds(self) -> None:
         """Every other part's seeds share one pretraining, so their spread leaves out the pretraining's own. Here
         seed s fine-tunes (chosen recipe, head layer 1) from a pretraining of seed s, at every width, subset and
-        seed; seed 0 is the size part's run. Paired with the size part's supervised-only runs of the same seed
-        (same label subset), the size claim is measured again with the spread between pretrainings in it."""
-        for width in self.args.widths:
-            recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
-            for seed in self.args.seeds:
-                pretrained = self.pretraining(width, seed=seed)
-                self.run(pretrained)
-                part = "pretraining-seeds" if seed else "size"
-                for labels in self.args.subsets:
-                    self.run(self.classifier_run("finetune", part, pretrained, labels, seed, recipe, lr))
+        seed (``--replicate plain``), and with Selective Kernels at ``--head-width`` (``selective-kernels``); seed
+        0 is the size or Selective Kernels part's run. Paired with the size part's supervised-only runs of the same
+        seed (same label subset), or plain with Selective Kernels seed by seed, the claims are measured again with
+        the spread between pretrainings in them."""
+        for width in self.args.widths if "plain" in self.args.replicate else []:
+            self.fine_tune_per_seed(width, 0.0, "size")
+        if "selective-kernels" in self.args.replicate:
+            self.fine_tune_per_seed(self.args.head_width, self.args.sk_ratio, "selective-kernels")
+
+    def fine_tune_per_seed(self, width: float, sk_ratio: float, seed_zero_part: str) -> None:
+        recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
+        for seed in self.args.seeds:
+            pretrained = self.pretraining(width, sk_ratio=sk_ratio, seed=seed)
+            self.run(pretrained)
+            part = "pretraining-seeds" if seed else seed_zero_part
+            for labels in self.args.subsets:
+                self.run(self.classifier_run("finetune", part, pretrained, labels, seed, recipe, lr))
 
     def fine_tune_variant(self, part: str, pretrained: Run, stages: tuple[str, ...] = ("finetune",)) -> None:
         """A pretraining that differs from the size part's at its width in one setting, fine-tuned (head layer 1)
@@ -417,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")
     parser.add_argument("--memory-size", type=int, default=4096)
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
+    parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels"), default=["plain"],
+                        help="what the pretraining-seeds part pretrains once per seed")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -429,3 +429,35 @@ def test_a_pretraining_per_seed_is_reported_beside_the_shared_one_and_stays_out_
     table = scale_report.pretraining_seed_table(rows, replicated)
     assert "width 0.25: 75.0 (seed 0), 76.0 (seed 1), 77.0 (seed 2)" in table  # not the 4-layer head's pretraining
     assert "| 1 | 1% | 79.0 ± 1.0 (n=3) | 83.0 ± 1.0 (n=3) | 84.3 ± 2.1 (n=3) | 5.3 ± 1.2 (n=3) |" in table
+
+
+def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "pretraining-seeds", "--replicate", "plain", "selective-kernels")
+    sk = {r["run"]: r for r in rows if r.get("sk_ratio")}
+    assert {"pretrain-w0.25-h3-sk0.0625-s0", "pretrain-w0.25-h3-sk0.0625-s1"} <= set(sk)
+    assert fake.configs["pretrain-w0.25-h3-sk0.0625-s1"].model.sk_ratio == 0.0625
+    replicated = [r for r in sk.values() if r["part"] == "pretraining-seeds"]
+    assert {(r["seed"], r["pretrain_seed"], r["labels"]) for r in replicated} == {(1, 1, "10/class"), (1, 1, "1%")}
+    for r in replicated:
+        assert Path(fake.configs[r["run"]].finetune.pretrained).name == "pretrain-w0.25-h3-sk0.0625-s1"
+    # seed 0 is the Selective Kernels part's own run, from that part's pretraining
+    assert {r["part"] for r in sk.values() if r["method"] == "fine-tuned" and r["seed"] == 0} == {"selective-kernels"}
+
+
+def test_selective_kernels_per_pretraining_seed_are_paired_with_the_plain_encoders_per_seed():
+    common = {"method": "fine-tuned", "labels": "1%", "width": 0.25, "head_layers": 3, "memory": 0}
+    rows = [{"part": "selective-kernels", "run": "sk-s0", "seed": 0, "sk_ratio": 0.0625, "test_top1": 82.0, **common},
+            {"part": "selective-kernels", "run": "sk-s1", "seed": 1, "sk_ratio": 0.0625, "test_top1": 99.0, **common}]
+    rows += [{"part": "pretraining-seeds", "run": f"sk-pre{s}-s{s}", "seed": s, "pretrain_seed": s, "sk_ratio": 0.0625,
+              "test_top1": top1, **common} for s, top1 in ((1, 80.0), (2, 81.0))]
+    rows += [{"part": "", "run": f"pretrain-w0.25-h3-sk0.0625-s{s}", "method": "pretraining", "width": 0.25,
+              "seed": s, "head_layers": 3, "memory": 0, "sk_ratio": 0.0625, "knn_val": 77.0 + s} for s in (0, 1)]
+    replicated = {(0.25, "1%"): {"supervised": {0: 80, 1: 81, 2: 82}, "shared": {0: 81, 1: 82, 2: 83},
+                                 "fine-tuned": {0: 81, 1: 82, 2: 80}, "gain": [1, 1, -2]}}
+    sk = scale_report.pretraining_seed_sk_gains(rows, replicated)
+    # seed 1 from its own pretraining (80), not the shared pretraining's seed-1 run (99)
+    assert sk[(0.25, "1%")]["selective-kernels"] == {0: 82.0, 1: 80.0, 2: 81.0}
+    assert sk[(0.25, "1%")]["gain"] == [1.0, -2.0, 1.0]
+    table = scale_report.pretraining_seed_table(rows, replicated)
+    assert "(kNN top-1 after each: width 0.25: 77.0 (seed 0), 78.0 (seed 1))" in table
+    assert "| 0.25 | 1% | 81.0 ± 1.0 (n=3) | 81.0 ± 1.0 (n=3) | 0.0 ± 1.7 (n=3) |" in table
