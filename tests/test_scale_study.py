@@ -237,7 +237,8 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
     assert by_name["| fine-tuned − supervised grows with width (10/class; widths 0.25, 1; paired by seed)"].endswith(
         "| +5.0 (n=2) → +11.0 (n=2) | holds |")
     assert "| +0.5 (n=2) → +3.0 (n=2) | holds |" in claims[1]
-    assert claims[2].endswith("| +4.5 vs +2.0 | holds |")  # 85.5 - 81.0 against 82.5 - 80.5
+    # 85.5 - 81.0 against 82.5 - 80.5; the fine-tuned spread also paired by seed (same label subset at each width)
+    assert claims[2].endswith("| +4.5 vs +2.0 (fine-tuned paired by seed: 4.5 ± 0.0 (n=2)) | holds |")
     assert claims[3].endswith("| 2.5 ± 0.0 (n=2) | holds |")  # 83/84 against 80.5/81.5
     assert claims[4].endswith("fine-tuned, width 1 − supervised width 1: 11.0 ± 0.0 (n=2) | holds |")
     assert claims[5].endswith("| width 0.25: 2.0 ± 0.0 (n=2) | holds |")  # 72/73 against 70/71, its teacher
@@ -247,7 +248,7 @@ def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
     rows = [dict(r, test_top1=r["test_top1"] - 1) if r["part"] == "big-to-small" else r for r in rows]
     claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
     assert "| +0.5 (n=2) → +0.0 (n=2) | **does not hold** |" in claims[1]
-    assert claims[2].endswith("| +1.5 vs +2.0 | **does not hold** |")
+    assert claims[2].endswith("| +1.5 vs +2.0 (fine-tuned paired by seed: 1.5 ± 0.0 (n=2)) | **does not hold** |")
     assert claims[3].endswith("| 1.5 ± 0.0 (n=2) | **does not hold** |")
 
 
@@ -423,12 +424,18 @@ def test_a_pretraining_per_seed_is_reported_beside_the_shared_one_and_stays_out_
     assert ("| fine-tuned − supervised grows with width (1%; widths 0.25, 1; paired by seed; a pretraining per "
             "seed) | grows | -0.3 (n=3) → +5.3 (n=3) | holds |") in claims
     # 84.3 - 80.7 against 79 - 81; the shared pretraining's own spread row stays as it was (+1.0 vs -2.0)
-    assert any(c.endswith("(1 %; a pretraining per seed) | ~17 vs ~4 points (ImageNet) | +3.7 vs -2.0 | holds |")
-               for c in claims)
-    assert any(c.endswith("(1 %) | ~17 vs ~4 points (ImageNet) | +1.0 vs -2.0 | holds |") for c in claims)
+    assert any(c.endswith("(1 %; a pretraining per seed) | ~17 vs ~4 points (ImageNet) | +3.7 vs -2.0 (fine-tuned "
+                          "paired by seed: 3.7 ± 2.3 (n=3)) | holds |") for c in claims)
+    assert any(c.endswith("(1 %) | ~17 vs ~4 points (ImageNet) | +1.0 vs -2.0 (fine-tuned paired by seed: 1.0 ± 0.0 "
+                          "(n=3)) | holds |") for c in claims)
     table = scale_report.pretraining_seed_table(rows, replicated)
     assert "width 0.25: 75.0 (seed 0), 76.0 (seed 1), 77.0 (seed 2)" in table  # not the 4-layer head's pretraining
     assert "| 1 | 1% | 79.0 ± 1.0 (n=3) | 83.0 ± 1.0 (n=3) | 84.3 ± 2.1 (n=3) | 5.3 ± 1.2 (n=3) |" in table
+    # width 1's seed 1 pretraining worse: widths 1 − 0.25 fine-tuned by seed 1, -1, 5, a mean within one sd of zero
+    rows = [dict(r, test_top1=79) if r.get("run") == "ft-w1.0-pre1-s1" else r for r in rows]
+    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["1%"])
+    assert any(c.endswith("| +1.7 vs -2.0 (fine-tuned paired by seed: 1.7 ± 3.1 (n=3)) | holds (the fine-tuned "
+                          "spread within the seed spread) |") for c in claims)
 
 
 def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
