@@ -173,6 +173,27 @@ def distill_length_table(rows: list[dict], cells: dict) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def distill_labels_table(rows: list[dict], subsets: list[str]) -> str:
+    """Self-distillation with the labelled term (``distill_alpha`` < 1) against distillation only, each student
+    paired with the one of the same seed and the same teacher (its recorded teacher scores match); "" when none
+    was run."""
+    with_labels = [r for r in rows if r["part"] == "distill-labels" and r.get("test_top1") is not None]
+    lines = ["| width | labels | epochs | distillation weight α | self-distilled with labels | distillation only "
+             "(same teachers) | with − without (paired) |", "|---|---|---|---|---|---|---|"]
+    settings = {(r["width"], r["labels"], r["distill_alpha"], r.get("distill_epochs", DISTILL_EPOCHS))
+                for r in with_labels}
+    for width, labels, alpha, epochs in sorted(settings, key=lambda s: (s[0], subsets.index(s[1]), s[2], s[3])):
+        only = {r["seed"]: r for r in self_distilled(rows, width, labels, epochs)}
+        pairs = [(r, only[r["seed"]]) for r in with_labels
+                 if (r["width"], r["labels"], r["distill_alpha"], r.get("distill_epochs", DISTILL_EPOCHS))
+                 == (width, labels, alpha, epochs) and r["seed"] in only
+                 and only[r["seed"]].get("teacher_test_top1") == r.get("teacher_test_top1")]
+        lines.append(f"| {width:g} | {labels} | {epochs} | {alpha:g} | {mean_sd([a['test_top1'] for a, _ in pairs])} | "
+                     f"{mean_sd([b['test_top1'] for _, b in pairs])} | "
+                     f"{mean_sd([a['test_top1'] - b['test_top1'] for a, b in pairs])} |")
+    return "\n".join(lines) if with_labels else ""
+
+
 def head_rows(rows: list[dict]) -> list[dict]:
     """The head part's fine-tuned runs, found by their facts: its 3-layer head, layer-1 runs are the size part's
     runs at the head width (same pretraining, recipe and name), recorded under "size"."""
@@ -553,6 +574,10 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     lengths = distill_length_table(rows, cells)
     if lengths:
         parts += ["", "Self-distillation's length (epochs over all training images):", "", lengths]
+    with_labels = distill_labels_table(rows, subsets)
+    if with_labels:
+        parts += ["", "Self-distillation with the labelled term too (it weighs 1 − α, on the teacher's own labelled "
+                  "subset):", "", with_labels]
     if any(r["part"] == "head" for r in rows):
         parts += ["", "Head depth (fine-tuning from each layer; in bold the layer chosen on validation, by the mean "
                   "over seeds):", "", head_table(rows, subsets)]

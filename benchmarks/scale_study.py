@@ -5,17 +5,18 @@ Kernels on Fashion-MNIST, every run through the package's own stages and its val
     python benchmarks/scale_report.py --readme      # tables, paired differences and the plot from the JSONL
 
 Parts (``--parts``, in this order): ``size`` pretrains each width for the same ``--pretrain-epochs``, chooses a
-supervised and a fine-tuning recipe per width on validation (``--grid-labels``, seed ``--seeds[0]``, the same
-number of candidates for both), then runs supervised only and fine-tuned from head layer 1 with the chosen
-recipes at every subset and seed; ``distill`` self-distils each fine-tuned network (``--distill-epochs``);
-``big-to-small`` self-distils the best fine-tuned network wider than 0.25 (chosen on validation: the width whose
-fine-tuning grid scored best) and distils that into a width-0.25 student; ``head`` pretrains with
-``--head-depths`` head layers at ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a
-memory of ``--memory-size`` negatives; ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels
-(``--sk-ratio``) and also trains that encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from
-its own pretraining (seed s from a pretraining of seed s; ``--replicate`` adds Selective Kernels). The last four
-use the size part's recipes for that width. Elsewhere one pretraining per configuration (seed 0) serves every
-seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
+supervised and a fine-tuning recipe per width on validation (``--grid-labels``, seed ``--seeds[0]``, the same number
+of candidates for both), then runs supervised only and fine-tuned from head layer 1 with the chosen recipes at every
+subset and seed; ``distill`` self-distils each fine-tuned network (``--distill-epochs``); ``big-to-small``
+self-distils the best fine-tuned network wider than 0.25 (chosen on validation: the width whose fine-tuning grid
+scored best) and distils that into a width-0.25 student; ``head`` pretrains with ``--head-depths`` head layers at
+``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory of ``--memory-size`` negatives;
+``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
+encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
+pretraining of seed s; ``--replicate`` adds Selective Kernels). The last four use the size part's recipes for that
+width. Not run by default: ``distill-labels`` self-distils with the labelled term too (``--distill-alpha``), and the
+recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0) serves
+every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
@@ -44,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
 PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels", "pretraining-seeds")
 # recipe choices made with the study's pretraining: the shipped distillation recipe against two candidates, and
-# pretraining's NT-Xent temperature
-EXTRA_PARTS = ("distill-recipes", "temperature")
+# pretraining's NT-Xent temperature; and self-distillation with the labelled term (distill.alpha < 1)
+EXTRA_PARTS = ("distill-recipes", "temperature", "distill-labels")
 
 # Candidates per stage: the same number for both, centred on the shipped width-0.25 recipe (SGD, no scaling).
 FINETUNE_GRID = {"sgd-0.003": 0.003, "sgd-0.01": 0.01, "sgd-0.03": 0.03}
@@ -260,6 +261,8 @@ class Study:
             self.distill_recipes()
         if "temperature" in parts:
             self.temperature()
+        if "distill-labels" in parts:
+            self.distill_labels()
 
     def big_to_small(self) -> None:
         """The best large teacher, self-distilled first as the paper does, distilled into a width-0.25 student
@@ -285,6 +288,21 @@ class Study:
                 opt = dataclasses.replace(run.config.distill.optimizer, name=optimizer, base_lr=lr)
                 config = self.with_(run.config, "distill", optimizer=opt, temperature=temperature)
                 self.run(Run(f"{run.name}-{name}", "distill", run.part, dict(run.facts, recipe=name), config))
+
+    def distill_labels(self) -> None:
+        """Self-distils each width's fine-tuned networks (the size part's, at every subset and seed) with the
+        labelled term too, weighted ``1 - --distill-alpha``, on the teacher's own labelled subset: paired with the
+        distill part's students of the same teachers (distillation only), it measures what the labels add."""
+        alpha = self.args.distill_alpha
+        for width in self.args.widths:
+            for labels in self.args.subsets:
+                for seed in self.args.seeds:
+                    teacher = self.fine_tuned(width, labels, seed)
+                    for epochs in self.args.distill_epochs:
+                        run = self.distillation("distill-labels", teacher, epochs)
+                        config = self.with_(run.config, "distill", alpha=alpha)
+                        self.run(Run(f"{run.name}-a{alpha:g}", "distill", run.part,
+                                     dict(run.facts, distill_alpha=alpha), config))
 
     def temperature(self) -> None:
         """Pretrains ``--head-width`` at each NT-Xent temperature and fine-tunes each with the fine-tuning recipe
@@ -423,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-seeds", type=int, nargs="+", help="the head part's seeds (default: --seeds)")
     parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")
     parser.add_argument("--memory-size", type=int, default=4096)
+    parser.add_argument("--distill-alpha", type=float, default=0.5,
+                        help="distill-labels: the distillation term's weight (the labelled term weighs 1 - alpha)")
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
     parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels"), default=["plain"],
                         help="what the pretraining-seeds part pretrains once per seed")

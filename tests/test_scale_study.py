@@ -468,3 +468,24 @@ def test_selective_kernels_per_pretraining_seed_are_paired_with_the_plain_encode
     table = scale_report.pretraining_seed_table(rows, replicated)
     assert "(kNN top-1 after each: width 0.25: 77.0 (seed 0), 78.0 (seed 1))" in table
     assert "| 0.25 | 1% | 81.0 ± 1.0 (n=3) | 81.0 ± 1.0 (n=3) | 0.0 ± 1.7 (n=3) |" in table
+
+
+def test_distillation_with_labels_uses_the_distill_parts_teachers_and_is_paired_with_their_students(fake, tmp_path):
+    rows = {r["run"]: r for r in _study(tmp_path, "--parts", "size", "distill", "distill-labels", "--widths", "0.25",
+                                        "--distill-alpha", "0.25")}
+    with_labels = {name: r for name, r in rows.items() if r["part"] == "distill-labels"}
+    assert len(with_labels) == 2 * 2  # subsets x seeds at the one width
+    name = "distill-finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1-e2-a0.25"
+    config = fake.configs[name]
+    assert (config.distill.alpha, config.distill.student, config.finetune.labels, config.run.seed) == (
+        0.25, "teacher", "1%", 1)
+    assert Path(config.distill.teacher).name == "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1"
+    assert with_labels[name]["distill_alpha"] == 0.25
+    # the fake scores ignore alpha, so with and without labels tie; a student of another teacher is not paired
+    table = scale_report.distill_labels_table(list(rows.values()), ["10/class", "1%"])
+    assert "| 0.25 | 1% | 2 | 0.25 |" in table and table.count("| 0.0 ± 0.0 (n=2) |") == 2
+    other = "distill-finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1-e2"
+    rows[other] = dict(rows[other], teacher_test_top1=0.0)
+    table = scale_report.distill_labels_table(list(rows.values()), ["10/class", "1%"])
+    assert table.splitlines()[3].endswith("| 0.0 ± 0.0 (n=1) |")  # 1 %: seed 0 only
+    assert table.splitlines()[2].endswith("| 0.0 ± 0.0 (n=2) |")  # 10/class comes first, as in every table
