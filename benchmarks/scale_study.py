@@ -352,6 +352,8 @@ class Study:
             self.fine_tune_per_seed(self.args.head_width, self.args.sk_ratio, "selective-kernels")
 
     def fine_tune_per_seed(self, width: float, sk_ratio: float, seed_zero_part: str) -> None:
+        """Seed s fine-tuned from a pretraining of seed s, with the width's recorded recipe; seed 0's runs are
+        ``seed_zero_part``'s own, so they keep that part."""
         recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
         for seed in self.args.seeds:
             pretrained = self.pretraining(width, sk_ratio=sk_ratio, seed=seed)
