@@ -375,7 +375,7 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
                    f"{_paired_verdict(layer_gain, statistics.fmean(layer_gain) >= 0)} |")
     out += _head_depth_claims(rows, subsets)
     out += _selective_kernels_claims(rows, cells, subsets)
-    sk = pretraining_seed_sk_gains(rows, replicated)
+    sk = pretraining_seed_variant_gains(rows, replicated, "selective-kernels")
     for labels in subsets:
         gains = [(w, cell["gain"]) for (w, lab), cell in sk.items() if lab == labels]
         if gains:
@@ -425,7 +425,7 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
     part; seed 0's is the size table's own), paired with the same supervised-only runs; only the cells that part
     reached. The spread between these seeds includes the spread between pretrainings, which the size table's
     seeds (one shared pretraining) leave out."""
-    replicated = [r for r in rows if r["part"] == "pretraining-seeds" and not r.get("sk_ratio")
+    replicated = [r for r in rows if r["part"] == "pretraining-seeds" and not r.get("sk_ratio") and not r["memory"]
                   and r.get("test_top1") is not None]
     out = {}
     for (width, labels), cell in cells.items():
@@ -437,24 +437,40 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
     return out
 
 
-def pretraining_seed_sk_gains(rows: list[dict], replicated: dict) -> dict[tuple[float, str], dict]:
-    """(width, labels) -> Selective Kernels' fine-tuned runs, each seed from its own pretraining (seed 0: the
-    Selective Kernels part's), the plain encoder's from a pretraining per seed, and the difference paired by
-    seed, where both were replicated."""
-    sk = [r for r in rows if r.get("sk_ratio") and r["method"] == "fine-tuned" and r.get("test_top1") is not None
-          and (r["part"] == "pretraining-seeds" or (r["part"] == "selective-kernels" and r["seed"] == 0))]
+def _sk_pretraining(rows: list[dict], width: float) -> str:
+    return f"pretrain-w{width}-h3-sk{next(r['sk_ratio'] for r in rows if r.get('sk_ratio')):g}"
+
+
+def _memory_pretraining(rows: list[dict], width: float) -> str:
+    return f"pretrain-w{width}-h3-mem{next(r['memory'] for r in rows if r.get('memory'))}"
+
+
+# the pretraining-seeds part's variants of the plain encoder, by the part whose runs are their seed 0: a name, the
+# test that picks their rows, and the name of a width's pretraining without its "-s<seed>"
+VARIANTS = {"selective-kernels": ("Selective Kernels", lambda r: bool(r.get("sk_ratio")), _sk_pretraining),
+            "memory": ("a memory of negatives", lambda r: bool(r.get("memory")), _memory_pretraining)}
+
+
+def pretraining_seed_variant_gains(rows: list[dict], replicated: dict, part: str) -> dict[tuple[float, str], dict]:
+    """(width, labels) -> a variant's fine-tuned runs (``VARIANTS``), each seed from its own pretraining (seed 0:
+    the variant's part), the plain encoder's from a pretraining per seed, and the difference paired by seed,
+    where both were replicated."""
+    is_variant = VARIANTS[part][1]
+    runs = [r for r in rows if is_variant(r) and r["method"] == "fine-tuned" and r.get("test_top1") is not None
+            and (r["part"] == "pretraining-seeds" or (r["part"] == part and r["seed"] == 0))]
     out = {}
     for (width, labels), cell in replicated.items():
-        own = by_seed([r for r in sk if r["width"] == width and r["labels"] == labels])
+        own = by_seed([r for r in runs if r["width"] == width and r["labels"] == labels])
         if len(own) > 1:
-            out[(width, labels)] = {"selective-kernels": own, "plain": cell["fine-tuned"],
-                                    "gain": paired(own, cell["fine-tuned"])}
+            plain = cell["fine-tuned"]
+            out[(width, labels)] = {"variant": own, "plain": plain, "gain": paired(own, plain)}
     return out
 
 
 def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
     """Fine-tuned test top-1 from one shared pretraining (the size table) and from a pretraining per seed, each
-    paired with supervised only, and the kNN of each width's pretrainings."""
+    paired with supervised only, and the kNN of each width's pretrainings; then each variant against the plain
+    encoder, both from a pretraining per seed."""
     lines = ["| width | labels | supervised | fine-tuned, one pretraining | fine-tuned, a pretraining per seed | "
              "fine-tuned − supervised, a pretraining per seed (paired) |", "|---|---|---|---|---|---|"]
     knn = []
@@ -465,18 +481,20 @@ def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
                      f"{mean_sd(list(cell['shared'].values()))} | {mean_sd(list(cell['fine-tuned'].values()))} | "
                      f"{mean_sd(cell['gain'])} |")
     text = "kNN top-1 on validation after each pretraining: " + "; ".join(knn) + ".\n\n" + "\n".join(lines)
-    sk = pretraining_seed_sk_gains(rows, replicated)
-    if not sk:
-        return text
-    ratio = next(r["sk_ratio"] for r in rows if r.get("sk_ratio"))
-    knn = [f"width {w:g}: " + _knn_by_seed(rows, f"pretrain-w{w}-h3-sk{ratio:g}") for w in sorted({w for w, _ in sk})]
-    lines = ["| width | labels | Selective Kernels, fine-tuned | plain, fine-tuned | Selective Kernels − plain "
-             "(paired) |", "|---|---|---|---|---|"]
-    lines += [f"| {width:g} | {labels} | {mean_sd(list(cell['selective-kernels'].values()))} | "
-              f"{mean_sd(list(cell['plain'].values()))} | {mean_sd(cell['gain'])} |"
-              for (width, labels), cell in sk.items()]
-    return (text + "\n\nSelective Kernels, a pretraining per seed (kNN top-1 after each: " + "; ".join(knn) + "):\n\n"
-            + "\n".join(lines))
+    for part, (name, _, prefix) in VARIANTS.items():
+        gains = pretraining_seed_variant_gains(rows, replicated, part)
+        if not gains:
+            continue
+        knn = [f"width {w:g}: " + _knn_by_seed(rows, prefix(rows, w)) for w in sorted({w for w, _ in gains})]
+        title = name[0].upper() + name[1:]
+        lines = [f"| width | labels | {title}, fine-tuned | plain, fine-tuned | {title} − plain (paired) |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {width:g} | {labels} | {mean_sd(list(cell['variant'].values()))} | "
+                  f"{mean_sd(list(cell['plain'].values()))} | {mean_sd(cell['gain'])} |"
+                  for (width, labels), cell in gains.items()]
+        text += (f"\n\n{title}, a pretraining per seed (kNN top-1 after each: " + "; ".join(knn) + "):\n\n"
+                 + "\n".join(lines))
+    return text
 
 
 def _knn_by_seed(rows: list[dict], prefix: str) -> str:

@@ -13,10 +13,11 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory of ``--memory-size`` negatives;
 ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
-pretraining of seed s; ``--replicate`` adds Selective Kernels). The last four use the size part's recipes for that
-width. Not run by default: ``distill-labels`` self-distils with the labelled term too (``--distill-alpha``), and the
-recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0) serves
-every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
+pretraining of seed s; ``--replicate`` adds Selective Kernels or the memory). The last four use the size part's
+recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
+(``--distill-alpha``), and the recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per
+configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's initialisation
+and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
@@ -342,21 +343,23 @@ class Study:
     def pretraining_seeds(self) -> None:
         """Every other part's seeds share one pretraining, so their spread leaves out the pretraining's own. Here
         seed s fine-tunes (chosen recipe, head layer 1) from a pretraining of seed s, at every width, subset and
-        seed (``--replicate plain``), and with Selective Kernels at ``--head-width`` (``selective-kernels``); seed
-        0 is the size or Selective Kernels part's run. Paired with the size part's supervised-only runs of the same
-        seed (same label subset), or plain with Selective Kernels seed by seed, the claims are measured again with
-        the spread between pretrainings in them."""
+        seed (``--replicate plain``), and with Selective Kernels (``selective-kernels``) or a memory of negatives
+        (``memory``) at ``--head-width``; seed 0 is the size, Selective Kernels or memory part's run. Paired with the
+        size part's supervised-only runs of the same seed (same label subset), or plain with the variant seed by
+        seed, the claims are measured again with the spread between pretrainings in them."""
         for width in self.args.widths if "plain" in self.args.replicate else []:
-            self.fine_tune_per_seed(width, 0.0, "size")
+            self.fine_tune_per_seed(width, "size")
         if "selective-kernels" in self.args.replicate:
-            self.fine_tune_per_seed(self.args.head_width, self.args.sk_ratio, "selective-kernels")
+            self.fine_tune_per_seed(self.args.head_width, "selective-kernels", sk_ratio=self.args.sk_ratio)
+        if "memory" in self.args.replicate:
+            self.fine_tune_per_seed(self.args.head_width, "memory", memory=self.args.memory_size)
 
-    def fine_tune_per_seed(self, width: float, sk_ratio: float, seed_zero_part: str) -> None:
+    def fine_tune_per_seed(self, width: float, seed_zero_part: str, sk_ratio: float = 0.0, memory: int = 0) -> None:
         """Seed s fine-tuned from a pretraining of seed s, with the width's recorded recipe; seed 0's runs are
         ``seed_zero_part``'s own, so they keep that part."""
         recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
         for seed in self.args.seeds:
-            pretrained = self.pretraining(width, sk_ratio=sk_ratio, seed=seed)
+            pretrained = self.pretraining(width, memory=memory, sk_ratio=sk_ratio, seed=seed)
             self.run(pretrained)
             part = "pretraining-seeds" if seed else seed_zero_part
             for labels in self.args.subsets:
@@ -446,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-alpha", type=float, default=0.5,
                         help="distill-labels: the distillation term's weight (the labelled term weighs 1 - alpha)")
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
-    parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels"), default=["plain"],
+    parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels", "memory"), default=["plain"],
                         help="what the pretraining-seeds part pretrains once per seed")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--results", type=Path, default=RESULTS)

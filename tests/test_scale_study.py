@@ -439,7 +439,8 @@ def test_a_pretraining_per_seed_is_reported_beside_the_shared_one_and_stays_out_
 
 
 def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "pretraining-seeds", "--replicate", "plain", "selective-kernels")
+    rows = _study(tmp_path, "--parts", "size", "pretraining-seeds", "--replicate", "plain", "selective-kernels",
+                  "memory")
     sk = {r["run"]: r for r in rows if r.get("sk_ratio")}
     assert {"pretrain-w0.25-h3-sk0.0625-s0", "pretrain-w0.25-h3-sk0.0625-s1"} <= set(sk)
     assert fake.configs["pretrain-w0.25-h3-sk0.0625-s1"].model.sk_ratio == 0.0625
@@ -449,6 +450,17 @@ def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
         assert Path(fake.configs[r["run"]].finetune.pretrained).name == "pretrain-w0.25-h3-sk0.0625-s1"
     # seed 0 is the Selective Kernels part's own run, from that part's pretraining
     assert {r["part"] for r in sk.values() if r["method"] == "fine-tuned" and r["seed"] == 0} == {"selective-kernels"}
+    # the memory the same way, and neither variant's rows count as the plain encoder's
+    assert fake.configs["pretrain-w0.25-h3-mem4096-s1"].pretrain.memory_size == 4096
+    memory = [r for r in rows if r["part"] == "pretraining-seeds" and r["memory"]]
+    assert {(r["seed"], r["pretrain_seed"], r["memory"]) for r in memory} == {(1, 1, 4096)} and len(memory) == 2
+    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
+    replicated = scale_report.pretraining_seed_cells(rows, cells)
+    plain = [r for r in rows if r["part"] == "pretraining-seeds" and not r["memory"] and not r.get("sk_ratio")]
+    assert replicated[(0.25, "1%")]["fine-tuned"][1] == next(r["test_top1"] for r in plain
+                                                             if r["width"] == 0.25 and r["labels"] == "1%")
+    assert set(scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")) == {(0.25, "10/class"),
+                                                                                          (0.25, "1%")}
 
 
 def test_selective_kernels_per_pretraining_seed_are_paired_with_the_plain_encoders_per_seed():
@@ -461,9 +473,10 @@ def test_selective_kernels_per_pretraining_seed_are_paired_with_the_plain_encode
               "seed": s, "head_layers": 3, "memory": 0, "sk_ratio": 0.0625, "knn_val": 77.0 + s} for s in (0, 1)]
     replicated = {(0.25, "1%"): {"supervised": {0: 80, 1: 81, 2: 82}, "shared": {0: 81, 1: 82, 2: 83},
                                  "fine-tuned": {0: 81, 1: 82, 2: 80}, "gain": [1, 1, -2]}}
-    sk = scale_report.pretraining_seed_sk_gains(rows, replicated)
+    sk = scale_report.pretraining_seed_variant_gains(rows, replicated, "selective-kernels")
     # seed 1 from its own pretraining (80), not the shared pretraining's seed-1 run (99)
-    assert sk[(0.25, "1%")]["selective-kernels"] == {0: 82.0, 1: 80.0, 2: 81.0}
+    assert sk[(0.25, "1%")]["variant"] == {0: 82.0, 1: 80.0, 2: 81.0}
+    assert scale_report.pretraining_seed_variant_gains(rows, replicated, "memory") == {}
     assert sk[(0.25, "1%")]["gain"] == [1.0, -2.0, 1.0]
     table = scale_report.pretraining_seed_table(rows, replicated)
     assert "(kNN top-1 after each: width 0.25: 77.0 (seed 0), 78.0 (seed 1))" in table
