@@ -254,18 +254,21 @@ def _head_depth_claims(rows: list[dict], subsets: list[str]) -> list[str]:
     return out
 
 
-def memory_table(rows: list[dict], cells: dict, subsets: list[str]) -> str:
-    """Fine-tuned test top-1 with and without a memory of negatives in pretraining, paired by seed."""
+def memory_table(rows: list[dict], cells: dict, subsets: list[str], base_momentum: float) -> str:
+    """Fine-tuned test top-1 with and without a memory of negatives in pretraining, paired by seed, per memory size
+    and EMA momentum (rows without ``memory_momentum`` ran the base config's)."""
     memory = [r for r in rows if r["part"] == "memory"]
-    lines = ["| labels | negatives in memory | fine-tuned, with memory | without (same width) | with − without "
-             "(paired) |", "|---|---|---|---|---|"]
+    lines = ["| labels | negatives in memory | EMA momentum | fine-tuned, with memory | without (same width) | "
+             "with − without (paired) |", "|---|---|---|---|---|---|"]
+    settings = sorted({(r["memory"], r.get("memory_momentum", base_momentum)) for r in memory})
     for labels in subsets:
-        for size in sorted({r["memory"] for r in memory}):
-            runs = [r for r in memory if r["memory"] == size and r["labels"] == labels]
+        for size, momentum in settings:
+            runs = [r for r in memory if r["memory"] == size and r["labels"] == labels
+                    and r.get("memory_momentum", base_momentum) == momentum]
             if not runs or (runs[0]["width"], labels) not in cells:
                 continue
             with_memory, without = by_seed(runs), cells[(runs[0]["width"], labels)]["fine-tuned"]
-            lines.append(f"| {labels} | {size} | {mean_sd(list(with_memory.values()))} | "
+            lines.append(f"| {labels} | {size} | {momentum:g} | {mean_sd(list(with_memory.values()))} | "
                          f"{mean_sd(list(without.values()))} | {mean_sd(paired(with_memory, without))} |")
     return "\n".join(lines)
 
@@ -448,7 +451,8 @@ def _memory_pretraining(rows: list[dict], width: float) -> str:
 # the pretraining-seeds part's variants of the plain encoder, by the part whose runs are their seed 0: a name, the
 # test that picks their rows, and the name of a width's pretraining without its "-s<seed>"
 VARIANTS = {"selective-kernels": ("Selective Kernels", lambda r: bool(r.get("sk_ratio")), _sk_pretraining),
-            "memory": ("a memory of negatives", lambda r: bool(r.get("memory")), _memory_pretraining)}
+            "memory": ("a memory of negatives", lambda r: bool(r.get("memory")) and "memory_momentum" not in r,
+                       _memory_pretraining)}
 
 
 def pretraining_seed_variant_gains(rows: list[dict], replicated: dict, part: str) -> dict[tuple[float, str], dict]:
@@ -576,6 +580,7 @@ def plot(cells: dict, widths: list[float], subsets: list[str], path: Path) -> No
 
 
 def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
+    demo = load_config("demo")  # the study's base config: what a row without a setting's fact ran
     size_rows = [r for r in rows if r["part"] in ("size", "recipe")]
     widths = sorted({r["width"] for r in size_rows})
     subsets = [s for s in ("10/class", "1%", "10%") if any(r.get("labels") == s for r in size_rows)]
@@ -600,7 +605,8 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
         parts += ["", "Head depth (fine-tuning from each layer; in bold the layer chosen on validation, by the mean "
                   "over seeds):", "", head_table(rows, subsets)]
     if any(r["part"] == "memory" for r in rows):
-        parts += ["", "A memory of negatives in pretraining (width 0.25):", "", memory_table(rows, cells, subsets)]
+        parts += ["", "A memory of negatives in pretraining (width 0.25):", "",
+                  memory_table(rows, cells, subsets, demo.pretrain.memory_momentum)]
     selective_kernels = selective_kernels_table(rows, cells, subsets)
     if selective_kernels:
         parts += ["", "Selective Kernels in the encoder (the plain encoder's recipes, one pretraining each):",
@@ -609,7 +615,7 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     if replicated:
         parts += ["", "A pretraining per seed (seed s fine-tuned from a pretraining of seed s; the same "
                   "supervised-only runs and recipes):", "", pretraining_seed_table(rows, replicated)]
-    temperatures, best = temperature_table(rows, load_config("demo").pretrain.temperature)
+    temperatures, best = temperature_table(rows, demo.pretrain.temperature)
     if temperatures:
         parts += ["", "Pretraining temperature, fine-tuned with the recipe chosen at the demo's τ (chosen on "
                   f"validation: τ {best:g}):", "", temperatures]

@@ -107,9 +107,11 @@ class Study:
         return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **values)})
 
     def pretraining(self, width: float, head_layers: int = 3, memory: int = 0,
-                    temperature: float | None = None, sk_ratio: float = 0.0, seed: int = 0) -> Run:
-        """A pretraining (seed 0 serves every part but ``pretraining-seeds``); ``temperature`` other than the base
-        config's, and Selective Kernels (``sk_ratio`` > 0), name their own runs."""
+                    temperature: float | None = None, sk_ratio: float = 0.0, seed: int = 0,
+                    memory_momentum: float | None = None) -> Run:
+        """A pretraining (seed 0 serves every part but ``pretraining-seeds``); ``temperature`` and the memory's
+        ``memory_momentum`` other than the base config's, and Selective Kernels (``sk_ratio`` > 0), name their own
+        runs."""
         c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers, sk_ratio=sk_ratio)
         c = self.with_(c, "pretrain", epochs=self.args.pretrain_epochs, memory_size=memory)
         c = self.with_(c, "run", seed=seed)
@@ -120,6 +122,10 @@ class Study:
         facts = {"width": width, "head_layers": head_layers, "memory": memory, "method": "pretraining",
                  "pretrain_epochs": self.args.pretrain_epochs, "seed": seed,
                  "pretrain_temperature": c.pretrain.temperature}
+        if memory and memory_momentum is not None and memory_momentum != self.base.pretrain.memory_momentum:
+            c = self.with_(c, "pretrain", memory_momentum=memory_momentum)
+            name += f"-m{memory_momentum:g}"
+            facts["memory_momentum"] = memory_momentum  # recorded only where not the base config's, as sk_ratio
         if sk_ratio:  # recorded only where used, so the rows from before Selective Kernels were studied match
             name += f"-sk{sk_ratio:g}"
             facts["sk_ratio"] = sk_ratio
@@ -143,8 +149,9 @@ class Study:
                  "seed": seed, "recipe": recipe, "head_layer": head_layer,
                  "pretrain_epochs": self.args.pretrain_epochs,
                  "pretrain_temperature": pretrained.facts["pretrain_temperature"]}
-        if "sk_ratio" in pretrained.facts:
-            facts["sk_ratio"] = pretrained.facts["sk_ratio"]
+        for optional in ("sk_ratio", "memory_momentum"):
+            if optional in pretrained.facts:
+                facts[optional] = pretrained.facts[optional]
         if pretrain_seed:  # recorded only where not 0, as sk_ratio
             facts["pretrain_seed"] = pretrain_seed
         return Run(name, stage, part, facts, c)
@@ -332,7 +339,8 @@ class Study:
                                                      head_layer=layer))
 
     def memory(self) -> None:
-        self.fine_tune_variant("memory", self.pretraining(self.args.head_width, memory=self.args.memory_size))
+        self.fine_tune_variant("memory", self.pretraining(self.args.head_width, memory=self.args.memory_size,
+                                                          memory_momentum=self.args.memory_momentum))
 
     def selective_kernels(self) -> None:
         """Selective Kernels change the encoder, not only its pretraining: the supervised-only runs of the same
@@ -446,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-seeds", type=int, nargs="+", help="the head part's seeds (default: --seeds)")
     parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")
     parser.add_argument("--memory-size", type=int, default=4096)
+    parser.add_argument("--memory-momentum", type=float,
+                        help="the memory's EMA momentum (default: the base config's pretrain.memory_momentum)")
     parser.add_argument("--distill-alpha", type=float, default=0.5,
                         help="distill-labels: the distillation term's weight (the labelled term weighs 1 - alpha)")
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")

@@ -502,3 +502,27 @@ def test_distillation_with_labels_uses_the_distill_parts_teachers_and_is_paired_
     table = scale_report.distill_labels_table(list(rows.values()), ["10/class", "1%"])
     assert table.splitlines()[3].endswith("| 0.0 ± 0.0 (n=1) |")  # 1 %: seed 0 only
     assert table.splitlines()[2].endswith("| 0.0 ± 0.0 (n=2) |")  # 10/class comes first, as in every table
+
+
+def test_a_memory_momentum_other_than_the_base_configs_gets_its_own_runs_and_table_rows(fake, tmp_path):
+    _study(tmp_path, "--parts", "size", "memory")
+    rows = _study(tmp_path, "--parts", "memory", "--memory-momentum", "0.99")
+    config = fake.configs["pretrain-w0.25-h3-mem4096-m0.99-s0"]
+    assert (config.pretrain.memory_size, config.pretrain.memory_momentum) == (4096, 0.99)
+    tuned = [r for r in rows if r.get("memory_momentum") == 0.99 and r["method"] == "fine-tuned"]
+    assert len(tuned) == 4 and {r["part"] for r in tuned} == {"memory"}
+    assert all(Path(fake.configs[r["run"]].finetune.pretrained).name == "pretrain-w0.25-h3-mem4096-m0.99-s0"
+               for r in tuned)
+    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
+    table = scale_report.memory_table(rows, cells, ["10/class", "1%"], 0.999)
+    assert [line.split(" | ")[2] for line in table.splitlines()[2:]] == ["0.99", "0.999", "0.99", "0.999"]
+    # the pretraining-seeds part's memory variant is the base momentum's: seed 0 must not be the 0.99 run
+    memory_seed0 = {r["labels"]: r["test_top1"] for r in rows if r["part"] == "memory" and r["seed"] == 0
+                    and "memory_momentum" not in r}
+    replicated = {(0.25, labels): {"fine-tuned": {0: 1.0, 1: 1.0}} for labels in memory_seed0}
+    rows.append({**next(r for r in rows if r["part"] == "memory" and "memory_momentum" not in r and r["seed"] == 0
+                        and r["labels"] == "1%"), "run": "replicated", "part": "pretraining-seeds", "seed": 1,
+                 "pretrain_seed": 1})
+    rows = [dict(r, test_top1=-1.0) if r.get("memory_momentum") else r for r in rows]  # tell the two apart
+    gains = scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")
+    assert gains[(0.25, "1%")]["variant"][0] == memory_seed0["1%"]
