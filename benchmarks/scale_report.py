@@ -305,16 +305,23 @@ def _one_decimal(value: float | None) -> str:
 
 
 def _selective_kernels_claims(rows: list[dict], cells: dict, subsets: list[str]) -> list[str]:
-    """Per label subset, Selective Kernels against the plain encoder, fine-tuned, at every width that has both:
-    the claim holds where the mean gain is positive at each of them."""
+    """Selective Kernels against the size table's plain encoder, fine-tuned, from one pretraining each."""
     sk = [r for r in rows if r["part"] == "selective-kernels" and r["method"] == "fine-tuned"]
+    gains = {(w, labels): paired(by_seed(sk, width=w, labels=labels), cells[(w, labels)]["fine-tuned"])
+             for w in {r["width"] for r in sk} for labels in subsets if (w, labels) in cells}
+    return _sk_claim_rows(gains, subsets, "")
+
+
+def _sk_claim_rows(gains: dict[tuple[float, str], list[float]], subsets: list[str], pretrainings: str) -> list[str]:
+    """Per label subset, Selective Kernels − plain encoder (fine-tuned, paired by seed) at every width that has
+    both: the claim holds where the mean gain is positive at each of them. ``pretrainings`` names gains measured
+    with other pretrainings than the size table's."""
     out = []
     for labels in subsets:
-        gains = [(w, gain) for w in sorted({r["width"] for r in sk}) if (w, labels) in cells
-                 if (gain := paired(by_seed(sk, width=w, labels=labels), cells[(w, labels)]["fine-tuned"]))]
-        if gains:
-            claim_text = f"Selective Kernels − plain encoder, fine-tuned ({labels}) > 0 at every width"
-            out.append(_every_width_claim(claim_text, SK_PAPER, gains))
+        per_width = [(w, gain) for (w, lab), gain in sorted(gains.items()) if lab == labels and gain]
+        if per_width:
+            claim_text = f"Selective Kernels − plain encoder, fine-tuned ({labels}{pretrainings}) > 0 at every width"
+            out.append(_every_width_claim(claim_text, SK_PAPER, per_width))
     return out
 
 
@@ -379,11 +386,7 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     out += _head_depth_claims(rows, subsets)
     out += _selective_kernels_claims(rows, cells, subsets)
     sk = pretraining_seed_variant_gains(rows, replicated, "selective-kernels")
-    for labels in subsets:
-        gains = [(w, cell["gain"]) for (w, lab), cell in sk.items() if lab == labels]
-        if gains:
-            text = f"Selective Kernels − plain encoder, fine-tuned ({labels}{PRETRAINING_PER_SEED}) > 0 at every width"
-            out.append(_every_width_claim(text, SK_PAPER, gains))
+    out += _sk_claim_rows({key: cell["gain"] for key, cell in sk.items()}, subsets, PRETRAINING_PER_SEED)
     return out
 
 
@@ -506,7 +509,7 @@ def _knn_by_seed(rows: list[dict], prefix: str) -> str:
     they change, so they do not match), by seed."""
     values = sorted((r["seed"], r["knn_val"]) for r in rows
                     if r["method"] == "pretraining" and r["run"] == f"{prefix}-s{r['seed']}")
-    return ", ".join(f"{v:.1f} (seed {s})" for s, v in values)
+    return ", ".join(f"{_one_decimal(v)} (seed {s})" for s, v in values)
 
 
 def _self_distillation_claims(cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
