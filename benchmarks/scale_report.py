@@ -194,15 +194,24 @@ def distill_labels_table(rows: list[dict], subsets: list[str]) -> str:
     return "\n".join(lines) if with_labels else ""
 
 
-def head_rows(rows: list[dict]) -> list[dict]:
+def head_rows(rows: list[dict], per_seed: bool = False) -> list[dict]:
     """The head part's fine-tuned runs, found by their facts: its 3-layer head, layer-1 runs are the size part's
-    runs at the head width (same pretraining, recipe and name), recorded under "size"."""
+    runs at the head width (same pretraining, recipe and name), recorded under "size". With ``per_seed``, the runs
+    whose seed s fine-tunes a pretraining of seed s (the pretraining-seeds part's, seed 0's being the head part's);
+    none until that part reached more than the 3-layer head's layer 1, which it runs for the size claims."""
     head = [r for r in rows if r["part"] == "head"]
     if not head:
         return []
     width, recipe = head[0]["width"], head[0]["recipe"]
-    return [r for r in rows if r["part"] in ("head", "size") and r["method"] == "fine-tuned" and r["width"] == width
-            and r["recipe"] == recipe and not r["memory"]]
+    fine_tuned = [r for r in rows if r["method"] == "fine-tuned" and r["width"] == width and r["recipe"] == recipe
+                  and not r["memory"] and not r.get("sk_ratio")]
+    shared = [r for r in fine_tuned if r["part"] in ("head", "size")]
+    if not per_seed:
+        return shared
+    own = [r for r in fine_tuned if r["part"] == "pretraining-seeds"]
+    if all((r["head_layers"], r["head_layer"]) == (3, 1) for r in own):
+        return []
+    return [r for r in shared if r["seed"] == 0] + own
 
 
 def chosen_head_layers(head: list[dict]) -> dict[tuple[int, str], int]:
@@ -218,10 +227,10 @@ def chosen_head_layers(head: list[dict]) -> dict[tuple[int, str], int]:
     return chosen
 
 
-def head_table(rows: list[dict], subsets: list[str]) -> str:
+def head_table(head: list[dict], subsets: list[str]) -> str:
+    """Test top-1 of the ``head_rows`` from every layer of every depth, the layer chosen on validation in bold."""
     lines = ["| head layers | fine-tuned from layer | " + " | ".join(subsets) + " |",
              "|---|---|" + "---|" * len(subsets)]
-    head = head_rows(rows)
     chosen = chosen_head_layers(head)
     for heads in sorted({r["head_layers"] for r in head}):
         for layer in range(heads + 1):
@@ -232,14 +241,20 @@ def head_table(rows: list[dict], subsets: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _head_depth_claims(rows: list[dict], subsets: list[str]) -> list[str]:
-    """Per label subset and pair of neighbouring depths, the deeper head against the shallower one, each
-    fine-tuned from its layer chosen on validation (``chosen_head_layers``), paired by seed on test: the paper's
-    "a deeper head helps"."""
-    head = head_rows(rows)
+def _head_claims(head: list[dict], subsets: list[str], pretrainings: str) -> list[str]:
+    """The paper's head claims on ``head_rows``: layer 1 beats layer 0 of the 3-layer head (10 per class), and per
+    label subset and pair of neighbouring depths, the deeper head beats the shallower one, each fine-tuned from its
+    layer chosen on validation (``chosen_head_layers``), paired by seed on test. ``pretrainings`` names rows whose
+    seeds come from other pretrainings than the head table's."""
+    out = []
+    three = [r for r in head if r["head_layers"] == 3 and r.get("labels") == "10/class"]
+    layer_gain = paired(by_seed(three, head_layer=1), by_seed(three, head_layer=0))
+    if layer_gain:
+        out.append(f"| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class{pretrainings}) ≥ 0 | "
+                   f"layer 1 best, most so with few labels (ImageNet) | {mean_sd(layer_gain)} | "
+                   f"{_paired_verdict(layer_gain, statistics.fmean(layer_gain) >= 0)} |")
     chosen = chosen_head_layers(head)
     depths = sorted({r["head_layers"] for r in head})
-    out = []
     for labels in subsets:
         for shallow, deep in zip(depths, depths[1:], strict=False):
             if (deep, labels) not in chosen or (shallow, labels) not in chosen:
@@ -248,8 +263,8 @@ def _head_depth_claims(rows: list[dict], subsets: list[str]) -> list[str]:
                             for h in (deep, shallow)))
             if gain:
                 out.append(f"| {deep}-layer head − {shallow}-layer head, each from its layer chosen on validation "
-                           f"({labels}) ≥ 0 | deeper is better, most so with few labels (ImageNet) | layer "
-                           f"{chosen[(deep, labels)]} − layer {chosen[(shallow, labels)]}: {mean_sd(gain)} | "
+                           f"({labels}{pretrainings}) ≥ 0 | deeper is better, most so with few labels (ImageNet) | "
+                           f"layer {chosen[(deep, labels)]} − layer {chosen[(shallow, labels)]}: {mean_sd(gain)} | "
                            f"{_paired_verdict(gain, statistics.fmean(gain) >= 0)} |")
     return out
 
@@ -377,13 +392,8 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     if "10/class" in subsets:
         out += _best_pipeline_claim(rows, cells, widths)
     out += _self_distillation_claims(cells, widths, subsets)
-    head = [r for r in head_rows(rows) if r["head_layers"] == 3 and r.get("labels") == "10/class"]
-    layer_gain = paired(by_seed(head, head_layer=1), by_seed(head, head_layer=0))
-    if layer_gain:
-        out.append(f"| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class) ≥ 0 | layer 1 best, "
-                   f"most so with few labels (ImageNet) | {mean_sd(layer_gain)} | "
-                   f"{_paired_verdict(layer_gain, statistics.fmean(layer_gain) >= 0)} |")
-    out += _head_depth_claims(rows, subsets)
+    out += _head_claims(head_rows(rows), subsets, "")
+    out += _head_claims(head_rows(rows, per_seed=True), subsets, PRETRAINING_PER_SEED)
     out += _selective_kernels_claims(rows, cells, subsets)
     sk = pretraining_seed_variant_gains(rows, replicated, "selective-kernels")
     out += _sk_claim_rows({key: cell["gain"] for key, cell in sk.items()}, subsets, PRETRAINING_PER_SEED)
@@ -432,7 +442,7 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
     reached. The spread between these seeds includes the spread between pretrainings, which the size table's
     seeds (one shared pretraining) leave out."""
     replicated = [r for r in rows if r["part"] == "pretraining-seeds" and not r.get("sk_ratio") and not r["memory"]
-                  and r.get("test_top1") is not None]
+                  and r["head_layers"] == 3 and r.get("head_layer") == 1 and r.get("test_top1") is not None]
     out = {}
     for (width, labels), cell in cells.items():
         own = by_seed([r for r in replicated if r["width"] == width and r["labels"] == labels])
@@ -606,7 +616,15 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
                   "subset):", "", with_labels]
     if any(r["part"] == "head" for r in rows):
         parts += ["", "Head depth (fine-tuning from each layer; in bold the layer chosen on validation, by the mean "
-                  "over seeds):", "", head_table(rows, subsets)]
+                  "over seeds):", "", head_table(head_rows(rows), subsets)]
+    per_seed_head = head_rows(rows, per_seed=True)
+    if per_seed_head:
+        width = per_seed_head[0]["width"]
+        knn = [f"{h} layers: " + _knn_by_seed(rows, f"pretrain-w{width}-h{h}")
+               for h in sorted({r["head_layers"] for r in per_seed_head})]
+        parts += ["", "Head depth, a pretraining per seed (seed s fine-tuned from every layer of a pretraining of "
+                  "seed s; in bold the layer chosen on validation; kNN top-1 after each pretraining: "
+                  + "; ".join(knn) + "):", "", head_table(per_seed_head, subsets)]
     if any(r["part"] == "memory" for r in rows):
         parts += ["", "A memory of negatives in pretraining (width 0.25):", "",
                   memory_table(rows, cells, subsets, demo.pretrain.memory_momentum)]

@@ -13,8 +13,8 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory of ``--memory-size`` negatives;
 ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
-pretraining of seed s; ``--replicate`` adds Selective Kernels or the memory). The last four use the size part's
-recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
+pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory or the head depths). The last four use
+the size part's recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
 (``--distill-alpha``), and the recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per
 configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's initialisation
 and the augmentations.
@@ -327,15 +327,20 @@ class Study:
             for seed in self.args.seeds:
                 self.run(self.classifier_run("finetune", part, pretrained, self.args.grid_labels, seed, recipe, lr))
 
-    def head_depth(self) -> None:
-        recipe, lr = self.chosen("finetune", "size", self.pretraining(self.args.head_width))
+    def head_depth(self, per_seed: bool = False) -> None:
+        """Pretrains ``--head-width`` with each of ``--head-depths`` head layers and fine-tunes from every layer
+        with the width's recorded recipe, at every subset and ``--head-seeds``: one pretraining per depth, or with
+        ``per_seed`` (the pretraining-seeds part) seed s from a pretraining of seed s, seed 0's being this part's."""
+        width = self.args.head_width
+        recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
         for heads in self.args.head_depths:
-            pretrained = self.pretraining(self.args.head_width, heads)
-            self.run(pretrained)
-            for labels in self.args.subsets:
-                for seed in self.args.head_seeds or self.args.seeds:
+            for seed in self.args.head_seeds or self.args.seeds:
+                pretrained = self.pretraining(width, heads, seed=seed if per_seed else 0)
+                self.run(pretrained)
+                part = "pretraining-seeds" if per_seed and seed else "head"
+                for labels in self.args.subsets:
                     for layer in range(heads + 1):
-                        self.run(self.classifier_run("finetune", "head", pretrained, labels, seed, recipe, lr,
+                        self.run(self.classifier_run("finetune", part, pretrained, labels, seed, recipe, lr,
                                                      head_layer=layer))
 
     def memory(self) -> None:
@@ -352,7 +357,8 @@ class Study:
         """Every other part's seeds share one pretraining, so their spread leaves out the pretraining's own. Here
         seed s fine-tunes (chosen recipe, head layer 1) from a pretraining of seed s, at every width, subset and
         seed (``--replicate plain``), and with Selective Kernels (``selective-kernels``) or a memory of negatives
-        (``memory``) at ``--head-width``; seed 0 is the size, Selective Kernels or memory part's run. Paired with the
+        (``memory``) at ``--head-width``; seed 0 is the size, Selective Kernels or memory part's run. ``head``
+        does the head part the same way (every depth, fine-tuned from every layer). Paired with the
         size part's supervised-only runs of the same seed (same label subset), or plain with the variant seed by
         seed, the claims are measured again with the spread between pretrainings in them."""
         for width in self.args.widths if "plain" in self.args.replicate else []:
@@ -361,6 +367,8 @@ class Study:
             self.fine_tune_per_seed(self.args.head_width, "selective-kernels", sk_ratio=self.args.sk_ratio)
         if "memory" in self.args.replicate:
             self.fine_tune_per_seed(self.args.head_width, "memory", memory=self.args.memory_size)
+        if "head" in self.args.replicate:
+            self.head_depth(per_seed=True)
 
     def fine_tune_per_seed(self, width: float, seed_zero_part: str, sk_ratio: float = 0.0, memory: int = 0) -> None:
         """Seed s fine-tuned from a pretraining of seed s, with the width's recorded recipe; seed 0's runs are
@@ -459,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-alpha", type=float, default=0.5,
                         help="distill-labels: the distillation term's weight (the labelled term weighs 1 - alpha)")
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
-    parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels", "memory"), default=["plain"],
+    parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels", "memory", "head"),
+                        default=["plain"],
                         help="what the pretraining-seeds part pretrains once per seed")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
     parser.add_argument("--results", type=Path, default=RESULTS)

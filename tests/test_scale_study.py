@@ -316,12 +316,12 @@ def test_head_depth_compares_each_head_from_the_layer_validation_chose_not_test(
     rows += [run(2, 2, 0, 72.0, 75.0), run(2, 2, 1, 71.5, 77.0)]
     rows += [run(3, j, s, 75.0 + (j == 1), 76.0 + s) for j in range(4) for s in (0, 1)]
     assert scale_report.chosen_head_layers(scale_report.head_rows(rows)) == {(2, "1%"): 2, (3, "1%"): 1}
-    table = scale_report.head_table(rows, ["1%"]).splitlines()
+    table = scale_report.head_table(scale_report.head_rows(rows), ["1%"]).splitlines()
     assert table[2:5] == ["| 2 | 0 | 70.0 ± 0.0 (n=2) |", "| 2 | 1 | 79.0 ± 0.0 (n=2) |",
                           "| 2 | 2 | **76.0 ± 1.4 (n=2)** |"]
     assert table[6] == "| 3 | 1 | **76.5 ± 0.7 (n=2)** |"
     # 3-layer from layer 1 (76, 77) − 2-layer from layer 2 (75, 77), paired by seed: +1, 0
-    assert scale_report._head_depth_claims(rows, ["1%", "10/class"]) == [
+    assert scale_report._head_claims(scale_report.head_rows(rows), ["1%", "10/class"], "") == [
         "| 3-layer head − 2-layer head, each from its layer chosen on validation (1%) ≥ 0 | deeper is better, most "
         "so with few labels (ImageNet) | layer 1 − layer 2: 0.5 ± 0.7 (n=2) | holds (within the seed spread) |"]
     assert scale_report._paired_verdict([1.0, 2.0], True) == "holds"
@@ -526,3 +526,57 @@ def test_a_memory_momentum_other_than_the_base_configs_gets_its_own_runs_and_tab
     rows = [dict(r, test_top1=-1.0) if r.get("memory_momentum") else r for r in rows]  # tell the two apart
     gains = scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")
     assert gains[(0.25, "1%")]["variant"][0] == memory_seed0["1%"]
+
+
+def test_head_depths_can_be_pretrained_once_per_seed_too(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "head", "pretraining-seeds", "--replicate", "plain", "head")
+    pretrained = [name for stage, name in fake.calls if stage == "pretrain"]
+    for heads in (2, 3, 4):  # each depth pretrained once per seed, the 3-layer head's seed 1 shared with "plain"
+        assert pretrained.count(f"pretrain-w0.25-h{heads}-s1") == 1
+        assert fake.configs[f"pretrain-w0.25-h{heads}-s1"].model.head_layers == heads
+        assert fake.configs[f"pretrain-w0.25-h{heads}-s1"].run.seed == 1
+    own = [r for r in rows if r["part"] == "pretraining-seeds" and r["width"] == 0.25]
+    assert {(r["head_layers"], r["head_layer"], r["labels"]) for r in own} == {
+        (h, j, s) for h in (2, 3, 4) for j in range(h + 1) for s in ("10/class", "1%")}
+    for r in own:
+        assert r["seed"] == r["pretrain_seed"] == 1
+        assert Path(fake.configs[r["run"]].finetune.pretrained).name == f"pretrain-w0.25-h{r['head_layers']}-s1"
+        assert fake.configs[r["run"]].finetune.head_layer == r["head_layer"]
+    # seed 0 is the head part's (one pretraining per depth), not run again
+    assert not any(r["part"] == "pretraining-seeds" and r["seed"] == 0 for r in rows)
+    assert pretrained.count("pretrain-w0.25-h2-s0") == 1
+    # the size cells per pretraining seed take the 3-layer head's layer 1 only (scores told apart by head and layer)
+    marked = [dict(r, test_top1=10.0 * r["head_layers"] + r["head_layer"]) if r in own else r for r in rows]
+    _, cells = scale_report.size_table(marked, [0.25, 0.5], ["10/class", "1%"])
+    replicated = scale_report.pretraining_seed_cells(marked, cells)
+    assert replicated[(0.25, "1%")]["fine-tuned"][1] == 31.0
+    per_seed = scale_report.head_rows(rows, per_seed=True)
+    assert {(r["seed"], r.get("pretrain_seed", 0)) for r in per_seed} == {(0, 0), (1, 1)}
+    assert len(per_seed) == 2 * len(own)
+
+
+def test_head_claims_with_a_pretraining_per_seed_pair_each_seed_with_its_own_pretrainings():
+    """Seed 1 from the shared pretraining favours layer 1, from its own pretraining layer 0: the per-seed claims
+    use the own-pretraining runs (seed 0 the head part's), the shared claims the shared runs."""
+    def run(part: str, heads: int, layer: int, seed: int, test: float, **extra) -> dict:
+        return {"part": part, "method": "fine-tuned", "width": 0.25, "recipe": "sgd-0.01", "memory": 0,
+                "head_layers": heads, "labels": "10/class", "head_layer": layer, "seed": seed, "val_top1": 70.0,
+                "test_top1": test, **extra}
+
+    rows = [run("size" if j == 1 else "head", 3, j, s, 70.0 + 2 * (j == 1)) for j in range(4) for s in (0, 1)]
+    assert scale_report.head_rows(rows, per_seed=True) == []  # no pretraining-seeds runs at all
+    # the size claims' own runs (3-layer head, layer 1) alone are no head replication
+    rows.append(run("pretraining-seeds", 3, 1, 1, 60.0, pretrain_seed=1))
+    assert scale_report.head_rows(rows, per_seed=True) == []
+    rows += [run("pretraining-seeds", 3, j, 1, 65.0, pretrain_seed=1) for j in (0, 2, 3)]
+    shared = scale_report._head_claims(scale_report.head_rows(rows), ["10/class"], "")
+    assert shared[0].startswith("| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class) ≥ 0 |")
+    assert "| 2.0 ± 0.0 (n=2) | holds |" in shared[0]
+    per_seed = scale_report._head_claims(scale_report.head_rows(rows, per_seed=True), ["10/class"],
+                                         scale_report.PRETRAINING_PER_SEED)
+    # seed 0: 72 − 70 (head part); seed 1: 60 − 65 (its own pretraining)
+    assert per_seed[0].startswith("| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class; a "
+                                  "pretraining per seed) ≥ 0 |")
+    assert "| -1.5 ± 4.9 (n=2) | **does not hold** (within the seed spread) |" in per_seed[0]
+    text, *_ = scale_report.report(rows)
+    assert "Head depth, a pretraining per seed" in text
