@@ -273,8 +273,9 @@ def memory_table(rows: list[dict], cells: dict, subsets: list[str], base_momentu
     """Fine-tuned test top-1 with and without a memory of negatives in pretraining, paired by seed, per memory size
     and EMA momentum (rows without ``memory_momentum`` ran the base config's)."""
     memory = [r for r in rows if r["part"] == "memory"]
-    lines = ["| labels | negatives in memory | EMA momentum | fine-tuned, with memory | without (same width) | "
-             "with − without (paired) |", "|---|---|---|---|---|---|"]
+    knn = {r["run"]: r.get("knn_val") for r in rows if r["method"] == "pretraining"}
+    lines = ["| labels | negatives in memory | EMA momentum | kNN after pretraining, with / without | fine-tuned, "
+             "with memory | without (same width) | with − without (paired) |", "|---|---|---|---|---|---|---|"]
     settings = sorted({(r["memory"], r.get("memory_momentum", base_momentum)) for r in memory})
     for labels in subsets:
         for size, momentum in settings:
@@ -282,8 +283,12 @@ def memory_table(rows: list[dict], cells: dict, subsets: list[str], base_momentu
                     and r.get("memory_momentum", base_momentum) == momentum]
             if not runs or (runs[0]["width"], labels) not in cells:
                 continue
-            with_memory, without = by_seed(runs), cells[(runs[0]["width"], labels)]["fine-tuned"]
-            lines.append(f"| {labels} | {size} | {momentum:g} | {mean_sd(list(with_memory.values()))} | "
+            width = runs[0]["width"]
+            # the memory part's runs fine-tune its seed-0 pretraining, named as scale_study names it
+            name = f"pretrain-w{width}-h3-mem{size}" + ("" if momentum == base_momentum else f"-m{momentum:g}")
+            knn_pair = f"{_one_decimal(knn.get(name + '-s0'))} / {_one_decimal(knn.get(f'pretrain-w{width}-h3-s0'))}"
+            with_memory, without = by_seed(runs), cells[(width, labels)]["fine-tuned"]
+            lines.append(f"| {labels} | {size} | {momentum:g} | {knn_pair} | {mean_sd(list(with_memory.values()))} | "
                          f"{mean_sd(list(without.values()))} | {mean_sd(paired(with_memory, without))} |")
     return "\n".join(lines)
 
@@ -454,11 +459,17 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
 
 
 def _sk_pretraining(rows: list[dict], width: float) -> str:
-    return f"pretrain-w{width}-h3-sk{next(r['sk_ratio'] for r in rows if r.get('sk_ratio')):g}"
+    ratio = next(r["sk_ratio"] for r in rows if r.get("sk_ratio") and r["part"] == "pretraining-seeds")
+    return f"pretrain-w{width}-h3-sk{ratio:g}"
 
 
 def _memory_pretraining(rows: list[dict], width: float) -> str:
-    return f"pretrain-w{width}-h3-mem{next(r['memory'] for r in rows if r.get('memory'))}"
+    size = next(r["memory"] for r in rows if r.get("memory") and r["part"] == "pretraining-seeds")
+    return f"pretrain-w{width}-h3-mem{size}"
+
+
+def _variant_setting(row: dict) -> tuple:
+    return row.get("memory"), row.get("sk_ratio")
 
 
 # the pretraining-seeds part's variants of the plain encoder, by the part whose runs are their seed 0: a name, the
@@ -473,8 +484,11 @@ def pretraining_seed_variant_gains(rows: list[dict], replicated: dict, part: str
     the variant's part), the plain encoder's from a pretraining per seed, and the difference paired by seed,
     where both were replicated."""
     is_variant = VARIANTS[part][1]
-    runs = [r for r in rows if is_variant(r) and r["method"] == "fine-tuned" and r.get("test_top1") is not None
-            and (r["part"] == "pretraining-seeds" or (r["part"] == part and r["seed"] == 0))]
+    variant = [r for r in rows if is_variant(r) and r["method"] == "fine-tuned" and r.get("test_top1") is not None]
+    # seed 0 from the variant's part at the replicated setting (that part may also hold other memory sizes)
+    replicated_settings = {_variant_setting(r) for r in variant if r["part"] == "pretraining-seeds"}
+    runs = [r for r in variant if r["part"] == "pretraining-seeds"
+            or (r["part"] == part and r["seed"] == 0 and _variant_setting(r) in replicated_settings)]
     out = {}
     for (width, labels), cell in replicated.items():
         own = by_seed([r for r in runs if r["width"] == width and r["labels"] == labels])

@@ -580,3 +580,23 @@ def test_head_claims_with_a_pretraining_per_seed_pair_each_seed_with_its_own_pre
     assert "| -1.5 ± 4.9 (n=2) | **does not hold** (within the seed spread) |" in per_seed[0]
     text, *_ = scale_report.report(rows)
     assert "Head depth, a pretraining per seed" in text
+
+
+def test_the_memory_table_shows_each_pretrainings_knn_and_another_size_stays_out_of_the_per_seed_variant(fake,
+                                                                                                        tmp_path):
+    _study(tmp_path, "--parts", "size", "memory", "pretraining-seeds", "--replicate", "plain", "memory")
+    rows = _study(tmp_path, "--parts", "memory", "--memory-size", "1024")
+    knn = {"pretrain-w0.25-h3-s0": 75.0, "pretrain-w0.25-h3-mem4096-s0": 72.0, "pretrain-w0.25-h3-mem1024-s0": 74.0}
+    rows = [dict(r, knn_val=knn.get(r["run"], r.get("knn_val"))) for r in rows]
+    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
+    table = scale_report.memory_table(rows, cells, ["10/class", "1%"], 0.999).splitlines()
+    assert [line.split(" | ")[1:4] for line in table[2:4]] == [["1024", "0.999", "74.0 / 75.0"],
+                                                               ["4096", "0.999", "72.0 / 75.0"]]
+    # seed 0 of the per-seed memory variant is the 4096 memory's run, which was replicated, not the 1024 one's
+    rows = [dict(r, test_top1=-1.0) if r["memory"] == 1024 else r for r in rows]
+    replicated = scale_report.pretraining_seed_cells(rows, cells)
+    gains = scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")
+    seed0 = next(r["test_top1"] for r in rows if r["part"] == "memory" and r["memory"] == 4096 and r["seed"] == 0
+                 and r["labels"] == "1%")
+    assert gains[(0.25, "1%")]["variant"][0] == seed0
+    assert "width 0.25: " in scale_report.pretraining_seed_table(rows, replicated)
