@@ -103,6 +103,10 @@ def self_distillation_gain(students: list[dict], fine_tuned: dict[int, float]) -
     return gains
 
 
+# parts whose fine-tuned runs match the size table's facts but come from another pretraining recipe
+OTHER_PRETRAINING_PARTS = ("temperature", "pretrain-epochs")
+
+
 def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tuple[str, dict]:
     """Test top-1 per width and subset for each method, and fine-tuned − supervised paired by seed."""
     lines = ["| width (encoder params) | labels | supervised | fine-tuned (layer 1) | self-distilled | "
@@ -110,7 +114,8 @@ def size_table(rows: list[dict], widths: list[float], subsets: list[str]) -> tup
     cells: dict = {}
     chosen = chosen_recipes(rows)
     # the plain encoder's cells, from seed 0's pretraining; Selective Kernels and other pretrainings get their own
-    rows = [r for r in rows if not r.get("sk_ratio") and not r.get("pretrain_seed")]
+    rows = [r for r in rows if not r.get("sk_ratio") and not r.get("pretrain_seed")
+            and r["part"] not in OTHER_PRETRAINING_PARTS]
     for width in widths:
         for labels in subsets:
             common = {"width": width, "labels": labels, "head_layers": 3, "memory": 0, "head_layer": 1}
@@ -402,6 +407,8 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     out += _selective_kernels_claims(rows, cells, subsets)
     sk = pretraining_seed_variant_gains(rows, replicated, "selective-kernels")
     out += _sk_claim_rows({key: cell["gain"] for key, cell in sk.items()}, subsets, PRETRAINING_PER_SEED)
+    for epochs, longer in pretraining_length_cells(rows, cells).items():
+        out += _size_claims(longer, widths, subsets, f"; pretrained {epochs} epochs")
     return out
 
 
@@ -528,6 +535,42 @@ def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
     return text
 
 
+def pretraining_length_cells(rows: list[dict], cells: dict) -> dict[int, dict]:
+    """Pretraining epochs -> the size cells again with every fine-tuned run from a pretraining that long (the
+    ``pretrain-epochs`` part: seed 0's pretraining, the recipes chosen at the size table's length), paired with
+    the same supervised-only runs; ``shorter`` holds the size table's fine-tuned runs."""
+    longer = [r for r in rows if r["part"] == "pretrain-epochs" and r["method"] == "fine-tuned"
+              and r.get("test_top1") is not None]
+    out: dict[int, dict] = {}
+    for epochs in sorted({r["pretrain_epochs"] for r in longer}):
+        for (width, labels), cell in cells.items():
+            tuned = by_seed([r for r in longer if r["pretrain_epochs"] == epochs and r["width"] == width
+                             and r["labels"] == labels])
+            if tuned:
+                out.setdefault(epochs, {})[(width, labels)] = {
+                    "supervised": cell["supervised"], "fine-tuned": tuned, "shorter": cell["fine-tuned"],
+                    "gain": paired(tuned, cell["supervised"])}
+    return out
+
+
+def pretraining_length_table(rows: list[dict], by_length: dict[int, dict]) -> str:
+    """Fine-tuned test top-1 from each width's longer pretraining against its size-table pretraining, with the kNN
+    of both and the gain over supervised only, all paired by seed."""
+    knn = {r["run"]: r.get("knn_val") for r in rows if r["method"] == "pretraining"}
+    base = next(r["pretrain_epochs"] for r in rows if r["part"] == "size")
+    lines = [f"| width | labels | epochs | kNN, {base} epochs / longer | fine-tuned, {base} epochs | fine-tuned, "
+             f"longer | longer − {base} epochs (paired) | fine-tuned − supervised, longer (paired) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for epochs, cells in by_length.items():
+        for (width, labels), cell in cells.items():
+            knn_pair = (f"{_one_decimal(knn.get(f'pretrain-w{width}-h3-s0'))} / "
+                        f"{_one_decimal(knn.get(f'pretrain-w{width}-h3-e{epochs}-s0'))}")
+            lines.append(f"| {width:g} | {labels} | {epochs} | {knn_pair} | {mean_sd(list(cell['shorter'].values()))} "
+                         f"| {mean_sd(list(cell['fine-tuned'].values()))} | "
+                         f"{mean_sd(paired(cell['fine-tuned'], cell['shorter']))} | {mean_sd(cell['gain'])} |")
+    return "\n".join(lines)
+
+
 def _knn_by_seed(rows: list[dict], prefix: str) -> str:
     """The kNN top-1 of the pretrainings named ``prefix``-s<seed> (other parts' pretrainings of a width name what
     they change, so they do not match), by seed."""
@@ -611,7 +654,7 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     size_rows = [r for r in rows if r["part"] in ("size", "recipe")]
     widths = sorted({r["width"] for r in size_rows})
     subsets = [s for s in ("10/class", "1%", "10%") if any(r.get("labels") == s for r in size_rows)]
-    table, cells = size_table([r for r in rows if r["part"] != "temperature"], widths, subsets)
+    table, cells = size_table(rows, widths, subsets)
     claims = claim(rows, cells, widths, subsets)
     parts = ["Test top-1 (%), mean ± sd over seeds; each cell's seeds share one pretraining and differ in label "
              "subset, initialisation and augmentation. Differences are paired by seed.", "", table, ""]
@@ -650,6 +693,10 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     if replicated:
         parts += ["", "A pretraining per seed (seed s fine-tuned from a pretraining of seed s; the same "
                   "supervised-only runs and recipes):", "", pretraining_seed_table(rows, replicated)]
+    by_length = pretraining_length_cells(rows, cells)
+    if by_length:
+        parts += ["", "A longer pretraining (seed 0's, fine-tuned with the recipes chosen at the table's length; "
+                  "the same supervised-only runs):", "", pretraining_length_table(rows, by_length)]
     temperatures, best = temperature_table(rows, demo.pretrain.temperature)
     if temperatures:
         parts += ["", "Pretraining temperature, fine-tuned with the recipe chosen at the demo's τ (chosen on "

@@ -15,9 +15,9 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
 pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory or the head depths). The last four use
 the size part's recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
-(``--distill-alpha``), and the recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per
-configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's initialisation
-and the augmentations.
+(``--distill-alpha``), ``pretrain-epochs`` pretrains each width for ``--long-pretrain-epochs`` instead, and the
+recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0)
+serves every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
 PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels", "pretraining-seeds")
 # recipe choices made with the study's pretraining: the shipped distillation recipe against two candidates, and
-# pretraining's NT-Xent temperature; and self-distillation with the labelled term (distill.alpha < 1)
-EXTRA_PARTS = ("distill-recipes", "temperature", "distill-labels")
+# pretraining's NT-Xent temperature; self-distillation with the labelled term (distill.alpha < 1); and a longer
+# pretraining than --pretrain-epochs
+EXTRA_PARTS = ("distill-recipes", "temperature", "distill-labels", "pretrain-epochs")
 
 # Candidates per stage: the same number for both, centred on the shipped width-0.25 recipe (SGD, no scaling).
 FINETUNE_GRID = {"sgd-0.003": 0.003, "sgd-0.01": 0.01, "sgd-0.03": 0.03}
@@ -108,19 +109,22 @@ class Study:
 
     def pretraining(self, width: float, head_layers: int = 3, memory: int = 0,
                     temperature: float | None = None, sk_ratio: float = 0.0, seed: int = 0,
-                    memory_momentum: float | None = None) -> Run:
+                    memory_momentum: float | None = None, epochs: int | None = None) -> Run:
         """A pretraining (seed 0 serves every part but ``pretraining-seeds``); ``temperature`` and the memory's
-        ``memory_momentum`` other than the base config's, and Selective Kernels (``sk_ratio`` > 0), name their own
-        runs."""
+        ``memory_momentum`` other than the base config's, Selective Kernels (``sk_ratio`` > 0) and ``epochs``
+        other than ``--pretrain-epochs`` name their own runs."""
+        epochs = self.args.pretrain_epochs if epochs is None else epochs
         c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers, sk_ratio=sk_ratio)
-        c = self.with_(c, "pretrain", epochs=self.args.pretrain_epochs, memory_size=memory)
+        c = self.with_(c, "pretrain", epochs=epochs, memory_size=memory)
         c = self.with_(c, "run", seed=seed)
         name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "")
         if temperature is not None and temperature != self.base.pretrain.temperature:
             c = self.with_(c, "pretrain", temperature=temperature)
             name += f"-t{temperature}"
+        if epochs != self.args.pretrain_epochs:
+            name += f"-e{epochs}"
         facts = {"width": width, "head_layers": head_layers, "memory": memory, "method": "pretraining",
-                 "pretrain_epochs": self.args.pretrain_epochs, "seed": seed,
+                 "pretrain_epochs": epochs, "seed": seed,
                  "pretrain_temperature": c.pretrain.temperature}
         if memory and memory_momentum is not None and memory_momentum != self.base.pretrain.memory_momentum:
             c = self.with_(c, "pretrain", memory_momentum=memory_momentum)
@@ -147,7 +151,7 @@ class Study:
         method = "fine-tuned" if stage == "finetune" else "supervised"
         facts = {"width": width, "head_layers": heads, "memory": memory, "method": method, "labels": labels,
                  "seed": seed, "recipe": recipe, "head_layer": head_layer,
-                 "pretrain_epochs": self.args.pretrain_epochs,
+                 "pretrain_epochs": pretrained.facts["pretrain_epochs"],
                  "pretrain_temperature": pretrained.facts["pretrain_temperature"]}
         for optional in ("sk_ratio", "memory_momentum"):
             if optional in pretrained.facts:
@@ -255,22 +259,13 @@ class Study:
             for _, teacher in teachers:
                 for epochs in self.args.distill_epochs:
                     self.run(self.distillation("distill", teacher, epochs))
-        if "big-to-small" in parts:
-            self.big_to_small()
-        if "head" in parts:
-            self.head_depth()
-        if "memory" in parts:
-            self.memory()
-        if "selective-kernels" in parts:
-            self.selective_kernels()
-        if "pretraining-seeds" in parts:
-            self.pretraining_seeds()
-        if "distill-recipes" in parts:
-            self.distill_recipes()
-        if "temperature" in parts:
-            self.temperature()
-        if "distill-labels" in parts:
-            self.distill_labels()
+        later = {"big-to-small": self.big_to_small, "head": self.head_depth, "memory": self.memory,
+                 "selective-kernels": self.selective_kernels, "pretraining-seeds": self.pretraining_seeds,
+                 "distill-recipes": self.distill_recipes, "temperature": self.temperature,
+                 "distill-labels": self.distill_labels, "pretrain-epochs": self.pretraining_length}
+        for part, make in later.items():  # in this order
+            if part in parts:
+                make()
 
     def big_to_small(self) -> None:
         """The best large teacher, self-distilled first as the paper does, distilled into a width-0.25 student
@@ -326,6 +321,15 @@ class Study:
             part = "size" if pretrained.name == base.name else "temperature"  # the base runs are the size part's
             for seed in self.args.seeds:
                 self.run(self.classifier_run("finetune", part, pretrained, self.args.grid_labels, seed, recipe, lr))
+
+    def pretraining_length(self) -> None:
+        """Pretrains each width for each of ``--long-pretrain-epochs`` and fine-tunes it (head layer 1) with the
+        width's recipe, chosen at ``--pretrain-epochs``, at every subset and seed: paired with the size part's
+        runs, it says whether the gain of pretraining, and its growth with width, change with a longer
+        pretraining (the size findings name its length as their limit)."""
+        for width in self.args.widths:
+            for epochs in self.args.long_pretrain_epochs:
+                self.fine_tune_variant("pretrain-epochs", self.pretraining(width, epochs=epochs))
 
     def head_depth(self, per_seed: bool = False) -> None:
         """Pretrains ``--head-width`` with each of ``--head-depths`` head layers and fine-tunes from every layer
@@ -456,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subsets", nargs="+", default=["10/class", "1%"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--pretrain-epochs", type=int, default=2)
+    parser.add_argument("--long-pretrain-epochs", type=int, nargs="+", default=[5],
+                        help="pretrain-epochs: the longer pretrainings, fine-tuned with the recipes chosen at "
+                        "--pretrain-epochs")
     parser.add_argument("--grid-labels", default="1%", help="the label subset recipes are chosen on")
     parser.add_argument("--distill-epochs", type=int, nargs="+", default=[DISTILL_EPOCHS])
     parser.add_argument("--head-width", type=float, default=0.25)

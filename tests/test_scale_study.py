@@ -600,3 +600,35 @@ def test_the_memory_table_shows_each_pretrainings_knn_and_another_size_stays_out
                  and r["labels"] == "1%")
     assert gains[(0.25, "1%")]["variant"][0] == seed0
     assert "width 0.25: " in scale_report.pretraining_seed_table(rows, replicated)
+
+
+def test_a_longer_pretraining_gets_its_own_runs_the_recorded_recipes_and_stays_out_of_the_size_table(fake, tmp_path):
+    _study(tmp_path, "--parts", "size")
+    before = len(fake.calls)
+    rows = _study(tmp_path, "--parts", "pretrain-epochs", "--long-pretrain-epochs", "5")
+    made = fake.calls[before:]
+    pretrained = [name for stage, name in made if stage == "pretrain"]
+    assert pretrained == ["pretrain-w0.25-h3-e5-s0", "pretrain-w0.5-h3-e5-s0"]
+    assert fake.configs["pretrain-w0.25-h3-e5-s0"].pretrain.epochs == 5
+    assert not any(stage == "supervised" for stage, _ in made)  # the size part's supervised runs are the pairs
+    longer = [r for r in rows if r["part"] == "pretrain-epochs"]
+    assert {(r["width"], r["labels"], r["seed"]) for r in longer} == {
+        (w, s, seed) for w in (0.25, 0.5) for s in ("10/class", "1%") for seed in (0, 1)}
+    for r in longer:  # the recipe recorded at 2 epochs, fine-tuned from the 5-epoch pretraining
+        assert r["pretrain_epochs"] == 5 and r["recipe"] == "sgd-0.01"
+        assert Path(fake.configs[r["run"]].finetune.pretrained).name == f"pretrain-w{r['width']}-h3-e5-s0"
+    # scores told apart: the size table keeps the 2-epoch runs, the longer table pairs both with supervised
+    rows = [dict(r, test_top1=r["test_top1"] + 10) if r in longer else r for r in rows]
+    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
+    size_run = next(r for r in rows if r["run"] == "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s0")
+    assert cells[(0.25, "1%")]["fine-tuned"][0] == size_run["test_top1"]
+    by_length = scale_report.pretraining_length_cells(rows, cells)
+    assert list(by_length) == [5]
+    cell = by_length[5][(0.25, "1%")]
+    assert cell["fine-tuned"][0] == size_run["test_top1"] + 10
+    assert cell["gain"] == scale_report.paired(cell["fine-tuned"], cells[(0.25, "1%")]["supervised"])
+    table = scale_report.pretraining_length_table(rows, by_length).splitlines()
+    assert table[0].startswith("| width | labels | epochs | kNN, 2 epochs / longer |")
+    assert " | 10.0 ± 0.0 (n=2) | " in table[3]  # longer − 2 epochs, paired by seed
+    claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
+    assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs)" in c for c in claims)
