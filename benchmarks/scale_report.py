@@ -475,7 +475,8 @@ def _memory_pretraining(rows: list[dict], width: float) -> str:
     return f"pretrain-w{width}-h3-mem{size}"
 
 
-def _variant_setting(row: dict) -> tuple:
+def _variant_setting(row: dict) -> tuple[int | None, float | None]:
+    """What tells one variant's runs from another's of the same part: memory size and Selective Kernels' ratio."""
     return row.get("memory"), row.get("sk_ratio")
 
 
