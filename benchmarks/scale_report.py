@@ -309,12 +309,11 @@ def selective_kernels_table(rows: list[dict], cells: dict, subsets: list[str]) -
                         "|---|---|---|---|---|---|"]
     for width in sorted({r["width"] for r in sk}):
         of_width = [r for r in sk if r["width"] == width]
-        knn = {bool(r.get("sk_ratio")): r.get("knn_val") for r in rows if r["method"] == "pretraining"
-               and r["seed"] == 0 and r["width"] == width and r["head_layers"] == 3 and not r["memory"]
-               and r.get("pretrain_temperature") in (None, of_width[0]["pretrain_temperature"])}
-        sizes.append(f"Width {width:g}: {encoder_params(width, of_width[0]['sk_ratio']):.2f} M encoder parameters with "
-                     f"Selective Kernels (kNN {_one_decimal(knn.get(True))} after pretraining), "
-                     f"{encoder_params(width):.2f} M without (kNN {_one_decimal(knn.get(False))}).")
+        ratio = of_width[0]["sk_ratio"]
+        with_sk, plain = (_knn_of(rows, f"pretrain-w{width}-h3{sk}-s0") for sk in (f"-sk{ratio:g}", ""))
+        sizes.append(f"Width {width:g}: {encoder_params(width, ratio):.2f} M encoder parameters with "
+                     f"Selective Kernels (kNN {_one_decimal(with_sk)} after pretraining), "
+                     f"{encoder_params(width):.2f} M without (kNN {_one_decimal(plain)}).")
         for labels in subsets:
             for method in ("fine-tuned", "supervised"):
                 with_sk = by_seed(of_width, labels=labels, method=method)
@@ -323,6 +322,11 @@ def selective_kernels_table(rows: list[dict], cells: dict, subsets: list[str]) -
                     lines.append(f"| {width:g} | {labels} | {method} | {mean_sd(list(with_sk.values()))} | "
                                  f"{mean_sd(list(plain.values()))} | {mean_sd(paired(with_sk, plain))} |")
     return "\n".join(sizes + [""] + lines)
+
+
+def _knn_of(rows: list[dict], pretraining: str) -> float | None:
+    """The validation kNN of the pretraining run named ``pretraining`` (as scale_study names it), if recorded."""
+    return next((r.get("knn_val") for r in rows if r["run"] == pretraining), None)
 
 
 def _one_decimal(value: float | None) -> str:
@@ -359,16 +363,16 @@ def temperature_table(rows: list[dict], base_temperature: float) -> tuple[str, f
     like = {k: swept[0][k] for k in ("width", "labels", "recipe", "head_layers", "memory", "head_layer")}
     finetuned = [r for r in rows if r["part"] in ("temperature", "size") and r["method"] == "fine-tuned"
                  and all(r.get(k) == v for k, v in like.items())]
-    pretraining = [r for r in rows if r["method"] == "pretraining" and r["seed"] == 0 and r["width"] == like["width"]
-                   and r["head_layers"] == like["head_layers"] and not r["memory"]]
     lines = [f"| NT-Xent τ | kNN top-1 after pretraining | fine-tuned validation top-1 ({like['labels']}) | test |",
              "|---|---|---|---|"]
     means = {}
     for tau in sorted({r.get("pretrain_temperature", base_temperature) for r in finetuned}):
         runs = [r for r in finetuned if r.get("pretrain_temperature", base_temperature) == tau]
-        knn = [r["knn_val"] for r in pretraining if r.get("pretrain_temperature", base_temperature) == tau]
+        # seed 0's pretraining at τ, named as scale_study names it
+        knn = _knn_of(rows, f"pretrain-w{like['width']}-h{like['head_layers']}"
+                      + ("" if tau == base_temperature else f"-t{tau}") + "-s0")
         means[tau] = statistics.fmean(r["val_top1"] for r in runs)
-        lines.append(f"| {tau:g} | {knn[0] if knn else '–'} | {mean_sd([r['val_top1'] for r in runs])} | "
+        lines.append(f"| {tau:g} | {'–' if knn is None else knn} | {mean_sd([r['val_top1'] for r in runs])} | "
                      f"{mean_sd([r['test_top1'] for r in runs])} |")
     return "\n".join(lines), max(means, key=means.get)
 

@@ -632,3 +632,22 @@ def test_a_longer_pretraining_gets_its_own_runs_the_recorded_recipes_and_stays_o
     assert " | 10.0 ± 0.0 (n=2) | " in table[3]  # longer − 2 epochs, paired by seed
     claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
     assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs)" in c for c in claims)
+
+
+def test_the_kNN_beside_selective_kernels_and_temperatures_is_that_of_the_named_pretraining_not_a_longer_one():
+    pretrainings = {"pretrain-w0.25-h3-s0": 75.0, "pretrain-w0.25-h3-sk0.0625-s0": 77.0,
+                    "pretrain-w0.25-h3-t0.1-s0": 74.0, "pretrain-w0.25-h3-e5-s0": 99.0}
+    rows = [{"part": "", "run": name, "method": "pretraining", "width": 0.25, "head_layers": 3, "memory": 0, "seed": 0,
+             "pretrain_temperature": 0.1 if "-t0.1" in name else 0.2, "pretrain_epochs": 5 if "-e5" in name else 2,
+             "knn_val": knn, **({"sk_ratio": 0.0625} if "sk" in name else {})} for name, knn in pretrainings.items()]
+    rows.insert(0, rows.pop())  # the longer pretraining first, where a search by facts would find it
+    common = {"method": "fine-tuned", "width": 0.25, "labels": "1%", "recipe": "sgd-0.01", "head_layers": 3,
+              "memory": 0, "head_layer": 1, "seed": 0, "val_top1": 80.0, "test_top1": 80.0}
+    rows += [{"part": "selective-kernels", "run": "sk", "sk_ratio": 0.0625, "pretrain_temperature": 0.2, **common},
+             {"part": "size", "run": "plain", "pretrain_temperature": 0.2, **common},
+             {"part": "temperature", "run": "t0.1", "pretrain_temperature": 0.1, **common}]
+    cells = {(0.25, "1%"): {"fine-tuned": {0: 80.0}, "supervised": {0: 79.0}}}
+    table = scale_report.selective_kernels_table(rows, cells, ["1%"])
+    assert "Selective Kernels (kNN 77.0 after pretraining), 0.70 M without (kNN 75.0)." in table
+    temperatures, _ = scale_report.temperature_table(rows, 0.2)
+    assert [line.split(" | ")[:2] for line in temperatures.splitlines()[2:]] == [["| 0.1", "74.0"], ["| 0.2", "75.0"]]
