@@ -278,7 +278,6 @@ def memory_table(rows: list[dict], cells: dict, subsets: list[str], base_momentu
     """Fine-tuned test top-1 with and without a memory of negatives in pretraining, paired by seed, per memory size
     and EMA momentum (rows without ``memory_momentum`` ran the base config's)."""
     memory = [r for r in rows if r["part"] == "memory"]
-    knn = {r["run"]: r.get("knn_val") for r in rows if r["method"] == "pretraining"}
     lines = ["| labels | negatives in memory | EMA momentum | kNN after pretraining, with / without | fine-tuned, "
              "with memory | without (same width) | with − without (paired) |", "|---|---|---|---|---|---|---|"]
     settings = sorted({(r["memory"], r.get("memory_momentum", base_momentum)) for r in memory})
@@ -291,7 +290,7 @@ def memory_table(rows: list[dict], cells: dict, subsets: list[str], base_momentu
             width = runs[0]["width"]
             # the memory part's runs fine-tune its seed-0 pretraining, named as scale_study names it
             name = f"pretrain-w{width}-h3-mem{size}" + ("" if momentum == base_momentum else f"-m{momentum:g}")
-            knn_pair = f"{_one_decimal(knn.get(name + '-s0'))} / {_one_decimal(knn.get(f'pretrain-w{width}-h3-s0'))}"
+            knn_pair = _knn_pair(rows, f"{name}-s0", f"pretrain-w{width}-h3-s0")
             with_memory, without = by_seed(runs), cells[(width, labels)]["fine-tuned"]
             lines.append(f"| {labels} | {size} | {momentum:g} | {knn_pair} | {mean_sd(list(with_memory.values()))} | "
                          f"{mean_sd(list(without.values()))} | {mean_sd(paired(with_memory, without))} |")
@@ -327,6 +326,11 @@ def selective_kernels_table(rows: list[dict], cells: dict, subsets: list[str]) -
 def _knn_of(rows: list[dict], pretraining: str) -> float | None:
     """The validation kNN of the pretraining run named ``pretraining`` (as scale_study names it), if recorded."""
     return next((r.get("knn_val") for r in rows if r["run"] == pretraining), None)
+
+
+def _knn_pair(rows: list[dict], first: str, second: str) -> str:
+    """"a / b": the kNN of two named pretrainings, side by side in one table cell."""
+    return f"{_one_decimal(_knn_of(rows, first))} / {_one_decimal(_knn_of(rows, second))}"
 
 
 def _one_decimal(value: float | None) -> str:
@@ -561,15 +565,13 @@ def pretraining_length_cells(rows: list[dict], cells: dict) -> dict[int, dict]:
 def pretraining_length_table(rows: list[dict], by_length: dict[int, dict]) -> str:
     """Fine-tuned test top-1 from each width's longer pretraining against its size-table pretraining, with the kNN
     of both and the gain over supervised only, all paired by seed."""
-    knn = {r["run"]: r.get("knn_val") for r in rows if r["method"] == "pretraining"}
     base = next(r["pretrain_epochs"] for r in rows if r["part"] == "size")
     lines = [f"| width | labels | epochs | kNN, {base} epochs / longer | fine-tuned, {base} epochs | fine-tuned, "
              f"longer | longer − {base} epochs (paired) | fine-tuned − supervised, longer (paired) |",
              "|---|---|---|---|---|---|---|---|"]
     for epochs, cells in by_length.items():
         for (width, labels), cell in cells.items():
-            knn_pair = (f"{_one_decimal(knn.get(f'pretrain-w{width}-h3-s0'))} / "
-                        f"{_one_decimal(knn.get(f'pretrain-w{width}-h3-e{epochs}-s0'))}")
+            knn_pair = _knn_pair(rows, f"pretrain-w{width}-h3-s0", f"pretrain-w{width}-h3-e{epochs}-s0")
             lines.append(f"| {width:g} | {labels} | {epochs} | {knn_pair} | {mean_sd(list(cell['shorter'].values()))} "
                          f"| {mean_sd(list(cell['fine-tuned'].values()))} | "
                          f"{mean_sd(paired(cell['fine-tuned'], cell['shorter']))} | {mean_sd(cell['gain'])} |")
