@@ -1,14 +1,16 @@
-"""A/B of Selective Kernels' stream mix within one process: the package's hand-written backward against autograd's.
+"""A/B of Selective Kernels' stream mix within one process: the package's compiled mix, its PyTorch formulation with
+a hand-written backward, and autograd's.
 
     python benchmarks/sk_mix_ab.py --width 0.25 1 --precision bf16 fp32 --pairs 4
 
 Times one pretraining step of the encoder (forward and backward, as ``step_profile.py`` does) of a CIFAR-stem
 ResNet-18 with Selective Kernels (ratio 0.0625) on ``--batch`` pairs of 28 px images, channels_last, with the
-compiled kernels on. The "autograd" path is the plain formulation (split the streams into two chunks, mean of
-their sum, multiply and add), whose backward autograd derives; the "package" path is
-:class:`simclrv2.models.SelectiveKernelConv` as shipped. Each pair runs both, A B then B A; the line gives each
-path's median seconds and the median and range of the paired ratios (autograd's time over the package's: above 1
-means the package's is faster). Needs an otherwise idle machine.
+compiled kernels on. The "package" path is :class:`simclrv2.models.SelectiveKernelConv` as shipped (the mix by
+``kernels/sk_mix.cpp``); "pytorch-mix" the same module with ``selective_kernel.COMPILED_MIX`` off (the mix as PyTorch
+ops, its backward written by hand); "autograd" the plain formulation (split the streams into two chunks, mean of
+their sum, multiply and add), whose backward autograd derives. Each round runs every path, in turn forwards and
+backwards; the line gives each path's median seconds and the median and range of the paired ratios of each other
+path's time over the package's (above 1: the package's is faster). Needs an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from simclrv2.models import SelectiveKernelConv, resnet
+from simclrv2.models import SelectiveKernelConv, resnet, selective_kernel
 from simclrv2.models.bn_relu import batch_norm_relu
 from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.provenance import cpu_kind
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from ab_rounds import median_seconds, paired_ratio, rotated_rounds  # noqa: E402
 from step_profile import encoder_step  # noqa: E402
 
-PATHS = ("package", "autograd")
+PATHS = ("package", "pytorch-mix", "autograd")
 _PACKAGE_FORWARD = SelectiveKernelConv.forward
 
 
@@ -47,7 +49,8 @@ def autograd_forward(self: SelectiveKernelConv, x: Tensor) -> Tensor:
 
 def interleaved(model: torch.nn.Module, images: Tensor, precision: str, pairs: int) -> dict[str, list[float]]:
     def timed(name: str) -> float:
-        SelectiveKernelConv.forward = _PACKAGE_FORWARD if name == "package" else autograd_forward
+        SelectiveKernelConv.forward = autograd_forward if name == "autograd" else _PACKAGE_FORWARD
+        selective_kernel.COMPILED_MIX = name == "package"
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
         encoder_step(model, images, precision)
@@ -57,6 +60,7 @@ def interleaved(model: torch.nn.Module, images: Tensor, precision: str, pairs: i
         return rotated_rounds(PATHS, timed, pairs)
     finally:
         SelectiveKernelConv.forward = _PACKAGE_FORWARD
+        selective_kernel.COMPILED_MIX = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"bench": "sk_mix_ab", "width": width, "sk_ratio": 0.0625, "precision": precision,
                               "batch": args.batch, "pairs": args.pairs, "fused_kernels": fused,
                               **median_seconds(seconds),
-                              "autograd_over_package": paired_ratio(seconds["autograd"], seconds["package"]),
+                              **{f"{name.replace('-', '_')}_over_package": paired_ratio(seconds[name],
+                                                                                        seconds["package"])
+                                 for name in PATHS[1:]},
                               "seconds": {name: [round(s, 4) for s in t] for name, t in seconds.items()},
                               **cpu_kind(), "torch": torch.__version__, "threads": torch.get_num_threads()}),
                   flush=True)

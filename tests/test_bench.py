@@ -497,10 +497,11 @@ sk_mix_ab = importlib.util.module_from_spec(_sk_ab_spec)
 _sk_ab_spec.loader.exec_module(sk_mix_ab)
 
 
-def test_sk_mix_ab_times_the_same_gradients_on_both_paths_and_restores_the_package(capsys):
-    """The autograd path is the same function as the package's (same output and gradients), so the ratio compares
-    two ways of doing one thing; the paths alternate and the package's forward is back afterwards."""
-    from simclrv2.models import SelectiveKernelConv
+def test_sk_mix_ab_times_the_same_gradients_on_every_path_and_restores_the_package(capsys):
+    """The autograd path is the same function as the package's (same output and gradients), so the ratios compare
+    ways of doing one thing; the paths alternate (the compiled mix on for the package's alone) and the package's
+    forward and its compiled mix are back afterwards."""
+    from simclrv2.models import SelectiveKernelConv, selective_kernel
 
     torch.manual_seed(0)
     sk = SelectiveKernelConv(4, 6, 2, 0.0625).double()
@@ -519,13 +520,18 @@ def test_sk_mix_ab_times_the_same_gradients_on_both_paths_and_restores_the_packa
     package = SelectiveKernelConv.forward
     paths = []
     step = sk_mix_ab.encoder_step
-    sk_mix_ab.encoder_step = lambda *a: paths.append(SelectiveKernelConv.forward is package) or step(*a)
+    sk_mix_ab.encoder_step = lambda *a: paths.append(
+        (SelectiveKernelConv.forward is package, selective_kernel.COMPILED_MIX)) or step(*a)
     try:
         assert sk_mix_ab.main(["--width", "0.125", "--precision", "fp32", "--batch", "4", "--pairs", "2"]) == 0
     finally:
         sk_mix_ab.encoder_step = step
-    assert paths == [True, False, True, False, False, True]  # warm-ups, A B, B A
-    assert SelectiveKernelConv.forward is package
+    package_path, pytorch_mix, autograd = (True, True), (True, False), (False, False)
+    # warm-ups, then A B C and C B A
+    assert paths == [package_path, pytorch_mix, autograd] * 2 + [autograd, pytorch_mix, package_path]
+    assert SelectiveKernelConv.forward is package and selective_kernel.COMPILED_MIX
     record = json.loads(capsys.readouterr().out)
-    low, high = record["autograd_over_package"]["range"]
-    assert low <= record["autograd_over_package"]["median"] <= high and len(record["seconds"]["package"]) == 2
+    for name in ("autograd", "pytorch_mix"):
+        low, high = record[f"{name}_over_package"]["range"]
+        assert low <= record[f"{name}_over_package"]["median"] <= high
+    assert len(record["seconds"]["package"]) == len(record["seconds"]["pytorch-mix"]) == 2

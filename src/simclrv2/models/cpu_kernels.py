@@ -1,9 +1,10 @@
 """The package's compiled CPU kernels: built once per machine, switched on per process.
 
-Four families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
+Five families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
 (:mod:`simclrv2.models.bn_relu`), the memory re-layouts of the convolutions that run as GEMMs (the im2col
-patches and the gradient's transpose, :mod:`simclrv2.models.conv`), and the sum of a residual block input's two
-gradients (:mod:`simclrv2.models.branch`), which only move memory or do almost no arithmetic, where PyTorch's
+patches and the gradient's transpose, :mod:`simclrv2.models.conv`), the sum of a residual block input's two
+gradients (:mod:`simclrv2.models.branch`) and Selective Kernels' stream mix and spatial mean
+(:mod:`simclrv2.models.selective_kernel`), which only move memory or do almost no arithmetic, where PyTorch's
 generic copies and separate ops make several slow passes; and convolutions of our own: direct ones for the shapes
 oneDNN runs far below the machine (a one-channel stem, an fp32 16-channel 3×3 layer), and Winograd's F(4×4, 3×3)
 and F(2×2, 3×3) for fp32 3×3 layers where oneDNN runs AVX2 (:mod:`simclrv2.models.conv`,
@@ -77,8 +78,8 @@ def build_kernels() -> ModuleType | None:
         return None
     from torch.utils.cpp_extension import load
 
-    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums, direct and Winograd "
-             "convolutions): loading (the first time on a machine compiles them, ~30-60 s)")
+    log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums, Selective Kernels' "
+             "mix, direct and Winograd convolutions): loading (the first time on a machine compiles them, ~30-60 s)")
     try:
         module = load(_build_name(), [str(KERNEL_DIR / name) for name in SOURCE_NAMES], extra_cflags=_flags(),
                       extra_ldflags=["-fopenmp"])

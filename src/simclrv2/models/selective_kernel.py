@@ -5,6 +5,9 @@ at the whole image and picks, per channel, a soft mix of the two. Networks with 
 shortcut with an average pool instead of a strided 1×1 conv (ResNet-D, He et al., 2018, arXiv 1812.01187), so
 the shortcut sees every input pixel rather than one in four.
 
+On CPU the mix of the two streams and the spatial mean its gate reads run as compiled kernels (``kernels/sk_mix.cpp``,
+one pass over memory each; :func:`mix_streams`), where PyTorch's ops took ~18 % of a width-0.25 bf16 pretraining step.
+
 BatchNorm layers use PyTorch's defaults, which are docs/recipe.md#encoder's eps 1e-5 and momentum 0.1 (TF decay 0.9).
 """
 
@@ -17,9 +20,14 @@ from torch import Tensor, nn
 
 from simclrv2.models.bn_relu import FusingSequential, batch_norm_relu
 from simclrv2.models.conv import Conv2d
+from simclrv2.models.cpu_kernels import active_kernels
 from simclrv2.models.tf_pooling import resnet_d_pool
 
 MIN_GATE_DIM = 32  # the reference's floor on the gate's hidden width; keeps narrow stages from a 1-wide gate
+# Whether the mix may run as the compiled kernel (kernels/sk_mix.cpp) where it can: read at call time, so that a
+# benchmark or test can run the PyTorch formulation in its place.
+COMPILED_MIX = True
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def gate_dim(channels: int, sk_ratio: float) -> int:
@@ -50,11 +58,33 @@ class SelectiveKernelConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         streams = batch_norm_relu(self.conv(x), self.bn)  # (B, 2C, H, W); fused on CPU where it can be
         batch, c = streams.shape[0], self.channels
-        context = _SpatialMean.apply(streams).view(batch, 2, c).sum(dim=1)  # mean of the streams' sum: (B, C)
+        kernels = _mix_kernels_for(streams)
+        context = _SpatialMean.apply(streams, kernels).view(batch, 2, c).sum(dim=1)  # mean of the streams' sum: (B, C)
         logits = self.gate(context.view(batch, c, 1, 1))  # (B, 2C, 1, 1)
-        # softmax over the two streams, in the streams' dtype: bf16 streams give a bf16 output
-        weights = logits.view(batch, 2, c, 1, 1).softmax(dim=1).to(streams.dtype)
-        return _MixStreams.apply(streams, weights)
+        weights = logits.view(batch, 2, c, 1, 1).softmax(dim=1)  # softmax over the two streams
+        return mix_streams(streams, weights, kernels)
+
+
+def mix_streams(streams: Tensor, weights: Tensor, kernels: Any = None) -> Tensor:
+    """a·w_a + b·w_b for the halves a, b of (B, 2C, H, W) streams and (B, 2, C, 1, 1) softmax weights, in the
+    streams' dtype: by the compiled ``kernels`` (one pass over memory each way, the weights kept float32) where
+    :func:`_mix_kernels_for` gives them, else by PyTorch ops with the weights in the streams' dtype."""
+    if kernels is not None:
+        return _CompiledMix.apply(streams, weights, kernels)
+    return _MixStreams.apply(streams, weights.to(streams.dtype))
+
+
+def _mix_kernels_for(streams: Tensor) -> Any:
+    """The compiled kernels where they may mix these streams (CPU, channels_last float32 or bfloat16, eager), else
+    None: under torch.compile the PyTorch formulation traces into the graph, a call into the extension would break
+    it."""
+    if not COMPILED_MIX or torch.compiler.is_compiling() or torch.jit.is_scripting():
+        return None
+    kernels = active_kernels()
+    if (kernels is None or streams.device.type != "cpu" or streams.dtype not in _KERNEL_DTYPES or streams.dim() != 4
+            or not streams.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    return kernels
 
 
 def _pair(streams: Tensor) -> Tensor:
@@ -65,17 +95,18 @@ def _pair(streams: Tensor) -> Tensor:
 
 class _SpatialMean(torch.autograd.Function):
     """Mean over H and W whose gradient stays a broadcast view: autograd's own writes a full (B, 2C, H, W) tensor
-    only to add it to the mix's gradient of the same streams."""
+    only to add it to the mix's gradient of the same streams. With the compiled ``kernels`` the mean is float32 in
+    one pass: PyTorch's mean of bf16 streams first copies them whole to float32."""
 
     @staticmethod
-    def forward(ctx: Any, streams: Tensor) -> Tensor:
-        ctx.shape = streams.shape
-        return streams.mean(dim=(2, 3))
+    def forward(ctx: Any, streams: Tensor, kernels: Any) -> Tensor:
+        ctx.shape, ctx.dtype = streams.shape, streams.dtype
+        return kernels.spatial_mean(streams) if kernels is not None else streams.mean(dim=(2, 3))
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         height, width = ctx.shape[2:]
-        return (grad / (height * width))[:, :, None, None].expand(ctx.shape)
+        return (grad / (height * width)).to(ctx.dtype)[:, :, None, None].expand(ctx.shape), None
 
 
 class _MixStreams(torch.autograd.Function):
@@ -99,6 +130,27 @@ class _MixStreams(torch.autograd.Function):
         grad_streams = (per_pixel * weights.view(batch, 1, 1, 2, channels)).flatten(3).permute(0, 3, 1, 2)
         grad_weights = (per_pixel * pair).sum(dim=(1, 2)).view_as(weights)
         return grad_streams, grad_weights
+
+
+class _CompiledMix(torch.autograd.Function):
+    """:func:`mix_streams` by ``kernels/sk_mix.cpp``: the forward reads the streams once and writes the output once,
+    where PyTorch's multiply and in-place multiply-add read the output again; the backward makes the streams' gradient
+    and sums the weights' in one pass over the output's gradient and the streams."""
+
+    @staticmethod
+    def forward(ctx: Any, streams: Tensor, weights: Tensor, kernels: Any) -> Tensor:
+        gate = weights.reshape(streams.shape[0], streams.shape[1]).float().contiguous()  # (B, 2C): a then b
+        ctx.save_for_backward(streams, gate)
+        ctx.kernels, ctx.weights_dtype, ctx.weights_shape = kernels, weights.dtype, weights.shape
+        return kernels.sk_mix_forward(streams, gate)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        streams, gate = ctx.saved_tensors
+        grad = grad.to(streams.dtype).contiguous(memory_format=torch.channels_last)
+        grad_streams, grad_gate = ctx.kernels.sk_mix_backward(grad, streams, gate)
+        return grad_streams, grad_gate.view(ctx.weights_shape).to(ctx.weights_dtype), None
 
 
 class AvgPoolShortcut(FusingSequential):

@@ -7,6 +7,7 @@
 #include "module.cpp"
 #include "layout.cpp"
 #include "sum.cpp"
+#include "sk_mix.cpp"
 #include "direct_conv.cpp"
 #include "stem_conv.cpp"
 #include "winograd_conv.cpp"

@@ -62,6 +62,12 @@ at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out,
 at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding);
 at::Tensor stem_conv_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t k, int64_t padding);
 
+// sk_mix.cpp: Selective Kernels' mix of two streams by a per-image gate, and its gradients; the spatial mean its gate
+// reads.
+at::Tensor spatial_mean(const at::Tensor& x);
+at::Tensor sk_mix_forward(const at::Tensor& streams, const at::Tensor& gate);
+std::vector<at::Tensor> sk_mix_backward(const at::Tensor& grad, const at::Tensor& streams, const at::Tensor& gate);
+
 // sum.cpp: the sum of a tensor's two gradients (simclrv2.models.branch).
 at::Tensor add(const at::Tensor& a, const at::Tensor& b);
 

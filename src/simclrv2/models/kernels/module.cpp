@@ -25,4 +25,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stem_conv_forward", &simclrv2::stem_conv_forward, "stride-1 convolution of a one-channel input");
   m.def("stem_conv_weight_grad", &simclrv2::stem_conv_weight_grad, "its weight gradient, float32");
   m.def("add", &simclrv2::add, "a + b, two dense tensors of one layout");
+  m.def("sk_mix_forward", &simclrv2::sk_mix_forward,
+        "Selective Kernels' mix a * gate[:, :C] + b * gate[:, C:] of channels_last (N, 2C, H, W) streams");
+  m.def("spatial_mean", &simclrv2::spatial_mean, "mean over H and W of a channels_last tensor, float32 (N, C)");
+  m.def("sk_mix_backward", &simclrv2::sk_mix_backward, "gradients of sk_mix_forward: (streams, gate)");
 }
