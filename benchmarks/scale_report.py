@@ -213,7 +213,8 @@ def head_rows(rows: list[dict], per_seed: bool = False) -> list[dict]:
     shared = [r for r in fine_tuned if r["part"] in ("head", "size")]
     if not per_seed:
         return shared
-    own = [r for r in fine_tuned if r["part"] == "pretraining-seeds"]
+    length = _size_length(rows)
+    own = [r for r in fine_tuned if r["part"] == "pretraining-seeds" and _at_length(r, length)]
     if all((r["head_layers"], r["head_layer"]) == (3, 1) for r in own):
         return []
     return [r for r in shared if r["seed"] == 0] + own
@@ -417,6 +418,8 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     out += _sk_claim_rows({key: cell["gain"] for key, cell in sk.items()}, subsets, PRETRAINING_PER_SEED)
     for epochs, longer in pretraining_length_cells(rows, cells).items():
         out += _size_claims(longer, widths, subsets, f"; pretrained {epochs} epochs")
+    for epochs, longer in pretraining_length_cells(rows, replicated, per_seed=True).items():
+        out += _size_claims(longer, widths, subsets, f"; pretrained {epochs} epochs{PRETRAINING_PER_SEED}")
     return out
 
 
@@ -453,6 +456,15 @@ def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretraini
 
 
 PRETRAINING_PER_SEED = "; a pretraining per seed"
+
+
+def _size_length(rows: list[dict]) -> int | None:
+    """The size table's pretraining length in epochs: the pretraining-seeds part also replicates longer ones."""
+    return next((r["pretrain_epochs"] for r in rows if r["part"] == "size" and "pretrain_epochs" in r), None)
+
+
+def _at_length(row: dict, epochs: int | None) -> bool:
+    return epochs is None or row.get("pretrain_epochs", epochs) == epochs
 SK_PAPER = "+6.6 at 1 %, +3.7 at 10 % (ResNet-50, ImageNet)"
 
 
@@ -461,8 +473,10 @@ def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
     part; seed 0's is the size table's own), paired with the same supervised-only runs; only the cells that part
     reached. The spread between these seeds includes the spread between pretrainings, which the size table's
     seeds (one shared pretraining) leave out."""
+    length = _size_length(rows)
     replicated = [r for r in rows if r["part"] == "pretraining-seeds" and not r.get("sk_ratio") and not r["memory"]
-                  and r["head_layers"] == 3 and r.get("head_layer") == 1 and r.get("test_top1") is not None]
+                  and r["head_layers"] == 3 and r.get("head_layer") == 1 and r.get("test_top1") is not None
+                  and _at_length(r, length)]
     out = {}
     for (width, labels), cell in cells.items():
         own = by_seed([r for r in replicated if r["width"] == width and r["labels"] == labels])
@@ -544,38 +558,50 @@ def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
     return text
 
 
-def pretraining_length_cells(rows: list[dict], cells: dict) -> dict[int, dict]:
+def pretraining_length_cells(rows: list[dict], cells: dict, per_seed: bool = False) -> dict[int, dict]:
     """Pretraining epochs -> the size cells again with every fine-tuned run from a pretraining that long (the
     ``pretrain-epochs`` part: seed 0's pretraining, the recipes chosen at the size table's length), paired with
-    the same supervised-only runs; ``shorter`` holds the size table's fine-tuned runs."""
-    longer = [r for r in rows if r["part"] == "pretrain-epochs" and r["method"] == "fine-tuned"
-              and r.get("test_top1") is not None]
+    the same supervised-only runs; ``shorter`` holds the size table's fine-tuned runs. With ``per_seed``, ``cells``
+    are :func:`pretraining_seed_cells` and seed s comes from a longer pretraining of seed s (the pretraining-seeds
+    part's; seed 0's is the pretrain-epochs part's): only cells with more than that seed."""
+    length = _size_length(rows)
+    longer = [r for r in rows if r["method"] == "fine-tuned" and r.get("test_top1") is not None
+              and not r.get("sk_ratio") and not r["memory"] and r["head_layers"] == 3 and r.get("head_layer") == 1
+              and (r["part"] == "pretrain-epochs" and (not per_seed or r["seed"] == 0)
+                   or per_seed and r["part"] == "pretraining-seeds" and not _at_length(r, length))]
     out: dict[int, dict] = {}
     for epochs in sorted({r["pretrain_epochs"] for r in longer}):
         for (width, labels), cell in cells.items():
             tuned = by_seed([r for r in longer if r["pretrain_epochs"] == epochs and r["width"] == width
                              and r["labels"] == labels])
-            if tuned:
+            if len(tuned) > per_seed:
                 out.setdefault(epochs, {})[(width, labels)] = {
                     "supervised": cell["supervised"], "fine-tuned": tuned, "shorter": cell["fine-tuned"],
                     "gain": paired(tuned, cell["supervised"])}
     return out
 
 
-def pretraining_length_table(rows: list[dict], by_length: dict[int, dict]) -> str:
+def pretraining_length_table(rows: list[dict], by_length: dict[int, dict], per_seed: bool = False) -> str:
     """Fine-tuned test top-1 from each width's longer pretraining against its size-table pretraining, with the kNN
-    of both and the gain over supervised only, all paired by seed."""
-    base = next(r["pretrain_epochs"] for r in rows if r["part"] == "size")
+    of both and the gain over supervised only, all paired by seed; with ``per_seed``, every seed from pretrainings
+    of its own (the kNN of each then stands above the table, by seed)."""
+    base = _size_length(rows)
     lines = [f"| width | labels | epochs | kNN, {base} epochs / longer | fine-tuned, {base} epochs | fine-tuned, "
              f"longer | longer − {base} epochs (paired) | fine-tuned − supervised, longer (paired) |",
              "|---|---|---|---|---|---|---|---|"]
+    knn = []
     for epochs, cells in by_length.items():
+        for width in sorted({w for w, _ in cells}) if per_seed else []:
+            knn.append(f"width {width:g}: {base} epochs " + _knn_by_seed(rows, f"pretrain-w{width}-h3")
+                       + f"; {epochs} epochs " + _knn_by_seed(rows, f"pretrain-w{width}-h3-e{epochs}"))
         for (width, labels), cell in cells.items():
-            knn_pair = _knn_pair(rows, f"pretrain-w{width}-h3-s0", f"pretrain-w{width}-h3-e{epochs}-s0")
+            knn_pair = ("by seed, above" if per_seed else
+                        _knn_pair(rows, f"pretrain-w{width}-h3-s0", f"pretrain-w{width}-h3-e{epochs}-s0"))
             lines.append(f"| {width:g} | {labels} | {epochs} | {knn_pair} | {mean_sd(list(cell['shorter'].values()))} "
                          f"| {mean_sd(list(cell['fine-tuned'].values()))} | "
                          f"{mean_sd(paired(cell['fine-tuned'], cell['shorter']))} | {mean_sd(cell['gain'])} |")
-    return "\n".join(lines)
+    table = "\n".join(lines)
+    return ("kNN top-1 on validation after each pretraining: " + "; ".join(knn) + ".\n\n" + table) if knn else table
 
 
 def _knn_by_seed(rows: list[dict], prefix: str) -> str:
@@ -656,6 +682,26 @@ def plot(cells: dict, widths: list[float], subsets: list[str], path: Path) -> No
     plt.close(fig)
 
 
+def _pretraining_sections(rows: list[dict], cells: dict) -> list[str]:
+    """The report's sections on the pretraining itself: a pretraining per seed, and a longer one (shared by the
+    seeds, then per seed)."""
+    parts = []
+    replicated = pretraining_seed_cells(rows, cells)
+    if replicated:
+        parts += ["", "A pretraining per seed (seed s fine-tuned from a pretraining of seed s; the same "
+                  "supervised-only runs and recipes):", "", pretraining_seed_table(rows, replicated)]
+    by_length = pretraining_length_cells(rows, cells)
+    if by_length:
+        parts += ["", "A longer pretraining (seed 0's, fine-tuned with the recipes chosen at the table's length; "
+                  "the same supervised-only runs):", "", pretraining_length_table(rows, by_length)]
+    by_length = pretraining_length_cells(rows, replicated, per_seed=True)
+    if by_length:
+        parts += ["", "A longer pretraining per seed (seed s fine-tuned from a longer pretraining of seed s, against "
+                  "the pretraining per seed of the table's length; the same recipes and supervised-only runs):", "",
+                  pretraining_length_table(rows, by_length, per_seed=True)]
+    return parts
+
+
 def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     demo = load_config("demo")  # the study's base config: what a row without a setting's fact ran
     size_rows = [r for r in rows if r["part"] in ("size", "recipe")]
@@ -696,14 +742,7 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     if selective_kernels:
         parts += ["", "Selective Kernels in the encoder (the plain encoder's recipes, one pretraining each):",
                   "", selective_kernels]
-    replicated = pretraining_seed_cells(rows, cells)
-    if replicated:
-        parts += ["", "A pretraining per seed (seed s fine-tuned from a pretraining of seed s; the same "
-                  "supervised-only runs and recipes):", "", pretraining_seed_table(rows, replicated)]
-    by_length = pretraining_length_cells(rows, cells)
-    if by_length:
-        parts += ["", "A longer pretraining (seed 0's, fine-tuned with the recipes chosen at the table's length; "
-                  "the same supervised-only runs):", "", pretraining_length_table(rows, by_length)]
+    parts += _pretraining_sections(rows, cells)
     temperatures, best = temperature_table(rows, demo.pretrain.temperature)
     if temperatures:
         parts += ["", "Pretraining temperature, fine-tuned with the recipe chosen at the demo's τ (chosen on "

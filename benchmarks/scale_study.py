@@ -13,8 +13,8 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory of ``--memory-size`` negatives;
 ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
-pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory or the head depths). The last four use
-the size part's recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
+pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory, the head depths or the longer
+pretrainings). The last four use the size part's recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
 (``--distill-alpha``), ``pretrain-epochs`` pretrains each width for ``--long-pretrain-epochs`` instead, and the
 recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0)
 serves every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
@@ -362,7 +362,8 @@ class Study:
         seed s fine-tunes (chosen recipe, head layer 1) from a pretraining of seed s, at every width, subset and
         seed (``--replicate plain``), and with Selective Kernels (``selective-kernels``) or a memory of negatives
         (``memory``) at ``--head-width``; seed 0 is the size, Selective Kernels or memory part's run. ``head``
-        does the head part the same way (every depth, fine-tuned from every layer). Paired with the
+        does the head part the same way (every depth, fine-tuned from every layer), ``pretrain-epochs`` the longer
+        pretrainings of that part (every width and ``--long-pretrain-epochs``). Paired with the
         size part's supervised-only runs of the same seed (same label subset), or plain with the variant seed by
         seed, the claims are measured again with the spread between pretrainings in them."""
         for width in self.args.widths if "plain" in self.args.replicate else []:
@@ -373,13 +374,17 @@ class Study:
             self.fine_tune_per_seed(self.args.head_width, "memory", memory=self.args.memory_size)
         if "head" in self.args.replicate:
             self.head_depth(per_seed=True)
+        for width in self.args.widths if "pretrain-epochs" in self.args.replicate else []:
+            for epochs in self.args.long_pretrain_epochs:
+                self.fine_tune_per_seed(width, "pretrain-epochs", epochs=epochs)
 
-    def fine_tune_per_seed(self, width: float, seed_zero_part: str, sk_ratio: float = 0.0, memory: int = 0) -> None:
-        """Seed s fine-tuned from a pretraining of seed s, with the width's recorded recipe; seed 0's runs are
-        ``seed_zero_part``'s own, so they keep that part."""
+    def fine_tune_per_seed(self, width: float, seed_zero_part: str, sk_ratio: float = 0.0, memory: int = 0,
+                           epochs: int | None = None) -> None:
+        """Seed s fine-tuned from a pretraining of seed s (``epochs`` long: default ``--pretrain-epochs``), with the
+        width's recorded recipe; seed 0's runs are ``seed_zero_part``'s own, so they keep that part."""
         recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
         for seed in self.args.seeds:
-            pretrained = self.pretraining(width, memory=memory, sk_ratio=sk_ratio, seed=seed)
+            pretrained = self.pretraining(width, memory=memory, sk_ratio=sk_ratio, seed=seed, epochs=epochs)
             self.run(pretrained)
             part = "pretraining-seeds" if seed else seed_zero_part
             for labels in self.args.subsets:
@@ -474,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-alpha", type=float, default=0.5,
                         help="distill-labels: the distillation term's weight (the labelled term weighs 1 - alpha)")
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
-    parser.add_argument("--replicate", nargs="+", choices=("plain", "selective-kernels", "memory", "head"),
+    parser.add_argument("--replicate", nargs="+",
+                        choices=("plain", "selective-kernels", "memory", "head", "pretrain-epochs"),
                         default=["plain"],
                         help="what the pretraining-seeds part pretrains once per seed")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))

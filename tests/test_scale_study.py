@@ -553,6 +553,10 @@ def test_head_depths_can_be_pretrained_once_per_seed_too(fake, tmp_path):
     per_seed = scale_report.head_rows(rows, per_seed=True)
     assert {(r["seed"], r.get("pretrain_seed", 0)) for r in per_seed} == {(0, 0), (1, 1)}
     assert len(per_seed) == 2 * len(own)
+    # a longer pretraining of seed 1 (--replicate pretrain-epochs) is not one of the head depths
+    longer = dict(own[0], run="finetune-w0.25-h3-e5-pre1-layer1-1pct-sgd-0.01-s1", head_layers=3, head_layer=1,
+                  pretrain_epochs=5)
+    assert scale_report.head_rows(rows + [longer], per_seed=True) == per_seed
 
 
 def test_head_claims_with_a_pretraining_per_seed_pair_each_seed_with_its_own_pretrainings():
@@ -651,3 +655,43 @@ def test_the_kNN_beside_selective_kernels_and_temperatures_is_that_of_the_named_
     assert "Selective Kernels (kNN 77.0 after pretraining), 0.70 M without (kNN 75.0)." in table
     temperatures, _ = scale_report.temperature_table(rows, 0.2)
     assert [line.split(" | ")[:2] for line in temperatures.splitlines()[2:]] == [["| 0.1", "74.0"], ["| 0.2", "75.0"]]
+
+
+def test_a_longer_pretraining_per_seed_pairs_each_seed_with_its_own_pretrainings_and_leaves_the_others(fake, tmp_path):
+    _study(tmp_path, "--parts", "size", "pretraining-seeds", "pretrain-epochs", "--long-pretrain-epochs", "5")
+    before = len(fake.calls)
+    rows = _study(tmp_path, "--parts", "pretraining-seeds", "--replicate", "pretrain-epochs",
+                  "--long-pretrain-epochs", "5")
+    made = fake.calls[before:]
+    assert [name for stage, name in made if stage == "pretrain"] == ["pretrain-w0.25-h3-e5-s1",
+                                                                    "pretrain-w0.5-h3-e5-s1"]
+    assert fake.configs["pretrain-w0.5-h3-e5-s1"].pretrain.epochs == 5
+    assert fake.configs["pretrain-w0.5-h3-e5-s1"].run.seed == 1
+    longer = [r for r in rows if r["part"] == "pretraining-seeds" and r["pretrain_epochs"] == 5]
+    assert {(r["width"], r["labels"], r["seed"], r["pretrain_seed"]) for r in longer} == {
+        (w, s, 1, 1) for w in (0.25, 0.5) for s in ("10/class", "1%")}
+    for r in longer:
+        assert Path(fake.configs[r["run"]].finetune.pretrained).name == f"pretrain-w{r['width']}-h3-e5-s1"
+    # seed 1's longer runs scored apart from everything else: they must not stand in for the 2-epoch ones
+    rows = [dict(r, test_top1=r["test_top1"] + 10) if r in longer else r for r in rows]
+    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
+    replicated = scale_report.pretraining_seed_cells(rows, cells)
+    two_epochs = next(r for r in rows if r["part"] == "pretraining-seeds" and r["pretrain_epochs"] == 2
+                      and r["width"] == 0.25 and r["labels"] == "1%")
+    assert replicated[(0.25, "1%")]["fine-tuned"][1] == two_epochs["test_top1"]
+    shared = scale_report.pretraining_length_cells(rows, cells)[5][(0.25, "1%")]
+    assert set(shared["fine-tuned"]) == {0, 1} and all(  # seed 1 there fine-tuned seed 0's longer pretraining
+        r["test_top1"] == shared["fine-tuned"][r["seed"]] for r in rows
+        if r["part"] == "pretrain-epochs" and r["width"] == 0.25 and r["labels"] == "1%")
+    per_seed = scale_report.pretraining_length_cells(rows, replicated, per_seed=True)
+    cell = per_seed[5][(0.25, "1%")]
+    assert cell["fine-tuned"] == {0: shared["fine-tuned"][0], 1: next(
+        r["test_top1"] for r in longer if r["width"] == 0.25 and r["labels"] == "1%") + 10}
+    assert cell["shorter"] == replicated[(0.25, "1%")]["fine-tuned"]
+    table = scale_report.pretraining_length_table(rows, per_seed, per_seed=True)
+    assert table.startswith("kNN top-1 on validation after each pretraining: width 0.25: 2 epochs 70.0 (seed 0), "
+                            "70.0 (seed 1); 5 epochs 70.0 (seed 0), 70.0 (seed 1); width 0.5:")
+    claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
+    assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs; a pretraining per seed)" in c
+               for c in claims)
+    assert "A longer pretraining per seed" in scale_report.report(rows)[0]
