@@ -14,10 +14,11 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
 pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory, the head depths or the longer
-pretrainings). The last four use the size part's recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
-(``--distill-alpha``), ``pretrain-epochs`` pretrains each width for ``--long-pretrain-epochs`` instead, and the
-recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0)
-serves every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
+pretrainings). The last four use the size part's recipes for that width. Not run by default: ``distill-labels``
+self-distils with the labelled term too (``--distill-alpha``), ``pretrain-epochs`` pretrains each width for
+``--long-pretrain-epochs`` instead, and the recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one
+pretraining per configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
+initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
