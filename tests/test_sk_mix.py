@@ -134,3 +134,14 @@ def test_the_compiled_mix_is_left_out_where_it_does_not_apply(fused, monkeypatch
     assert skm._mix_kernels_for(streams.contiguous()) is None
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert skm._mix_kernels_for(streams) is None
+
+
+def test_a_bf16_network_mixes_with_the_compiled_kernels_without_autocast(fused):
+    """A network cast to bf16 (its gate's weights bf16 too) reads the compiled mean in its own dtype."""
+    torch.manual_seed(0)
+    sk = SelectiveKernelConv(16, 16, 1, 0.0625).to(memory_format=torch.channels_last)
+    x = channels_last(torch.randn(4, 16, 7, 7))
+    want = sk(x)
+    got = sk.bfloat16()(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.detach(), atol=0.1, rtol=0.05)

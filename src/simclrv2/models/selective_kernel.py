@@ -95,13 +95,16 @@ def _pair(streams: Tensor) -> Tensor:
 
 class _SpatialMean(torch.autograd.Function):
     """Mean over H and W whose gradient stays a broadcast view: autograd's own writes a full (B, 2C, H, W) tensor
-    only to add it to the mix's gradient of the same streams. With the compiled ``kernels`` the mean is float32 in
-    one pass: PyTorch's mean of bf16 streams first copies them whole to float32."""
+    only to add it to the mix's gradient of the same streams. With the compiled ``kernels`` the mean is summed in
+    float32 in one pass (PyTorch's mean of bf16 streams first copies them whole to float32), then rounded to the
+    streams' dtype as PyTorch's is, for a gate that may hold that dtype's weights."""
 
     @staticmethod
     def forward(ctx: Any, streams: Tensor, kernels: Any) -> Tensor:
         ctx.shape, ctx.dtype = streams.shape, streams.dtype
-        return kernels.spatial_mean(streams) if kernels is not None else streams.mean(dim=(2, 3))
+        if kernels is None:
+            return streams.mean(dim=(2, 3))
+        return kernels.spatial_mean(streams).to(streams.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
