@@ -595,8 +595,12 @@ def pretraining_length_table(rows: list[dict], by_length: dict[int, dict], per_s
             knn.append(f"width {width:g}: {base} epochs " + _knn_by_seed(rows, f"pretrain-w{width}-h3")
                        + f"; {epochs} epochs " + _knn_by_seed(rows, f"pretrain-w{width}-h3-e{epochs}"))
         for (width, labels), cell in cells.items():
-            knn_pair = ("by seed, above" if per_seed else
-                        _knn_pair(rows, f"pretrain-w{width}-h3-s0", f"pretrain-w{width}-h3-e{epochs}-s0"))
+            if per_seed:  # the mean over the cell's seeds for each length
+                knn_pair = " / ".join(
+                    mean_sd([v for seed, v in _knn_values(rows, prefix).items() if seed in cell["fine-tuned"]])
+                    for prefix in (f"pretrain-w{width}-h3", f"pretrain-w{width}-h3-e{epochs}"))
+            else:
+                knn_pair = _knn_pair(rows, f"pretrain-w{width}-h3-s0", f"pretrain-w{width}-h3-e{epochs}-s0")
             lines.append(f"| {width:g} | {labels} | {epochs} | {knn_pair} | {mean_sd(list(cell['shorter'].values()))} "
                          f"| {mean_sd(list(cell['fine-tuned'].values()))} | "
                          f"{mean_sd(paired(cell['fine-tuned'], cell['shorter']))} | {mean_sd(cell['gain'])} |")
@@ -604,12 +608,15 @@ def pretraining_length_table(rows: list[dict], by_length: dict[int, dict], per_s
     return ("kNN top-1 on validation after each pretraining: " + "; ".join(knn) + ".\n\n" + table) if knn else table
 
 
+def _knn_values(rows: list[dict], prefix: str) -> dict[int, float]:
+    """Seed -> the kNN top-1 of the pretraining named ``prefix``-s<seed> (other parts' pretrainings of a width name
+    what they change, so they do not match)."""
+    return dict(sorted((r["seed"], r["knn_val"]) for r in rows
+                       if r["method"] == "pretraining" and r["run"] == f"{prefix}-s{r['seed']}"))
+
+
 def _knn_by_seed(rows: list[dict], prefix: str) -> str:
-    """The kNN top-1 of the pretrainings named ``prefix``-s<seed> (other parts' pretrainings of a width name what
-    they change, so they do not match), by seed."""
-    values = sorted((r["seed"], r["knn_val"]) for r in rows
-                    if r["method"] == "pretraining" and r["run"] == f"{prefix}-s{r['seed']}")
-    return ", ".join(f"{_one_decimal(v)} (seed {s})" for s, v in values)
+    return ", ".join(f"{_one_decimal(v)} (seed {s})" for s, v in _knn_values(rows, prefix).items())
 
 
 def _self_distillation_claims(cells: dict, widths: list[float], subsets: list[str]) -> list[str]:

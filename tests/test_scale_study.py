@@ -691,6 +691,7 @@ def test_a_longer_pretraining_per_seed_pairs_each_seed_with_its_own_pretrainings
     table = scale_report.pretraining_length_table(rows, per_seed, per_seed=True)
     assert table.startswith("kNN top-1 on validation after each pretraining: width 0.25: 2 epochs 70.0 (seed 0), "
                             "70.0 (seed 1); 5 epochs 70.0 (seed 0), 70.0 (seed 1); width 0.5:")
+    assert "| 0.25 | 1% | 5 | 70.0 ± 0.0 (n=2) / 70.0 ± 0.0 (n=2) |" in table  # each length's mean over the seeds
     claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
     assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs; a pretraining per seed)" in c
                for c in claims)
