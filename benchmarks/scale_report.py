@@ -456,6 +456,7 @@ def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretraini
 
 
 PRETRAINING_PER_SEED = "; a pretraining per seed"
+SK_PAPER = "+6.6 at 1 %, +3.7 at 10 % (ResNet-50, ImageNet)"
 
 
 def _size_length(rows: list[dict]) -> int | None:
@@ -464,8 +465,8 @@ def _size_length(rows: list[dict]) -> int | None:
 
 
 def _at_length(row: dict, epochs: int | None) -> bool:
+    """Whether a run's pretraining was ``epochs`` long (rows recorded before lengths varied were)."""
     return epochs is None or row.get("pretrain_epochs", epochs) == epochs
-SK_PAPER = "+6.6 at 1 %, +3.7 at 10 % (ResNet-50, ImageNet)"
 
 
 def pretraining_seed_cells(rows: list[dict], cells: dict) -> dict:
@@ -584,7 +585,7 @@ def pretraining_length_cells(rows: list[dict], cells: dict, per_seed: bool = Fal
 def pretraining_length_table(rows: list[dict], by_length: dict[int, dict], per_seed: bool = False) -> str:
     """Fine-tuned test top-1 from each width's longer pretraining against its size-table pretraining, with the kNN
     of both and the gain over supervised only, all paired by seed; with ``per_seed``, every seed from pretrainings
-    of its own (the kNN of each then stands above the table, by seed)."""
+    of its own (each pretraining's kNN above the table, by seed, and each length's mean over the seeds in it)."""
     base = _size_length(rows)
     lines = [f"| width | labels | epochs | kNN, {base} epochs / longer | fine-tuned, {base} epochs | fine-tuned, "
              f"longer | longer − {base} epochs (paired) | fine-tuned − supervised, longer (paired) |",
