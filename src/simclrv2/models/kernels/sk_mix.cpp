@@ -41,67 +41,62 @@ void mix_forward(const T* streams, const float* gate, T* out, int64_t pixels, in
   });
 }
 
-// Images are shared out between threads, so that each image's gate gradient is summed by one thread in a fixed
-// order: the same result on every run with a given thread count.
-template <typename T>
-void mix_backward(const T* grad, const T* streams, const float* gate, T* grad_streams, float* grad_gate,
-                  int64_t images, int64_t pixels, int64_t channels) {
-  const int64_t width = 2 * channels;
+// Per image n, the sums over its pixel rows of the terms `body(row, sum)` adds to width float accumulators, divided by
+// `divisor`, into out[n * width + c]: float within blocks of kMixRowBlock rows, double across them. Images are shared
+// out between threads, so that each image is summed by one thread in a fixed order: the same result on every run with
+// a given thread count.
+template <typename Body>
+void per_image_sums(int64_t images, int64_t pixels, int64_t width, double divisor, float* out, Body body) {
   at::parallel_for(0, images, 1, [&](int64_t first, int64_t last) {
     std::vector<float> block(width);
     std::vector<double> total(width);
     for (int64_t n = first; n < last; ++n) {
       std::fill(total.begin(), total.end(), 0.0);
-      const float* __restrict__ w_a = gate + n * width;
-      const float* __restrict__ w_b = w_a + channels;
       for (int64_t start = 0; start < pixels; start += kMixRowBlock) {
         std::fill(block.begin(), block.end(), 0.0f);
-        float* __restrict__ sum_a = block.data();
-        float* __restrict__ sum_b = sum_a + channels;
-        for (int64_t row = n * pixels + start, stop = n * pixels + std::min(pixels, start + kMixRowBlock); row < stop;
-             ++row) {
-          const T* __restrict__ g = grad + row * channels;
-          const T* __restrict__ a = streams + row * width;
-          const T* __restrict__ b = a + channels;
-          T* __restrict__ g_a = grad_streams + row * width;
-          T* __restrict__ g_b = g_a + channels;
-          #pragma GCC ivdep  // distinct tensors and the thread's own sums
-          for (int64_t c = 0; c < channels; ++c) {
-            const float gv = to_float(g[c]);
-            store(g_a + c, gv * w_a[c]);
-            store(g_b + c, gv * w_b[c]);
-            sum_a[c] += gv * to_float(a[c]);
-            sum_b[c] += gv * to_float(b[c]);
-          }
-        }
+        const int64_t stop = n * pixels + std::min(pixels, start + kMixRowBlock);
+        for (int64_t row = n * pixels + start; row < stop; ++row) body(row, block.data());
         for (int64_t c = 0; c < width; ++c) total[c] += block[c];
       }
-      for (int64_t c = 0; c < width; ++c) grad_gate[n * width + c] = static_cast<float>(total[c]);
+      for (int64_t c = 0; c < width; ++c) out[n * width + c] = static_cast<float>(total[c] / divisor);
     }
   });
 }
 
-// Each image's mean over its pixels, per channel, into out (N, width) float32; images shared out between threads.
+// The streams' gradient, row by row, and the gate's: each image's sums of the output gradient times each stream.
+template <typename T>
+void mix_backward(const T* grad, const T* streams, const float* gate, T* grad_streams, float* grad_gate,
+                  int64_t images, int64_t pixels, int64_t channels) {
+  const int64_t width = 2 * channels;
+  per_image_sums(images, pixels, width, 1.0, grad_gate, [&](int64_t row, float* sums) {
+    const T* __restrict__ g = grad + row * channels;
+    const T* __restrict__ a = streams + row * width;
+    const T* __restrict__ b = a + channels;
+    const float* __restrict__ w_a = gate + (row / pixels) * width;
+    const float* __restrict__ w_b = w_a + channels;
+    T* __restrict__ g_a = grad_streams + row * width;
+    T* __restrict__ g_b = g_a + channels;
+    float* __restrict__ sum_a = sums;
+    float* __restrict__ sum_b = sums + channels;
+    #pragma GCC ivdep  // distinct tensors and the thread's own sums
+    for (int64_t c = 0; c < channels; ++c) {
+      const float gv = to_float(g[c]);
+      store(g_a + c, gv * w_a[c]);
+      store(g_b + c, gv * w_b[c]);
+      sum_a[c] += gv * to_float(a[c]);
+      sum_b[c] += gv * to_float(b[c]);
+    }
+  });
+}
+
+// Each image's mean over its pixels, per channel, into out (N, width) float32.
 template <typename T>
 void mean_over_pixels(const T* x, float* out, int64_t images, int64_t pixels, int64_t width) {
-  at::parallel_for(0, images, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> block(width);
-    std::vector<double> total(width);
-    for (int64_t n = first; n < last; ++n) {
-      std::fill(total.begin(), total.end(), 0.0);
-      for (int64_t start = 0; start < pixels; start += kMixRowBlock) {
-        std::fill(block.begin(), block.end(), 0.0f);
-        float* __restrict__ sum = block.data();
-        for (int64_t row = n * pixels + start, stop = n * pixels + std::min(pixels, start + kMixRowBlock); row < stop;
-             ++row) {
-          const T* __restrict__ in = x + row * width;
-          #pragma GCC ivdep  // the thread's own sums
-          for (int64_t c = 0; c < width; ++c) sum[c] += to_float(in[c]);
-        }
-        for (int64_t c = 0; c < width; ++c) total[c] += block[c];
-      }
-      for (int64_t c = 0; c < width; ++c) out[n * width + c] = static_cast<float>(total[c] / pixels);
-    }
+  per_image_sums(images, pixels, width, static_cast<double>(pixels), out, [&](int64_t row, float* sums) {
+    const T* __restrict__ in = x + row * width;
+    float* __restrict__ sum = sums;
+    #pragma GCC ivdep  // the thread's own sums
+    for (int64_t c = 0; c < width; ++c) sum[c] += to_float(in[c]);
   });
 }
 
