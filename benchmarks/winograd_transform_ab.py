@@ -1,16 +1,17 @@
-"""The Winograd layers' per-call weight transforms: one GEMM with G ⊗ G (the package's) against torch.einsum (before),
-alternated step by step in one process.
+"""The Winograd layers' per-call weight transforms, three ways alternated step by step in one process: compiled
+(``kernels/winograd_weights.cpp``, the package's), one GEMM with G ⊗ G in PyTorch ops (before it) and torch.einsum
+(before that).
 
     python benchmarks/winograd_transform_ab.py --width 0.25 --batch 64 --pairs 40
 
 A step is a classifier's forward, cross-entropy, backward and SGD step on random 28 px images (the fine-tuning and
-supervised stages' step; ``--batch 512`` is a pretraining step's image count). The two transforms are swapped into
-``simclrv2.models.winograd`` before each step, in alternating order. The line gives each side's median and the
-median and quartiles of the paired ratios, new over old. The transforms are paid per call whatever the batch, so
-they weigh most on small batches. They run only where the Winograd rules take a layer (fp32, where oneDNN runs
-AVX2, or on AVX-512-BF16 CPUs without AMX); elsewhere both sides run the same code.
+supervised stages' step; ``--batch 512`` is a pretraining step's image count). Each side's passes are swapped into
+``simclrv2.models.winograd`` before its step, the order of the sides rotating from one round to the next. The line
+gives each side's median and, for each earlier side, the median and quartiles of the paired ratios, compiled over
+it. The transforms are paid per call whatever the batch, so they weigh most on small batches. They run only where
+the Winograd rules take a layer (fp32, where oneDNN runs AVX2, or on AVX-512-BF16 CPUs without AMX); elsewhere
+every side runs the same code.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -65,18 +66,36 @@ def einsum_passes() -> dict:
     return {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}
 
 
-def main() -> None:
+def gemm_passes() -> dict:
+    """The same with the package's PyTorch-op transforms (one G ⊗ G GEMM each), as before they were compiled."""
+    def forward(kernels, x, weight, tile=2):
+        return kernels.winograd_conv3x3(x, winograd.transformed_weight(weight, tile))
+
+    def input_grad(kernels, grad_out, weight, tile=2):
+        return kernels.winograd_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
+                                        winograd.transformed_swapped_flipped_weight(weight, tile))
+
+    def weight_grad(kernels, x, grad_out, tile=2):
+        du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile,
+                                          winograd.PARTIAL_SUMS_BUDGET_BYTES)
+        return winograd.weight_from_transformed(du, grad_out.shape[1], x.shape[1])
+
+    return {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--pairs", type=int, default=40, help="steps timed on each side")
-    args = p.parse_args()
+    p.add_argument("--pairs", type=int, default=40, help="rounds: steps timed on each side")
+    args = p.parse_args(argv)
     keep_freed_memory()
     if build_kernels() is None:
         raise SystemExit("the compiled kernels did not build: no Winograd layers to measure")
     use_fused_kernels(True)
-    sides = {"gemm": {name: getattr(winograd, name) for name in ("forward", "input_grad", "weight_grad")},
-             "einsum": einsum_passes()}
+    sides = {"compiled": {name: getattr(winograd, name) for name in ("forward", "input_grad", "weight_grad")},
+             "gemm": gemm_passes(), "einsum": einsum_passes()}
+    names = list(sides)
     spec = ModelSpec.from_config(load_config("demo", {"model.width_multiplier": str(args.width)}).model, 28, 1)
     model = spec.build_classifier(1, 10, seed=0).to(memory_format=torch.channels_last).train()
     optimizer = build_optimizer(param_groups(model, 1e-4), "sgd", 0.01, 1e-4, 0.9)
@@ -93,24 +112,25 @@ def main() -> None:
         optimizer.step()
         return time.perf_counter() - start
 
-    for side in ("einsum", "gemm", "einsum", "gemm"):  # warm-up: oneDNN's primitives, the allocator
+    for side in names + names:  # warm-up: oneDNN's primitives, the allocator
         step(side)
-    times: dict[str, list[float]] = {"einsum": [], "gemm": []}
+    times: dict[str, list[float]] = {side: [] for side in names}
     for i in range(args.pairs):
-        for side in ("einsum", "gemm") if i % 2 == 0 else ("gemm", "einsum"):
+        for side in names[i % len(names):] + names[:i % len(names)]:
             times[side].append(step(side))
-    for name, function in sides["gemm"].items():
+    for name, function in sides["compiled"].items():
         setattr(winograd, name, function)
-    ratios = sorted(new / old for new, old in zip(times["gemm"], times["einsum"], strict=True))
-    print(json.dumps({"bench": "winograd_transform_ab", "width": args.width, "batch": args.batch, "pairs": args.pairs,
-                      "einsum_ms": round(statistics.median(times["einsum"]) * 1e3, 1),
-                      "gemm_ms": round(statistics.median(times["gemm"]) * 1e3, 1),
-                      "paired_ratio_median": round(statistics.median(ratios), 3),
-                      "paired_ratio_quartiles": [round(ratios[len(ratios) // 4], 3),
-                                                 round(ratios[3 * len(ratios) // 4], 3)],
-                      **cpu_kind(), "kernel_flags": os.environ.get(FLAGS_VARIABLE, ""),
+    record = {"bench": "winograd_transform_ab", "width": args.width, "batch": args.batch, "pairs": args.pairs,
+              **{f"{side}_ms": round(statistics.median(times[side]) * 1e3, 1) for side in names}}
+    for side in names[1:]:
+        ratios = sorted(new / old for new, old in zip(times["compiled"], times[side], strict=True))
+        record[f"compiled_over_{side}_median"] = round(statistics.median(ratios), 3)
+        record[f"compiled_over_{side}_quartiles"] = [round(ratios[len(ratios) // 4], 3),
+                                                     round(ratios[3 * len(ratios) // 4], 3)]
+    print(json.dumps({**record, **cpu_kind(), "kernel_flags": os.environ.get(FLAGS_VARIABLE, ""),
                       "torch": torch.__version__, "threads": torch.get_num_threads()}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

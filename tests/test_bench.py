@@ -535,3 +535,53 @@ def test_sk_mix_ab_times_the_same_gradients_on_every_path_and_restores_the_packa
         low, high = record[f"{name}_over_package"]["range"]
         assert low <= record[f"{name}_over_package"]["median"] <= high
     assert len(record["seconds"]["package"]) == len(record["seconds"]["pytorch-mix"]) == 2
+
+
+_winograd_ab_spec = importlib.util.spec_from_file_location(
+    "winograd_transform_ab", Path(__file__).parents[1] / "benchmarks" / "winograd_transform_ab.py")
+winograd_transform_ab = importlib.util.module_from_spec(_winograd_ab_spec)
+_winograd_ab_spec.loader.exec_module(winograd_transform_ab)
+
+
+@pytest.mark.parametrize("tile", (2, 4))
+def test_winograd_transform_ab_sides_compute_the_same_passes(kernels, tile):
+    """The three sides differ in how the weights are transformed, not in what the passes give."""
+    from simclrv2.models import winograd
+
+    if not kernels.has_winograd_conv():
+        pytest.skip("the Winograd convolution is built on CPUs with AVX2 and FMA only")
+    gen = torch.Generator().manual_seed(tile)
+    x = torch.randn(2, 16, 6, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 32, 6, 7, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(32, 16, 3, 3, generator=gen) / 12).contiguous(memory_format=torch.channels_last)
+    package = {name: getattr(winograd, name) for name in ("forward", "input_grad", "weight_grad")}
+    close = {"rtol": 1e-4, "atol": 1e-4}  # F(4x4)'s float32 rounding (tests/test_winograd_conv.py's bounds)
+    for side in (winograd_transform_ab.gemm_passes(), winograd_transform_ab.einsum_passes()):
+        torch.testing.assert_close(side["forward"](kernels, x, weight, tile),
+                                   package["forward"](kernels, x, weight, tile), **close)
+        torch.testing.assert_close(side["input_grad"](kernels, grad_out, weight, tile),
+                                   package["input_grad"](kernels, grad_out, weight, tile), **close)
+        torch.testing.assert_close(side["weight_grad"](kernels, x, grad_out, tile),
+                                   package["weight_grad"](kernels, x, grad_out, tile), **close)
+
+
+def test_winograd_transform_ab_rotates_the_sides_and_restores_the_package(kernels, monkeypatch, capsys):
+    from simclrv2.models import winograd
+
+    package = winograd.forward
+    seen = []
+    real_cross_entropy = winograd_transform_ab.F.cross_entropy
+
+    def spy(*args, **kwargs):
+        seen.append(winograd.forward is package)
+        return real_cross_entropy(*args, **kwargs)
+
+    monkeypatch.setattr(winograd_transform_ab.F, "cross_entropy", spy)
+    assert winograd_transform_ab.main(["--width", "0.125", "--batch", "4", "--pairs", "3"]) == 0
+    # warm-ups (compiled, gemm, einsum twice), then rounds rotating: ABC, BCA, CAB
+    assert seen == [True, False, False] * 2 + [True, False, False, False, False, True, False, True, False]
+    assert winograd.forward is package
+    record = json.loads(capsys.readouterr().out)
+    for side in ("gemm", "einsum"):
+        low, high = record[f"compiled_over_{side}_quartiles"]
+        assert low <= record[f"compiled_over_{side}_median"] <= high and record[f"{side}_ms"] > 0

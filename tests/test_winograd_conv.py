@@ -98,6 +98,60 @@ def test_the_f4_weight_transforms_match_the_3x3_taps():
         winograd.transformed_weight(weight, tile=3)
 
 
+# (out, in) channels of a weight: one 16 x 16 block, several blocks each way, an input count that is not a multiple
+# of 16 (the forward's last block of inputs is partial)
+WEIGHT_SHAPES = [(16, 16), (48, 32), (32, 80), (16, 5), (64, 20)]
+
+
+def weight_layouts(out_channels: int, in_channels: int) -> list[torch.Tensor]:
+    """One weight three ways: contiguous, channels_last (the encoder's) and a strided view (every other output of a
+    twice-as-wide weight), so that the compiled transforms read any strides."""
+    gen = torch.Generator().manual_seed(out_channels * 100 + in_channels)
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=gen)
+    wide = torch.randn(2 * out_channels, in_channels, 3, 3, generator=gen)
+    wide[::2] = weight
+    return [weight, channels_last(weight), wide[::2]]
+
+
+@pytest.mark.parametrize("tile", winograd.TILES)
+@pytest.mark.parametrize(("out_channels", "in_channels"), WEIGHT_SHAPES)
+def test_the_compiled_weight_transforms_equal_the_pytorch_ones(kernels, out_channels, in_channels, tile):
+    """kernels/winograd_weights.cpp against the G ⊗ G GEMMs above (whose single-tap exactness the two tests before
+    check): the same U for the forward and, where the swapped convolution's outputs are whole strips, for the input
+    gradient, from every layout; the same dW, channels_last. Separable or Kronecker sums differ in float32 rounding
+    only; the packing must be the same element for element."""
+    for weight in weight_layouts(out_channels, in_channels):
+        torch.testing.assert_close(kernels.winograd_transformed_weight(weight, tile, False),
+                                   winograd.transformed_weight(weight, tile), rtol=1e-6, atol=1e-6)
+        if in_channels % winograd.STRIP == 0:
+            torch.testing.assert_close(kernels.winograd_transformed_weight(weight, tile, True),
+                                       winograd.transformed_swapped_flipped_weight(weight, tile), rtol=1e-6, atol=1e-6)
+    if in_channels % winograd.STRIP == 0:
+        du = torch.randn((tile + 2) ** 2, in_channels, out_channels, generator=torch.Generator().manual_seed(tile))
+        grad = kernels.winograd_weight_from_transformed(du)
+        assert grad.shape == (out_channels, in_channels, 3, 3) and grad.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(grad, winograd.weight_from_transformed(du, out_channels, in_channels),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_the_compiled_weight_transforms_refuse_what_they_do_not_compute(kernels):
+    weight = torch.randn(16, 16, 3, 3)
+    with pytest.raises(RuntimeError, match="tile must be 2 or 4"):
+        kernels.winograd_transformed_weight(weight, 3, False)
+    for bad in (weight.double(), torch.randn(16, 16, 5, 5), torch.randn(16, 16, 9)):
+        with pytest.raises(RuntimeError, match=r"float32 \(K, C, 3, 3\)"):
+            kernels.winograd_transformed_weight(bad, 2, False)
+    with pytest.raises(RuntimeError, match=r"output channels \(24\) must be a multiple of 16"):
+        kernels.winograd_transformed_weight(torch.randn(24, 16, 3, 3), 2, False)
+    with pytest.raises(RuntimeError, match=r"output channels \(8\) must be a multiple of 16"):
+        kernels.winograd_transformed_weight(torch.randn(16, 8, 3, 3), 2, True)  # the swapped convolution's outputs
+    for bad in (torch.randn(25, 16, 16), torch.randn(16, 16, 16).double(), torch.randn(16, 16, 32).transpose(1, 2)):
+        with pytest.raises(RuntimeError, match="dU must be"):
+            kernels.winograd_weight_from_transformed(bad)
+    with pytest.raises(RuntimeError, match="multiples of 16, not 16 and 24"):
+        kernels.winograd_weight_from_transformed(torch.randn(36, 16, 24))
+
+
 def test_the_winograd_kernel_refuses_what_it_does_not_compute(winograd_kernels):
     u = winograd.transformed_weight(torch.randn(16, 16, 3, 3))
     for bad in (torch.randn(2, 16, 5, 5),  # NCHW

@@ -1,13 +1,15 @@
 """The three passes of a float32 3×3 convolution (stride 1, padding 1) by Winograd's F(m×m, 3×3), m = 2 or 4.
 
 The compiled kernel (``kernels/winograd_conv.cpp``) does the per-tile work: the input and output transforms and
-the GEMMs over channels, one per position of the (m+2)×(m+2) transformed tile. What is per weight, not per pixel,
-lives here: the kernel's transform ``U = G g Gᵀ`` for forward, the same for the input gradient (the convolution of
-the output gradient with the kernel flipped and its channels swapped), and ``dW = Gᵀ dU G`` after the kernel has
-summed ``dU`` over the tiles. These are a few hundred flops per weight, against the millions per weight of the
-passes themselves, but they are paid every call whatever the batch: each is one GEMM with the Kronecker product
-G ⊗ G over all channel pairs at once (``U = (G ⊗ G) vec(g)``), and a copy into the kernel's layout. With
-``torch.einsum`` instead they took ~15 ms of a float32 step (most of a batch-8 step's fixed cost).
+the GEMMs over channels, one per position of the (m+2)×(m+2) transformed tile. Per weight, not per pixel, are the
+kernel's transform ``U = G g Gᵀ`` for forward, the same for the input gradient (the convolution of the output
+gradient with the kernel flipped and its channels swapped), and ``dW = Gᵀ dU G`` after the kernel has summed ``dU``
+over the tiles. These are a few hundred flops per weight, against the millions per weight of the passes themselves,
+but they are paid every call whatever the batch, so they are compiled too (``kernels/winograd_weights.cpp``: one
+pass each, written in the layout its reader wants). The same transforms in PyTorch ops stay here as the tests'
+reference: one GEMM with the Kronecker product G ⊗ G over all channel pairs (``U = (G ⊗ G) vec(g)``) and a copy
+into the kernel's layout (``benchmarks/winograd_transform_ab.py`` times the three ways, ``torch.einsum`` the
+first).
 
 F(2×2, 3×3) needs 16 products per channel pair for 4 outputs (2.25× fewer than a direct convolution), F(4×4, 3×3)
 36 for 16 (4× fewer) but with larger transform entries, so about one decimal digit less float32 accuracy; both
@@ -81,17 +83,17 @@ def weight_from_transformed(du: Tensor, out_channels: int, in_channels: int) -> 
 
 def forward(kernels: Any, x: Tensor, weight: Tensor, tile: int = 2) -> Tensor:
     """conv2d(x, weight, padding=1), x float32 channels_last."""
-    return kernels.winograd_conv3x3(x, transformed_weight(weight, tile))
+    return kernels.winograd_conv3x3(x, kernels.winograd_transformed_weight(weight, tile, False))
 
 
 def input_grad(kernels: Any, grad_out: Tensor, weight: Tensor, tile: int = 2) -> Tensor:
     """dL/dx: the same convolution of the output gradient with the kernel flipped and its channels swapped."""
     return kernels.winograd_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
-                                    transformed_swapped_flipped_weight(weight, tile))
+                                    kernels.winograd_transformed_weight(weight, tile, True))
 
 
 def weight_grad(kernels: Any, x: Tensor, grad_out: Tensor, tile: int = 2) -> Tensor:
     """dL/dW, float32, channels_last."""
     du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile,
                                       PARTIAL_SUMS_BUDGET_BYTES)
-    return weight_from_transformed(du, grad_out.shape[1], x.shape[1])
+    return kernels.winograd_weight_from_transformed(du)

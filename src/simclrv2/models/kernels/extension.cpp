@@ -11,3 +11,4 @@
 #include "direct_conv.cpp"
 #include "stem_conv.cpp"
 #include "winograd_conv.cpp"
+#include "winograd_weights.cpp"

@@ -57,6 +57,9 @@ at::Tensor direct_conv3x3(const at::Tensor& x, const at::Tensor& weight, bool in
 bool has_winograd_conv();
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& u);
 at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out, int64_t tile, int64_t budget_bytes);
+// winograd_weights.cpp: its per-weight transforms, G g G^T packed for winograd_conv3x3 and the gradient's G^T dU G.
+at::Tensor winograd_transformed_weight(const at::Tensor& weight, int64_t tile, bool swapped_flipped);
+at::Tensor winograd_weight_from_transformed(const at::Tensor& du);
 
 // stem_conv.cpp: a one-input-channel convolution (stride 1) and its weight gradient.
 at::Tensor stem_conv_forward(const at::Tensor& x, const at::Tensor& weight, int64_t padding);

@@ -22,6 +22,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "float32 3x3 convolution, stride 1, padding 1, channels_last, by Winograd F(2x2, 3x3) or F(4x4, 3x3) from G g G^T");
   m.def("winograd_weight_grad", &simclrv2::winograd_weight_grad,
         "its weight gradient before the kernel transform: ((m+2)^2, C, K), dW = G^T dU G");
+  m.def("winograd_transformed_weight", &simclrv2::winograd_transformed_weight,
+        "G g G^T of a (K, C, 3, 3) weight (or of it flipped with its channels swapped), packed for winograd_conv3x3");
+  m.def("winograd_weight_from_transformed", &simclrv2::winograd_weight_from_transformed,
+        "G^T dU G of winograd_weight_grad's sum: the weight gradient, channels_last");
   m.def("stem_conv_forward", &simclrv2::stem_conv_forward, "stride-1 convolution of a one-channel input");
   m.def("stem_conv_weight_grad", &simclrv2::stem_conv_weight_grad, "its weight gradient, float32");
   m.def("add", &simclrv2::add, "a + b, two dense tensors of one layout");

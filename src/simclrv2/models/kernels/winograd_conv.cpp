@@ -404,7 +404,8 @@ void weight_grad_tiles(const at::Tensor& x, const at::Tensor& grad_out, at::Tens
     });
     float* out_group = out + first_position * per_position;
     at::parallel_for(0, size, 4096, [&](int64_t begin, int64_t end) {
-      for (int th = 0; th < threads; ++th) {
+      std::copy(partial.get() + begin, partial.get() + end, out_group + begin);  // dU needs no zeroing first
+      for (int th = 1; th < threads; ++th) {
         const float* p = partial.get() + th * size;
         for (int64_t i = begin; i < end; ++i) out_group[i] += p[i];
       }
@@ -465,7 +466,7 @@ at::Tensor winograd_weight_grad(const at::Tensor& x, const at::Tensor& grad_out,
   TORCH_CHECK(grad_out.size(0) == x.size(0) && grad_out.size(2) == x.size(2) && grad_out.size(3) == x.size(3),
               "winograd_conv3x3: the output gradient must have x's batch and map size (stride 1, padding 1)");
   const int64_t positions = (tile + 2) * (tile + 2);
-  auto du = at::zeros({positions, x.size(1), grad_out.size(1)},
+  auto du = at::empty({positions, x.size(1), grad_out.size(1)},
                       x.options().memory_format(at::MemoryFormat::Contiguous));
 #if defined(SIMCLRV2_WINOGRAD_CONV)
   if (tile == 2) {
