@@ -585,3 +585,18 @@ def test_winograd_transform_ab_rotates_the_sides_and_restores_the_package(kernel
     for side in ("gemm", "einsum"):
         low, high = record[f"compiled_over_{side}_quartiles"]
         assert low <= record[f"compiled_over_{side}_median"] <= high and record[f"{side}_ms"] > 0
+
+
+_optimizer_ab_spec = importlib.util.spec_from_file_location(
+    "optimizer_step_ab", Path(__file__).parents[1] / "benchmarks" / "optimizer_step_ab.py")
+optimizer_step_ab = importlib.util.module_from_spec(_optimizer_ab_spec)
+_optimizer_ab_spec.loader.exec_module(optimizer_step_ab)
+
+
+def test_optimizer_step_ab_times_the_default_and_the_fused_step_of_both_optimizers(capsys):
+    assert optimizer_step_ab.main(["--width", "0.125", "--rounds", "3"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["optimizer"] for r in records] == ["sgd", "adamw"]
+    for record in records:
+        assert record["default_ms"] > 0 and record["fused_ms"] > 0 and record["fused_over_default"] > 0
+        assert record["parameters"] > 0 and record["rounds"] == 3

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.optim import LARS, lr_at, param_groups, scaled_learning_rate, set_lr, warmup_steps_for
+from simclrv2.optim import LARS, build_optimizer, lr_at, param_groups, scaled_learning_rate, set_lr, warmup_steps_for
 
 
 def lars_by_hand(w, g, v, lr, momentum, wd, eta, excluded):
@@ -205,3 +205,30 @@ def test_plain_modules_are_excluded_from_decay_and_adaptation():
     adapted, excluded = param_groups(model, 1e-4, plain=[model[1]])
     assert [p.shape for p in adapted["params"]] == [torch.Size([4, 3])]
     assert {tuple(p.shape) for p in excluded["params"]} == {(4,), (2, 4), (2,)}
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_sgd_and_adamw_run_pytorchs_fused_step_on_cpu_and_step_as_its_default_does(name):
+    """The fused step is a faster way to the same update: ten steps (with weight decay on one group only, and rates
+    set per step as the stages do) end where PyTorch's default step ends, to float32 rounding."""
+    torch.manual_seed(0)
+    # no bias before the BN: its gradient would be rounding noise, which Adam scales up to a full step
+    model = nn.Sequential(nn.Linear(12, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    start, twin = copy.deepcopy(model), copy.deepcopy(model)
+    fused = build_optimizer(param_groups(model, 1e-2), name, 0.05, 1e-2, 0.9)
+    assert all(group["fused"] for group in fused.param_groups)
+    default_groups = [{k: v for k, v in group.items() if k != "lars_exclude"} for group in param_groups(twin, 1e-2)]
+    optimizer = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+    options = {"momentum": 0.9} if name == "sgd" else {"betas": (0.9, 0.999)}
+    default = optimizer(default_groups, lr=0.05, weight_decay=1e-2, **options)
+    assert not any(group.get("fused") for group in default.param_groups)
+    for step in range(10):
+        x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
+        for net, opt in ((model, fused), (twin, default)):
+            set_lr(opt, 0.05 * (1 - step / 10))
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for p, q, p0 in zip(model.parameters(), twin.parameters(), start.parameters(), strict=True):
+        assert (p - p0).abs().max() > 1e-3  # every tensor moved
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)

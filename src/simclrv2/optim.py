@@ -168,7 +168,16 @@ def build_optimizer(groups: list[dict], name: str, lr: float, weight_decay: floa
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     plain = [{k: v for k, v in group.items() if k != "lars_exclude"} for group in groups]
     if name == "sgd":
-        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused_on_cpu(plain))
     if name == "adamw":
-        return torch.optim.AdamW(plain, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+        return torch.optim.AdamW(plain, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay,
+                                 **fused_on_cpu(plain))
     raise SimCLRv2Error(f"optimizer {name!r} is not one of: lars, sgd, adamw")
+
+
+def fused_on_cpu(groups: list[dict]) -> dict:
+    """PyTorch's fused SGD and AdamW step (one vectorised pass a tensor) where every parameter is on the CPU, whose
+    default runs several ops a tensor from Python; elsewhere PyTorch's default. A checkpoint saved without it resumes
+    without it (its groups carry the setting)."""
+    on_cpu = all(p.device.type == "cpu" for group in groups for p in group["params"])
+    return {"fused": True} if on_cpu else {}
