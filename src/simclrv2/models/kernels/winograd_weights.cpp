@@ -2,10 +2,10 @@
 // packed as the convolution reads it, and the weight gradient G^T dU G, channels_last. They are paid on every call
 // whatever the batch: as one PyTorch GEMM with G (x) G over all channel pairs (16 or 36 x 9 by 9 x C K, a shape BLAS
 // runs far below the machine) plus the re-layouts around it, they took a few ms of a small-batch float32 step
-// (benchmarks/winograd_transform_ab.py). Here each is one pass: a block of 16 x 16 channel pairs is read once, transformed
-// separably in registers (G g, then (G g) G^T: 162 multiply-adds a pair for F(4x4) against the Kronecker product's
-// 324) and written once in the layout its reader wants. simclrv2.models.winograd keeps the same transforms in
-// PyTorch ops as the tests' reference.
+// (benchmarks/winograd_transform_ab.py). Here each is one pass: a block of 16 x 16 channel pairs is read once,
+// transformed separably in registers (G g, then (G g) G^T: 162 multiply-adds a pair for F(4x4) against the Kronecker
+// product's 324) and written once in the layout its reader wants. simclrv2.models.winograd keeps the same transforms
+// in PyTorch ops as the tests' reference.
 #include "kernels.h"
 
 #include <ATen/Parallel.h>
