@@ -562,9 +562,9 @@ def pretraining_seed_table(rows: list[dict], replicated: dict) -> str:
 def pretraining_length_cells(rows: list[dict], cells: dict, per_seed: bool = False) -> dict[int, dict]:
     """Pretraining epochs -> the size cells again with every fine-tuned run from a pretraining that long (the
     ``pretrain-epochs`` part: seed 0's pretraining, the recipes chosen at the size table's length), paired with
-    the same supervised-only runs; ``shorter`` holds the size table's fine-tuned runs. With ``per_seed``, ``cells``
-    are :func:`pretraining_seed_cells` and seed s comes from a longer pretraining of seed s (the pretraining-seeds
-    part's; seed 0's is the pretrain-epochs part's): only cells with more than that seed."""
+    the same supervised-only runs; ``shorter`` holds the size table's fine-tuned runs of the same seeds. With
+    ``per_seed``, ``cells`` are :func:`pretraining_seed_cells` and seed s comes from a longer pretraining of seed s
+    (the pretraining-seeds part's; seed 0's is the pretrain-epochs part's): only cells with more than that seed."""
     length = _size_length(rows)
     longer = [r for r in rows if r["method"] == "fine-tuned" and r.get("test_top1") is not None
               and not r.get("sk_ratio") and not r["memory"] and r["head_layers"] == 3 and r.get("head_layer") == 1
@@ -576,8 +576,9 @@ def pretraining_length_cells(rows: list[dict], cells: dict, per_seed: bool = Fal
             tuned = by_seed([r for r in longer if r["pretrain_epochs"] == epochs and r["width"] == width
                              and r["labels"] == labels])
             if len(tuned) > per_seed:
+                shorter = {seed: value for seed, value in cell["fine-tuned"].items() if seed in tuned}
                 out.setdefault(epochs, {})[(width, labels)] = {
-                    "supervised": cell["supervised"], "fine-tuned": tuned, "shorter": cell["fine-tuned"],
+                    "supervised": cell["supervised"], "fine-tuned": tuned, "shorter": shorter,
                     "gain": paired(tuned, cell["supervised"])}
     return out
 

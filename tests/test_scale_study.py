@@ -688,6 +688,11 @@ def test_a_longer_pretraining_per_seed_pairs_each_seed_with_its_own_pretrainings
     assert cell["fine-tuned"] == {0: shared["fine-tuned"][0], 1: next(
         r["test_top1"] for r in longer if r["width"] == 0.25 and r["labels"] == "1%") + 10}
     assert cell["shorter"] == replicated[(0.25, "1%")]["fine-tuned"]
+    # a seed with no longer pretraining yet (seed 2 here) stays out of the shorter column too
+    with_seed_2 = {key: dict(value, **{"fine-tuned": {**value["fine-tuned"], 2: 99.0}})
+                   for key, value in replicated.items()}
+    partial = scale_report.pretraining_length_cells(rows, with_seed_2, per_seed=True)[5][(0.25, "1%")]
+    assert partial["shorter"] == replicated[(0.25, "1%")]["fine-tuned"]
     table = scale_report.pretraining_length_table(rows, per_seed, per_seed=True)
     assert table.startswith("kNN top-1 on validation after each pretraining: width 0.25: 2 epochs 70.0 (seed 0), "
                             "70.0 (seed 1); 5 epochs 70.0 (seed 0), 70.0 (seed 1); width 0.5:")
