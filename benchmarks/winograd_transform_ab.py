@@ -12,6 +12,7 @@ it. The transforms are paid per call whatever the batch, so they weigh most on s
 the Winograd rules take a layer (fp32, where oneDNN runs AVX2, or on AVX-512-BF16 CPUs without AMX); elsewhere
 every side runs the same code.
 """
+
 from __future__ import annotations
 
 import argparse
