@@ -20,6 +20,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,39 +50,35 @@ def einsum_weight_from_transformed(du: Tensor, out_channels: int, in_channels: i
     return grad.contiguous(memory_format=torch.channels_last)
 
 
-def einsum_passes() -> dict:
-    """forward, input_grad and weight_grad as ``simclrv2.models.winograd`` had them, with the einsum transforms."""
+def passes_with(transformed: Callable, transformed_swapped_flipped: Callable, from_transformed: Callable) -> dict:
+    """forward, input_grad and weight_grad as ``simclrv2.models.winograd`` has them, with other weight transforms:
+    ``transformed(weight, tile)``, ``transformed_swapped_flipped(weight, tile)`` and ``from_transformed(du, K, C)``."""
     def forward(kernels, x, weight, tile=2):
-        return kernels.winograd_conv3x3(x, einsum_transformed_weight(weight, tile))
+        return kernels.winograd_conv3x3(x, transformed(weight, tile))
 
     def input_grad(kernels, grad_out, weight, tile=2):
-        swapped = weight.flip(2, 3).transpose(0, 1)
         return kernels.winograd_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
-                                        einsum_transformed_weight(swapped, tile))
+                                        transformed_swapped_flipped(weight, tile))
 
     def weight_grad(kernels, x, grad_out, tile=2):
         du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile,
                                           winograd.PARTIAL_SUMS_BUDGET_BYTES)
-        return einsum_weight_from_transformed(du, grad_out.shape[1], x.shape[1])
+        return from_transformed(du, grad_out.shape[1], x.shape[1])
 
     return {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}
+
+
+def einsum_passes() -> dict:
+    """The passes with the einsum transforms (the input gradient's of the flipped, channel-swapped kernel)."""
+    return passes_with(einsum_transformed_weight,
+                       lambda weight, tile: einsum_transformed_weight(weight.flip(2, 3).transpose(0, 1), tile),
+                       einsum_weight_from_transformed)
 
 
 def gemm_passes() -> dict:
-    """The same with the package's PyTorch-op transforms (one G ⊗ G GEMM each), as before they were compiled."""
-    def forward(kernels, x, weight, tile=2):
-        return kernels.winograd_conv3x3(x, winograd.transformed_weight(weight, tile))
-
-    def input_grad(kernels, grad_out, weight, tile=2):
-        return kernels.winograd_conv3x3(grad_out.contiguous(memory_format=torch.channels_last),
-                                        winograd.transformed_swapped_flipped_weight(weight, tile))
-
-    def weight_grad(kernels, x, grad_out, tile=2):
-        du = kernels.winograd_weight_grad(x, grad_out.contiguous(memory_format=torch.channels_last), tile,
-                                          winograd.PARTIAL_SUMS_BUDGET_BYTES)
-        return winograd.weight_from_transformed(du, grad_out.shape[1], x.shape[1])
-
-    return {"forward": forward, "input_grad": input_grad, "weight_grad": weight_grad}
+    """The passes with the package's PyTorch-op transforms (one G ⊗ G GEMM each), as before they were compiled."""
+    return passes_with(winograd.transformed_weight, winograd.transformed_swapped_flipped_weight,
+                       winograd.weight_from_transformed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -209,6 +209,14 @@ def kernels():
 
 
 @pytest.fixture
+def winograd_kernels(kernels):
+    """The compiled kernels where they include the Winograd convolution (built on AVX2 with FMA only)."""
+    if not kernels.has_winograd_conv():
+        pytest.skip("the Winograd convolution is built on CPUs with AVX2 and FMA only")
+    return kernels
+
+
+@pytest.fixture
 def fused(kernels):
     """The compiled kernels on for one test, and the switch back as it was afterwards."""
     from simclrv2.models import cpu_kernels

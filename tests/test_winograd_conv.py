@@ -23,13 +23,6 @@ SHAPES = [(3, 32, 32, 14, 14), (2, 32, 32, 7, 7), (4, 64, 64, 4, 4), (2, 16, 32,
           (1, 32, 16, 1, 1), (5, 32, 32, 16, 17)]
 
 
-@pytest.fixture
-def winograd_kernels(kernels):
-    if not kernels.has_winograd_conv():
-        pytest.skip("the Winograd convolution is built on CPUs with AVX2 and FMA only")
-    return kernels
-
-
 def relative_error(got: torch.Tensor, exact: torch.Tensor) -> float:
     return ((got.double() - exact).norm() / exact.norm()).item()
 
