@@ -366,12 +366,16 @@ _profile_spec.loader.exec_module(step_profile)
 
 def test_step_profile_shares_out_one_training_step_by_operator(capsys):
     step_profile.main(["--width", "0.25", "--batch", "2", "--precision", "fp32", "--no-keep-freed-memory",
-                       "--no-fused-kernels", "--rows", "40", "--dram-copy-mib", "8"])
+                       "--no-fused-kernels", "--rows", "1000", "--dram-copy-mib", "8"])
     record = json.loads(capsys.readouterr().out.splitlines()[0])
     assert record["keep_freed_memory"] is False and record["fused_kernels"] is False and record["step_s"] > 0
     names = {op["name"] for op in record["ops"]}
     assert {"aten::convolution_backward", "aten::native_batch_norm_backward"} <= names
-    assert 0.95 <= sum(op["share"] for op in record["ops"]) <= 1.0 + 1e-6  # 40 rows: (nearly) every operator
+    shares = [op["share"] for op in record["ops"]]
+    assert shares == sorted(shares, reverse=True)
+    # every operator listed (more rows than operators), so the shares sum to one up to each row's rounding;
+    # a load-independent check: a busy CPU moves time between operators, not out of the table
+    assert abs(sum(shares) - 1.0) <= 0.0005 * len(shares) + 1e-9
     assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps", "dram_copy_gbps")) > 0
 
 
