@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import shutil
 import socket
 import struct
 from pathlib import Path
@@ -199,9 +198,9 @@ def assert_test_split_read_only_in_final_evaluations(reads: list[SplitRead], eva
 @pytest.fixture(scope="session")
 def kernels():
     """The compiled CPU kernels (simclrv2.models.cpu_kernels); tests that need them skip without a C++ compiler."""
-    from simclrv2.models.cpu_kernels import build_kernels
+    from simclrv2.models.cpu_kernels import build_kernels, compiler_available
 
-    if shutil.which("c++") is None and shutil.which("g++") is None:
+    if not compiler_available():
         pytest.skip("no C++ compiler to build the compiled CPU kernels")
     built = build_kernels()
     assert built is not None, "the kernels failed to build (see the warning above)"

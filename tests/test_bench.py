@@ -6,12 +6,13 @@ import argparse
 import importlib.util
 import itertools
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from simclrv2.models import cpu_kernels
 
 _spec = importlib.util.spec_from_file_location(
     "peer_compare", Path(__file__).parents[1] / "benchmarks" / "peer_compare.py")
@@ -419,7 +420,7 @@ def test_bn_relu_shapes_rates_keep_three_figures_so_a_slow_tiny_shape_is_not_zer
     assert bn_relu_shapes.gb_per_s(102_760_448, 3.45e-3) == 29.8
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+@pytest.mark.skipif(not cpu_kernels.compiler_available(), reason="no C++ compiler")
 def test_bn_relu_shapes_times_both_paths_for_every_stage(capsys):
     assert bn_relu_shapes.main(["--width", "0.125", "--batch", "2", "--precision", "fp32", "--repeats", "1"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -283,18 +283,37 @@ def test_without_a_compiler_the_layers_run_unfused_with_one_warning(monkeypatch,
     assert [r.getMessage() for r in caplog.records if "C++ compiler" in r.getMessage()]
 
 
-def test_a_failed_build_warns_and_falls_back(monkeypatch, unfused, caplog):
+def test_without_the_compiler_cxx_names_the_warning_says_which(monkeypatch, unfused, caplog):
+    monkeypatch.setattr(cpu_kernels, "_KERNELS", {})
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        assert use_fused_kernels(True) is False
+    assert [r for r in caplog.records if "'no-such-compiler++' not found" in r.getMessage()]
+
+
+# torch's message for a failed ninja build: the failing command first, the compiler's diagnostics after it
+_NINJA_FAILURE = ("Error building extension 'x': [1/3] clang++ -MMD -MF bn_relu.o.d -O3 -c bn_relu.cpp -o bn_relu.o\n"
+                  "FAILED: bn_relu.o\nIn file included from bn_relu.cpp:1:\n"
+                  "ParallelOpenMP.h:12:10: fatal error: 'omp.h' file not found\n1 error generated.\n")
+
+
+@pytest.mark.parametrize(("message", "said"), [
+    ("Error building extension 'x'\ndetails", "Error building extension 'x'"),
+    (_NINJA_FAILURE, "ParallelOpenMP.h:12:10: fatal error: 'omp.h' file not found"),
+    ("", "RuntimeError")])
+def test_a_failed_build_warns_why_and_falls_back(monkeypatch, unfused, caplog, message, said):
     def broken(*args, **kwargs):
-        raise RuntimeError("Error building extension 'x'\ndetails")
+        raise RuntimeError(message)
 
     monkeypatch.setattr(cpu_kernels, "_KERNELS", {})
+    monkeypatch.setenv("CXX", "clang++")
     monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: "/usr/bin/" + name)  # a compiler, as far as it knows
     monkeypatch.setattr("torch.utils.cpp_extension.load", broken)
     with caplog.at_level(logging.WARNING, logger="simclrv2"):
         assert use_fused_kernels(True) is False
         assert use_fused_kernels(True) is False  # the next session neither rebuilds nor warns again
     assert [r.getMessage() for r in caplog.records if "failed to build" in r.getMessage()] == [
-        "compiled CPU kernels failed to build (Error building extension 'x'); using PyTorch's ops"]
+        f"compiled CPU kernels failed to build with 'clang++' ({said}); using PyTorch's ops"]
 
 
 @pytest.mark.parametrize(("device", "wanted", "expected"), [("cpu", True, True), ("cpu", False, False)])

@@ -35,3 +35,13 @@ def test_the_build_name_changes_with_a_file_that_is_only_included(tmp_path, monk
     with (kernel_dir / "kernels.h").open("a") as header:
         header.write("// an edit\n")
     assert len({before, after_source, cpu_kernels._build_name()}) == 3
+
+
+def test_the_build_name_changes_with_the_compiler(monkeypatch):
+    """A library gcc built is not loaded for a session told to build with clang (``CXX``), nor the reverse."""
+    monkeypatch.delenv("CXX", raising=False)
+    default = cpu_kernels._build_name()
+    monkeypatch.setenv("CXX", "c++")
+    assert cpu_kernels._build_name() == default  # torch's default compiler, named or not
+    monkeypatch.setenv("CXX", "clang++")
+    assert cpu_kernels._build_name() != default

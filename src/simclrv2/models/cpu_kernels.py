@@ -45,6 +45,24 @@ FLAGS_VARIABLE = "SIMCLRV2_CPU_KERNEL_FLAGS"
 def _flags() -> list[str]:
     return _FLAGS + os.environ.get(FLAGS_VARIABLE, "").split()
 
+
+def compiler() -> str:
+    """The C++ compiler torch's extension builder runs: ``CXX`` where set, else ``c++`` (its rule). clang works
+    too, given its OpenMP runtime (Debian: ``libomp-dev``)."""
+    return os.environ.get("CXX", "c++")
+
+
+def compiler_available() -> bool:
+    return shutil.which(compiler()) is not None
+
+
+def _build_failure(error: Exception) -> str:
+    """The line of a failed build that says why: the compiler's first error where the message carries its output
+    (torch puts the failing command first, which says nothing), else the message's first line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reasons = [line for line in lines if "error:" in line.lower()]
+    return (reasons or lines or [type(error).__name__])[0]
+
 # This process's switch, like torch.backends' flags: "built" caches the compiled library (None: it could not be
 # built, so later sessions neither retry nor warn again), "active" is the library while the current session has the
 # kernels on (each session sets it from run.fused_kernels).
@@ -59,7 +77,7 @@ def _build_name() -> str:
     digest = hashlib.sha256()
     for path in sorted([*KERNEL_DIR.glob("*.cpp"), *KERNEL_DIR.glob("*.h")]):  # every file the build reads
         digest.update(path.read_bytes())
-    digest.update(" ".join(_flags()).encode())
+    digest.update(" ".join([compiler(), *_flags()]).encode())
     digest.update(torch.__version__.encode())
     digest.update(repr(sorted(cpu_kind().items())).encode())
     return f"simclrv2_cpu_kernels_{digest.hexdigest()[:12]}"
@@ -71,9 +89,9 @@ def build_kernels() -> ModuleType | None:
     if "built" in _KERNELS:
         return _KERNELS["built"]
     log = get_logger()
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        log.warning("compiled CPU kernels unavailable: no C++ compiler (install g++, or set run.fused_kernels = "
-                    "false to silence this); using PyTorch's ops")
+    if not compiler_available():
+        log.warning(f"compiled CPU kernels unavailable: no C++ compiler ({compiler()!r} not found: install g++ or "
+                    "set CXX, or set run.fused_kernels = false to silence this); using PyTorch's ops")
         _KERNELS["built"] = None
         return None
     from torch.utils.cpp_extension import load
@@ -84,8 +102,8 @@ def build_kernels() -> ModuleType | None:
         module = load(_build_name(), [str(KERNEL_DIR / name) for name in SOURCE_NAMES], extra_cflags=_flags(),
                       extra_ldflags=["-fopenmp"])
     except Exception as error:  # any failure to build or load means PyTorch's ops, said once
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.warning(f"compiled CPU kernels failed to build ({first_line}); using PyTorch's ops")
+        log.warning(f"compiled CPU kernels failed to build with {compiler()!r} ({_build_failure(error)}); using "
+                    "PyTorch's ops")
         _KERNELS["built"] = None
         return None
     _KERNELS["built"] = module
