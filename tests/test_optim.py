@@ -222,6 +222,8 @@ def test_sgd_and_adamw_run_pytorchs_fused_step_on_cpu_and_step_as_its_default_do
     options = {"momentum": 0.9} if name == "sgd" else {"betas": (0.9, 0.999)}
     default = optimizer(default_groups, lr=0.05, weight_decay=1e-2, **options)
     assert not any(group.get("fused") for group in default.param_groups)
+    asked_default = build_optimizer(param_groups(copy.deepcopy(model), 1e-2), name, 0.05, 1e-2, 0.9, fused=False)
+    assert type(asked_default) is optimizer and not any(g.get("fused") for g in asked_default.param_groups)
     for step in range(10):
         x, y = torch.randn(16, 12), torch.randint(0, 3, (16,))
         for net, opt in ((model, fused), (twin, default)):

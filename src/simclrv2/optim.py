@@ -160,18 +160,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def build_optimizer(groups: list[dict], name: str, lr: float, weight_decay: float,
-                    momentum: float) -> torch.optim.Optimizer:
+                    momentum: float, fused: bool | None = None) -> torch.optim.Optimizer:
     """``lars`` (the paper's), ``sgd`` with momentum or ``adamw`` over :func:`param_groups`' two groups, so
     BN parameters and biases are excluded from weight decay whichever optimiser runs. The rate is set per step
-    by :func:`set_lr`; ``lr`` is only the starting value."""
+    by :func:`set_lr`; ``lr`` is only the starting value. ``fused`` (SGD, AdamW): None picks
+    :func:`fused_on_cpu`'s step, False PyTorch's default one (what the speed A/B compares against)."""
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     plain = [{k: v for k, v in group.items() if k != "lars_exclude"} for group in groups]
+    step = fused_on_cpu(plain) if fused is None else {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused_on_cpu(plain))
+        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay, **step)
     if name == "adamw":
-        return torch.optim.AdamW(plain, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay,
-                                 **fused_on_cpu(plain))
+        return torch.optim.AdamW(plain, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay, **step)
     raise SimCLRv2Error(f"optimizer {name!r} is not one of: lars, sgd, adamw")
 
 
