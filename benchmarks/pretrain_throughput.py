@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from simclrv2.config import load_config
 from simclrv2.models import conv, count_parameters
-from simclrv2.models.cpu_kernels import FLAGS_VARIABLE
+from simclrv2.models.cpu_kernels import FLAGS_VARIABLE, build_kernels
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind, device_name
 from simclrv2.runtime import resolve_precision
@@ -157,7 +157,8 @@ def measure(data_dir: str | None, width: float, precision: str, head_layers: int
         "channels_last": channels_last,
         "compile": compile_model,
         "keep_freed_memory": keep_freed_memory,
-        "fused_kernels": fused_kernels,
+        # whether they ran: asked for, on the CPU, and built and usable here (not set aside: cpu_kernels)
+        "fused_kernels": fused_kernels and on.type == "cpu" and build_kernels() is not None,
         "compile_s": round(times[0].step_s, 1) if compile_model else 0.0,  # the first step compiles
         "batch": batch,
         "steps": len(timed),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,6 +315,60 @@ def test_a_failed_build_warns_why_and_falls_back(monkeypatch, unfused, caplog, m
         assert use_fused_kernels(True) is False  # the next session neither rebuilds nor warns again
     assert [r.getMessage() for r in caplog.records if "failed to build" in r.getMessage()] == [
         f"compiled CPU kernels failed to build with 'clang++' ({said}); using PyTorch's ops"]
+
+
+def _fake_build(monkeypatch, runtimes_before: set[str], runtimes_after: set[str]) -> object:
+    """A build that loads ``built`` and changes the process's OpenMP runtimes from the first set to the second."""
+    built = object()
+    loaded = []
+    monkeypatch.setattr(cpu_kernels, "_KERNELS", {})
+    monkeypatch.setattr(cpu_kernels.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setattr(cpu_kernels, "openmp_runtimes", lambda: runtimes_after if loaded else runtimes_before)
+    monkeypatch.setattr("torch.utils.cpp_extension.load", lambda *args, **kwargs: loaded.append(1) or built)
+    return built
+
+
+def test_kernels_that_bring_a_second_openmp_runtime_are_not_used(monkeypatch, unfused, caplog):
+    """clang++ beside torch's libgomp links LLVM's libomp: two thread pools spinning against each other made a step
+    slower than PyTorch's own ops, so the build is set aside with a line saying to build with g++."""
+    torch_runtime = "/venv/torch/lib/libgomp.so.1"
+    _fake_build(monkeypatch, {torch_runtime}, {torch_runtime, "/usr/lib/llvm-14/lib/libomp.so.5"})
+    monkeypatch.setenv("CXX", "clang++")
+    with caplog.at_level(logging.WARNING, logger="simclrv2"):
+        assert use_fused_kernels(True) is False
+        assert use_fused_kernels(True) is False  # said once
+    warnings = [r.getMessage() for r in caplog.records if "OpenMP" in r.getMessage()]
+    assert len(warnings) == 1 and "'clang++'" in warnings[0] and "(libomp.so.5) beside torch's (libgomp.so.1)" in \
+        warnings[0] and "g++" in warnings[0]
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"/venv/torch/lib/libgomp.so.1"}, {"/venv/torch/lib/libgomp.so.1"}),  # g++: torch's copy of libgomp.so.1
+    (set(), {"/usr/lib/libgomp.so.1"}),  # a torch without OpenMP: the kernels' runtime is the only one
+    (set(), set())])  # no /proc to list them: nothing is set aside
+def test_kernels_that_share_torchs_openmp_runtime_are_used(monkeypatch, unfused, before, after):
+    built = _fake_build(monkeypatch, before, after)
+    assert use_fused_kernels(True) is True and cpu_kernels.active_kernels() is built
+
+
+def test_openmp_runtimes_reads_the_mapped_files(tmp_path):
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f00-7f01 r--p 00000000 08:01 1 /opt/my env/torch/lib/libgomp.so.1\n"  # a path with a space
+        "7f01-7f02 r-xp 00001000 08:01 1 /opt/my env/torch/lib/libgomp.so.1\n"
+        "7f03-7f04 r--p 00000000 08:01 2 /usr/lib/llvm-14/lib/libomp.so.5\n"
+        "7f05-7f06 r--p 00000000 08:01 3 /usr/lib/libiomp5.so\n"
+        "7f07-7f08 r--p 00000000 08:01 4 /usr/lib/libgomplike/libc.so.6\n"
+        "7f09-7f0a rw-p 00000000 00:00 0 \n"
+        "7f0b-7f0c rw-p 00000000 00:00 0                          [heap]\n")
+    assert cpu_kernels.openmp_runtimes(maps) == {
+        "/opt/my env/torch/lib/libgomp.so.1", "/usr/lib/llvm-14/lib/libomp.so.5", "/usr/lib/libiomp5.so"}
+    assert cpu_kernels.openmp_runtimes(tmp_path / "missing") == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="lists the runtimes from /proc")
+def test_the_built_kernels_share_torchs_openmp_runtime(kernels):
+    assert len(cpu_kernels.openmp_runtimes()) == 1
 
 
 @pytest.mark.parametrize(("device", "wanted", "expected"), [("cpu", True, True), ("cpu", False, False)])

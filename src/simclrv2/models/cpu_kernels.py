@@ -56,6 +56,24 @@ def compiler_available() -> bool:
     return shutil.which(compiler()) is not None
 
 
+# File-name prefixes of the OpenMP runtimes: GCC's, LLVM's and Intel's.
+_OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
+
+
+def openmp_runtimes(maps_file: Path = Path("/proc/self/maps")) -> set[str]:
+    """The paths of the OpenMP runtimes loaded in this process (from ``/proc/self/maps``; empty where there is none).
+    torch brings one; a kernel library built by a compiler of another family (clang++ beside torch's libgomp) brings
+    a second, whose thread pool spins against torch's: the kernels then ran a step at half the speed of PyTorch's
+    own ops."""
+    try:
+        maps = maps_file.read_text()
+    except OSError:
+        return set()
+    fields = (line.split(maxsplit=5) for line in maps.splitlines())  # address perms offset device inode [path]
+    paths = {parts[5] for parts in fields if len(parts) == 6 and parts[5].startswith("/")}
+    return {path for path in paths if Path(path).name.startswith(_OPENMP_RUNTIMES)}
+
+
 def _build_failure(error: Exception) -> str:
     """The line of a failed build that says why: the compiler's first error where the message carries its output
     (torch puts the failing command first, which says nothing), else the message's first line."""
@@ -98,12 +116,21 @@ def build_kernels() -> ModuleType | None:
 
     log.info("compiled CPU kernels (fused BatchNorm-ReLU, convolution re-layouts, gradient sums, Selective Kernels' "
              "mix, direct and Winograd convolutions): loading (the first time on a machine compiles them, ~30-60 s)")
+    torch_runtimes = openmp_runtimes()
     try:
         module = load(_build_name(), [str(KERNEL_DIR / name) for name in SOURCE_NAMES], extra_cflags=_flags(),
                       extra_ldflags=["-fopenmp"])
     except Exception as error:  # any failure to build or load means PyTorch's ops, said once
         log.warning(f"compiled CPU kernels failed to build with {compiler()!r} ({_build_failure(error)}); using "
                     "PyTorch's ops")
+        _KERNELS["built"] = None
+        return None
+    added = sorted(openmp_runtimes() - torch_runtimes)
+    if torch_runtimes and added:  # loaded but never called: its threads never start
+        log.warning(f"compiled CPU kernels not used: built with {compiler()!r}, they load a second OpenMP runtime "
+                    f"({', '.join(Path(path).name for path in added)}) beside torch's "
+                    f"({', '.join(sorted(Path(path).name for path in torch_runtimes))}), whose thread pools contend "
+                    "(slower than PyTorch's ops); build them with g++ (unset CXX or set CXX=g++); using PyTorch's ops")
         _KERNELS["built"] = None
         return None
     _KERNELS["built"] = module
