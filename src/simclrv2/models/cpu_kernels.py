@@ -47,12 +47,13 @@ def _flags() -> list[str]:
 
 
 def compiler() -> str:
-    """The C++ compiler torch's extension builder runs: ``CXX`` where set, else ``c++`` (its rule). clang works
-    too, given its OpenMP runtime (Debian: ``libomp-dev``)."""
+    """The C++ compiler torch's extension builder runs: ``CXX`` where set, else ``c++`` (its rule). On Linux use
+    g++: clang++ builds the kernels (given LLVM's ``libomp``) but :func:`build_kernels` sets that build aside."""
     return os.environ.get("CXX", "c++")
 
 
 def compiler_available() -> bool:
+    """Whether :func:`compiler` is on the PATH: the kernels' build and the tests that need it check this first."""
     return shutil.which(compiler()) is not None
 
 
@@ -63,8 +64,8 @@ _OPENMP_RUNTIMES = ("libgomp", "libomp", "libiomp")
 def openmp_runtimes(maps_file: Path = Path("/proc/self/maps")) -> set[str]:
     """The paths of the OpenMP runtimes loaded in this process (from ``/proc/self/maps``; empty where there is none).
     torch brings one; a kernel library built by a compiler of another family (clang++ beside torch's libgomp) brings
-    a second, whose thread pool spins against torch's: the kernels then ran a step at half the speed of PyTorch's
-    own ops."""
+    a second, whose thread pool spins against torch's: the kernels then ran a step at about half the speed of
+    PyTorch's own ops (docs/speed.md, machine k)."""
     try:
         maps = maps_file.read_text()
     except OSError:
