@@ -1,5 +1,5 @@
-"""The paper's findings at CPU scale: network size, head depth, distillation, a memory of negatives and Selective
-Kernels on Fashion-MNIST, every run through the package's own stages and its validation split.
+"""The paper's findings at CPU scale: network size (width and depth), head depth, distillation, a memory of
+negatives and Selective Kernels on Fashion-MNIST, every run through the package's own stages and its validation split.
 
     python benchmarks/scale_study.py --widths 0.25 0.5 1 --subsets 10/class 1% --seeds 0 1 2 --out runs/scale
     python benchmarks/scale_report.py --readme      # tables, paired differences and the plot from the JSONL
@@ -14,9 +14,11 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
 pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory, the head depths or the longer
-pretrainings). The last four use the size part's recipes for that width. Not run by default: ``distill-labels``
-self-distils with the labelled term too (``--distill-alpha``), ``pretrain-epochs`` pretrains each width for
-``--long-pretrain-epochs`` instead, and the recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one
+pretrainings); ``encoder-depth`` pretrains ``--head-width`` at each of ``--encoder-depths`` (ResNet depths) and runs
+each as ``size`` runs a width, with recipes chosen for it. ``head`` to ``pretraining-seeds`` use the size part's
+recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
+(``--distill-alpha``), ``pretrain-epochs`` pretrains each width for ``--long-pretrain-epochs`` instead, and the
+recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one
 pretraining per configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
 initialisation and the augmentations.
 
@@ -45,7 +47,8 @@ from simclrv2.results import RESULT_FILE, StageResult
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
-PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels", "pretraining-seeds")
+PARTS = ("size", "distill", "big-to-small", "head", "memory", "selective-kernels", "pretraining-seeds",
+         "encoder-depth")
 # recipe choices made with the study's pretraining: the shipped distillation recipe against two candidates, and
 # pretraining's NT-Xent temperature; self-distillation with the labelled term (distill.alpha < 1); and a longer
 # pretraining than --pretrain-epochs
@@ -110,15 +113,20 @@ class Study:
 
     def pretraining(self, width: float, head_layers: int = 3, memory: int = 0,
                     temperature: float | None = None, sk_ratio: float = 0.0, seed: int = 0,
-                    memory_momentum: float | None = None, epochs: int | None = None) -> Run:
+                    memory_momentum: float | None = None, epochs: int | None = None,
+                    depth: int | None = None) -> Run:
         """A pretraining (seed 0 serves every part but ``pretraining-seeds``); ``temperature`` and the memory's
-        ``memory_momentum`` other than the base config's, Selective Kernels (``sk_ratio`` > 0) and ``epochs``
-        other than ``--pretrain-epochs`` name their own runs."""
+        ``memory_momentum`` other than the base config's, Selective Kernels (``sk_ratio`` > 0), ``epochs`` other
+        than ``--pretrain-epochs`` and a ResNet ``depth`` other than the base config's name their own runs."""
         epochs = self.args.pretrain_epochs if epochs is None else epochs
-        c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers, sk_ratio=sk_ratio)
+        depth = self.base.model.depth if depth is None else depth
+        c = self.with_(self.base, "model", width_multiplier=width, head_layers=head_layers, sk_ratio=sk_ratio,
+                       depth=depth)
         c = self.with_(c, "pretrain", epochs=epochs, memory_size=memory)
         c = self.with_(c, "run", seed=seed)
-        name = f"pretrain-w{width}-h{head_layers}" + (f"-mem{memory}" if memory else "")
+        deeper = depth != self.base.model.depth
+        name = "pretrain-" + (f"d{depth}-" if deeper else "") + f"w{width}-h{head_layers}"
+        name += f"-mem{memory}" if memory else ""
         if temperature is not None and temperature != self.base.pretrain.temperature:
             c = self.with_(c, "pretrain", temperature=temperature)
             name += f"-t{temperature}"
@@ -134,6 +142,8 @@ class Study:
         if sk_ratio:  # recorded only where used, so the rows from before Selective Kernels were studied match
             name += f"-sk{sk_ratio:g}"
             facts["sk_ratio"] = sk_ratio
+        if deeper:  # likewise: the rows from before depth was studied are the base config's depth
+            facts["depth"] = depth
         return Run(name + f"-s{seed}", "pretrain", "", facts, c)
 
     def classifier_run(self, stage: str, part: str, pretrained: Run, labels: str, seed: int, recipe: str,
@@ -154,7 +164,7 @@ class Study:
                  "seed": seed, "recipe": recipe, "head_layer": head_layer,
                  "pretrain_epochs": pretrained.facts["pretrain_epochs"],
                  "pretrain_temperature": pretrained.facts["pretrain_temperature"]}
-        for optional in ("sk_ratio", "memory_momentum"):
+        for optional in ("sk_ratio", "memory_momentum", "depth"):
             if optional in pretrained.facts:
                 facts[optional] = pretrained.facts[optional]
         if pretrain_seed:  # recorded only where not 0, as sk_ratio
@@ -176,7 +186,8 @@ class Study:
         return Run(name, "distill", part, facts, c)
 
     def _pretraining_of(self, run: Run) -> Run:
-        return self.pretraining(run.facts["width"], run.facts["head_layers"], run.facts["memory"])
+        return self.pretraining(run.facts["width"], run.facts["head_layers"], run.facts["memory"],
+                                depth=run.facts.get("depth"))
 
     # -- parts ----------------------------------------------------------------------------------------------
 
@@ -211,6 +222,7 @@ class Study:
         best = max(scores, key=scores.get)
         get_logger().info(f"study: {stage} recipe at width {pretrained.facts['width']}: {best} ({scores})")
         facts = {k: pretrained.facts[k] for k in ("width", "head_layers", "memory", "pretrain_temperature")}
+        facts.update({k: pretrained.facts[k] for k in ("depth",) if k in pretrained.facts})
         choice = {"run": name, "part": "choice", "method": "choice", "stage": stage, **facts,
                   "labels": self.args.grid_labels, "seed": self.args.seeds[0], "recipe": best,
                   "val_top1": scores[best], "test_top1": None, "scores": scores}
@@ -241,17 +253,31 @@ class Study:
         """Yields (width, fine-tuned run) for every width, subset and seed (the teachers of later parts);
         ``supervised`` False leaves out the supervised-only runs, which no later part needs."""
         for width in self.args.widths:
-            pretrained = self.pretraining(width)
-            self.run(pretrained)
-            stages = ("supervised", "finetune") if supervised else ("finetune",)
-            recipes = {stage: self.chosen(stage, "size", pretrained) for stage in stages}
-            for labels in self.args.subsets:
-                for seed in self.args.seeds:
-                    for stage, (recipe, lr) in recipes.items():
-                        run = self.classifier_run(stage, "size", pretrained, labels, seed, recipe, lr)
-                        self.run(run)
-                        if stage == "finetune":
-                            yield width, run
+            for run in self.own_recipes(self.pretraining(width), "size", supervised):
+                yield width, run
+
+    def own_recipes(self, pretrained: Run, part: str, supervised: bool = True) -> Iterator[Run]:
+        """Chooses the supervised and fine-tuning recipes of ``pretrained``'s encoder on validation, then runs
+        both at every subset and seed (fine-tuned from head layer 1); yields the fine-tuned runs."""
+        self.run(pretrained)
+        stages = ("supervised", "finetune") if supervised else ("finetune",)
+        recipes = {stage: self.chosen(stage, part, pretrained) for stage in stages}
+        for labels in self.args.subsets:
+            for seed in self.args.seeds:
+                for stage, (recipe, lr) in recipes.items():
+                    run = self.classifier_run(stage, part, pretrained, labels, seed, recipe, lr)
+                    self.run(run)
+                    if stage == "finetune":
+                        yield run
+
+    def encoder_depth(self) -> None:
+        """The paper's other axis of size (ResNet-50 to 152): ``--head-width`` at each of ``--encoder-depths``,
+        each deeper encoder run as the size part runs a width, with its own recipes chosen on validation from the
+        same grids. The base config's depth is the size part's own runs."""
+        for depth in self.args.encoder_depths:
+            pretrained = self.pretraining(self.args.head_width, depth=depth)
+            for _ in self.own_recipes(pretrained, "encoder-depth" if "depth" in pretrained.facts else "size"):
+                pass
 
     def run_all(self) -> None:
         parts = set(self.args.parts)
@@ -262,6 +288,7 @@ class Study:
                     self.run(self.distillation("distill", teacher, epochs))
         later = {"big-to-small": self.big_to_small, "head": self.head_depth, "memory": self.memory,
                  "selective-kernels": self.selective_kernels, "pretraining-seeds": self.pretraining_seeds,
+                 "encoder-depth": self.encoder_depth,
                  "distill-recipes": self.distill_recipes, "temperature": self.temperature,
                  "distill-labels": self.distill_labels, "pretrain-epochs": self.pretraining_length}
         for part, make in later.items():  # in this order
@@ -474,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-width", type=float, default=0.25)
     parser.add_argument("--head-seeds", type=int, nargs="+", help="the head part's seeds (default: --seeds)")
     parser.add_argument("--head-depths", type=int, nargs="+", default=[2, 3, 4], help="projection-head layers")
+    parser.add_argument("--encoder-depths", type=int, nargs="+", default=[18, 50, 101],
+                        help="encoder-depth: ResNet depths at --head-width")
     parser.add_argument("--memory-size", type=int, default=4096)
     parser.add_argument("--memory-momentum", type=float,
                         help="the memory's EMA momentum (default: the base config's pretrain.memory_momentum)")
