@@ -9,48 +9,21 @@ number comes from the JSONL that benchmarks/scale_study.py writes; nothing here 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from readme_block import write_readme
+from scale_depth import depth_cells, depth_recipe_table, depth_table, depths_of
+from scale_stats import _paired_verdict, _verdict, _within_spread, by_seed, encoder_params, mean_sd, paired, read_rows
 from scale_study import DISTILL_EPOCHS
 
 from simclrv2 import load_config
-from simclrv2.models import resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_study.jsonl"
 COMMAND = "python benchmarks/scale_study.py && python benchmarks/scale_report.py --readme"
-
-
-def read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def encoder_params(width: float, sk_ratio: float = 0.0) -> float:
-    """Millions of encoder parameters of the CIFAR-stem ResNet-18 at ``width`` (one channel in)."""
-    encoder = resnet(18, width, cifar_stem=True, in_channels=1, sk_ratio=sk_ratio)
-    return sum(p.numel() for p in encoder.parameters()) / 1e6
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1f} ± {sd:.1f} (n={len(values)})"
-
-
-def by_seed(rows: list[dict], **match: object) -> dict[int, float]:
-    """Test top-1 per seed of the rows whose facts equal ``match``."""
-    return {r["seed"]: r["test_top1"] for r in rows if all(r.get(k) == v for k, v in match.items())
-            and r.get("test_top1") is not None}
-
-
-def paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
-    """a - b on the seeds both have: same seed, same label subset, same pretraining."""
-    return [a[s] - b[s] for s in sorted(a.keys() & b.keys())]
 
 
 def grid_rows(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
@@ -59,7 +32,7 @@ def grid_rows(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
     grids: dict[tuple[float, str], list[dict]] = {}
     for r in rows:
         if (r["part"] in ("recipe", "size") and r.get("labels") == "1%" and r["seed"] == 0 and "recipe" in r
-                and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"]):
+                and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"] and not r.get("depth")):
             grids.setdefault((r["width"], r["method"]), []).append(r)
     return {key: sorted(rs, key=lambda r: r["recipe"]) for key, rs in sorted(grids.items())}
 
@@ -70,7 +43,7 @@ STAGE_METHOD = {"finetune": "fine-tuned", "supervised": "supervised"}
 def choice_rows(rows: list[dict]) -> dict[tuple[float, str], dict]:
     """(width, method) -> the study's recorded choice for the size part's network (3-layer head, no memory)."""
     return {(r["width"], STAGE_METHOD[r["stage"]]): r for r in rows
-            if r["method"] == "choice" and r["head_layers"] == 3 and not r["memory"]}
+            if r["method"] == "choice" and r["head_layers"] == 3 and not r["memory"] and not r.get("depth")}
 
 
 def chosen_recipes(rows: list[dict]) -> dict[tuple[float, str], str]:
@@ -382,20 +355,6 @@ def temperature_table(rows: list[dict], base_temperature: float) -> tuple[str, f
     return "\n".join(lines), max(means, key=means.get)
 
 
-def _verdict(holds: bool) -> str:
-    return "holds" if holds else "**does not hold**"
-
-
-def _within_spread(gain: list[float]) -> bool:
-    """Whether a mean paired difference lies within one sd of zero: its sign alone says little there."""
-    return len(gain) > 1 and abs(statistics.fmean(gain)) < statistics.stdev(gain)
-
-
-def _paired_verdict(gain: list[float], holds: bool) -> str:
-    """The verdict on a mean paired difference, saying so where it is within the seed spread."""
-    return _verdict(holds) + (" (within the seed spread)" if _within_spread(gain) else "")
-
-
 def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]) -> list[str]:
     """The goal rows of the issue that the finished runs can answer, each with its numbers and verdict."""
     out = _size_claims(cells, widths, subsets, "")
@@ -423,10 +382,26 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     return out
 
 
-def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretrainings: str) -> list[str]:
+def _depth_claims(by_width: dict[float, dict], subsets: list[str]) -> list[str]:
+    """The title claim again with depth as the size: fine-tuned − supervised grows from ResNet-18 to the deepest
+    encoder at one width."""
+    out = []
+    for width, cells in by_width.items():
+        out += _size_claims(cells, depths_of(cells), subsets, f"; width {width:g}", axis="depth",
+                            name=lambda depth: f"ResNet-{depth}")
+    return out
+
+
+def _width_name(width: float) -> str:
+    return f"width {width:g}"
+
+
+def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretrainings: str, axis: str = "width",
+                 name: Callable[[float], str] = _width_name) -> list[str]:
     """The paper's title claim on the size cells: fine-tuned − supervised grows with width (per label subset), and
     at 1 % the fine-tuned spread between the smallest and largest width is at least twice the supervised one.
-    ``pretrainings`` names cells whose fine-tuned seeds come from other pretrainings than the size table's."""
+    ``pretrainings`` names cells whose fine-tuned seeds come from other pretrainings than the size table's; ``axis``
+    and ``name`` say what the sizes are (the encoder-depth section's are ResNet depths at one width)."""
     out = []
     for labels in subsets:
         gains = [(w, cells[(w, labels)]["gain"]) for w in widths if cells.get((w, labels), {}).get("gain")]
@@ -434,7 +409,7 @@ def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretraini
             means = [statistics.fmean(g) for _, g in gains]
             grows = all(b > a for a, b in zip(means, means[1:], strict=False))
             text = " → ".join(f"{m:+.1f} (n={len(g)})" for m, (_, g) in zip(means, gains, strict=True))
-            out.append(f"| fine-tuned − supervised grows with width ({labels}; widths "
+            out.append(f"| fine-tuned − supervised grows with {axis} ({labels}; {axis}s "
                        f"{', '.join(f'{w:g}' for w, _ in gains)}; paired by seed{pretrainings}) | grows | {text} | "
                        f"{_verdict(grows)} |")
     if "1%" in subsets and len(widths) > 1:
@@ -449,7 +424,7 @@ def _size_claims(cells: dict, widths: list[float], subsets: list[str], pretraini
             # a seed draws the same label subset at every width, so the fine-tuned spread pairs by seed too
             ft_paired = paired(*(cells[(w, "1%")]["fine-tuned"] for w in (large, small)))
             noisy = " (the fine-tuned spread within the seed spread)" if _within_spread(ft_paired) else ""
-            out.append(f"| width {large:g} − width {small:g}: fine-tuned spread ≥ 2× supervised spread (1 %"
+            out.append(f"| {name(large)} − {name(small)}: fine-tuned spread ≥ 2× supervised spread (1 %"
                        f"{pretrainings}) | ~17 vs ~4 points (ImageNet) | {ft:+.1f} vs {sup:+.1f} (fine-tuned "
                        f"paired by seed: {mean_sd(ft_paired)}) | {_verdict(ft >= 2 * sup and ft > 0)}{noisy} |")
     return out
@@ -713,17 +688,19 @@ def _pretraining_sections(rows: list[dict], cells: dict) -> list[str]:
 
 def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     demo = load_config("demo")  # the study's base config: what a row without a setting's fact ran
+    every_row, rows = rows, [r for r in rows if not r.get("depth")]  # deeper encoders: their own section
     size_rows = [r for r in rows if r["part"] in ("size", "recipe")]
     widths = sorted({r["width"] for r in size_rows})
     subsets = [s for s in ("10/class", "1%", "10%") if any(r.get("labels") == s for r in size_rows)]
     table, cells = size_table(rows, widths, subsets)
-    claims = claim(rows, cells, widths, subsets)
+    by_depth = depth_cells(every_row, cells, subsets, demo.model.depth)
+    claims = claim(rows, cells, widths, subsets) + _depth_claims(by_depth, subsets)
     parts = ["Test top-1 (%), mean ± sd over seeds; each cell's seeds share one pretraining and differ in label "
              "subset, initialisation and augmentation. Differences are paired by seed.", "", table, ""]
     if claims:
         parts += ["| claim | paper | ours | verdict |", "|---|---|---|---|", *claims, ""]
     parts += ["Recipes chosen on validation (1 % labels, seed 0), the same number of candidates per stage:", "",
-              recipe_table(rows), "", pretrain_table(rows)]
+              recipe_table(rows), "", pretrain_table(every_row)]
     if any(r["part"] == "distill-recipe" for r in rows):
         parts += ["", "Self-distillation recipes (1 % labels, seed 0), on validation:", "", distill_recipe_table(rows)]
     lengths = distill_length_table(rows, cells)
@@ -752,6 +729,10 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
         parts += ["", "Selective Kernels in the encoder (the plain encoder's recipes, one pretraining each):",
                   "", selective_kernels]
     parts += _pretraining_sections(rows, cells)
+    if by_depth:
+        parts += ["", f"Encoder depth (each deeper ResNet with its own recipes, chosen on validation; ResNet-"
+                  f"{demo.model.depth} is the table's; one pretraining per encoder):", "",
+                  depth_table(by_depth, subsets, demo.model.depth), "", depth_recipe_table(every_row)]
     temperatures, best = temperature_table(rows, demo.pretrain.temperature)
     if temperatures:
         parts += ["", "Pretraining temperature, fine-tuned with the recipe chosen at the demo's τ (chosen on "

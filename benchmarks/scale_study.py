@@ -220,7 +220,7 @@ class Study:
             return recorded["recipe"], grid[recorded["recipe"]]
         scores = self.grid_scores(stage, pretrained)
         best = max(scores, key=scores.get)
-        get_logger().info(f"study: {stage} recipe at width {pretrained.facts['width']}: {best} ({scores})")
+        get_logger().info(f"study: {stage} recipe for {pretrained.name}: {best} ({scores})")
         facts = {k: pretrained.facts[k] for k in ("width", "head_layers", "memory", "pretrain_temperature")}
         facts.update({k: pretrained.facts[k] for k in ("depth",) if k in pretrained.facts})
         choice = {"run": name, "part": "choice", "method": "choice", "stage": stage, **facts,

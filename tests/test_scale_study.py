@@ -52,9 +52,11 @@ class FakeStages:
             width = config.model.width_multiplier
             lr = {"finetune": config.finetune.optimizer.base_lr,
                   "supervised": config.supervised.optimizer.base_lr}.get(stage, 0.0)
-            # validation prefers lr 0.01 (fine-tuning) / 0.1 (supervised); test ranks the candidates the other
-            # way round, so a choice made on test would be visible
-            val = 0.5 + width / 10 - abs(lr - (0.01 if stage == "finetune" else 0.1))
+            # validation prefers lr 0.01 (fine-tuning) / 0.1 (supervised), 0.03 / 0.3 for a deeper encoder than
+            # ResNet-18; test ranks the candidates the other way round, so a choice made on test would be visible
+            deeper = config.model.depth != 18
+            best_lr = (0.03 if deeper else 0.01) if stage == "finetune" else (0.3 if deeper else 0.1)
+            val = 0.5 + width / 10 - abs(lr - best_lr)
             if stage == "finetune":  # pretraining at τ 0.1 fine-tunes best
                 val -= abs(config.pretrain.temperature - 0.1) / 10
             test = 1.5 - val + config.run.seed / 100
@@ -359,6 +361,54 @@ def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_t
     assert table[5].startswith("| 0.25 | 1% | supervised |") and table[5].endswith("| 1.0 ± 0.0 (n=2) |")
     assert ("| Selective Kernels − plain encoder, fine-tuned (1%) > 0 at every width | +6.6 at 1 %, +3.7 at 10 % "
             "(ResNet-50, ImageNet) | width 0.25: 5.0 ± 0.0 (n=2) | holds |") in text
+
+
+def test_a_deeper_encoder_gets_its_own_runs_and_recipes_and_stays_out_of_the_size_table(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "encoder-depth", "--widths", "0.25", "--encoder-depths", "18", "50")
+    deep = [r for r in rows if r["part"] == "encoder-depth"]
+    assert {(r["method"], r["labels"], r["seed"]) for r in deep} == {
+        (m, s, seed) for m in ("fine-tuned", "supervised") for s in ("10/class", "1%") for seed in (0, 1)}
+    # its own recipes, chosen on validation (the fake prefers other learning rates for a deeper encoder)
+    assert {(r["method"], r["recipe"]) for r in deep} == {("fine-tuned", "sgd-0.03"), ("supervised", "sgd-0.3")}
+    assert all(r["depth"] == 50 and r["width"] == 0.25 for r in deep)
+    choices = {r["run"]: r for r in rows if r["method"] == "choice"}
+    assert choices["choice-finetune-pretrain-d50-w0.25-h3-s0"]["depth"] == 50
+    assert "depth" not in choices["choice-finetune-pretrain-w0.25-h3-s0"]
+    # ResNet-18 is the size part's runs, not run again; ResNet-50 is pretrained once and every run builds it
+    assert len(fake.calls) == 2 * (1 + 6 + 8 - 2)
+    assert fake.configs["pretrain-d50-w0.25-h3-s0"].model.depth == 50
+    assert all(fake.configs[r["run"]].model.depth == 50 for r in deep)
+    assert all(fake.configs[r["run"]].finetune.pretrained.endswith("pretrain-d50-w0.25-h3-s0") for r in deep
+               if r["method"] == "fine-tuned")
+    assert all("depth" not in r for r in rows if r["part"] == "size")
+    # the deeper encoder's rows would otherwise land in ResNet-18's cells of the size table
+    lifted = [dict(r, test_top1=r["test_top1"] + (5 if r["method"] == "fine-tuned" else 1))
+              if r["part"] == "encoder-depth" else r for r in rows]
+    text, cells, _, _ = scale_report.report(lifted)
+    plain = {r["seed"]: r["test_top1"] for r in rows if r["part"] == "size" and r["method"] == "fine-tuned"
+             and r["labels"] == "1%"}
+    assert cells[(0.25, "1%")]["fine-tuned"] == plain
+    assert "| **sgd-0.03** |" not in scale_report.recipe_table(lifted)  # ResNet-18's choices only
+    # its own section: ResNet-18 from the size table, ResNet-50 paired by seed with it, and the claims by depth
+    section = text[text.index("Encoder depth"):].splitlines()
+    assert section[4].startswith("| ResNet-18 width 0.25 (0.70 M) | 10/class |") and section[4].endswith("| – |")
+    assert section[7] == ("| ResNet-50 width 0.25 (1.48 M) | 1% | 99.0 ± 0.7 (n=2) | 104.0 ± 0.7 (n=2) | "
+                          "5.0 ± 0.0 (n=2) | 5.0 ± 0.0 (n=2) |")
+    assert "| ResNet-50 width 0.25 | fine-tuned | **sgd-0.03** | 51.5 |" in section
+    assert ("| fine-tuned − supervised grows with depth (1%; depths 18, 50; paired by seed; width 0.25) | grows | "
+            "+1.0 (n=2) → +5.0 (n=2) | holds |") in text
+    assert ("| ResNet-50 − ResNet-18: fine-tuned spread ≥ 2× supervised spread (1 %; width 0.25) | ~17 vs ~4 points "
+            "(ImageNet) | +5.0 vs +1.0 (fine-tuned paired by seed: 5.0 ± 0.0 (n=2)) | holds |") in text
+    assert "| pretrain-d50-w0.25-h3-s0 | 2 | 70.0 |" in text
+
+
+def test_a_deeper_encoder_at_a_width_the_size_table_lacks_adds_no_row_there(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "encoder-depth", "--widths", "0.25", "--head-width", "0.5",
+                  "--encoder-depths", "50")
+    text, cells, widths, _ = scale_report.report(rows)
+    assert widths == [0.25] and {w for w, _ in cells} == {0.25}
+    section = text[text.index("Encoder depth"):].splitlines()
+    assert [line.split(" | ")[0] for line in section[4:6]] == ["| ResNet-50 width 0.5 (5.89 M)"] * 2
 
 
 def test_selective_kernels_hold_only_where_every_width_gains():
