@@ -7,14 +7,14 @@ encoder on a pretraining batch: ``--batch`` pairs, so 2x images, at 28 px), time
 backward-weights (``aten.convolution_backward`` with one output mask at a time, as autograd calls it) in the
 given dtype and memory layout, and reports GFLOP/s and the share of this machine's GEMM peak for that dtype
 (measured here with 2048^3 matmuls, the shared bench's gemm_peak protocol). Where the encoder's Conv2d runs a
-pass as a GEMM over the input's patches (``simclrv2.models.conv.GEMM_RULES``: small output maps, wide GEMMs, bf16 only),
-that GEMM is timed too (forward-gemm, backward-data-gemm, backward-weights-gemm, the last from the patches forward
-kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass; likewise our compiled kernels
-(direct, or Winograd's where oneDNN runs AVX2) where ``simclrv2.models.conv.direct_passes`` gives them a pass
-(forward-direct, ...). The last column per pass is the share of the step's convolution time, weighted by how
-many layers have the shape. One JSON line per row, then a Markdown table; ``--out`` also writes the lines to a
-file. Freed memory is kept for reuse, as training sessions do (``run.keep_freed_memory``): otherwise glibc maps
-each large output afresh and its page faults are timed.
+pass as a GEMM over the input's patches (``simclrv2.models.conv_rules.GEMM_RULES``: small output maps, wide GEMMs,
+bf16 only), that GEMM is timed too (forward-gemm, backward-data-gemm, backward-weights-gemm, the last from the
+patches forward kept where forward is a GEMM too) and counts in the step instead of oneDNN's pass; likewise our
+compiled kernels (direct, or Winograd's where oneDNN runs AVX2) where ``simclrv2.models.conv_rules.direct_passes``
+gives them a pass (forward-direct, ...). The last column per pass is the share of the step's convolution time,
+weighted by how many layers have the shape. One JSON line per row, then a Markdown table; ``--out`` also writes the
+lines to a file. Freed memory is kept for reuse, as training sessions do (``run.keep_freed_memory``): otherwise
+glibc maps each large output afresh and its page faults are timed.
 
 Timing needs an otherwise idle machine: nothing else may run (``uptime`` near 0). Each pass is warmed up once
 and the best of ``--repeats`` is kept, since the minimum is the least disturbed by the rest of the machine. Where
@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simclrv2.models import conv, resnet
+from simclrv2.models import conv, conv_gemm, conv_rules, resnet
 from simclrv2.models.cpu_kernels import active_kernels, use_fused_kernels
 from simclrv2.provenance import cpu_kind
 from simclrv2.runtime import keep_freed_memory
@@ -83,15 +83,15 @@ class ConvShape:
         if self.groups != 1:
             return frozenset()
         compiled_layouts = active_kernels() is not None and layout == torch.channels_last
-        return conv.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype,
-                                compiled_layouts)
+        return conv_rules.gemm_passes(self.stride, self.out_size**2, self.in_channels, self.out_channels, dtype,
+                                      compiled_layouts)
 
     def direct_passes(self, dtype: torch.dtype, layout: torch.memory_format) -> frozenset[str]:
         """The passes the encoder's Conv2d gives to our compiled kernels (channels_last inputs only)."""
         if self.groups != 1 or (layout != torch.channels_last and self.in_channels != 1):
             return frozenset()
-        return conv.direct_passes(self.stride, self.kernel, self.padding, self.in_channels, self.out_channels, dtype,
-                                  active_kernels())
+        return conv_rules.direct_passes(self.stride, self.kernel, self.padding, self.in_channels, self.out_channels,
+                                        dtype, active_kernels())
 
     def label(self) -> str:
         return (f"{self.in_channels}->{self.out_channels} {self.kernel}x{self.kernel}/{self.stride} "
@@ -146,17 +146,18 @@ def time_passes(shape: ConvShape, dtype: torch.dtype, layout: torch.memory_forma
     }
     k, s, p = shape.kernel, shape.stride, shape.padding
     if "forward" in gemms:
-        seconds["forward-gemm"] = best_seconds(lambda: conv.conv_by_gemm(x, w, s, p), repeats)
+        seconds["forward-gemm"] = best_seconds(lambda: conv_gemm.conv_by_gemm(x, w, s, p), repeats)
     if "backward-data" in gemms:
         size = (shape.size, shape.size)
-        seconds["backward-data-gemm"] = best_seconds(lambda: conv.input_grad_as_gemms(grad, w, s, p, size), repeats)
+        seconds["backward-data-gemm"] = best_seconds(lambda: conv_gemm.input_grad_as_gemms(grad, w, s, p, size),
+                                                     repeats)
     if "backward-weights" in gemms:
         if reuse_patches:
-            cols = conv.patches(x, k, s, p)
+            cols = conv_gemm.patches(x, k, s, p)
             seconds["backward-weights-gemm"] = best_seconds(
-                lambda: conv.weight_grad_from_patches(grad, cols, w.shape), repeats)
+                lambda: conv_gemm.weight_grad_from_patches(grad, cols, w.shape), repeats)
         else:
-            seconds["backward-weights-gemm"] = best_seconds(lambda: conv.weight_grad_by_gemm(x, grad, k, s, p),
+            seconds["backward-weights-gemm"] = best_seconds(lambda: conv_gemm.weight_grad_by_gemm(x, grad, k, s, p),
                                                             repeats)
     if "forward" in direct:
         seconds["forward-direct"] = best_seconds(lambda: conv._direct_forward(x, w, p), repeats)

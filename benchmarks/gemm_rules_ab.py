@@ -5,9 +5,10 @@
 On some machines a whole process runs 20 % faster or slower than the next one, so two ``pretrain_throughput.py``
 runs cannot show a change of a few percent. Here one process builds the encoder once and times forward + backward
 of a pretraining batch (``--batch`` pairs, so 2x one-channel 28 px images, channels_last, bf16 autocast or fp32)
-under each rule set of ``pretrain_throughput.py --gemm-rules`` in turn: A B, then B A, ... (``simclrv2.models.conv``
-reads its rules at every call). Each pair of steps gives a ratio; the table gives each set's median step time and
-the median and range of the paired ratios (first set's time over the other's: above 1 means the other is faster).
+under each rule set of ``pretrain_throughput.py --gemm-rules`` in turn: A B, then B A, ...
+(``simclrv2.models.conv_rules`` reads its rules at every call). Each pair of steps gives a ratio; the table gives
+each set's median step time and the median and range of the paired ratios (first set's time over the other's: above 1
+means the other is faster).
 Needs an otherwise idle machine.
 """
 

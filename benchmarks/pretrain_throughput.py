@@ -46,7 +46,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from simclrv2.config import load_config
-from simclrv2.models import conv, count_parameters
+from simclrv2.models import conv_rules, count_parameters
 from simclrv2.models.cpu_kernels import FLAGS_VARIABLE, build_kernels
 from simclrv2.models.spec import ModelSpec
 from simclrv2.provenance import cpu_kind, device_name
@@ -57,7 +57,7 @@ from simclrv2.stages.pretrain import pretrain
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/ is not a package
 from peer_compare import DEFAULT_PEER_PYTHON, peer_ready, ratio_table, run_peer  # noqa: E402
 
-# A/B switches of --gemm-rules, each a value for every rule of simclrv2.models.conv named in RULE_NAMES: the
+# A/B switches of --gemm-rules, each a value for every rule of simclrv2.models.conv_rules named in RULE_NAMES: the
 # package's rules, none (oneDNN throughout but for the one-channel stem and the 16-channel direct kernel), the weight
 # gradient on 4x4 maps alone, the rules without those added for the compiled re-layouts, the rules without
 # Winograd's, and Winograd's F(2x2, 3x3) alone, as before F(4x4, 3x3) (from 32 channels; the 16-channel layer's
@@ -66,7 +66,7 @@ RULE_NAMES = ("GEMM_RULES", "GEMM_RULES_WITH_COMPILED_LAYOUTS", "FP32_AVX2_GEMM_
               "FP32_AVX512_BF16_WINOGRAD_RULES", "AVX512_BF16_GEMM_RULES")
 WEIGHT_GRAD_4PX = (("backward-weights", 16, 1),)
 WINOGRAD_F2 = (("forward", 32, 256, 2), ("backward-data", 32, 256, 2), ("backward-weights", 32, 512, 2))
-_DEFAULT = {name: getattr(conv, name) for name in RULE_NAMES}
+_DEFAULT = {name: getattr(conv_rules, name) for name in RULE_NAMES}
 _NONE = dict.fromkeys(RULE_NAMES, ())
 GEMM_RULE_SETS = {"default": _DEFAULT, "none": _NONE,
                   "weight-grad-4px": {**_NONE, "GEMM_RULES": WEIGHT_GRAD_4PX},
@@ -80,7 +80,7 @@ def use_gemm_rules(name: str) -> None:
     """Switch the package's convolution rules to the set ``name`` for this process (read by Conv2d at each call):
     an A/B switch of the benchmarks, not an option."""
     for rule, value in GEMM_RULE_SETS[name].items():
-        setattr(conv, rule, value)
+        setattr(conv_rules, rule, value)
 
 
 def step_gflop_per_pair(model: torch.nn.Module, in_channels: int, image_size: int, device: torch.device,
@@ -190,7 +190,7 @@ def main() -> None:
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor; needs a C++ compiler)")
     p.add_argument("--gemm-rules", choices=tuple(GEMM_RULE_SETS), default="default",
-                   help="which convolution passes run as GEMMs over patches (simclrv2.models.conv.GEMM_RULES, "
+                   help="which convolution passes run as GEMMs over patches (simclrv2.models.conv_rules.GEMM_RULES, "
                         "FP32_AVX2_GEMM_RULES in fp32 where oneDNN runs AVX2, AVX512_BF16_GEMM_RULES in bf16 on "
                         "AVX-512-BF16 without AMX) and which run Winograd's (FP32_AVX2_WINOGRAD_RULES, "
                         "FP32_AVX512_BF16_WINOGRAD_RULES): none leaves every rule out (oneDNN throughout but for a "
@@ -200,9 +200,9 @@ def main() -> None:
                         "keeps only F(2x2, 3x3) from 32 channels (the rules before F(4x4, 3x3)), to measure what "
                         "they give")
     p.add_argument("--no-direct-kernels", action="store_true",
-                   help="oneDNN's passes where our convolution kernels would run (simclrv2.models.conv."
-                        "direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers, Winograd's fp32 3x3 "
-                        "layers where oneDNN runs AVX2), to measure them")
+                   help="oneDNN's passes where our convolution kernels would run (simclrv2.models."
+                        "conv_rules.direct_passes: a small one-channel stem, fp32 16-channel 3x3 layers, Winograd's "
+                        "fp32 3x3 layers where oneDNN runs AVX2), to measure them")
     p.add_argument("--no-keep-freed-memory", action="store_true",
                    help="run.keep_freed_memory = false: glibc's default allocation, to measure what it gives (it "
                         "lasts for the process, so compare separate invocations)")
@@ -222,7 +222,7 @@ def main() -> None:
     # a run of a few steps would warn that it cannot train; the stage's other messages are not for a benchmark
     logging.getLogger("simclrv2").setLevel(logging.ERROR)
     use_gemm_rules(args.gemm_rules)
-    conv.DIRECT_KERNELS = not args.no_direct_kernels
+    conv_rules.DIRECT_KERNELS = not args.no_direct_kernels
     not_ready = peer_ready(args.peer_bench, args.peer_python) if args.peer_bench else "no --peer-bench given"
     on_gpu = torch.device(args.device).type == "cuda"
     if on_gpu:
@@ -243,7 +243,7 @@ def main() -> None:
                                  not args.no_channels_last, args.compile, not args.no_keep_freed_memory,
                                  not args.no_fused_kernels, args.device, args.depth, args.sk_ratio,
                                  args.image_size, not args.no_cudnn_benchmark)
-                result.update(round=round_index, gemm_rules=args.gemm_rules, direct_kernels=conv.DIRECT_KERNELS,
+                result.update(round=round_index, gemm_rules=args.gemm_rules, direct_kernels=conv_rules.DIRECT_KERNELS,
                               kernel_flags=os.environ.get(FLAGS_VARIABLE, ""), **cpu_kind(),
                               torch=torch.__version__, torch_threads=torch.get_num_threads(),
                               python=platform.python_version())

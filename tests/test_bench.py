@@ -156,9 +156,9 @@ def test_conv_shapes_cover_every_convolution_of_the_encoder_and_its_flops():
 
 
 def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monkeypatch):
-    from simclrv2.models import conv
+    from simclrv2.models import conv_rules
 
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", True)  # the rules' CPU kind, on any CI host
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", True)  # the rules' CPU kind, on any CI host
     rows = conv_shapes.rows_for(0.25, batch=2, precision="fp32", layout="channels_last", repeats=1, peak=1.0)
     assert sum(r["layers"] for r in rows) == 20
     shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
@@ -213,11 +213,12 @@ def test_conv_shapes_count_the_direct_kernels_where_the_encoder_runs_them(fused)
     assert not paid(stem, "backward-weights") and paid(stem, "backward-weights-direct")
     assert stem["backward-weights_time_share"] == 0
     assert stem["backward-data_time_share"] == 0  # the images need no gradient
-    from simclrv2.models import conv
+    from simclrv2.models import conv_rules
 
     def winograd(shape: str) -> bool:  # whether this CPU kind's Winograd rules take a 3x3 stride-1 layer's forward
         channels = [int(c) for c in shape.split(" ")[0].split("->")]
-        return "3x3/1" in shape and conv.winograd_tile("forward", 3, 1, *channels, torch.float32, fused) is not None
+        tile = conv_rules.winograd_tile("forward", 3, 1, *channels, torch.float32, fused)
+        return "3x3/1" in shape and tile is not None
 
     first_stage = by_shape["16->16 3x3/1 @28px"]
     if winograd(first_stage["shape"]):  # F(4x4, 3x3) takes all three passes
@@ -279,16 +280,16 @@ def test_conv_shapes_rounds_run_fresh_processes_and_write_each_round_and_the_med
 
 
 def test_conv_shapes_time_the_rule_set_they_are_given(tmp_path, monkeypatch):
-    from simclrv2.models import conv
+    from simclrv2.models import conv_rules
 
     for name in sys.modules["pretrain_throughput"].RULE_NAMES:  # loaded by conv_shapes
-        monkeypatch.setattr(conv, name, getattr(conv, name))  # put back after the test, whatever happens
+        monkeypatch.setattr(conv_rules, name, getattr(conv_rules, name))  # put back after the test, whatever happens
     out = tmp_path / "shapes.jsonl"
     assert conv_shapes.main(["--width", "0.25", "--precision", "fp32", "--batch", "1", "--repeats", "1",
                              "--gemm-rules", "no-winograd", "--out", str(out)]) == 0
     header, *rows = (json.loads(line) for line in out.read_text().splitlines())
     assert header["gemm_rules"] == "no-winograd"
-    assert conv.FP32_AVX2_WINOGRAD_RULES == conv.FP32_AVX512_BF16_WINOGRAD_RULES == ()
+    assert conv_rules.FP32_AVX2_WINOGRAD_RULES == conv_rules.FP32_AVX512_BF16_WINOGRAD_RULES == ()
     for row in rows:  # only the stem and the 16-channel direct kernel are ours without Winograd's rules
         if row["shape"][:3] not in ("1->", "16-"):
             assert not any(k.endswith("-direct_ms") for k in row), row["shape"]
@@ -387,21 +388,21 @@ _rules_ab_spec.loader.exec_module(gemm_rules_ab)
 
 
 def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_default(monkeypatch, capsys):
-    from simclrv2.models import conv
+    from simclrv2.models import conv_rules
 
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", True)  # where the bf16 rules apply: the sets differ in what runs
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", True)  # where the bf16 rules apply: the sets differ in what runs
     for name in sys.modules["pretrain_throughput"].RULE_NAMES:  # loaded by gemm_rules_ab
-        monkeypatch.setattr(conv, name, getattr(conv, name))  # put back after the test, whatever happens
+        monkeypatch.setattr(conv_rules, name, getattr(conv_rules, name))  # put back after the test, whatever happens
     seen = []
     step = gemm_rules_ab.step_seconds
     monkeypatch.setattr(gemm_rules_ab, "step_seconds",
-                        lambda *a: seen.append(conv.GEMM_RULES) or step(*a))
+                        lambda *a: seen.append(conv_rules.GEMM_RULES) or step(*a))
     assert gemm_rules_ab.main(["--width", "0.125", "--batch", "2", "--precision", "bf16", "--pairs", "3",
                                "--warmup", "1", "--rules", "default", "none"]) == 0
     record = json.loads(capsys.readouterr().out)
     default = gemm_rules_ab.GEMM_RULE_SETS["default"]["GEMM_RULES"]
     assert seen == [default, (), default, (), (), default, default, ()]  # warm-ups, then A B, B A, A B
-    assert conv.GEMM_RULES == default  # the package's rules again after the A/B
+    assert conv_rules.GEMM_RULES == default  # the package's rules again after the A/B
     assert len(record["steps_s"]["default"]) == len(record["steps_s"]["none"]) == 3
     low, high = record["default_over_none"]["range"]
     assert low <= record["default_over_none"]["median"] <= high

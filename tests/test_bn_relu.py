@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from simclrv2.config import load_config
-from simclrv2.models import bn_relu, conv, cpu_kernels
+from simclrv2.models import bn_relu, conv_rules, cpu_kernels
 from simclrv2.models.bn_relu import FusingSequential, batch_norm, batch_norm_relu
 from simclrv2.models.cpu_kernels import use_fused_kernels
 from simclrv2.models.global_bn import GlobalBatchNorm2d
@@ -240,7 +240,7 @@ def test_a_resnet_trains_as_accurately_fused_as_unfused(kernels, unfused, depth,
     ~10x oneDNN's elementwise, put them 3e-3 from float64 against 1.4e-5; tests/test_winograd_conv.py bounds
     Winograd's error on a well-conditioned step. The same conditioning makes one initialisation's error a draw
     (with Selective Kernels, 3e-5 to 8e-3 from one seed to the next, for either path), hence the median."""
-    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    monkeypatch.setattr(conv_rules, "DIRECT_KERNELS", False)
 
     def step(model, x, active, dtype):
         cpu_kernels._KERNELS["active"] = active

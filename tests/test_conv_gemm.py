@@ -14,15 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from simclrv2.models import conv
-from simclrv2.models.conv import (
-    Conv2d,
-    conv_by_gemm,
-    gemm_passes,
-    input_grad_by_gemm,
-    input_grad_by_phases,
-    weight_grad_by_gemm,
-)
+from simclrv2.models import conv, conv_gemm, conv_rules
+from simclrv2.models.conv import Conv2d
+from simclrv2.models.conv_gemm import conv_by_gemm, input_grad_by_gemm, input_grad_by_phases, weight_grad_by_gemm
+from simclrv2.models.conv_rules import gemm_passes
 from simclrv2.models.resnet import resnet
 
 GEOMETRIES = [(3, 1, 1, 4), (3, 2, 1, 8), (3, 2, 1, 7), (1, 2, 0, 8), (3, 1, 0, 5), (3, 1, 1, 9), (1, 1, 0, 3)]
@@ -97,7 +92,7 @@ PATCH_GEOMETRIES = [(16, 4, 4, 3, 1, 1), (8, 7, 7, 3, 2, 1), (1, 9, 6, 3, 1, 1),
 def test_the_compiled_patches_are_pytorchs_patches(kernels, unfused, dtype, channels, height, width, kernel, stride,
                                                    padding):
     x = torch.randn(3, channels, height, width).to(dtype).contiguous(memory_format=torch.channels_last)
-    expected = conv.patches(x, kernel, stride, padding)  # the kernels are off: PyTorch's views and copy
+    expected = conv_gemm.patches(x, kernel, stride, padding)  # the kernels are off: PyTorch's views and copy
     got = kernels.patches(x, kernel, stride, padding)
     assert got.is_contiguous() and got.dtype == dtype
     assert torch.equal(got, expected)
@@ -124,19 +119,19 @@ def test_the_module_uses_the_compiled_patches_and_transpose_where_they_are_on(fu
     calls = []
     spy = type("Spy", (), {"patches": lambda self, *a: calls.append("patches") or fused.patches(*a),
                            "transpose": lambda self, a: calls.append("transpose") or fused.transpose(a)})()
-    monkeypatch.setattr(conv, "active_kernels", lambda: spy)
+    monkeypatch.setattr(conv_gemm, "active_kernels", lambda: spy)
     x = torch.randn(2, 16, 4, 4).bfloat16().contiguous(memory_format=torch.channels_last)
     grad = torch.randn(2, 24, 4, 4).bfloat16().contiguous(memory_format=torch.channels_last)
-    conv.weight_grad_by_gemm(x, grad, 3, 1, 1)
+    conv_gemm.weight_grad_by_gemm(x, grad, 3, 1, 1)
     assert calls == ["patches", "transpose"]
-    conv.patches(x.contiguous(), 3, 1, 1)  # NCHW, and float64 below: PyTorch's copies
-    conv.patches(x.double().contiguous(memory_format=torch.channels_last), 3, 1, 1)
+    conv_gemm.patches(x.contiguous(), 3, 1, 1)  # NCHW, and float64 below: PyTorch's copies
+    conv_gemm.patches(x.double().contiguous(memory_format=torch.channels_last), 3, 1, 1)
     assert calls == ["patches", "transpose"]
 
 
 def test_a_one_channel_stem_runs_forward_and_weight_gradient_as_gemms_in_every_dtype_on_every_cpu(monkeypatch):
     """oneDNN's kernels for one input channel measured 3-5x slower than the GEMMs on AMX, AVX-512-BF16 and AVX2."""
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", False)
     stem = {"forward", "backward-weights"}
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         assert gemm_passes(1, 784, 1, 64, dtype) == gemm_passes(1, 1024, 1, 128, dtype) == stem
@@ -167,7 +162,7 @@ def test_a_one_channel_fp32_stem_equals_nn_conv2d(request, compiled):
 @pytest.fixture
 def amx(monkeypatch):
     """A CPU whose oneDNN runs AMX, where the rules apply (CI machines may lack it)."""
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", True)
 
 
 def test_the_rules_pick_gemms_for_small_maps_and_wide_products(amx, monkeypatch):
@@ -184,9 +179,9 @@ def test_the_rules_pick_gemms_for_small_maps_and_wide_products(amx, monkeypatch)
         == {"backward-weights"}
     assert gemm_passes(1, 49, 64, 64, compiled_layouts=True) == gemm_passes(1, 64, 128, 128, compiled_layouts=True) \
         == frozenset()
-    monkeypatch.setattr(conv, "GEMM_RULES", ())
+    monkeypatch.setattr(conv_rules, "GEMM_RULES", ())
     assert gemm_passes(1, 16, 512, 512) == frozenset()  # read at call time: the benchmarks' A/B switch
-    monkeypatch.setattr(conv, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
+    monkeypatch.setattr(conv_rules, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
     assert gemm_passes(1, 49, 128, 128, compiled_layouts=True) == frozenset()
 
 
@@ -204,17 +199,17 @@ def test_the_module_takes_the_compiled_layout_rules_only_where_the_kernels_run(a
 
 def test_without_amx_in_onednn_every_pass_stays_onednn(monkeypatch):
     """Measured with oneDNN held to AVX-512-BF16 on an AMX CPU: the GEMMs made the step slower there."""
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", False)  # an AMX Xeon held below AMX
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", False)  # an AMX Xeon held below AMX
     assert gemm_passes(1, 16, 512, 512) == gemm_passes(2, 16, 256, 512) == frozenset()
 
 
 @pytest.fixture
 def zen4(monkeypatch):
     """A CPU with AVX-512-BF16 and no AMX (AMD's Zen 4), oneDNN on its AVX-512 kernels."""
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", True)
 
 
 def test_on_avx512_bf16_without_amx_the_strided_weight_gradient_onto_small_maps_is_a_gemm(zen4, monkeypatch):
@@ -224,7 +219,7 @@ def test_on_avx512_bf16_without_amx_the_strided_weight_gradient_onto_small_maps_
     assert gemm_passes(1, 16, 512, 512, bf16) == gemm_passes(1, 49, 256, 256, bf16) == frozenset()  # stride 1
     assert gemm_passes(2, 196, 64, 128, bf16) == frozenset()  # larger maps
     assert gemm_passes(2, 16, 256, 512, torch.float32) == gemm_passes(2, 16, 256, 512, torch.float16) == frozenset()
-    monkeypatch.setattr(conv, "AVX512_BF16_GEMM_RULES", ())
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_GEMM_RULES", ())
     assert gemm_passes(2, 16, 256, 512, bf16) == frozenset()  # read at call time: the benchmarks' A/B switch
 
 
@@ -244,7 +239,7 @@ def test_the_strided_bf16_weight_gradient_gemm_equals_onednns_and_float64(zen4, 
 
     ours_fn, ours = weight_grad()
     assert ours_fn.name() == "_CpuConvBackward" and ours_fn.passes == {"backward-weights"}
-    monkeypatch.setattr(conv, "AVX512_BF16_GEMM_RULES", ())
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_GEMM_RULES", ())
     onednn_fn, onednn = weight_grad()
     assert onednn_fn.name() != "_CpuConvBackward" or not onednn_fn.passes
     exact = torch.nn.grad.conv2d_weight(x.bfloat16().double(), layer.weight.shape, grad_out.bfloat16().double(),
@@ -254,7 +249,7 @@ def test_the_strided_bf16_weight_gradient_gemm_equals_onednns_and_float64(zen4, 
 
 
 def test_the_amx_answer_follows_the_isa_cap_the_process_started_with():
-    code = "from simclrv2.models import conv; print(conv.ONEDNN_USES_AMX)"
+    code = "from simclrv2.models import conv_rules; print(conv_rules.ONEDNN_USES_AMX)"
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
     capped = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert capped.stdout.strip() == "False"  # whatever this CPU has
@@ -300,8 +295,8 @@ def test_onednn_runs_avx2_where_the_cpu_lacks_avx512_or_a_cap_holds_it_there(mon
 @pytest.fixture
 def avx2(monkeypatch):
     """A CPU whose oneDNN runs its AVX2 kernels, where the fp32 rules apply (CI machines may have AVX-512)."""
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
 
 
 def test_in_fp32_on_avx2_the_weight_gradient_onto_4x4_maps_from_256_outputs_is_a_gemm(avx2, monkeypatch):
@@ -311,10 +306,10 @@ def test_in_fp32_on_avx2_the_weight_gradient_onto_4x4_maps_from_256_outputs_is_a
     assert gemm_passes(1, 16, 128, 128, fp32) == gemm_passes(2, 16, 64, 128, fp32) == frozenset()  # measured slower
     assert gemm_passes(1, 49, 256, 256, fp32) == gemm_passes(2, 49, 128, 256, fp32) == frozenset()  # 7x7 maps
     assert gemm_passes(1, 16, 512, 512, torch.bfloat16) == frozenset()  # no AMX: bf16 keeps oneDNN
-    monkeypatch.setattr(conv, "FP32_AVX2_GEMM_RULES", ())
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_GEMM_RULES", ())
     assert gemm_passes(1, 16, 512, 512, fp32) == frozenset()  # read at call time: the benchmarks' A/B switch
-    monkeypatch.setattr(conv, "FP32_AVX2_GEMM_RULES", (("backward-weights", 16, 256),))
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_GEMM_RULES", (("backward-weights", 16, 256),))
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", False)
     assert gemm_passes(1, 16, 512, 512, fp32) == frozenset()  # AVX-512's fp32 kernels were not measured slower
 
 
@@ -345,7 +340,7 @@ def test_the_fp32_avx2_weight_gradient_gemm_equals_nn_conv2d(avx2, request, comp
 @pytest.fixture
 def narrow_rules(amx, monkeypatch):
     """The default rules without their channel minimums, so that small test modules take every path."""
-    monkeypatch.setattr(conv, "GEMM_RULES", tuple((name, area, 1) for name, area, _ in conv.GEMM_RULES))
+    monkeypatch.setattr(conv_rules, "GEMM_RULES", tuple((name, area, 1) for name, area, _ in conv_rules.GEMM_RULES))
 
 
 def _pair(stride: int = 1) -> tuple[nn.Conv2d, Conv2d]:
@@ -452,7 +447,8 @@ def test_the_gemm_forward_keeps_its_patches_for_backward_and_the_input_only_wher
     with torch.autocast("cpu", dtype=torch.bfloat16):
         every_pass_a_gemm = ours(torch.randn(2, 16, 8, 8, requires_grad=True))  # stride 2's input grad by phases
     assert every_pass_a_gemm.grad_fn.saved_tensors[2] is None
-    monkeypatch.setattr(conv, "GEMM_RULES", tuple(r for r in conv.GEMM_RULES if r[0] != "backward-data-strided"))
+    monkeypatch.setattr(conv_rules, "GEMM_RULES",
+                        tuple(r for r in conv_rules.GEMM_RULES if r[0] != "backward-data-strided"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = ours(torch.randn(2, 16, 8, 8, requires_grad=True))  # oneDNN's input gradient reads x
         no_input_grad = ours(torch.randn(2, 16, 8, 8))  # the images of a first layer: x is not needed
@@ -469,7 +465,7 @@ def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, mo
     channel and the compiled kernels on (channels_last), the stem is a GEMM too and the patches and transposes
     are the kernels'."""
     request.getfixturevalue("fused" if compiled else "unfused")
-    monkeypatch.setattr(conv, "SINGLE_CHANNEL_MIN_OUT", 1)  # width 0.25's 16-channel stem takes it too
+    monkeypatch.setattr(conv_rules, "SINGLE_CHANNEL_MIN_OUT", 1)  # width 0.25's 16-channel stem takes it too
     layout = torch.channels_last if compiled else torch.contiguous_format
 
     def gradients(autocast: bool = True, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -489,10 +485,10 @@ def test_a_bf16_resnet_step_is_as_accurate_as_with_onednn_alone(narrow_rules, mo
 
     exact = gradients(autocast=False, dtype=torch.float64)
     with_gemms = gradients()
-    monkeypatch.setattr(conv, "GEMM_RULES", ())
-    monkeypatch.setattr(conv, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
-    monkeypatch.setattr(conv, "SINGLE_CHANNEL_MIN_OUT", 10**6)
-    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    monkeypatch.setattr(conv_rules, "GEMM_RULES", ())
+    monkeypatch.setattr(conv_rules, "GEMM_RULES_WITH_COMPILED_LAYOUTS", ())
+    monkeypatch.setattr(conv_rules, "SINGLE_CHANNEL_MIN_OUT", 10**6)
+    monkeypatch.setattr(conv_rules, "DIRECT_KERNELS", False)
     onednn = gradients()
     assert with_gemms.keys() == onednn.keys() == exact.keys()
     assert any(not torch.equal(with_gemms[n], onednn[n]) for n in exact)  # the GEMM paths did run

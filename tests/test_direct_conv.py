@@ -15,8 +15,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import channels_last
-from simclrv2.models import conv
-from simclrv2.models.conv import Conv2d, direct_passes
+from simclrv2.models import conv, conv_rules
+from simclrv2.models.conv import Conv2d
+from simclrv2.models.conv_rules import direct_passes
 from simclrv2.models.resnet import resnet
 
 # (height, width) against the row blocks (14 pixels on AVX-512, 6 on AVX2): whole blocks, a remainder, one pixel,
@@ -112,8 +113,8 @@ def _fake_kernels(vectors: bool) -> types.SimpleNamespace:
 def test_the_direct_rules_cover_small_stems_and_fp32_16_channel_3x3_convolutions_only(monkeypatch):
     """On a CPU kind without Winograd rules (AVX-512 with full-width units): Winograd's rules take the 16-channel
     layer where oneDNN runs AVX2 (tests/test_winograd_conv.py)."""
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", False)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", False)
     kernels = _fake_kernels(vectors=True)
     stem, conv16 = {"forward", "backward-weights"}, {"forward", "backward-data"}
     for dtype in (torch.float32, torch.bfloat16):
@@ -127,7 +128,7 @@ def test_the_direct_rules_cover_small_stems_and_fp32_16_channel_3x3_convolutions
                   (1, 3, 0, 16, 16, torch.float32), (2, 3, 1, 16, 16, torch.float32)):
         assert direct_passes(*other, kernels) == frozenset(), other
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, None) == frozenset()  # kernels off
-    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    monkeypatch.setattr(conv_rules, "DIRECT_KERNELS", False)
     assert direct_passes(1, 3, 1, 1, 16, torch.float32, kernels) == frozenset()
 
 
@@ -140,7 +141,7 @@ def _pair(in_channels: int, out_channels: int) -> tuple[nn.Conv2d, Conv2d]:
 
 
 def test_the_module_runs_an_fp32_16_channel_conv_directly_and_equals_nn_conv2d(direct_kernels, fused, monkeypatch):
-    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", ())  # as where oneDNN does not run AVX2
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_WINOGRAD_RULES", ())  # as where oneDNN does not run AVX2
     reference, ours = _pair(16, 16)
     ours = ours.to(memory_format=torch.channels_last)
     x = channels_last(torch.randn(3, 16, 9, 20)).requires_grad_()
@@ -204,11 +205,11 @@ def test_an_fp32_width_quarter_resnet_step_with_the_direct_kernels_equals_onednn
     monkeypatch.setattr(conv, "_direct_forward", lambda *args: calls.append(args[0].shape[1]) or direct_forward(*args))
     # Winograd's rules would take the 16-channel layers where oneDNN runs AVX2, and the wider ones on AVX-512-BF16
     # without AMX (tests/test_winograd_conv.py)
-    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", ())
-    monkeypatch.setattr(conv, "FP32_AVX512_BF16_WINOGRAD_RULES", ())
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_WINOGRAD_RULES", ())
+    monkeypatch.setattr(conv_rules, "FP32_AVX512_BF16_WINOGRAD_RULES", ())
     direct_out, direct_grads = step()
     assert calls == [1, 16, 16, 16, 16]  # the stem and the first stage's four convolutions
-    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    monkeypatch.setattr(conv_rules, "DIRECT_KERNELS", False)
     onednn_out, onednn_grads = step()
     assert len(calls) == 5
     torch.testing.assert_close(direct_out, onednn_out, rtol=1e-4, atol=1e-5)

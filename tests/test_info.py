@@ -12,7 +12,7 @@ from simclrv2.cli import main
 from simclrv2.config import load_config
 from simclrv2.errors import SimCLRv2Error
 from simclrv2.info import FOLDER_GEOMETRY, format_info, machine_info, network_geometry
-from simclrv2.models import conv
+from simclrv2.models import conv, conv_rules
 from simclrv2.models.cpu_kernels import active_kernels, fused_kernels
 from simclrv2.runtime import resolve_precision
 
@@ -51,8 +51,8 @@ def test_the_plan_names_the_kernel_each_rule_gives_a_pass(kernels, monkeypatch):
     4x4 maps from 256 outputs as a GEMM, the stem's own kernel below 64 outputs, oneDNN for the rest."""
     if not (kernels.has_winograd_conv() and kernels.has_direct_conv()):
         pytest.skip("the Winograd and direct kernels need AVX2 with FMA")
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
-    monkeypatch.setattr(conv, "ONEDNN_USES_AMX", False)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", False)
     info = machine_info(_config(**{"run.precision": "fp32", "model.width_multiplier": "1"}))
     assert info["compiled_kernels"] == "on"
     rows = {row["shape"]: row for row in info["convolutions"]}
@@ -65,7 +65,7 @@ def test_the_plan_names_the_kernel_each_rule_gives_a_pass(kernels, monkeypatch):
 
     narrow = machine_info(_config(**{"run.precision": "fp32", "model.width_multiplier": "0.25"}))["convolutions"]
     assert narrow[0]["forward"] == "stem kernel" and narrow[0]["weight_gradient"] == "stem kernel"
-    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", ())
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_WINOGRAD_RULES", ())
     without_winograd = {row["shape"]: row for row in
                         machine_info(_config(**{"run.precision": "fp32"}))["convolutions"]}
     sixteen = without_winograd["16->16 3x3/1 @28px"]
@@ -74,12 +74,12 @@ def test_the_plan_names_the_kernel_each_rule_gives_a_pass(kernels, monkeypatch):
 
 
 def test_under_bf16_math_the_plan_gives_onednn_what_winograd_would_take(kernels, monkeypatch):
-    """A bf16-math run hands the fp32 3x3 layers to oneDNN's bf16 fpmath (conv.fp32_math_is_exact), and the plan
+    """A bf16-math run hands the fp32 3x3 layers to oneDNN's bf16 fpmath (conv_rules.fp32_math_is_exact), and the plan
     says so; the process's own fpmath setting is left as it was."""
     if not (kernels.has_winograd_conv() and hasattr(torch.backends.mkldnn.conv, "fp32_precision")):
         pytest.skip("needs the Winograd kernel and oneDNN's fpmath setting")
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", True)
     monkeypatch.setattr("simclrv2.runtime.bf16_is_fast", lambda device: True)  # bf16-math warns where it is slow
 
     def layer(precision: str) -> dict:

@@ -12,8 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from conftest import channels_last
-from simclrv2.models import conv, winograd
-from simclrv2.models.conv import Conv2d, direct_passes
+from simclrv2.models import conv, conv_rules, winograd
+from simclrv2.models.conv import Conv2d
+from simclrv2.models.conv_rules import direct_passes
 from simclrv2.models.resnet import resnet
 
 # (batch, in, out, height, width): maps that are and are not multiples of both tile widths (the others end in
@@ -190,24 +191,24 @@ def _fake_kernels(winograd_built: bool = True) -> types.SimpleNamespace:
 
 
 def test_the_winograd_rules_cover_fp32_3x3_stride_1_layers_from_16_channels_where_onednn_runs_avx2(monkeypatch):
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
     kernels = _fake_kernels()
     every = {"forward", "backward-data", "backward-weights"}
     for channels in (16, 32, 64, 128, 256, 512):
         assert direct_passes(1, 3, 1, channels, channels, torch.float32, kernels) == every
         for name in every:
-            assert conv.winograd_tile(name, 3, 1, channels, channels, torch.float32, kernels) == 4
+            assert conv_rules.winograd_tile(name, 3, 1, channels, channels, torch.float32, kernels) == 4
     assert direct_passes(1, 3, 1, 16, 32, torch.float32, kernels) == every
     assert direct_passes(1, 3, 1, 1024, 1024, torch.float32, kernels) == frozenset()
     assert direct_passes(1, 3, 1, 512, 1024, torch.float32, kernels) == frozenset()
-    assert conv.winograd_tile("forward", 3, 1, 1024, 1024, torch.float32, kernels) is None
+    assert conv_rules.winograd_tile("forward", 3, 1, 1024, 1024, torch.float32, kernels) is None
     # the first rule that covers a pass names its tile
-    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", (("forward", 16, 64, 2), ("forward", 16, 512, 4)))
-    assert conv.winograd_tile("forward", 3, 1, 64, 64, torch.float32, kernels) == 2
-    assert conv.winograd_tile("forward", 3, 1, 128, 128, torch.float32, kernels) == 4
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_WINOGRAD_RULES", (("forward", 16, 64, 2), ("forward", 16, 512, 4)))
+    assert conv_rules.winograd_tile("forward", 3, 1, 64, 64, torch.float32, kernels) == 2
+    assert conv_rules.winograd_tile("forward", 3, 1, 128, 128, torch.float32, kernels) == 4
     assert direct_passes(1, 3, 1, 128, 128, torch.float32, kernels) == {"forward"}
     monkeypatch.undo()
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
     for other in ((1, 3, 1, 64, 64, torch.bfloat16), (2, 3, 1, 64, 64, torch.float32), (1, 1, 0, 64, 64, torch.float32),
                   (1, 3, 0, 64, 64, torch.float32), (1, 3, 1, 48, 40, torch.float32), (1, 3, 1, 8, 8, torch.float32)):
         assert direct_passes(*other, kernels) == frozenset(), other
@@ -216,13 +217,14 @@ def test_the_winograd_rules_cover_fp32_3x3_stride_1_layers_from_16_channels_wher
     # the 16-channel layer keeps the direct kernel's forward and input gradient where Winograd does not run
     direct_16 = {"forward", "backward-data"}
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, _fake_kernels(winograd_built=False)) == direct_16
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", False)  # AVX-512 with full-width units: no Winograd rules
-    assert conv.fp32_winograd_rules() == ()
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", False)
+    # AVX-512 with full-width units: no Winograd rules
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", False)
+    assert conv_rules.fp32_winograd_rules() == ()
     assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, kernels) == direct_16
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
-    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "DIRECT_KERNELS", False)
     assert direct_passes(1, 3, 1, 64, 64, torch.float32, kernels) == frozenset()
 
 
@@ -233,40 +235,40 @@ def test_under_bf16_math_our_fp32_kernels_step_aside_for_onednn(monkeypatch, avx
     one-channel stem's kernel stays."""
     if not hasattr(torch.backends.mkldnn.conv, "fp32_precision"):
         pytest.skip(f"torch {torch.__version__} has no bf16 fpmath mode")
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", avx2)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", not avx2)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", avx2)
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", not avx2)
     kernels = _fake_kernels()
     exact = {shape: direct_passes(*shape, torch.float32, kernels) for shape in ((1, 3, 1, 64, 64), (1, 3, 1, 16, 16))}
     assert all(exact.values())
-    strided_gemm = conv.gemm_passes(2, 16, 256, 512, torch.float32)
+    strided_gemm = conv_rules.gemm_passes(2, 16, 256, 512, torch.float32)
     assert bool(strided_gemm) == avx2  # the fp32 GEMM rules are AVX2's
     monkeypatch.setattr(torch.backends.mkldnn.conv, "fp32_precision", "bf16")
-    assert not conv.fp32_math_is_exact()
+    assert not conv_rules.fp32_math_is_exact()
     assert all(direct_passes(*shape, torch.float32, kernels) == frozenset() for shape in exact)
-    assert conv.gemm_passes(2, 16, 256, 512, torch.float32) == frozenset()
+    assert conv_rules.gemm_passes(2, 16, 256, 512, torch.float32) == frozenset()
     assert direct_passes(1, 3, 1, 1, 16, torch.float32, kernels) == {"forward", "backward-weights"}  # the stem
     monkeypatch.setattr(torch.backends.mkldnn.conv, "fp32_precision", "none")
     assert {shape: direct_passes(*shape, torch.float32, kernels) for shape in exact} == exact
-    assert conv.gemm_passes(2, 16, 256, 512, torch.float32) == strided_gemm
+    assert conv_rules.gemm_passes(2, 16, 256, 512, torch.float32) == strided_gemm
 
 
 def test_on_avx512_bf16_without_amx_winograd_takes_3x3_stride_1_layers_from_32_channels(monkeypatch):
     """AMD's Zen 4: oneDNN's AVX-512 kernels, F(4x4, 3x3) from 32 channels; 512's weight gradient stays oneDNN's
     and the 16-channel layer keeps the direct kernel's forward and input gradient."""
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", False)
-    monkeypatch.setattr(conv, "AVX512_BF16_WITHOUT_AMX", True)
-    assert conv.fp32_winograd_rules() is conv.FP32_AVX512_BF16_WINOGRAD_RULES
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", False)
+    monkeypatch.setattr(conv_rules, "AVX512_BF16_WITHOUT_AMX", True)
+    assert conv_rules.fp32_winograd_rules() is conv_rules.FP32_AVX512_BF16_WINOGRAD_RULES
     kernels = _fake_kernels()
     every = {"forward", "backward-data", "backward-weights"}
     for channels in (32, 64, 128, 256):
         assert direct_passes(1, 3, 1, channels, channels, torch.float32, kernels) == every
-        assert conv.winograd_tile("backward-weights", 3, 1, channels, channels, torch.float32, kernels) == 4
+        assert conv_rules.winograd_tile("backward-weights", 3, 1, channels, channels, torch.float32, kernels) == 4
     assert direct_passes(1, 3, 1, 512, 512, torch.float32, kernels) == {"forward", "backward-data"}
     assert direct_passes(1, 3, 1, 16, 16, torch.float32, kernels) == {"forward", "backward-data"}
-    assert conv.winograd_tile("forward", 3, 1, 16, 16, torch.float32, kernels) is None  # the direct kernel's
+    assert conv_rules.winograd_tile("forward", 3, 1, 16, 16, torch.float32, kernels) is None  # the direct kernel's
     assert direct_passes(1, 3, 1, 64, 64, torch.bfloat16, kernels) == frozenset()  # bf16 stays oneDNN's
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)  # oneDNN held to AVX2 there: the AVX2 rules decide
-    assert conv.fp32_winograd_rules() is conv.FP32_AVX2_WINOGRAD_RULES
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)  # oneDNN held to AVX2 there: the AVX2 rules decide
+    assert conv_rules.fp32_winograd_rules() is conv_rules.FP32_AVX2_WINOGRAD_RULES
 
 
 @pytest.mark.parametrize(("bf16", "amx", "cap", "expected"), [
@@ -285,18 +287,18 @@ def test_avx512_bf16_without_amx_names_zen_4s_kind_unless_onednn_is_held_to_avx2
 
 def test_winograd_takes_the_weight_gradient_from_the_fp32_avx2_gemm_rule(monkeypatch):
     """A 512->512 layer on 4x4 maps: the GEMM rule names its weight gradient too; the module plans it as ours."""
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
-    monkeypatch.setattr(conv, "_patch_kernels_for", lambda x: _fake_kernels())
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv, "patch_kernels_for", lambda x: _fake_kernels())
     layer = Conv2d(512, 512, 3, padding=1, bias=False)
     x = channels_last(torch.randn(2, 512, 4, 4)).requires_grad_()
     passes, direct = layer._plan(x, torch.float32)
     assert direct == {"forward", "backward-data", "backward-weights"} and passes == frozenset()
-    monkeypatch.setattr(conv, "FP32_AVX2_WINOGRAD_RULES", ())
+    monkeypatch.setattr(conv_rules, "FP32_AVX2_WINOGRAD_RULES", ())
     assert layer._plan(x, torch.float32) == ({"backward-weights"}, frozenset())  # the GEMM rule's, without them
 
 
 def test_the_module_runs_winograd_where_the_rules_say_and_equals_float64s(winograd_kernels, fused, monkeypatch):
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
     torch.manual_seed(0)
     reference = nn.Conv2d(32, 32, 3, padding=1, bias=False)
     ours = Conv2d(32, 32, 3, padding=1, bias=False)
@@ -347,7 +349,7 @@ def test_an_fp32_resnet_step_with_winograd_stays_as_close_to_float64_as_float32_
         (out * direction).sum().backward()
         return out.detach(), {name: p.grad for name, p in model.named_parameters()}
 
-    monkeypatch.setattr(conv, "ONEDNN_RUNS_AVX2", True)
+    monkeypatch.setattr(conv_rules, "ONEDNN_RUNS_AVX2", True)
     calls = []
     weight_grad = winograd.weight_grad
     monkeypatch.setattr(winograd, "weight_grad",
@@ -355,7 +357,7 @@ def test_an_fp32_resnet_step_with_winograd_stays_as_close_to_float64_as_float32_
     ours_out, ours_grads = step(torch.float32)
     # every stride-1 3x3 layer, backward from the top, by the tile its rule names
     assert calls == [(channels, 4) for channels in layers]
-    monkeypatch.setattr(conv, "DIRECT_KERNELS", False)
+    monkeypatch.setattr(conv_rules, "DIRECT_KERNELS", False)
     onednn_out, onednn_grads = step(torch.float32)
     assert len(calls) == len(layers)
     exact_out, exact_grads = step(torch.float64)

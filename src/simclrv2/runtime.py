@@ -66,7 +66,7 @@ def avx512_bf16_without_amx(isa_cap: str | None = None) -> bool:
     """Whether the CPU has AVX-512 with BF16 but no AMX tiles, and ``isa_cap`` leaves oneDNN its AVX-512 kernels:
     AMD's Zen 4 and Zen 5 EPYCs (and Intel's rare Cooper Lake). Zen 4 runs a 512-bit FMA as two 256-bit halves, so
     oneDNN's AVX-512 fp32 kernels there do no more multiplications a cycle than AVX2 ones; Zen 5's are whole, and
-    the rules chosen on Zen 4 measured faster there too (simclrv2.models.conv)."""
+    the rules chosen on Zen 4 measured faster there too (simclrv2.models.conv_rules)."""
     return (torch.cpu._is_avx512_bf16_supported() and not torch.cpu._is_amx_tile_supported()
             and not onednn_runs_avx2(isa_cap))
 

@@ -2,12 +2,12 @@
 
 Five families live in one extension (``kernels/``): the fused training BatchNorm → (+ shortcut) → ReLU
 (:mod:`simclrv2.models.bn_relu`), the memory re-layouts of the convolutions that run as GEMMs (the im2col
-patches and the gradient's transpose, :mod:`simclrv2.models.conv`), the sum of a residual block input's two
+patches and the gradient's transpose, :mod:`simclrv2.models.conv_gemm`), the sum of a residual block input's two
 gradients (:mod:`simclrv2.models.branch`) and Selective Kernels' stream mix and spatial mean
 (:mod:`simclrv2.models.selective_kernel`), which only move memory or do almost no arithmetic, where PyTorch's
 generic copies and separate ops make several slow passes; and convolutions of our own: direct ones for the shapes
 oneDNN runs far below the machine (a one-channel stem, an fp32 16-channel 3×3 layer), and Winograd's F(4×4, 3×3)
-and F(2×2, 3×3) for fp32 3×3 layers where oneDNN runs AVX2 (:mod:`simclrv2.models.conv`,
+and F(2×2, 3×3) for fp32 3×3 layers where oneDNN runs AVX2 (:mod:`simclrv2.models.conv_rules`,
 :mod:`simclrv2.models.winograd`).
 The extension is compiled
 with the system's C++ compiler (~30-60 s, cached by torch in ``TORCH_EXTENSIONS_DIR``) when a CPU session starts with
