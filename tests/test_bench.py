@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import sys
@@ -12,12 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
 from simclrv2.models import cpu_kernels
 
-_spec = importlib.util.spec_from_file_location(
-    "peer_compare", Path(__file__).parents[1] / "benchmarks" / "peer_compare.py")
-peer_compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peer_compare)
+peer_compare = load_benchmark("peer_compare")
 
 
 def _ours(width, e2e, model, data, precision="fp32"):
@@ -95,10 +92,7 @@ def test_a_failing_peer_run_is_reported_not_raised(fake_harness, monkeypatch):
     assert json.dumps(line)  # still a JSON line to print
 
 
-_stream_spec = importlib.util.spec_from_file_location(
-    "streaming_benchmark", Path(__file__).parents[1] / "benchmarks" / "streaming_benchmark.py")
-streaming_benchmark = importlib.util.module_from_spec(_stream_spec)
-_stream_spec.loader.exec_module(streaming_benchmark)
+streaming_benchmark = load_benchmark("streaming_benchmark")
 
 
 def _stream_row(images, loader, auto, fp32, first, rss, peer=None):
@@ -133,11 +127,7 @@ def test_streaming_table_is_ours_over_lightly_with_times_and_memory_inverted(tmp
                                   "<!-- /streaming-benchmark-96px -->\nrest\n")
 
 
-_conv_spec = importlib.util.spec_from_file_location(
-    "conv_shapes", Path(__file__).parents[1] / "benchmarks" / "conv_shapes.py")
-conv_shapes = importlib.util.module_from_spec(_conv_spec)
-sys.modules["conv_shapes"] = conv_shapes  # dataclasses look their module up while the file executes
-_conv_spec.loader.exec_module(conv_shapes)
+conv_shapes = load_benchmark("conv_shapes")
 
 
 def test_conv_shapes_cover_every_convolution_of_the_encoder_and_its_flops():
@@ -325,18 +315,11 @@ def test_a_classifier_stages_only_run_writes_its_own_readme_block():
     assert streaming_benchmark.readme_block_id(96, ["finetune", "distill"]) == "streaming-benchmark-96px-stages"
 
 
-def _load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_workers_and_main_process_augment_to_the_same_views(tmp_path):
     """The placement benchmark compares speed only because both placements draw the same views."""
     from PIL import Image
 
-    placement = _load_benchmark("augment_placement")
+    placement = load_benchmark("augment_placement")
     pixels = torch.randint(0, 256, (12, 40, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for i, image in enumerate(pixels):
         (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
@@ -348,7 +331,7 @@ def test_workers_and_main_process_augment_to_the_same_views(tmp_path):
 
 
 def test_stream_parity_table_pairs_stages_by_name_and_judges_both_goals():
-    parity = _load_benchmark("stream_parity")
+    parity = load_benchmark("stream_parity")
     memory = {"stages": {"fine-tuned (1%)": 0.812, "supervised (1%)": 0.80}, "knn_final": 0.75}
     stream = {"stages": {"fine-tuned (1%)": 0.806, "supervised (1%)": 0.809, "linear (1%)": 0.7}, "knn_final": 0.738}
     table, verdicts = parity.parity_table({"memory": memory, "stream": stream})
@@ -360,10 +343,7 @@ def test_stream_parity_table_pairs_stages_by_name_and_judges_both_goals():
     assert all(v.endswith(": met.") for v in parity.parity_table({"memory": memory, "stream": close})[1])
 
 
-_profile_spec = importlib.util.spec_from_file_location(
-    "step_profile", Path(__file__).parents[1] / "benchmarks" / "step_profile.py")
-step_profile = importlib.util.module_from_spec(_profile_spec)
-_profile_spec.loader.exec_module(step_profile)
+step_profile = load_benchmark("step_profile")
 
 
 def test_step_profile_shares_out_one_training_step_by_operator(capsys):
@@ -381,10 +361,7 @@ def test_step_profile_shares_out_one_training_step_by_operator(capsys):
     assert min(record[k] for k in ("relu_backward_gbps", "copy_gbps", "add_gbps", "dram_copy_gbps")) > 0
 
 
-_rules_ab_spec = importlib.util.spec_from_file_location(
-    "gemm_rules_ab", Path(__file__).parents[1] / "benchmarks" / "gemm_rules_ab.py")
-gemm_rules_ab = importlib.util.module_from_spec(_rules_ab_spec)
-_rules_ab_spec.loader.exec_module(gemm_rules_ab)
+gemm_rules_ab = load_benchmark("gemm_rules_ab")
 
 
 def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_default(monkeypatch, capsys):
@@ -410,10 +387,7 @@ def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_de
         gemm_rules_ab.main(["--rules", "none", "none"])
 
 
-_bn_relu_spec = importlib.util.spec_from_file_location(
-    "bn_relu_shapes", Path(__file__).parents[1] / "benchmarks" / "bn_relu_shapes.py")
-bn_relu_shapes = importlib.util.module_from_spec(_bn_relu_spec)
-_bn_relu_spec.loader.exec_module(bn_relu_shapes)
+bn_relu_shapes = load_benchmark("bn_relu_shapes")
 
 
 def test_bn_relu_shapes_rates_keep_three_figures_so_a_slow_tiny_shape_is_not_zero():
@@ -431,10 +405,7 @@ def test_bn_relu_shapes_times_both_paths_for_every_stage(capsys):
     assert all(r["bn_only_pytorch_ms"] > 0 and r["bn_only_fused_ms"] > 0 for r in records if not r["shortcut"])
 
 
-_eval_ab_spec = importlib.util.spec_from_file_location(
-    "eval_forward_ab", Path(__file__).parents[1] / "benchmarks" / "eval_forward_ab.py")
-eval_forward_ab = importlib.util.module_from_spec(_eval_ab_spec)
-_eval_ab_spec.loader.exec_module(eval_forward_ab)
+eval_forward_ab = load_benchmark("eval_forward_ab")
 
 
 def test_eval_forward_ab_alternates_the_two_batchnorm_paths_and_restores_the_package(fused, monkeypatch, capsys):
@@ -460,10 +431,7 @@ def test_eval_forward_ab_alternates_the_two_batchnorm_paths_and_restores_the_pac
     assert low <= record["pytorch_over_kernel"]["median"] <= high and len(record["seconds"]["kernel"]) == 2
 
 
-_predict_ab_spec = importlib.util.spec_from_file_location(
-    "predict_ab", Path(__file__).parents[1] / "benchmarks" / "predict_ab.py")
-predict_ab = importlib.util.module_from_spec(_predict_ab_spec)
-_predict_ab_spec.loader.exec_module(predict_ab)
+predict_ab = load_benchmark("predict_ab")
 
 
 def test_predict_ab_rotates_kernels_and_pytorchs_ops_on_both_layouts_and_leaves_the_switch_off(
@@ -497,10 +465,7 @@ def test_predict_ab_rotates_kernels_and_pytorchs_ops_on_both_layouts_and_leaves_
         assert low <= record[f"{name}_over_kernels"]["median"] <= high and len(record["seconds"][name]) == 2
 
 
-_sk_ab_spec = importlib.util.spec_from_file_location(
-    "sk_mix_ab", Path(__file__).parents[1] / "benchmarks" / "sk_mix_ab.py")
-sk_mix_ab = importlib.util.module_from_spec(_sk_ab_spec)
-_sk_ab_spec.loader.exec_module(sk_mix_ab)
+sk_mix_ab = load_benchmark("sk_mix_ab")
 
 
 def test_sk_mix_ab_times_the_same_gradients_on_every_path_and_restores_the_package(capsys):
@@ -543,10 +508,7 @@ def test_sk_mix_ab_times_the_same_gradients_on_every_path_and_restores_the_packa
     assert len(record["seconds"]["package"]) == len(record["seconds"]["pytorch-mix"]) == 2
 
 
-_winograd_ab_spec = importlib.util.spec_from_file_location(
-    "winograd_transform_ab", Path(__file__).parents[1] / "benchmarks" / "winograd_transform_ab.py")
-winograd_transform_ab = importlib.util.module_from_spec(_winograd_ab_spec)
-_winograd_ab_spec.loader.exec_module(winograd_transform_ab)
+winograd_transform_ab = load_benchmark("winograd_transform_ab")
 
 
 @pytest.mark.parametrize("tile", (2, 4))
@@ -592,10 +554,7 @@ def test_winograd_transform_ab_rotates_the_sides_and_restores_the_package(kernel
         assert low <= record[f"compiled_over_{side}_median"] <= high and record[f"{side}_ms"] > 0
 
 
-_optimizer_ab_spec = importlib.util.spec_from_file_location(
-    "optimizer_step_ab", Path(__file__).parents[1] / "benchmarks" / "optimizer_step_ab.py")
-optimizer_step_ab = importlib.util.module_from_spec(_optimizer_ab_spec)
-_optimizer_ab_spec.loader.exec_module(optimizer_step_ab)
+optimizer_step_ab = load_benchmark("optimizer_step_ab")
 
 
 def test_optimizer_step_ab_times_the_default_and_the_fused_step_of_both_optimizers(capsys):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from benchmark_scripts import load_benchmark
 from simclrv2.results import PipelineSummary, SummaryRow
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import label_efficiency  # noqa: E402
+label_efficiency = load_benchmark("label_efficiency")
 
 
 def _summary(finetuned: float, supervised: float) -> PipelineSummary:

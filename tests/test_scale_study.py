@@ -1,34 +1,19 @@
-"""The scale study's plan and report, with fake stages (the real runs take hours): which runs it makes from which
-configs, that recipes are chosen on validation only, that finished runs are reused, and the paired report."""
+"""The scale study's plan, with fake stages (the real runs take hours): which runs it makes from which configs, that
+recipes are chosen on validation only, that finished runs are reused, and that each part's runs land in their own
+report section (tests/test_scale_report.py tests the report on rows written by hand)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmark_scripts import load_benchmark
 from simclrv2.results import ClassificationScores, StageResult
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))  # scale_report imports readme_block as the scripts do
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
-scale_study = _load("scale_study")
-scale_report = _load("scale_report")
+scale_study = load_benchmark("scale_study")
+scale_report = load_benchmark("scale_report")
 
 
 def _scores(top1: float) -> ClassificationScores:
@@ -218,57 +203,6 @@ def test_pretraining_temperature_is_chosen_by_the_fine_tuned_validation_mean(fak
     assert cells[(0.25, "1%")]["fine-tuned"] == base and len(base) == 2
 
 
-def _cell(sup: dict, ft: dict, kd: dict | None = None) -> dict:
-    return {"supervised": sup, "fine-tuned": ft, "distilled": kd or {},
-            "gain": scale_report.paired(ft, sup), "distill_gain": scale_report.paired(kd or {}, ft)}
-
-
-def test_each_claim_of_the_issue_gets_its_numbers_and_verdict():
-    cells = {(0.25, "1%"): _cell({0: 80, 1: 81}, {0: 80.5, 1: 81.5}),
-             (1.0, "1%"): _cell({0: 82, 1: 83}, {0: 85, 1: 86}),
-             (0.25, "10/class"): _cell({0: 65, 1: 66}, {0: 70, 1: 71}, {0: 72, 1: 73}),
-             (1.0, "10/class"): _cell({0: 66, 1: 67}, {0: 77, 1: 78})}
-    rows = [{"part": "big-to-small", "method": "big-to-small", "width": 0.25, "labels": "1%", "seed": s,
-             "test_top1": 83.0 + s} for s in (0, 1)]
-    rows += [{"part": "size" if j == 1 else "head", "method": "fine-tuned", "width": 0.25, "recipe": "sgd-0.01",
-              "memory": 0, "head_layers": 3, "labels": "10/class", "head_layer": j, "seed": s,
-              "test_top1": 70.0 + j - s / 2} for j in (0, 1, 2, 3) for s in (0, 1)]
-    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
-    assert len(claims) == 7
-    by_name = {c.split(" | ")[0]: c for c in claims}
-    assert by_name["| fine-tuned − supervised grows with width (10/class; widths 0.25, 1; paired by seed)"].endswith(
-        "| +5.0 (n=2) → +11.0 (n=2) | holds |")
-    assert "| +0.5 (n=2) → +3.0 (n=2) | holds |" in claims[1]
-    # 85.5 - 81.0 against 82.5 - 80.5; the fine-tuned spread also paired by seed (same label subset at each width)
-    assert claims[2].endswith("| +4.5 vs +2.0 (fine-tuned paired by seed: 4.5 ± 0.0 (n=2)) | holds |")
-    assert claims[3].endswith("| 2.5 ± 0.0 (n=2) | holds |")  # 83/84 against 80.5/81.5
-    assert claims[4].endswith("fine-tuned, width 1 − supervised width 1: 11.0 ± 0.0 (n=2) | holds |")
-    assert claims[5].endswith("| width 0.25: 2.0 ± 0.0 (n=2) | holds |")  # 72/73 against 70/71, its teacher
-    assert claims[6].endswith("| 1.0 ± 0.0 (n=2) | holds |")
-
-    cells[(1.0, "1%")] = _cell({0: 82, 1: 83}, {0: 82, 1: 83})  # no gain at width 1: neither trend nor spread
-    rows = [dict(r, test_top1=r["test_top1"] - 1) if r["part"] == "big-to-small" else r for r in rows]
-    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["10/class", "1%"])
-    assert "| +0.5 (n=2) → +0.0 (n=2) | **does not hold** |" in claims[1]
-    assert claims[2].endswith("| +1.5 vs +2.0 (fine-tuned paired by seed: 1.5 ± 0.0 (n=2)) | **does not hold** |")
-    assert claims[3].endswith("| 1.5 ± 0.0 (n=2) | **does not hold** |")
-
-
-def test_self_distillation_holds_only_where_every_width_gains_on_its_own_teacher():
-    cells = {(0.25, "1%"): _cell({0: 80, 1: 81}, {0: 80.5, 1: 81.5}, {0: 81.0, 1: 81.5}),
-             (1.0, "1%"): _cell({0: 82, 1: 83}, {0: 85, 1: 86}, {1: 85.0, 2: 90.0})}
-    claims = scale_report._self_distillation_claims(cells, [0.25, 1.0], ["1%"])
-    # width 1 pairs seed 1 only (seed 2 has no fine-tuned teacher): 85 - 86 = -1
-    assert claims == ["| self-distilled − its own fine-tuned teacher (1%) > 0 at every width | +1.7 at 1 %, +0.8 "
-                      "at 10 % (R152-3×-SK, ImageNet) | width 0.25: 0.2 ± 0.4 (n=2), width 1: -1.0 ± 0.0 (n=1) | "
-                      "**does not hold** (within the seed spread at a width) |"]
-    cells[(1.0, "1%")]["distill_gain"] = []  # a width without self-distilled runs is left out, not counted a loss
-    assert scale_report._self_distillation_claims(cells, [0.25, 1.0], ["1%"])[0].endswith(
-        "| width 0.25: 0.2 ± 0.4 (n=2) | holds (within the seed spread at a width) |")
-    cells[(0.25, "1%")]["distill_gain"] = []
-    assert scale_report._self_distillation_claims(cells, [0.25, 1.0], ["1%"]) == []
-
-
 def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tmp_path):
     """Run directories lost (another machine), the chosen candidate rerun from a new pretraining scores lower on
     validation: the recorded choice stands for every later seed, and the report shows the scores it was made on."""
@@ -289,45 +223,6 @@ def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tm
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert scale_report.chosen_recipes(rows)[(0.25, "fine-tuned")] == "sgd-0.01"
     assert f"| **sgd-0.01** | {choice['scores']['sgd-0.01']:.1f} |" in scale_report.recipe_table(rows)
-
-
-def test_self_distillation_lengths_get_their_own_table_and_the_size_table_keeps_the_default():
-    def student(seed: int, epochs: int | None, test: float) -> dict:
-        row = {"method": "distilled", "part": "distill", "width": 0.25, "labels": "1%", "seed": seed,
-               "test_top1": test, "teacher_test_top1": 80.0}
-        return row if epochs is None else dict(row, distill_epochs=epochs)
-
-    rows = [student(0, None, 80.5), student(1, 2, 81.0), student(0, 5, 82.0), student(1, 5, 81.0)]
-    assert [r["test_top1"] for r in scale_report.self_distilled(rows, 0.25, "1%")] == [80.5, 81.0]
-    cells = {(0.25, "1%"): _cell({0: 79.0, 1: 79.0}, {0: 80.0, 1: 80.0})}
-    assert scale_report.distill_length_table(rows, cells).splitlines()[2:] == [
-        "| 0.25 | 1% | 2 | 80.8 ± 0.4 (n=2) | 0.8 ± 0.4 (n=2) |",
-        "| 0.25 | 1% | 5 | 81.5 ± 0.7 (n=2) | 1.5 ± 0.7 (n=2) |"]
-    assert scale_report.distill_length_table(rows[:2], cells) == ""  # one length: the size table says it all
-
-
-def test_head_depth_compares_each_head_from_the_layer_validation_chose_not_test():
-    """Validation prefers the 2-layer head's layer 2, test its layer 1: the table bolds layer 2 and the claim pairs
-    the 3-layer head's chosen layer with it, seed by seed."""
-    def run(heads: int, layer: int, seed: int, val: float, test: float) -> dict:
-        return {"part": "size" if (heads, layer) == (3, 1) else "head", "method": "fine-tuned", "width": 0.25,
-                "recipe": "sgd-0.01", "memory": 0, "head_layers": heads, "labels": "1%", "head_layer": layer,
-                "seed": seed, "val_top1": val, "test_top1": test}
-
-    rows = [run(2, 0, s, 70.0, 70.0) for s in (0, 1)] + [run(2, 1, s, 71.0, 79.0) for s in (0, 1)]
-    rows += [run(2, 2, 0, 72.0, 75.0), run(2, 2, 1, 71.5, 77.0)]
-    rows += [run(3, j, s, 75.0 + (j == 1), 76.0 + s) for j in range(4) for s in (0, 1)]
-    assert scale_report.chosen_head_layers(scale_report.head_rows(rows)) == {(2, "1%"): 2, (3, "1%"): 1}
-    table = scale_report.head_table(scale_report.head_rows(rows), ["1%"]).splitlines()
-    assert table[2:5] == ["| 2 | 0 | 70.0 ± 0.0 (n=2) |", "| 2 | 1 | 79.0 ± 0.0 (n=2) |",
-                          "| 2 | 2 | **76.0 ± 1.4 (n=2)** |"]
-    assert table[6] == "| 3 | 1 | **76.5 ± 0.7 (n=2)** |"
-    # 3-layer from layer 1 (76, 77) − 2-layer from layer 2 (75, 77), paired by seed: +1, 0
-    assert scale_report._head_claims(scale_report.head_rows(rows), ["1%", "10/class"], "") == [
-        "| 3-layer head − 2-layer head, each from its layer chosen on validation (1%) ≥ 0 | deeper is better, most "
-        "so with few labels (ImageNet) | layer 1 − layer 2: 0.5 ± 0.7 (n=2) | holds (within the seed spread) |"]
-    assert scale_report._paired_verdict([1.0, 2.0], True) == "holds"
-    assert scale_report._paired_verdict([-1.0, 0.5], False) == "**does not hold** (within the seed spread)"
 
 
 def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_table(fake, tmp_path):
@@ -411,22 +306,6 @@ def test_a_deeper_encoder_at_a_width_the_size_table_lacks_adds_no_row_there(fake
     assert [line.split(" | ")[0] for line in section[4:6]] == ["| ResNet-50 width 0.5 (5.89 M)"] * 2
 
 
-def test_selective_kernels_hold_only_where_every_width_gains():
-    def run(width: float, seed: int, test: float) -> dict:
-        return {"part": "selective-kernels", "method": "fine-tuned", "width": width, "labels": "1%", "seed": seed,
-                "test_top1": test, "sk_ratio": 0.0625}
-
-    cells = {(0.25, "1%"): _cell({}, {0: 80.0, 1: 81.0}), (0.5, "1%"): _cell({}, {0: 82.0, 1: 82.0})}
-    rows = [run(0.25, 0, 81.0), run(0.25, 1, 82.0), run(0.5, 0, 81.0), run(0.5, 1, 82.5)]
-    # width 0.5: -1 and +0.5, a mean below zero within its spread
-    assert scale_report._selective_kernels_claims(rows, cells, ["1%"]) == [
-        "| Selective Kernels − plain encoder, fine-tuned (1%) > 0 at every width | +6.6 at 1 %, +3.7 at 10 % "
-        "(ResNet-50, ImageNet) | width 0.25: 1.0 ± 0.0 (n=2), width 0.5: -0.2 ± 1.1 (n=2) | **does not hold** "
-        "(within the seed spread at a width) |"]
-    assert scale_report._selective_kernels_claims(rows[:2], cells, ["1%"])[0].endswith(
-        "| width 0.25: 1.0 ± 0.0 (n=2) | holds |")
-
-
 def test_pretraining_seeds_fine_tune_each_seed_from_its_own_pretraining(fake, tmp_path):
     rows = _study(tmp_path, "--parts", "size", "pretraining-seeds")
     pretrainings = [name for stage, name in fake.calls if stage == "pretrain"]
@@ -444,48 +323,6 @@ def test_pretraining_seeds_fine_tune_each_seed_from_its_own_pretraining(fake, tm
     # the size part's rows are neither renamed nor given a pretraining seed
     assert not any("pretrain_seed" in r for r in rows if r["part"] == "size")
     assert "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1" in {r["run"] for r in rows if r["part"] == "size"}
-
-
-def test_a_pretraining_per_seed_is_reported_beside_the_shared_one_and_stays_out_of_the_size_table():
-    common = {"method": "fine-tuned", "labels": "1%", "head_layers": 3, "memory": 0, "head_layer": 1,
-              "recipe": "sgd-0.01"}
-    rows = [{"part": "size", "run": f"ft-w{w}-s{s}", "width": w, "seed": s, "test_top1": top1, "val_top1": 0, **common}
-            for w, tops in ((0.25, (81, 82, 83)), (1.0, (82, 83, 84))) for s, top1 in enumerate(tops)]
-    rows += [{"part": "size", "run": f"sup-w{w}-s{s}", "width": w, "seed": s, "test_top1": top1, "val_top1": 0,
-              **dict(common, method="supervised", recipe="sgd-0.3")}
-             for w, tops in ((0.25, (80, 81, 82)), (1.0, (78, 79, 80))) for s, top1 in enumerate(tops)]
-    # seeds 1 and 2 from their own pretrainings: worse at width 0.25, better at width 1
-    rows += [{"part": "pretraining-seeds", "run": f"ft-w{w}-pre{s}-s{s}", "width": w, "seed": s, "pretrain_seed": s,
-              "test_top1": top1, **common} for w, tops in ((0.25, (80, 81)), (1.0, (85, 86)))
-             for s, top1 in zip((1, 2), tops, strict=True)]
-    rows += [{"part": "", "run": f"pretrain-w{w}-h3-s{s}", "method": "pretraining", "width": w, "seed": s,
-              "head_layers": 3, "memory": 0, "knn_val": 75.0 + s} for w in (0.25, 1.0) for s in (0, 1, 2)]
-    rows.append({"part": "", "run": "pretrain-w0.25-h4-s0", "method": "pretraining", "width": 0.25, "seed": 0,
-                 "head_layers": 4, "memory": 0, "knn_val": 10.0})
-    rows += [{"part": "choice", "method": "choice", "stage": stage, "width": w, "head_layers": 3, "memory": 0,
-              "recipe": recipe} for w in (0.25, 1.0) for stage, recipe in (("finetune", "sgd-0.01"),
-                                                                           ("supervised", "sgd-0.3"))]
-    _, cells = scale_report.size_table(rows, [0.25, 1.0], ["1%"])
-    assert cells[(0.25, "1%")]["fine-tuned"] == {0: 81, 1: 82, 2: 83}  # the shared pretraining's runs only
-    replicated = scale_report.pretraining_seed_cells(rows, cells)
-    assert replicated[(0.25, "1%")]["fine-tuned"] == {0: 81, 1: 80, 2: 81}
-    assert replicated[(1.0, "1%")]["gain"] == [4, 6, 6]
-    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["1%"])
-    assert ("| fine-tuned − supervised grows with width (1%; widths 0.25, 1; paired by seed; a pretraining per "
-            "seed) | grows | -0.3 (n=3) → +5.3 (n=3) | holds |") in claims
-    # 84.3 - 80.7 against 79 - 81; the shared pretraining's own spread row stays as it was (+1.0 vs -2.0)
-    assert any(c.endswith("(1 %; a pretraining per seed) | ~17 vs ~4 points (ImageNet) | +3.7 vs -2.0 (fine-tuned "
-                          "paired by seed: 3.7 ± 2.3 (n=3)) | holds |") for c in claims)
-    assert any(c.endswith("(1 %) | ~17 vs ~4 points (ImageNet) | +1.0 vs -2.0 (fine-tuned paired by seed: 1.0 ± 0.0 "
-                          "(n=3)) | holds |") for c in claims)
-    table = scale_report.pretraining_seed_table(rows, replicated)
-    assert "width 0.25: 75.0 (seed 0), 76.0 (seed 1), 77.0 (seed 2)" in table  # not the 4-layer head's pretraining
-    assert "| 1 | 1% | 79.0 ± 1.0 (n=3) | 83.0 ± 1.0 (n=3) | 84.3 ± 2.1 (n=3) | 5.3 ± 1.2 (n=3) |" in table
-    # width 1's seed 1 pretraining worse: widths 1 − 0.25 fine-tuned by seed 1, -1, 5, a mean within one sd of zero
-    rows = [dict(r, test_top1=79) if r.get("run") == "ft-w1.0-pre1-s1" else r for r in rows]
-    claims = scale_report.claim(rows, cells, [0.25, 1.0], ["1%"])
-    assert any(c.endswith("| +1.7 vs -2.0 (fine-tuned paired by seed: 1.7 ± 3.1 (n=3)) | holds (the fine-tuned "
-                          "spread within the seed spread) |") for c in claims)
 
 
 def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
@@ -511,26 +348,6 @@ def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
                                                              if r["width"] == 0.25 and r["labels"] == "1%")
     assert set(scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")) == {(0.25, "10/class"),
                                                                                           (0.25, "1%")}
-
-
-def test_selective_kernels_per_pretraining_seed_are_paired_with_the_plain_encoders_per_seed():
-    common = {"method": "fine-tuned", "labels": "1%", "width": 0.25, "head_layers": 3, "memory": 0}
-    rows = [{"part": "selective-kernels", "run": "sk-s0", "seed": 0, "sk_ratio": 0.0625, "test_top1": 82.0, **common},
-            {"part": "selective-kernels", "run": "sk-s1", "seed": 1, "sk_ratio": 0.0625, "test_top1": 99.0, **common}]
-    rows += [{"part": "pretraining-seeds", "run": f"sk-pre{s}-s{s}", "seed": s, "pretrain_seed": s, "sk_ratio": 0.0625,
-              "test_top1": top1, **common} for s, top1 in ((1, 80.0), (2, 81.0))]
-    rows += [{"part": "", "run": f"pretrain-w0.25-h3-sk0.0625-s{s}", "method": "pretraining", "width": 0.25,
-              "seed": s, "head_layers": 3, "memory": 0, "sk_ratio": 0.0625, "knn_val": 77.0 + s} for s in (0, 1)]
-    replicated = {(0.25, "1%"): {"supervised": {0: 80, 1: 81, 2: 82}, "shared": {0: 81, 1: 82, 2: 83},
-                                 "fine-tuned": {0: 81, 1: 82, 2: 80}, "gain": [1, 1, -2]}}
-    sk = scale_report.pretraining_seed_variant_gains(rows, replicated, "selective-kernels")
-    # seed 1 from its own pretraining (80), not the shared pretraining's seed-1 run (99)
-    assert sk[(0.25, "1%")]["variant"] == {0: 82.0, 1: 80.0, 2: 81.0}
-    assert scale_report.pretraining_seed_variant_gains(rows, replicated, "memory") == {}
-    assert sk[(0.25, "1%")]["gain"] == [1.0, -2.0, 1.0]
-    table = scale_report.pretraining_seed_table(rows, replicated)
-    assert "(kNN top-1 after each: width 0.25: 77.0 (seed 0), 78.0 (seed 1))" in table
-    assert "| 0.25 | 1% | 81.0 ± 1.0 (n=3) | 81.0 ± 1.0 (n=3) | 0.0 ± 1.7 (n=3) |" in table
 
 
 def test_distillation_with_labels_uses_the_distill_parts_teachers_and_is_paired_with_their_students(fake, tmp_path):
@@ -609,33 +426,6 @@ def test_head_depths_can_be_pretrained_once_per_seed_too(fake, tmp_path):
     assert scale_report.head_rows(rows + [longer], per_seed=True) == per_seed
 
 
-def test_head_claims_with_a_pretraining_per_seed_pair_each_seed_with_its_own_pretrainings():
-    """Seed 1 from the shared pretraining favours layer 1, from its own pretraining layer 0: the per-seed claims
-    use the own-pretraining runs (seed 0 the head part's), the shared claims the shared runs."""
-    def run(part: str, heads: int, layer: int, seed: int, test: float, **extra) -> dict:
-        return {"part": part, "method": "fine-tuned", "width": 0.25, "recipe": "sgd-0.01", "memory": 0,
-                "head_layers": heads, "labels": "10/class", "head_layer": layer, "seed": seed, "val_top1": 70.0,
-                "test_top1": test, **extra}
-
-    rows = [run("size" if j == 1 else "head", 3, j, s, 70.0 + 2 * (j == 1)) for j in range(4) for s in (0, 1)]
-    assert scale_report.head_rows(rows, per_seed=True) == []  # no pretraining-seeds runs at all
-    # the size claims' own runs (3-layer head, layer 1) alone are no head replication
-    rows.append(run("pretraining-seeds", 3, 1, 1, 60.0, pretrain_seed=1))
-    assert scale_report.head_rows(rows, per_seed=True) == []
-    rows += [run("pretraining-seeds", 3, j, 1, 65.0, pretrain_seed=1) for j in (0, 2, 3)]
-    shared = scale_report._head_claims(scale_report.head_rows(rows), ["10/class"], "")
-    assert shared[0].startswith("| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class) ≥ 0 |")
-    assert "| 2.0 ± 0.0 (n=2) | holds |" in shared[0]
-    per_seed = scale_report._head_claims(scale_report.head_rows(rows, per_seed=True), ["10/class"],
-                                         scale_report.PRETRAINING_PER_SEED)
-    # seed 0: 72 − 70 (head part); seed 1: 60 − 65 (its own pretraining)
-    assert per_seed[0].startswith("| fine-tuning from head layer 1 − layer 0, 3-layer head (10 per class; a "
-                                  "pretraining per seed) ≥ 0 |")
-    assert "| -1.5 ± 4.9 (n=2) | **does not hold** (within the seed spread) |" in per_seed[0]
-    text, *_ = scale_report.report(rows)
-    assert "Head depth, a pretraining per seed" in text
-
-
 def test_the_memory_table_shows_each_pretrainings_knn_and_another_size_stays_out_of_the_per_seed_variant(fake,
                                                                                                         tmp_path):
     _study(tmp_path, "--parts", "size", "memory", "pretraining-seeds", "--replicate", "plain", "memory")
@@ -686,25 +476,6 @@ def test_a_longer_pretraining_gets_its_own_runs_the_recorded_recipes_and_stays_o
     assert " | 10.0 ± 0.0 (n=2) | " in table[3]  # longer − 2 epochs, paired by seed
     claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
     assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs)" in c for c in claims)
-
-
-def test_the_kNN_beside_selective_kernels_and_temperatures_is_that_of_the_named_pretraining_not_a_longer_one():
-    pretrainings = {"pretrain-w0.25-h3-s0": 75.0, "pretrain-w0.25-h3-sk0.0625-s0": 77.0,
-                    "pretrain-w0.25-h3-t0.1-s0": 74.0, "pretrain-w0.25-h3-e5-s0": 99.0}
-    rows = [{"part": "", "run": name, "method": "pretraining", "width": 0.25, "head_layers": 3, "memory": 0, "seed": 0,
-             "pretrain_temperature": 0.1 if "-t0.1" in name else 0.2, "pretrain_epochs": 5 if "-e5" in name else 2,
-             "knn_val": knn, **({"sk_ratio": 0.0625} if "sk" in name else {})} for name, knn in pretrainings.items()]
-    rows.insert(0, rows.pop())  # the longer pretraining first, where a search by facts would find it
-    common = {"method": "fine-tuned", "width": 0.25, "labels": "1%", "recipe": "sgd-0.01", "head_layers": 3,
-              "memory": 0, "head_layer": 1, "seed": 0, "val_top1": 80.0, "test_top1": 80.0}
-    rows += [{"part": "selective-kernels", "run": "sk", "sk_ratio": 0.0625, "pretrain_temperature": 0.2, **common},
-             {"part": "size", "run": "plain", "pretrain_temperature": 0.2, **common},
-             {"part": "temperature", "run": "t0.1", "pretrain_temperature": 0.1, **common}]
-    cells = {(0.25, "1%"): {"fine-tuned": {0: 80.0}, "supervised": {0: 79.0}}}
-    table = scale_report.selective_kernels_table(rows, cells, ["1%"])
-    assert "Selective Kernels (kNN 77.0 after pretraining), 0.70 M without (kNN 75.0)." in table
-    temperatures, _ = scale_report.temperature_table(rows, 0.2)
-    assert [line.split(" | ")[:2] for line in temperatures.splitlines()[2:]] == [["| 0.1", "74.0"], ["| 0.2", "75.0"]]
 
 
 def test_a_longer_pretraining_per_seed_pairs_each_seed_with_its_own_pretrainings_and_leaves_the_others(fake, tmp_path):
