@@ -4,9 +4,7 @@ validation, beside the size table's ResNet-18 of that width (the base config's d
 
 from __future__ import annotations
 
-from scale_stats import by_seed, encoder_params, mean_sd, paired
-
-STAGE_METHOD = {"finetune": "fine-tuned", "supervised": "supervised"}
+from scale_stats import STAGE_METHOD, by_seed, encoder_params, mean_sd, paired
 
 
 def depth_choices(rows: list[dict]) -> dict[tuple[float, int, str], dict]:

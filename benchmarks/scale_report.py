@@ -16,7 +16,17 @@ from pathlib import Path
 
 from readme_block import write_readme
 from scale_depth import depth_cells, depth_recipe_table, depth_table, depths_of
-from scale_stats import _paired_verdict, _verdict, _within_spread, by_seed, encoder_params, mean_sd, paired, read_rows
+from scale_stats import (
+    STAGE_METHOD,
+    _paired_verdict,
+    _verdict,
+    _within_spread,
+    by_seed,
+    encoder_params,
+    mean_sd,
+    paired,
+    read_rows,
+)
 from scale_study import DISTILL_EPOCHS
 
 from simclrv2 import load_config
@@ -35,9 +45,6 @@ def grid_rows(rows: list[dict]) -> dict[tuple[float, str], list[dict]]:
                 and r.get("head_layer") == 1 and r["head_layers"] == 3 and not r["memory"] and not r.get("depth")):
             grids.setdefault((r["width"], r["method"]), []).append(r)
     return {key: sorted(rs, key=lambda r: r["recipe"]) for key, rs in sorted(grids.items())}
-
-
-STAGE_METHOD = {"finetune": "fine-tuned", "supervised": "supervised"}
 
 
 def choice_rows(rows: list[dict]) -> dict[tuple[float, str], dict]:

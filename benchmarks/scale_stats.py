@@ -9,6 +9,9 @@ from pathlib import Path
 
 from simclrv2.models import resnet
 
+# a recipe choice's stage -> the method its runs are recorded under
+STAGE_METHOD = {"finetune": "fine-tuned", "supervised": "supervised"}
+
 
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -18,9 +18,8 @@ pretrainings); ``encoder-depth`` pretrains ``--head-width`` at each of ``--encod
 each as ``size`` runs a width, with recipes chosen for it. ``head`` to ``pretraining-seeds`` use the size part's
 recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
 (``--distill-alpha``), ``pretrain-epochs`` pretrains each width for ``--long-pretrain-epochs`` instead, and the
-recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one
-pretraining per configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
-initialisation and the augmentations.
+recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0) serves
+every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
