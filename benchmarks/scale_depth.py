@@ -65,3 +65,29 @@ def depth_recipe_table(rows: list[dict]) -> str:
             mark = "**" if recipe == choice["recipe"] else ""
             lines.append(f"| ResNet-{depth} width {width:g} | {method} | {mark}{recipe}{mark} | {val:.1f} |")
     return "\n".join(lines)
+
+
+def depth_seed_cells(rows: list[dict], by_width: dict[float, dict[tuple[int, str], dict]], replicated: dict,
+                     base_depth: int, length: int | None) -> dict[float, dict[tuple[int, str], dict]]:
+    """The depth cells again with each fine-tuned seed s from a pretraining of seed s (the pretraining-seeds part;
+    seed 0's is the encoder-depth part's own), paired with the same supervised-only runs; the base depth's cells
+    are the size table's per-seed ones (``replicated``). Only the widths where a deeper encoder has them."""
+    choices = depth_choices(rows)
+    out = {}
+    for width, cells in by_width.items():
+        per_seed = {(depth, labels): replicated[(width, labels)] for depth, labels in cells
+                    if depth == base_depth and (width, labels) in replicated}
+        for (depth, labels), cell in cells.items():
+            if depth == base_depth or (width, depth, "fine-tuned") not in choices:
+                continue
+            own = by_seed(rows, part="pretraining-seeds", method="fine-tuned", width=width, depth=depth,
+                          labels=labels, head_layer=1, recipe=choices[(width, depth, "fine-tuned")]["recipe"],
+                          pretrain_epochs=length)
+            if own and 0 in cell.get("fine-tuned", {}):
+                fine_tuned = {0: cell["fine-tuned"][0], **own}
+                supervised = cell.get("supervised", {})
+                per_seed[(depth, labels)] = {"supervised": supervised, "fine-tuned": fine_tuned,
+                                             "gain": paired(fine_tuned, supervised)}
+        if any(depth != base_depth for depth, _ in per_seed):
+            out[width] = per_seed
+    return out

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from readme_block import write_readme
-from scale_depth import depth_cells, depth_recipe_table, depth_table, depths_of
+from scale_depth import depth_cells, depth_recipe_table, depth_seed_cells, depth_table, depths_of
 from scale_stats import (
     STAGE_METHOD,
     _paired_verdict,
@@ -389,12 +389,12 @@ def claim(rows: list[dict], cells: dict, widths: list[float], subsets: list[str]
     return out
 
 
-def _depth_claims(by_width: dict[float, dict], subsets: list[str]) -> list[str]:
+def _depth_claims(by_width: dict[float, dict], subsets: list[str], pretrainings: str = "") -> list[str]:
     """The title claim again with depth as the size: fine-tuned − supervised grows from ResNet-18 to the deepest
     encoder at one width."""
     out = []
     for width, cells in by_width.items():
-        out += _size_claims(cells, depths_of(cells), subsets, f"; width {width:g}", axis="depth",
+        out += _size_claims(cells, depths_of(cells), subsets, f"; width {width:g}{pretrainings}", axis="depth",
                             name=lambda depth: f"ResNet-{depth}")
     return out
 
@@ -701,7 +701,10 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
     subsets = [s for s in ("10/class", "1%", "10%") if any(r.get("labels") == s for r in size_rows)]
     table, cells = size_table(rows, widths, subsets)
     by_depth = depth_cells(every_row, cells, subsets, demo.model.depth)
-    claims = claim(rows, cells, widths, subsets) + _depth_claims(by_depth, subsets)
+    by_depth_per_seed = depth_seed_cells(every_row, by_depth, pretraining_seed_cells(rows, cells), demo.model.depth,
+                                         _size_length(rows))
+    claims = (claim(rows, cells, widths, subsets) + _depth_claims(by_depth, subsets)
+              + _depth_claims(by_depth_per_seed, subsets, PRETRAINING_PER_SEED))
     parts = ["Test top-1 (%), mean ± sd over seeds; each cell's seeds share one pretraining and differ in label "
              "subset, initialisation and augmentation. Differences are paired by seed.", "", table, ""]
     if claims:
@@ -740,6 +743,10 @@ def report(rows: list[dict]) -> tuple[str, dict, list[float], list[str]]:
         parts += ["", f"Encoder depth (each deeper ResNet with its own recipes, chosen on validation; ResNet-"
                   f"{demo.model.depth} is the table's; one pretraining per encoder):", "",
                   depth_table(by_depth, subsets, demo.model.depth), "", depth_recipe_table(every_row)]
+    if by_depth_per_seed:
+        parts += ["", "Encoder depth, a pretraining per seed (seed s fine-tuned from a pretraining of seed s at every "
+                  "depth; the same recipes and supervised-only runs):", "",
+                  depth_table(by_depth_per_seed, subsets, demo.model.depth)]
     temperatures, best = temperature_table(rows, demo.pretrain.temperature)
     if temperatures:
         parts += ["", "Pretraining temperature, fine-tuned with the recipe chosen at the demo's τ (chosen on "

@@ -13,13 +13,14 @@ scored best) and distils that into a width-0.25 student; ``head`` pretrains with
 ``--head-width`` and fine-tunes from every layer; ``memory`` pretrains with a memory of ``--memory-size`` negatives;
 ``selective-kernels`` pretrains ``--head-width`` with Selective Kernels (``--sk-ratio``) and also trains that
 encoder supervised only; ``pretraining-seeds`` fine-tunes each seed from its own pretraining (seed s from a
-pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory, the head depths or the longer
-pretrainings); ``encoder-depth`` pretrains ``--head-width`` at each of ``--encoder-depths`` (ResNet depths) and runs
-each as ``size`` runs a width, with recipes chosen for it. ``head`` to ``pretraining-seeds`` use the size part's
-recipes for that width. Not run by default: ``distill-labels`` self-distils with the labelled term too
-(``--distill-alpha``), ``pretrain-epochs`` pretrains each width for ``--long-pretrain-epochs`` instead, and the
-recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one pretraining per configuration (seed 0) serves
-every seed downstream; seeds change the label subset, the classifier's initialisation and the augmentations.
+pretraining of seed s; ``--replicate`` adds Selective Kernels, the memory, the head depths, the longer
+pretrainings or the deeper encoders); ``encoder-depth`` pretrains ``--head-width`` at each of ``--encoder-depths``
+(ResNet depths) and runs each as ``size`` runs a width, with recipes chosen for it. ``head`` to ``pretraining-seeds``
+use the size part's recipes for that width (a deeper encoder its own). Not run by default: ``distill-labels``
+self-distils with the labelled term too (``--distill-alpha``), ``pretrain-epochs`` pretrains each width for
+``--long-pretrain-epochs`` instead, and the recipe choices ``distill-recipes`` and ``temperature``. Elsewhere one
+pretraining per configuration (seed 0) serves every seed downstream; seeds change the label subset, the classifier's
+initialisation and the augmentations.
 
 Finished runs are reused and interrupted ones resumed, so the command can be stopped and rerun; a recipe grid
 whose candidates are all in ``--results`` already is read from there, not rerun. After every run the per-run
@@ -390,9 +391,10 @@ class Study:
         seed (``--replicate plain``), and with Selective Kernels (``selective-kernels``) or a memory of negatives
         (``memory``) at ``--head-width``; seed 0 is the size, Selective Kernels or memory part's run. ``head``
         does the head part the same way (every depth, fine-tuned from every layer), ``pretrain-epochs`` the longer
-        pretrainings of that part (every width and ``--long-pretrain-epochs``). Paired with the
-        size part's supervised-only runs of the same seed (same label subset), or plain with the variant seed by
-        seed, the claims are measured again with the spread between pretrainings in them."""
+        pretrainings of that part (every width and ``--long-pretrain-epochs``), ``encoder-depth`` the deeper encoders
+        of that part (with their own recipes). Paired with the size (or encoder-depth) part's supervised-only runs of
+        the same seed (same label subset), or plain with the variant seed by seed, the claims are measured again with
+        the spread between pretrainings in them."""
         for width in self.args.widths if "plain" in self.args.replicate else []:
             self.fine_tune_per_seed(width, "size")
         if "selective-kernels" in self.args.replicate:
@@ -404,14 +406,19 @@ class Study:
         for width in self.args.widths if "pretrain-epochs" in self.args.replicate else []:
             for epochs in self.args.long_pretrain_epochs:
                 self.fine_tune_per_seed(width, "pretrain-epochs", epochs=epochs)
+        for depth in self.args.encoder_depths if "encoder-depth" in self.args.replicate else []:
+            if depth != self.base.model.depth:  # the base depth is --replicate plain's
+                self.fine_tune_per_seed(self.args.head_width, "encoder-depth", depth=depth)
 
     def fine_tune_per_seed(self, width: float, seed_zero_part: str, sk_ratio: float = 0.0, memory: int = 0,
-                           epochs: int | None = None) -> None:
+                           epochs: int | None = None, depth: int | None = None) -> None:
         """Seed s fine-tuned from a pretraining of seed s (``epochs`` long: default ``--pretrain-epochs``), with the
-        width's recorded recipe; seed 0's runs are ``seed_zero_part``'s own, so they keep that part."""
-        recipe, lr = self.chosen("finetune", "size", self.pretraining(width))
+        width's recorded recipe (a deeper encoder's own); seed 0's runs are ``seed_zero_part``'s own, so they keep
+        that part."""
+        recipe, lr = self.chosen("finetune", "size", self.pretraining(width, depth=depth))
         for seed in self.args.seeds:
-            pretrained = self.pretraining(width, memory=memory, sk_ratio=sk_ratio, seed=seed, epochs=epochs)
+            pretrained = self.pretraining(width, memory=memory, sk_ratio=sk_ratio, seed=seed, epochs=epochs,
+                                          depth=depth)
             self.run(pretrained)
             part = "pretraining-seeds" if seed else seed_zero_part
             for labels in self.args.subsets:
@@ -509,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="distill-labels: the distillation term's weight (the labelled term weighs 1 - alpha)")
     parser.add_argument("--sk-ratio", type=float, default=0.0625, help="Selective Kernels' squeeze ratio (the paper's)")
     parser.add_argument("--replicate", nargs="+",
-                        choices=("plain", "selective-kernels", "memory", "head", "pretrain-epochs"),
+                        choices=("plain", "selective-kernels", "memory", "head", "pretrain-epochs", "encoder-depth"),
                         default=["plain"],
                         help="what the pretraining-seeds part pretrains once per seed")
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))

@@ -306,6 +306,34 @@ def test_a_deeper_encoder_at_a_width_the_size_table_lacks_adds_no_row_there(fake
     assert [line.split(" | ")[0] for line in section[4:6]] == ["| ResNet-50 width 0.5 (5.89 M)"] * 2
 
 
+def test_a_deeper_encoder_can_be_pretrained_once_per_seed_with_its_own_recipe(fake, tmp_path):
+    rows = _study(tmp_path, "--parts", "size", "encoder-depth", "pretraining-seeds", "--widths", "0.25",
+                  "--encoder-depths", "18", "50", "--replicate", "plain", "encoder-depth")
+    per_seed = [r for r in rows if r["part"] == "pretraining-seeds" and r["method"] == "fine-tuned"]
+    deep = [r for r in per_seed if r.get("depth") == 50]
+    assert {(r["labels"], r["seed"], r["pretrain_seed"], r["recipe"]) for r in deep} == {
+        (labels, 1, 1, "sgd-0.03") for labels in ("10/class", "1%")}  # its own recipe; seed 0 is its part's
+    assert all(fake.configs[r["run"]].finetune.pretrained.endswith("pretrain-d50-w0.25-h3-s1") for r in deep)
+    assert fake.configs["pretrain-d50-w0.25-h3-s1"].model.depth == 50
+    assert fake.configs["pretrain-d50-w0.25-h3-s1"].run.seed == 1
+    assert sum(stage == "pretrain" for stage, _ in fake.calls) == 4  # ResNet-18 and -50, each at seeds 0 and 1
+
+    # seed 1 from its own pretraining scores 3 more: the per-seed section uses it, the shared one does not, and the
+    # ResNet-18 per-seed table keeps its own rows
+    lifted = [dict(r, test_top1=r["test_top1"] + 3) if r in deep else r for r in rows]
+    text, cells, _, _ = scale_report.report(lifted)
+    shared, per_seed_section = text[text.index("Encoder depth ("):].split("Encoder depth, a pretraining per seed")
+    assert ("| ResNet-50 width 0.25 (1.48 M) | 1% | 98.0 ± 0.7 (n=2) | 99.0 ± 0.7 (n=2) | 1.0 ± 0.0 (n=2) | "
+            "0.0 ± 0.0 (n=2) |") in shared
+    assert ("| ResNet-50 width 0.25 (1.48 M) | 1% | 98.0 ± 0.7 (n=2) | 100.5 ± 2.8 (n=2) | 2.5 ± 2.1 (n=2) | "
+            "1.5 ± 2.1 (n=2) |") in per_seed_section
+    assert ("| fine-tuned − supervised grows with depth (1%; depths 18, 50; paired by seed; width 0.25; a "
+            "pretraining per seed) | grows | +1.0 (n=2) → +2.5 (n=2) | holds |") in text
+    plain = scale_report.pretraining_seed_cells([r for r in lifted if not r.get("depth")], cells)
+    assert "| 0.25 | 1% | 98.0 ± 0.7 (n=2) | 99.0 ± 0.7 (n=2) | 99.0 ± 0.7 (n=2) |" in text
+    assert plain[(0.25, "1%")]["fine-tuned"] == {0: 98.5, 1: 99.5}
+
+
 def test_pretraining_seeds_fine_tune_each_seed_from_its_own_pretraining(fake, tmp_path):
     rows = _study(tmp_path, "--parts", "size", "pretraining-seeds")
     pretrainings = [name for stage, name in fake.calls if stage == "pretrain"]
