@@ -256,19 +256,21 @@ class Study:
             for run in self.own_recipes(self.pretraining(width), "size", supervised):
                 yield width, run
 
-    def own_recipes(self, pretrained: Run, part: str, supervised: bool = True) -> Iterator[Run]:
+    def own_recipes(self, pretrained: Run, part: str, supervised: bool = True) -> list[Run]:
         """Chooses the supervised and fine-tuning recipes of ``pretrained``'s encoder on validation, then runs
-        both at every subset and seed (fine-tuned from head layer 1); yields the fine-tuned runs."""
+        both at every subset and seed (fine-tuned from head layer 1); returns the fine-tuned runs."""
         self.run(pretrained)
         stages = ("supervised", "finetune") if supervised else ("finetune",)
         recipes = {stage: self.chosen(stage, part, pretrained) for stage in stages}
+        fine_tuned = []
         for labels in self.args.subsets:
             for seed in self.args.seeds:
                 for stage, (recipe, lr) in recipes.items():
                     run = self.classifier_run(stage, part, pretrained, labels, seed, recipe, lr)
                     self.run(run)
                     if stage == "finetune":
-                        yield run
+                        fine_tuned.append(run)
+        return fine_tuned
 
     def encoder_depth(self) -> None:
         """The paper's other axis of size (ResNet-50 to 152): ``--head-width`` at each of ``--encoder-depths``,
@@ -276,8 +278,7 @@ class Study:
         same grids. The base config's depth is the size part's own runs."""
         for depth in self.args.encoder_depths:
             pretrained = self.pretraining(self.args.head_width, depth=depth)
-            for _ in self.own_recipes(pretrained, "encoder-depth" if "depth" in pretrained.facts else "size"):
-                pass
+            self.own_recipes(pretrained, "encoder-depth" if "depth" in pretrained.facts else "size")
 
     def run_all(self) -> None:
         parts = set(self.args.parts)
