@@ -2,7 +2,7 @@
 prints the ratios ours / lightly. The shared scripts are called, never copied: they live in their own virtual
 environment (``setup_peers.sh``), which needs a torch/torchvision pair other than ours.
 
-Plain standard library, so ``tests/test_bench.py`` can check the matching and the printed table on fake lines.
+Plain standard library, so ``tests/test_bench_peers.py`` can check the matching and the printed table on fake lines.
 """
 
 from __future__ import annotations
