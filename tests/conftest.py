@@ -237,3 +237,11 @@ def unfused():
     yield
     cpu_kernels._KERNELS.clear()
     cpu_kernels._KERNELS.update(before)
+
+
+@pytest.fixture
+def amx(monkeypatch):
+    """A CPU whose oneDNN runs AMX, where the convolution's GEMM rules apply (CI machines may lack it)."""
+    from simclrv2.models import conv_rules
+
+    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", True)
