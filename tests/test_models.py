@@ -1,4 +1,5 @@
-"""Specifications of the encoder family, projection head and networks (docs/recipe.md#encoder, #projection-head)."""
+"""Specifications of the encoder family (docs/recipe.md#encoder): depths, widths, stems, shortcuts, where Selective
+Kernels go, initialisation, layout and errors."""
 
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ from simclrv2.errors import SimCLRv2Error
 from simclrv2.models import (
     ARCHITECTURES,
     AvgPoolShortcut,
-    Classifier,
-    ProjectionHead,
     SelectiveKernelConv,
-    SimCLRModel,
     build_simclr_model,
     count_parameters,
     resnet,
@@ -162,97 +160,6 @@ def test_sk_replaces_the_3x3_conv_of_every_block() -> None:
     assert not any(isinstance(m, SelectiveKernelConv) for m in resnet(50, 0.125).modules())
 
 
-# ---------------------------------------------------------------- Selective Kernel maths
-
-
-def _train_bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    var = x.var(dim=(0, 2, 3), keepdim=True, unbiased=False)
-    return (x - mean) / torch.sqrt(var + 1e-5) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
-
-
-def _naive_sk(sk: SelectiveKernelConv, x: torch.Tensor) -> torch.Tensor:
-    """The docs/recipe.md#encoder SK description, one step a line, with an explicit two-way softmax."""
-    c = sk.channels
-    streams = F.relu(_train_bn(F.conv2d(x, sk.conv.weight, stride=sk.conv.stride, padding=1), sk.bn))
-    first, second = streams[:, :c], streams[:, c:]
-    context = (first + second).mean(dim=(2, 3), keepdim=True)
-    hidden = F.relu(_train_bn(F.conv2d(context, sk.gate[0].weight), sk.gate[1]))
-    logits = F.conv2d(hidden, sk.gate[3].weight)
-    e_first, e_second = logits[:, :c].exp(), logits[:, c:].exp()
-    return (first * e_first + second * e_second) / (e_first + e_second)
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_sk_conv_matches_a_naive_two_stream_softmax(stride: int) -> None:
-    torch.manual_seed(0)
-    sk = SelectiveKernelConv(3, 6, stride, SK)
-    for p in sk.parameters():  # non-trivial γ, β and gate so both streams matter
-        nn.init.normal_(p, std=0.5)
-    x = torch.randn(4, 3, 9, 9)
-    out = sk(x)
-    assert out.shape == (4, 6, (9 - 1) // stride + 1, (9 - 1) // stride + 1)
-    torch.testing.assert_close(out, _naive_sk(sk, x), atol=1e-5, rtol=1e-5)
-
-
-def test_sk_conv_gradients_are_correct() -> None:
-    torch.manual_seed(0)
-    sk = SelectiveKernelConv(2, 2, 2, SK).double()
-    x = torch.randn(3, 2, 5, 5, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(sk, (x,), eps=1e-6, atol=1e-5, fast_mode=True)
-
-
-@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_sk_conv_gradients_match_the_naive_reference(memory_format: torch.memory_format) -> None:
-    """The mix and the gate's context have hand-written backward passes: every gradient, input and parameters,
-    must equal autograd's through the naive description, in either memory layout."""
-    torch.manual_seed(0)
-    sk = SelectiveKernelConv(3, 6, 2, SK).double()  # double: a wrong term shows, float32's rounding does not
-    for p in sk.parameters():
-        nn.init.normal_(p, std=0.5)
-    x = torch.randn(4, 3, 9, 9, dtype=torch.double).to(memory_format=memory_format).requires_grad_()
-    upstream = torch.randn(4, 6, 5, 5, dtype=torch.double)
-    grads = torch.autograd.grad((sk(x) * upstream).sum(), [x, *sk.parameters()])
-    expected = torch.autograd.grad((_naive_sk(sk, x) * upstream).sum(), [x, *sk.parameters()])
-    for got, want in zip(grads, expected, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
-
-
-def test_sk_conv_keeps_bf16_and_channels_last_under_autocast() -> None:
-    """bf16 streams give a bf16 output, and channels_last stays channels_last both ways (a layout or dtype change
-    would cost the next convolution a copy)."""
-    torch.manual_seed(0)
-    sk = SelectiveKernelConv(8, 8, 1, SK)
-    x = torch.randn(4, 8, 7, 7).to(memory_format=torch.channels_last).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sk(x)
-    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
-    out.float().square().sum().backward()
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out.float(), sk(x.detach()), atol=0.1, rtol=0.05)
-
-
-@pytest.mark.parametrize("kernels_on", [False, True])
-def test_sk_conv_compiles_as_one_graph_with_the_same_gradients(request, kernels_on: bool) -> None:
-    """torch.compile (run.compile) traces the hand-written backward passes too: no graph break, same numbers. With
-    the compiled CPU kernels on, eager mixes the streams with them and the traced graph by PyTorch's ops (a call
-    into the extension would break it): the same numbers to float32's rounding, which BatchNorm's backward
-    amplifies."""
-    request.getfixturevalue("fused" if kernels_on else "unfused")
-    torch.manual_seed(0)
-    sk = SelectiveKernelConv(4, 6, 1, SK)
-    x = torch.randn(3, 4, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    eager = torch.autograd.grad(sk(x).square().sum(), [x, *sk.parameters()])
-    compiled = torch.compile(sk, backend="aot_eager", fullgraph=True)
-    try:
-        traced = torch.autograd.grad(compiled(x).square().sum(), [x, *sk.parameters()])
-    finally:
-        torch._dynamo.reset()
-    tolerance = {"atol": 1e-4, "rtol": 1e-4} if kernels_on else {}
-    for got, want in zip(traced, eager, strict=True):
-        torch.testing.assert_close(got, want, **tolerance)
-
-
 def test_backward_reaches_every_parameter_of_an_sk_network() -> None:
     torch.manual_seed(0)
     model = build_simclr_model(50, 0.125, sk_ratio=SK, cifar_stem=True, head_layers=2, proj_dim=8)
@@ -339,120 +246,3 @@ def test_unknown_depth_error_lists_the_valid_depths() -> None:
 def test_bad_encoder_arguments_raise(kwargs: dict) -> None:
     with pytest.raises(SimCLRv2Error):
         resnet(18, **kwargs)
-
-
-# ---------------------------------------------------------------- projection head
-
-
-def test_head_layers_are_linear_bn_relu_and_last_bn_has_no_bias() -> None:
-    head = ProjectionHead(16, out_dim=8, num_layers=3)
-    assert len(head.layers) == 3
-    for i, layer in enumerate(head.layers):
-        linear, bn = layer[0], layer[1]
-        assert isinstance(linear, nn.Linear) and linear.bias is None
-        assert isinstance(bn, nn.BatchNorm1d) and bn.weight is not None
-        last = i == 2
-        assert (bn.bias is None) == last
-        assert isinstance(layer[-1], nn.ReLU) != last
-    assert [layer[0].out_features for layer in head.layers] == [16, 16, 8]  # hidden width = in_dim
-    assert "layers.2.1.bias" not in head.state_dict()
-
-
-def test_head_forward_layers_gives_every_intermediate_output() -> None:
-    torch.manual_seed(0)
-    head = ProjectionHead(12, hidden_dim=10, out_dim=6, num_layers=3).eval()
-    x = torch.randn(5, 12)
-    outputs = head.forward_layers(x)
-    assert len(outputs) == 4 and outputs[0] is x
-    assert [o.shape[1] for o in outputs] == [head.output_dim(j) for j in range(4)] == [12, 10, 10, 6]
-    torch.testing.assert_close(head(x), outputs[-1])
-    assert torch.all(outputs[1] >= 0) and (outputs[-1] < 0).any()  # ReLU inside, none on the output
-
-
-def test_head_truncation_shares_the_pretrained_modules() -> None:
-    torch.manual_seed(0)
-    head = ProjectionHead(12, out_dim=6, num_layers=3).eval()
-    x = torch.randn(5, 12)
-    for j in range(4):
-        part = head.truncated(j)
-        assert len(part) == j
-        assert all(a is b for a, b in zip(part, head.layers, strict=False))
-        torch.testing.assert_close(part(x), head.forward_layers(x)[j])
-    with torch.no_grad():
-        head.truncated(1)[0][0].weight.add_(1.0)  # a change through the truncated head is seen by the head
-    torch.testing.assert_close(head.truncated(2)(x), head.forward_layers(x)[2])
-
-
-@pytest.mark.parametrize("j", [-1, 4])
-def test_head_rejects_missing_layers(j: int) -> None:
-    head = ProjectionHead(8, num_layers=3)
-    with pytest.raises(SimCLRv2Error, match="0 .*to 3"):
-        head.truncated(j)
-    with pytest.raises(SimCLRv2Error):
-        head.output_dim(j)
-
-
-# ---------------------------------------------------------------- composed networks
-
-
-def test_simclr_model_outputs_projections() -> None:
-    torch.manual_seed(0)
-    model = build_simclr_model(18, 0.125, cifar_stem=True, head_layers=2, proj_dim=16)
-    assert model.head.in_dim == model.head.hidden_dim == model.encoder.feature_dim == 64
-    assert model(_images(4, 3, 16)).shape == (4, 16)
-    with pytest.raises(SimCLRv2Error, match="in_dim"):
-        SimCLRModel(model.encoder, ProjectionHead(32))
-
-
-def test_classifier_logits_are_zero_at_init() -> None:
-    torch.manual_seed(0)
-    model = build_simclr_model(18, 0.125, cifar_stem=True, proj_dim=16)
-    classifier = Classifier.from_simclr(model, 1, num_classes=5)
-    assert torch.all(classifier.classifier.weight == 0) and torch.all(classifier.classifier.bias == 0)
-    assert torch.equal(classifier(_images(4, 3, 16)), torch.zeros(4, 5))
-
-
-@pytest.mark.parametrize(("j", "width"), [(0, 64), (1, 64), (2, 64), (3, 16)])
-def test_from_simclr_keeps_head_layers_up_to_j_and_shares_the_encoder(j: int, width: int) -> None:
-    torch.manual_seed(0)
-    model = build_simclr_model(18, 0.125, cifar_stem=True, proj_dim=16).eval()
-    classifier = Classifier.from_simclr(model, j, num_classes=3).eval()
-    assert classifier.encoder is model.encoder
-    assert len(classifier.head) == j
-    assert all(a is b for a, b in zip(classifier.head, model.head.layers, strict=False))
-    assert classifier.feature_dim == classifier.classifier.in_features == width
-    x = _images(4, 3, 16)
-    expected = model.head.forward_layers(model.encoder(x))[j]
-    torch.testing.assert_close(classifier.forward_features(x), expected)
-    assert classifier(x).shape == (4, 3)
-
-
-def test_classifier_on_bare_encoder_and_bad_class_count() -> None:
-    encoder = resnet(18, 0.125, cifar_stem=True)
-    with pytest.raises(SimCLRv2Error, match="num_classes"):
-        Classifier(encoder, nn.Sequential(), encoder.feature_dim, 0)
-    with pytest.raises(SimCLRv2Error):
-        Classifier.from_simclr(build_simclr_model(18, 0.125, head_layers=2), 3, 10)
-
-
-def test_tiny_resnet_overfits_one_batch() -> None:
-    torch.manual_seed(0)
-    encoder = resnet(18, 0.125, cifar_stem=True)
-    model = Classifier(encoder, nn.Sequential(), encoder.feature_dim, num_classes=4)
-    x = _images(8, 3, 8, seed=1)
-    y = torch.arange(8) % 4
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(30):
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[0] == pytest.approx(torch.log(torch.tensor(4.0)).item(), abs=1e-6)  # zero-init classifier
-    assert losses[-1] < 0.1 * losses[0]
-
-
-def test_count_parameters_counts_every_element() -> None:
-    head = ProjectionHead(4, hidden_dim=3, out_dim=2, num_layers=2)
-    assert count_parameters(head) == 4 * 3 + 2 * 3 + 3 * 2 + 2  # last BN: γ only
