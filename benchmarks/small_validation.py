@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from readme_block import write_readme
-from scale_report import grid_rows
+from scale_size import grid_rows
 
 from simclrv2 import load, load_config
 from simclrv2.stages.inputs import training_data

@@ -1,6 +1,7 @@
 """The scale study's plan, with fake stages (the real runs take hours): which runs it makes from which configs, that
 recipes are chosen on validation only, that finished runs are reused, and that each part's runs land in their own
-report section (tests/test_scale_report.py tests the report on rows written by hand)."""
+report section (tests/test_scale_pretraining.py: the pretraining-seeds and longer-pretraining parts;
+tests/test_scale_report.py tests the report on rows written by hand)."""
 
 from __future__ import annotations
 
@@ -10,67 +11,23 @@ from pathlib import Path
 import pytest
 
 from benchmark_scripts import load_benchmark
-from simclrv2.results import ClassificationScores, StageResult
+from scale_study_helpers import fake_stages, study
 
-scale_study = load_benchmark("scale_study")
+scale_distill = load_benchmark("scale_distill")
+scale_pretraining = load_benchmark("scale_pretraining")
 scale_report = load_benchmark("scale_report")
-
-
-def _scores(top1: float) -> ClassificationScores:
-    return ClassificationScores(top1, {}, [[1]], ["a"])
-
-
-class FakeStages:
-    """Stage functions that record their calls and give scores that depend on the config (never on test)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.configs: dict[str, object] = {}
-
-    def make(self, stage: str):
-        def run(config, run_dir, resume=False):
-            run_dir = Path(run_dir)
-            if (run_dir / "result.json").exists():
-                return StageResult.read(run_dir)
-            self.calls.append((stage, run_dir.name))
-            self.configs[run_dir.name] = config
-            width = config.model.width_multiplier
-            lr = {"finetune": config.finetune.optimizer.base_lr,
-                  "supervised": config.supervised.optimizer.base_lr}.get(stage, 0.0)
-            # validation prefers lr 0.01 (fine-tuning) / 0.1 (supervised), 0.03 / 0.3 for a deeper encoder than
-            # ResNet-18; test ranks the candidates the other way round, so a choice made on test would be visible
-            deeper = config.model.depth != 18
-            best_lr = (0.03 if deeper else 0.01) if stage == "finetune" else (0.3 if deeper else 0.1)
-            val = 0.5 + width / 10 - abs(lr - best_lr)
-            if stage == "finetune":  # pretraining at τ 0.1 fine-tunes best
-                val -= abs(config.pretrain.temperature - 0.1) / 10
-            test = 1.5 - val + config.run.seed / 100
-            details = ({"knn_top1": 0.7} if stage == "pretrain" else
-                       {"teacher": config.distill.teacher} if stage == "distill" else {})
-            result = StageResult(stage, str(run_dir), None, None if stage == "pretrain" else _scores(val),
-                                 None if stage == "pretrain" else _scores(test), details)
-            run_dir.mkdir(parents=True)
-            (run_dir / "result.json").write_text(json.dumps(result.to_json()))
-            return result
-        return run
+scale_size = load_benchmark("scale_size")
+scale_study = load_benchmark("scale_study")
+scale_variants = load_benchmark("scale_variants")
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    stages = FakeStages()
-    monkeypatch.setattr(scale_study, "STAGES", {s: stages.make(s) for s in scale_study.STAGES})
-    return stages
-
-
-def _study(tmp_path, *extra: str) -> list[dict]:
-    results = tmp_path / "results.jsonl"
-    scale_study.main(["--widths", "0.25", "0.5", "--subsets", "10/class", "1%", "--seeds", "0", "1",
-                      "--out", str(tmp_path / "runs"), "--results", str(results), *extra])
-    return [json.loads(line) for line in results.read_text().splitlines()]
+    return fake_stages(monkeypatch)
 
 
 def test_each_width_gets_its_own_recipes_chosen_on_validation(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size")
+    rows = study(tmp_path, "--parts", "size")
     size = [r for r in rows if r["part"] == "size"]
     assert {r["recipe"] for r in size if r["method"] == "fine-tuned"} == {"sgd-0.01"}
     assert {r["recipe"] for r in size if r["method"] == "supervised"} == {"sgd-0.1"}
@@ -82,9 +39,9 @@ def test_each_width_gets_its_own_recipes_chosen_on_validation(fake, tmp_path):
 
 
 def test_finished_runs_are_reused_on_a_rerun(fake, tmp_path):
-    first = _study(tmp_path, "--parts", "size")
+    first = study(tmp_path, "--parts", "size")
     calls = len(fake.calls)
-    second = _study(tmp_path, "--parts", "size")
+    second = study(tmp_path, "--parts", "size")
     assert len(fake.calls) == calls
     assert sorted(map(json.dumps, first)) == sorted(map(json.dumps, second))
 
@@ -94,7 +51,7 @@ def test_distillation_starts_each_student_from_its_own_pretraining(fake, tmp_pat
     fake_distill = scale_study.STAGES["distill"]
     monkeypatch.setitem(scale_study.STAGES, "distill", lambda config, run_dir, resume=False:
                         configs.setdefault(Path(run_dir).name, config) and fake_distill(config, run_dir))
-    rows = _study(tmp_path, "--parts", "size", "distill", "big-to-small")
+    rows = study(tmp_path, "--parts", "size", "distill", "big-to-small")
     self_distilled = [c for c in configs.values() if c.distill.student == "teacher"]
     big_to_small = [c for c in configs.values() if c.distill.student == "model"]
     assert len(self_distilled) == 2 * 2 * 2  # widths x subsets x seeds; big-to-small reuses the width-0.5 ones
@@ -109,7 +66,7 @@ def test_distillation_starts_each_student_from_its_own_pretraining(fake, tmp_pat
 
 
 def test_a_distilled_row_carries_its_teachers_scores_and_is_compared_with_them(fake, tmp_path):
-    rows = {r["run"]: r for r in _study(tmp_path, "--parts", "size", "distill")}
+    rows = {r["run"]: r for r in study(tmp_path, "--parts", "size", "distill")}
     student = rows["distill-finetune-w0.5-h3-layer1-1pct-sgd-0.01-s1-e2"]
     teacher = rows["finetune-w0.5-h3-layer1-1pct-sgd-0.01-s1"]
     assert (student["teacher_val_top1"], student["teacher_test_top1"]) == (teacher["val_top1"], teacher["test_top1"])
@@ -148,23 +105,23 @@ def test_big_to_small_takes_the_teacher_width_with_the_best_fine_tuning_validati
 def test_a_reused_run_keeps_the_part_it_was_recorded_under(fake, tmp_path):
     """The head part's layer-1 run of the 3-layer head is the size part's run; rerunning the head part must
     not move it out of the size table (a chosen grid candidate, recorded as "recipe", does move)."""
-    rows = {r["run"]: r["part"] for r in _study(tmp_path, "--parts", "size")}
+    rows = {r["run"]: r["part"] for r in study(tmp_path, "--parts", "size")}
     assert rows["finetune-w0.25-h3-layer1-1pct-sgd-0.01-s0"] == "size"
     assert rows["finetune-w0.25-h3-layer1-1pct-sgd-0.003-s0"] == "recipe"
-    rows = {r["run"]: r["part"] for r in _study(tmp_path, "--parts", "head", "--head-depths", "3")}
+    rows = {r["run"]: r["part"] for r in study(tmp_path, "--parts", "head", "--head-depths", "3")}
     assert rows["finetune-w0.25-h3-layer1-10-per-class-sgd-0.01-s0"] == "size"
     assert rows["finetune-w0.25-h3-layer0-10-per-class-sgd-0.01-s0"] == "head"
 
 
 def test_head_depth_fine_tunes_from_every_layer(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "head")
+    rows = study(tmp_path, "--parts", "head")
     head = [r for r in rows if r["part"] == "head"]
     assert {(r["head_layers"], r["head_layer"]) for r in head} == {(h, j) for h in (2, 3, 4) for j in range(h + 1)}
     assert {r["labels"] for r in head} == {"10/class", "1%"}
 
 
 def test_report_pairs_by_seed_and_states_each_claim(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size")
+    rows = study(tmp_path, "--parts", "size")
     text, cells, widths, subsets = scale_report.report(rows)
     gain = cells[(0.5, "1%")]["gain"]
     ft, sup = cells[(0.5, "1%")]["fine-tuned"], cells[(0.5, "1%")]["supervised"]
@@ -178,7 +135,7 @@ def test_distillation_recipes_are_compared_from_the_same_teacher(fake, tmp_path,
     fake_distill = scale_study.STAGES["distill"]
     monkeypatch.setitem(scale_study.STAGES, "distill",
                         lambda config, run_dir, resume=False: configs.append(config) or fake_distill(config, run_dir))
-    rows = _study(tmp_path, "--parts", "distill-recipes", "--widths", "0.25")
+    rows = study(tmp_path, "--parts", "distill-recipes", "--widths", "0.25")
     assert {(c.distill.optimizer.name, c.distill.optimizer.base_lr, c.distill.temperature) for c in configs} == \
         set(scale_study.DISTILL_GRID.values())
     assert len({c.distill.teacher for c in configs}) == 1
@@ -187,7 +144,7 @@ def test_distillation_recipes_are_compared_from_the_same_teacher(fake, tmp_path,
 
 
 def test_pretraining_temperature_is_chosen_by_the_fine_tuned_validation_mean(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "temperature")
+    rows = study(tmp_path, "--parts", "temperature")
     pretrained = {r["run"]: r["pretrain_temperature"] for r in rows if r["method"] == "pretraining"}
     assert pretrained == {"pretrain-w0.25-h3-s0": 0.2, "pretrain-w0.25-h3-t0.1-s0": 0.1,
                           "pretrain-w0.25-h3-t0.5-s0": 0.5}
@@ -208,7 +165,7 @@ def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tm
     validation: the recorded choice stands for every later seed, and the report shows the scores it was made on."""
     import shutil
 
-    rows = _study(tmp_path, "--parts", "size", "--widths", "0.25")
+    rows = study(tmp_path, "--parts", "size", "--widths", "0.25")
     choice = next(r for r in rows if r["run"] == "choice-finetune-pretrain-w0.25-h3-s0")
     assert choice["recipe"] == "sgd-0.01" and set(choice["scores"]) == set(scale_study.FINETUNE_GRID)
     results = tmp_path / "results.jsonl"
@@ -221,12 +178,12 @@ def test_a_recipe_is_chosen_once_and_a_rerun_candidate_cannot_switch_it(fake, tm
     assert {name for stage, name in fake.calls if stage == "finetune"} == {
         f"finetune-w0.25-h3-layer1-1pct-sgd-0.01-s{seed}" for seed in (0, 1, 2)}
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert scale_report.chosen_recipes(rows)[(0.25, "fine-tuned")] == "sgd-0.01"
-    assert f"| **sgd-0.01** | {choice['scores']['sgd-0.01']:.1f} |" in scale_report.recipe_table(rows)
+    assert scale_size.chosen_recipes(rows)[(0.25, "fine-tuned")] == "sgd-0.01"
+    assert f"| **sgd-0.01** | {choice['scores']['sgd-0.01']:.1f} |" in scale_size.recipe_table(rows)
 
 
 def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_table(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "selective-kernels", "--widths", "0.25")
+    rows = study(tmp_path, "--parts", "size", "selective-kernels", "--widths", "0.25")
     sk = [r for r in rows if r["part"] == "selective-kernels"]
     assert {(r["method"], r["labels"], r["seed"]) for r in sk} == {
         (m, s, seed) for m in ("fine-tuned", "supervised") for s in ("10/class", "1%") for seed in (0, 1)}
@@ -249,7 +206,7 @@ def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_t
         plain = {r["seed"]: r["test_top1"] for r in rows if r["part"] == "size" and r["method"] == method
                  and r["labels"] == "1%"}
         assert cells[(0.25, "1%")][method] == plain
-    table = scale_report.selective_kernels_table(rows, cells, ["1%"]).splitlines()
+    table = scale_variants.selective_kernels_table(rows, cells, ["1%"]).splitlines()
     assert table[0] == ("Width 0.25: 1.04 M encoder parameters with Selective Kernels (kNN 70.0 after pretraining), "
                         "0.70 M without (kNN 70.0).")
     assert table[4].startswith("| 0.25 | 1% | fine-tuned |") and table[4].endswith("| 5.0 ± 0.0 (n=2) |")
@@ -259,7 +216,7 @@ def test_selective_kernels_pretrain_their_own_encoder_and_stay_out_of_the_size_t
 
 
 def test_a_deeper_encoder_gets_its_own_runs_and_recipes_and_stays_out_of_the_size_table(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "encoder-depth", "--widths", "0.25", "--encoder-depths", "18", "50")
+    rows = study(tmp_path, "--parts", "size", "encoder-depth", "--widths", "0.25", "--encoder-depths", "18", "50")
     deep = [r for r in rows if r["part"] == "encoder-depth"]
     assert {(r["method"], r["labels"], r["seed"]) for r in deep} == {
         (m, s, seed) for m in ("fine-tuned", "supervised") for s in ("10/class", "1%") for seed in (0, 1)}
@@ -283,7 +240,7 @@ def test_a_deeper_encoder_gets_its_own_runs_and_recipes_and_stays_out_of_the_siz
     plain = {r["seed"]: r["test_top1"] for r in rows if r["part"] == "size" and r["method"] == "fine-tuned"
              and r["labels"] == "1%"}
     assert cells[(0.25, "1%")]["fine-tuned"] == plain
-    assert "| **sgd-0.03** |" not in scale_report.recipe_table(lifted)  # ResNet-18's choices only
+    assert "| **sgd-0.03** |" not in scale_size.recipe_table(lifted)  # ResNet-18's choices only
     # its own section: ResNet-18 from the size table, ResNet-50 paired by seed with it, and the claims by depth
     section = text[text.index("Encoder depth"):].splitlines()
     assert section[4].startswith("| ResNet-18 width 0.25 (0.70 M) | 10/class |") and section[4].endswith("| – |")
@@ -298,7 +255,7 @@ def test_a_deeper_encoder_gets_its_own_runs_and_recipes_and_stays_out_of_the_siz
 
 
 def test_a_deeper_encoder_at_a_width_the_size_table_lacks_adds_no_row_there(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "encoder-depth", "--widths", "0.25", "--head-width", "0.5",
+    rows = study(tmp_path, "--parts", "size", "encoder-depth", "--widths", "0.25", "--head-width", "0.5",
                   "--encoder-depths", "50")
     text, cells, widths, _ = scale_report.report(rows)
     assert widths == [0.25] and {w for w, _ in cells} == {0.25}
@@ -307,7 +264,7 @@ def test_a_deeper_encoder_at_a_width_the_size_table_lacks_adds_no_row_there(fake
 
 
 def test_a_deeper_encoder_can_be_pretrained_once_per_seed_with_its_own_recipe(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "encoder-depth", "pretraining-seeds", "--widths", "0.25",
+    rows = study(tmp_path, "--parts", "size", "encoder-depth", "pretraining-seeds", "--widths", "0.25",
                   "--encoder-depths", "18", "50", "--replicate", "plain", "encoder-depth")
     per_seed = [r for r in rows if r["part"] == "pretraining-seeds" and r["method"] == "fine-tuned"]
     deep = [r for r in per_seed if r.get("depth") == 50]
@@ -329,57 +286,13 @@ def test_a_deeper_encoder_can_be_pretrained_once_per_seed_with_its_own_recipe(fa
             "1.5 ± 2.1 (n=2) |") in per_seed_section
     assert ("| fine-tuned − supervised grows with depth (1%; depths 18, 50; paired by seed; width 0.25; a "
             "pretraining per seed) | grows | +1.0 (n=2) → +2.5 (n=2) | holds |") in text
-    plain = scale_report.pretraining_seed_cells([r for r in lifted if not r.get("depth")], cells)
+    plain = scale_pretraining.pretraining_seed_cells([r for r in lifted if not r.get("depth")], cells)
     assert "| 0.25 | 1% | 98.0 ± 0.7 (n=2) | 99.0 ± 0.7 (n=2) | 99.0 ± 0.7 (n=2) |" in text
     assert plain[(0.25, "1%")]["fine-tuned"] == {0: 98.5, 1: 99.5}
 
 
-def test_pretraining_seeds_fine_tune_each_seed_from_its_own_pretraining(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "pretraining-seeds")
-    pretrainings = [name for stage, name in fake.calls if stage == "pretrain"]
-    assert sorted(pretrainings) == ["pretrain-w0.25-h3-s0", "pretrain-w0.25-h3-s1",
-                                    "pretrain-w0.5-h3-s0", "pretrain-w0.5-h3-s1"]
-    assert fake.configs["pretrain-w0.5-h3-s1"].run.seed == 1
-    replicated = [r for r in rows if r["part"] == "pretraining-seeds"]
-    # seed 0's pretraining is the size part's, so only seed 1 adds fine-tuned runs: 2 widths x 2 subsets
-    assert len(replicated) == 4
-    for r in replicated:
-        config = fake.configs[r["run"]]
-        assert (r["seed"], r["pretrain_seed"], r["method"], r["recipe"]) == (1, 1, "fine-tuned", "sgd-0.01")
-        assert config.run.seed == 1
-        assert Path(config.finetune.pretrained).name == f"pretrain-w{r['width']}-h3-s1"
-    # the size part's rows are neither renamed nor given a pretraining seed
-    assert not any("pretrain_seed" in r for r in rows if r["part"] == "size")
-    assert "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1" in {r["run"] for r in rows if r["part"] == "size"}
-
-
-def test_selective_kernels_can_be_pretrained_once_per_seed_too(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "pretraining-seeds", "--replicate", "plain", "selective-kernels",
-                  "memory")
-    sk = {r["run"]: r for r in rows if r.get("sk_ratio")}
-    assert {"pretrain-w0.25-h3-sk0.0625-s0", "pretrain-w0.25-h3-sk0.0625-s1"} <= set(sk)
-    assert fake.configs["pretrain-w0.25-h3-sk0.0625-s1"].model.sk_ratio == 0.0625
-    replicated = [r for r in sk.values() if r["part"] == "pretraining-seeds"]
-    assert {(r["seed"], r["pretrain_seed"], r["labels"]) for r in replicated} == {(1, 1, "10/class"), (1, 1, "1%")}
-    for r in replicated:
-        assert Path(fake.configs[r["run"]].finetune.pretrained).name == "pretrain-w0.25-h3-sk0.0625-s1"
-    # seed 0 is the Selective Kernels part's own run, from that part's pretraining
-    assert {r["part"] for r in sk.values() if r["method"] == "fine-tuned" and r["seed"] == 0} == {"selective-kernels"}
-    # the memory the same way, and neither variant's rows count as the plain encoder's
-    assert fake.configs["pretrain-w0.25-h3-mem4096-s1"].pretrain.memory_size == 4096
-    memory = [r for r in rows if r["part"] == "pretraining-seeds" and r["memory"]]
-    assert {(r["seed"], r["pretrain_seed"], r["memory"]) for r in memory} == {(1, 1, 4096)} and len(memory) == 2
-    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
-    replicated = scale_report.pretraining_seed_cells(rows, cells)
-    plain = [r for r in rows if r["part"] == "pretraining-seeds" and not r["memory"] and not r.get("sk_ratio")]
-    assert replicated[(0.25, "1%")]["fine-tuned"][1] == next(r["test_top1"] for r in plain
-                                                             if r["width"] == 0.25 and r["labels"] == "1%")
-    assert set(scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")) == {(0.25, "10/class"),
-                                                                                          (0.25, "1%")}
-
-
 def test_distillation_with_labels_uses_the_distill_parts_teachers_and_is_paired_with_their_students(fake, tmp_path):
-    rows = {r["run"]: r for r in _study(tmp_path, "--parts", "size", "distill", "distill-labels", "--widths", "0.25",
+    rows = {r["run"]: r for r in study(tmp_path, "--parts", "size", "distill", "distill-labels", "--widths", "0.25",
                                         "--distill-alpha", "0.25")}
     with_labels = {name: r for name, r in rows.items() if r["part"] == "distill-labels"}
     assert len(with_labels) == 2 * 2  # subsets x seeds at the one width
@@ -390,26 +303,26 @@ def test_distillation_with_labels_uses_the_distill_parts_teachers_and_is_paired_
     assert Path(config.distill.teacher).name == "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1"
     assert with_labels[name]["distill_alpha"] == 0.25
     # the fake scores ignore alpha, so with and without labels tie; a student of another teacher is not paired
-    table = scale_report.distill_labels_table(list(rows.values()), ["10/class", "1%"])
+    table = scale_distill.distill_labels_table(list(rows.values()), ["10/class", "1%"])
     assert "| 0.25 | 1% | 2 | 0.25 |" in table and table.count("| 0.0 ± 0.0 (n=2) |") == 2
     other = "distill-finetune-w0.25-h3-layer1-1pct-sgd-0.01-s1-e2"
     rows[other] = dict(rows[other], teacher_test_top1=0.0)
-    table = scale_report.distill_labels_table(list(rows.values()), ["10/class", "1%"])
+    table = scale_distill.distill_labels_table(list(rows.values()), ["10/class", "1%"])
     assert table.splitlines()[3].endswith("| 0.0 ± 0.0 (n=1) |")  # 1 %: seed 0 only
     assert table.splitlines()[2].endswith("| 0.0 ± 0.0 (n=2) |")  # 10/class comes first, as in every table
 
 
 def test_a_memory_momentum_other_than_the_base_configs_gets_its_own_runs_and_table_rows(fake, tmp_path):
-    _study(tmp_path, "--parts", "size", "memory")
-    rows = _study(tmp_path, "--parts", "memory", "--memory-momentum", "0.99")
+    study(tmp_path, "--parts", "size", "memory")
+    rows = study(tmp_path, "--parts", "memory", "--memory-momentum", "0.99")
     config = fake.configs["pretrain-w0.25-h3-mem4096-m0.99-s0"]
     assert (config.pretrain.memory_size, config.pretrain.memory_momentum) == (4096, 0.99)
     tuned = [r for r in rows if r.get("memory_momentum") == 0.99 and r["method"] == "fine-tuned"]
     assert len(tuned) == 4 and {r["part"] for r in tuned} == {"memory"}
     assert all(Path(fake.configs[r["run"]].finetune.pretrained).name == "pretrain-w0.25-h3-mem4096-m0.99-s0"
                for r in tuned)
-    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
-    table = scale_report.memory_table(rows, cells, ["10/class", "1%"], 0.999)
+    _, cells = scale_size.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
+    table = scale_variants.memory_table(rows, cells, ["10/class", "1%"], 0.999)
     assert [line.split(" | ")[2] for line in table.splitlines()[2:]] == ["0.99", "0.999", "0.99", "0.999"]
     # the pretraining-seeds part's memory variant is the base momentum's: seed 0 must not be the 0.99 run
     memory_seed0 = {r["labels"]: r["test_top1"] for r in rows if r["part"] == "memory" and r["seed"] == 0
@@ -419,134 +332,5 @@ def test_a_memory_momentum_other_than_the_base_configs_gets_its_own_runs_and_tab
                         and r["labels"] == "1%"), "run": "replicated", "part": "pretraining-seeds", "seed": 1,
                  "pretrain_seed": 1})
     rows = [dict(r, test_top1=-1.0) if r.get("memory_momentum") else r for r in rows]  # tell the two apart
-    gains = scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")
+    gains = scale_pretraining.pretraining_seed_variant_gains(rows, replicated, "memory")
     assert gains[(0.25, "1%")]["variant"][0] == memory_seed0["1%"]
-
-
-def test_head_depths_can_be_pretrained_once_per_seed_too(fake, tmp_path):
-    rows = _study(tmp_path, "--parts", "size", "head", "pretraining-seeds", "--replicate", "plain", "head")
-    pretrained = [name for stage, name in fake.calls if stage == "pretrain"]
-    for heads in (2, 3, 4):  # each depth pretrained once per seed, the 3-layer head's seed 1 shared with "plain"
-        assert pretrained.count(f"pretrain-w0.25-h{heads}-s1") == 1
-        assert fake.configs[f"pretrain-w0.25-h{heads}-s1"].model.head_layers == heads
-        assert fake.configs[f"pretrain-w0.25-h{heads}-s1"].run.seed == 1
-    own = [r for r in rows if r["part"] == "pretraining-seeds" and r["width"] == 0.25]
-    assert {(r["head_layers"], r["head_layer"], r["labels"]) for r in own} == {
-        (h, j, s) for h in (2, 3, 4) for j in range(h + 1) for s in ("10/class", "1%")}
-    for r in own:
-        assert r["seed"] == r["pretrain_seed"] == 1
-        assert Path(fake.configs[r["run"]].finetune.pretrained).name == f"pretrain-w0.25-h{r['head_layers']}-s1"
-        assert fake.configs[r["run"]].finetune.head_layer == r["head_layer"]
-    # seed 0 is the head part's (one pretraining per depth), not run again
-    assert not any(r["part"] == "pretraining-seeds" and r["seed"] == 0 for r in rows)
-    assert pretrained.count("pretrain-w0.25-h2-s0") == 1
-    # the size cells per pretraining seed take the 3-layer head's layer 1 only (scores told apart by head and layer)
-    marked = [dict(r, test_top1=10.0 * r["head_layers"] + r["head_layer"]) if r in own else r for r in rows]
-    _, cells = scale_report.size_table(marked, [0.25, 0.5], ["10/class", "1%"])
-    replicated = scale_report.pretraining_seed_cells(marked, cells)
-    assert replicated[(0.25, "1%")]["fine-tuned"][1] == 31.0
-    per_seed = scale_report.head_rows(rows, per_seed=True)
-    assert {(r["seed"], r.get("pretrain_seed", 0)) for r in per_seed} == {(0, 0), (1, 1)}
-    assert len(per_seed) == 2 * len(own)
-    # a longer pretraining of seed 1 (--replicate pretrain-epochs) is not one of the head depths
-    longer = dict(own[0], run="finetune-w0.25-h3-e5-pre1-layer1-1pct-sgd-0.01-s1", head_layers=3, head_layer=1,
-                  pretrain_epochs=5)
-    assert scale_report.head_rows(rows + [longer], per_seed=True) == per_seed
-
-
-def test_the_memory_table_shows_each_pretrainings_knn_and_another_size_stays_out_of_the_per_seed_variant(fake,
-                                                                                                        tmp_path):
-    _study(tmp_path, "--parts", "size", "memory", "pretraining-seeds", "--replicate", "plain", "memory")
-    rows = _study(tmp_path, "--parts", "memory", "--memory-size", "1024")
-    knn = {"pretrain-w0.25-h3-s0": 75.0, "pretrain-w0.25-h3-mem4096-s0": 72.0, "pretrain-w0.25-h3-mem1024-s0": 74.0}
-    rows = [dict(r, knn_val=knn.get(r["run"], r.get("knn_val"))) for r in rows]
-    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
-    table = scale_report.memory_table(rows, cells, ["10/class", "1%"], 0.999).splitlines()
-    assert [line.split(" | ")[1:4] for line in table[2:4]] == [["1024", "0.999", "74.0 / 75.0"],
-                                                               ["4096", "0.999", "72.0 / 75.0"]]
-    # seed 0 of the per-seed memory variant is the 4096 memory's run, which was replicated, not the 1024 one's
-    rows = [dict(r, test_top1=-1.0) if r["memory"] == 1024 else r for r in rows]
-    replicated = scale_report.pretraining_seed_cells(rows, cells)
-    gains = scale_report.pretraining_seed_variant_gains(rows, replicated, "memory")
-    seed0 = next(r["test_top1"] for r in rows if r["part"] == "memory" and r["memory"] == 4096 and r["seed"] == 0
-                 and r["labels"] == "1%")
-    assert gains[(0.25, "1%")]["variant"][0] == seed0
-    assert "width 0.25: " in scale_report.pretraining_seed_table(rows, replicated)
-
-
-def test_a_longer_pretraining_gets_its_own_runs_the_recorded_recipes_and_stays_out_of_the_size_table(fake, tmp_path):
-    _study(tmp_path, "--parts", "size")
-    before = len(fake.calls)
-    rows = _study(tmp_path, "--parts", "pretrain-epochs", "--long-pretrain-epochs", "5")
-    made = fake.calls[before:]
-    pretrained = [name for stage, name in made if stage == "pretrain"]
-    assert pretrained == ["pretrain-w0.25-h3-e5-s0", "pretrain-w0.5-h3-e5-s0"]
-    assert fake.configs["pretrain-w0.25-h3-e5-s0"].pretrain.epochs == 5
-    assert not any(stage == "supervised" for stage, _ in made)  # the size part's supervised runs are the pairs
-    longer = [r for r in rows if r["part"] == "pretrain-epochs"]
-    assert {(r["width"], r["labels"], r["seed"]) for r in longer} == {
-        (w, s, seed) for w in (0.25, 0.5) for s in ("10/class", "1%") for seed in (0, 1)}
-    for r in longer:  # the recipe recorded at 2 epochs, fine-tuned from the 5-epoch pretraining
-        assert r["pretrain_epochs"] == 5 and r["recipe"] == "sgd-0.01"
-        assert Path(fake.configs[r["run"]].finetune.pretrained).name == f"pretrain-w{r['width']}-h3-e5-s0"
-    # scores told apart: the size table keeps the 2-epoch runs, the longer table pairs both with supervised
-    rows = [dict(r, test_top1=r["test_top1"] + 10) if r in longer else r for r in rows]
-    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
-    size_run = next(r for r in rows if r["run"] == "finetune-w0.25-h3-layer1-1pct-sgd-0.01-s0")
-    assert cells[(0.25, "1%")]["fine-tuned"][0] == size_run["test_top1"]
-    by_length = scale_report.pretraining_length_cells(rows, cells)
-    assert list(by_length) == [5]
-    cell = by_length[5][(0.25, "1%")]
-    assert cell["fine-tuned"][0] == size_run["test_top1"] + 10
-    assert cell["gain"] == scale_report.paired(cell["fine-tuned"], cells[(0.25, "1%")]["supervised"])
-    table = scale_report.pretraining_length_table(rows, by_length).splitlines()
-    assert table[0].startswith("| width | labels | epochs | kNN, 2 epochs / longer |")
-    assert " | 10.0 ± 0.0 (n=2) | " in table[3]  # longer − 2 epochs, paired by seed
-    claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
-    assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs)" in c for c in claims)
-
-
-def test_a_longer_pretraining_per_seed_pairs_each_seed_with_its_own_pretrainings_and_leaves_the_others(fake, tmp_path):
-    _study(tmp_path, "--parts", "size", "pretraining-seeds", "pretrain-epochs", "--long-pretrain-epochs", "5")
-    before = len(fake.calls)
-    rows = _study(tmp_path, "--parts", "pretraining-seeds", "--replicate", "pretrain-epochs",
-                  "--long-pretrain-epochs", "5")
-    made = fake.calls[before:]
-    assert [name for stage, name in made if stage == "pretrain"] == ["pretrain-w0.25-h3-e5-s1",
-                                                                    "pretrain-w0.5-h3-e5-s1"]
-    assert fake.configs["pretrain-w0.5-h3-e5-s1"].pretrain.epochs == 5
-    assert fake.configs["pretrain-w0.5-h3-e5-s1"].run.seed == 1
-    longer = [r for r in rows if r["part"] == "pretraining-seeds" and r["pretrain_epochs"] == 5]
-    assert {(r["width"], r["labels"], r["seed"], r["pretrain_seed"]) for r in longer} == {
-        (w, s, 1, 1) for w in (0.25, 0.5) for s in ("10/class", "1%")}
-    for r in longer:
-        assert Path(fake.configs[r["run"]].finetune.pretrained).name == f"pretrain-w{r['width']}-h3-e5-s1"
-    # seed 1's longer runs scored apart from everything else: they must not stand in for the 2-epoch ones
-    rows = [dict(r, test_top1=r["test_top1"] + 10) if r in longer else r for r in rows]
-    _, cells = scale_report.size_table(rows, [0.25, 0.5], ["10/class", "1%"])
-    replicated = scale_report.pretraining_seed_cells(rows, cells)
-    two_epochs = next(r for r in rows if r["part"] == "pretraining-seeds" and r["pretrain_epochs"] == 2
-                      and r["width"] == 0.25 and r["labels"] == "1%")
-    assert replicated[(0.25, "1%")]["fine-tuned"][1] == two_epochs["test_top1"]
-    shared = scale_report.pretraining_length_cells(rows, cells)[5][(0.25, "1%")]
-    assert set(shared["fine-tuned"]) == {0, 1} and all(  # seed 1 there fine-tuned seed 0's longer pretraining
-        r["test_top1"] == shared["fine-tuned"][r["seed"]] for r in rows
-        if r["part"] == "pretrain-epochs" and r["width"] == 0.25 and r["labels"] == "1%")
-    per_seed = scale_report.pretraining_length_cells(rows, replicated, per_seed=True)
-    cell = per_seed[5][(0.25, "1%")]
-    assert cell["fine-tuned"] == {0: shared["fine-tuned"][0], 1: next(
-        r["test_top1"] for r in longer if r["width"] == 0.25 and r["labels"] == "1%") + 10}
-    assert cell["shorter"] == replicated[(0.25, "1%")]["fine-tuned"]
-    # a seed with no longer pretraining yet (seed 2 here) stays out of the shorter column too
-    with_seed_2 = {key: dict(value, **{"fine-tuned": {**value["fine-tuned"], 2: 99.0}})
-                   for key, value in replicated.items()}
-    partial = scale_report.pretraining_length_cells(rows, with_seed_2, per_seed=True)[5][(0.25, "1%")]
-    assert partial["shorter"] == replicated[(0.25, "1%")]["fine-tuned"]
-    table = scale_report.pretraining_length_table(rows, per_seed, per_seed=True)
-    assert table.startswith("kNN top-1 on validation after each pretraining: width 0.25: 2 epochs 70.0 (seed 0), "
-                            "70.0 (seed 1); 5 epochs 70.0 (seed 0), 70.0 (seed 1); width 0.5:")
-    assert "| 0.25 | 1% | 5 | 70.0 ± 0.0 (n=2) / 70.0 ± 0.0 (n=2) |" in table  # each length's mean over the seeds
-    claims = scale_report.claim(rows, cells, [0.25, 0.5], ["10/class", "1%"])
-    assert any("(1%; widths 0.25, 0.5; paired by seed; pretrained 5 epochs; a pretraining per seed)" in c
-               for c in claims)
-    assert "A longer pretraining per seed" in scale_report.report(rows)[0]
