@@ -9,14 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simclrv2.errors import SimCLRv2Error
-from simclrv2.models import (
-    Classifier,
-    ProjectionHead,
-    SimCLRModel,
-    build_simclr_model,
-    count_parameters,
-    resnet,
-)
+from simclrv2.models import Classifier, ProjectionHead, SimCLRModel, build_simclr_model, count_parameters, resnet
 
 
 def _images(batch: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simclrv2.models import (
-    SelectiveKernelConv,
-)
+from simclrv2.models import SelectiveKernelConv
 
 SK = 0.0625  # the authors' recommended sk_ratio (docs/recipe.md#encoder)
 
