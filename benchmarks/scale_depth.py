@@ -16,8 +16,11 @@ def depth_choices(rows: list[dict]) -> dict[tuple[float, int, str], dict]:
 def depth_cells(rows: list[dict], size_cells: dict, subsets: list[str],
                 base_depth: int) -> dict[float, dict[tuple[int, str], dict]]:
     """width -> (depth, labels) -> supervised and fine-tuned test top-1 by seed and their paired difference; the
-    base depth's cells are the size table's of that width."""
+    base depth's cells are the size table's of that width. Every seed here is fine-tuned from seed 0's pretraining:
+    the runs from a pretraining of their own seed (``pretrain_seed``) are depth_seed_cells' and, recorded under the
+    same facts otherwise, must not replace them."""
     choices = depth_choices(rows)
+    rows = [r for r in rows if not r.get("pretrain_seed")]
     out: dict[float, dict[tuple[int, str], dict]] = {}
     for width, depth, _ in sorted(choices):
         cells = out.setdefault(width, {(base_depth, labels): size_cells[(width, labels)] for labels in subsets

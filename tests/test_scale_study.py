@@ -279,6 +279,10 @@ def test_a_deeper_encoder_can_be_pretrained_once_per_seed_with_its_own_recipe(fa
     # ResNet-18 per-seed table keeps its own rows
     lifted = [dict(r, test_top1=r["test_top1"] + 3) if r in deep else r for r in rows]
     text, cells, _, _ = scale_report.report(lifted)
+    # the results file keeps the order runs were first recorded in: per-seed runs after the shared ones read the same
+    per_seed_last = [r for r in lifted if r.get("pretrain_seed")]
+    per_seed_last = [r for r in lifted if r not in per_seed_last] + per_seed_last
+    assert scale_report.report(per_seed_last)[0] == text
     shared, per_seed_section = text[text.index("Encoder depth ("):].split("Encoder depth, a pretraining per seed")
     assert ("| ResNet-50 width 0.25 (1.48 M) | 1% | 98.0 ± 0.7 (n=2) | 99.0 ± 0.7 (n=2) | 1.0 ± 0.0 (n=2) | "
             "0.0 ± 0.0 (n=2) |") in shared
