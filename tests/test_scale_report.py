@@ -3,6 +3,8 @@ table pairs (tests/test_scale_study.py and tests/test_scale_pretraining.py make 
 
 from __future__ import annotations
 
+import random
+
 from benchmark_scripts import load_benchmark
 
 scale_claims = load_benchmark("scale_claims")
@@ -227,3 +229,20 @@ def test_the_kNN_beside_selective_kernels_and_temperatures_is_that_of_the_named_
     assert "Selective Kernels (kNN 77.0 after pretraining), 0.70 M without (kNN 75.0)." in table
     temperatures, _ = scale_variants.temperature_table(rows, 0.2)
     assert [line.split(" | ")[:2] for line in temperatures.splitlines()[2:]] == [["| 0.1", "74.0"], ["| 0.2", "75.0"]]
+
+
+def test_the_committed_results_read_the_same_in_any_order():
+    """The results file keeps runs in the order they were first recorded, which differs between machines and
+    sessions; a per-seed run recorded under the same facts as a shared-pretraining one must not take its place in
+    any table by coming later. Only the list of pretrainings follows the file's order."""
+    rows = scale_stats.read_rows(scale_report.RESULTS)
+
+    def lines(text: str) -> tuple[list[str], list[str]]:
+        listing = [line for line in text.splitlines() if line.startswith("| pretrain-")]
+        return [line for line in text.splitlines() if line not in listing], sorted(listing)
+
+    text = scale_report.report(rows)[0]
+    shuffled = list(rows)
+    random.Random(0).shuffle(shuffled)
+    for other in (rows[::-1], shuffled):
+        assert lines(scale_report.report(other)[0]) == lines(text)
