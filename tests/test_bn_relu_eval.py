@@ -5,6 +5,7 @@ gradient is needed or a graph is being traced."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -137,7 +138,9 @@ def test_evaluation_falls_back_where_a_gradient_or_a_graph_is_wanted(fused, monk
         bn.train()
         reference_bn.train()
     if case == "traced":
-        with torch.no_grad():
+        # torch.jit.trace is deprecated, but users still trace for TorchScript export: the fallback must hold there
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated", DeprecationWarning)
             traced = torch.jit.trace(lambda t: batch_norm_relu(t, bn), (x,), check_trace=False)
         assert "aten::batch_norm" in str(traced.graph)  # PyTorch's op recorded, not an opaque kernel call
         got = traced(x)
