@@ -33,10 +33,10 @@ def test_step_profile_shares_out_one_training_step_by_operator(capsys):
 gemm_rules_ab = load_benchmark("gemm_rules_ab")
 
 
-def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_default(monkeypatch, capsys):
+def test_gemm_rules_ab_alternates_the_rule_sets_step_by_step_and_restores_the_default(amx, monkeypatch, capsys):
+    """On AMX, where the bf16 rules apply, the rule sets differ in what runs."""
     from simclrv2.models import conv_rules
 
-    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", True)  # where the bf16 rules apply: the sets differ in what runs
     for name in sys.modules["pretrain_throughput"].RULE_NAMES:  # loaded by gemm_rules_ab
         monkeypatch.setattr(conv_rules, name, getattr(conv_rules, name))  # put back after the test, whatever happens
     seen = []

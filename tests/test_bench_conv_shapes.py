@@ -28,10 +28,8 @@ def test_conv_shapes_cover_every_convolution_of_the_encoder_and_its_flops():
     assert sum(s.gflop * n for s, n in shapes.items()) * 1e9 == pytest.approx(counter.get_total_flops(), rel=1e-9)
 
 
-def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(monkeypatch):
-    from simclrv2.models import conv_rules
-
-    monkeypatch.setattr(conv_rules, "ONEDNN_USES_AMX", True)  # the rules' CPU kind, on any CI host
+def test_conv_shapes_rows_share_out_the_step_and_hold_each_pass_to_the_peak(amx):
+    """On the rules' CPU kind (AMX), whatever the CI host."""
     rows = conv_shapes.rows_for(0.25, batch=2, precision="fp32", layout="channels_last", repeats=1, peak=1.0)
     assert sum(r["layers"] for r in rows) == 20
     shares = [r.get(f"{p}_time_share", 0.0) for r in rows for p in conv_shapes.PASSES]
